@@ -1,0 +1,26 @@
+//! Types and contracts shared by every Flotilla binary.
+//!
+//! # Layout
+//! - [`settings`]: typed configuration (defaults → `FLOTILLA_CONFIG` file → `FLOTILLA__*` env).
+//! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
+//! - [`telemetry`]: tracing subscriber set-up (text or JSON).
+//! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
+//! - [`node_auth`]: node-token authentication with a warm cache that skips bcrypt.
+//! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
+//! - [`close_codes`]: WebSocket close codes and what an agent should do on each.
+//! - [`channels`]: Redis channel and key names, and gateway control messages.
+//! - [`protocol`]: request and response bodies of the agent HTTP API (VectorFlow v1).
+//! - [`db`]: Postgres pool construction and the embedded migrations.
+//! - [`redis_conn`]: a lazily connected Redis handle with per-command timeouts.
+
+pub mod channels;
+pub mod close_codes;
+pub mod db;
+pub mod frames;
+pub mod node_auth;
+pub mod protocol;
+pub mod redis_conn;
+pub mod secret;
+pub mod settings;
+pub mod telemetry;
+pub mod tokens;

@@ -1,0 +1,184 @@
+//! Node-token authentication shared by the api and the gateway.
+//!
+//! token → lookup id → one indexed row read → bcrypt only when cold. The warm cache is keyed
+//! by the token's SHA-256 and holds the bcrypt hash it was verified against; a hit counts only
+//! while the row still carries that hash, so rotation and revocation (row deleted) take effect
+//! on the very next request. Concurrent cold requests for one token share one bcrypt run, and
+//! with Redis sharing enabled a token verified anywhere in the fleet is not bcrypt-verified
+//! again until the shared entry expires.
+
+use crate::channels::verified_token_key;
+use crate::settings::AuthSettings;
+use crate::tokens::{self, NODE_PREFIX};
+use moka::future::Cache;
+use crate::redis_conn::Redis;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// An authenticated node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthedNode {
+    /// The node.
+    pub node_id: Uuid,
+    /// Its environment, as the database says now.
+    pub environment_id: Uuid,
+}
+
+/// Why authentication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed, unknown, revoked or wrong token.
+    #[error("invalid node token")]
+    Invalid,
+    /// Too many cold verifications are queued; try again shortly.
+    #[error("authentication is busy")]
+    Busy,
+    /// Postgres could not be asked.
+    #[error("database unavailable")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Counters exposed as metrics and used by tests.
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    /// bcrypt verifications performed by this process.
+    pub bcrypt_verifications: AtomicU64,
+    /// Requests answered from the local warm cache.
+    pub warm_hits: AtomicU64,
+    /// Requests accepted on another service's shared verification.
+    pub shared_hits: AtomicU64,
+}
+
+/// Redis-backed record of verified tokens, shared across the fleet.
+#[derive(Clone)]
+pub struct SharedVerifications {
+    redis: Redis,
+    ttl_secs: u64,
+}
+
+impl SharedVerifications {
+    /// Shares verifications through `redis`, each valid for `ttl_secs`.
+    pub fn new(redis: Redis, ttl_secs: u64) -> Self {
+        Self { redis, ttl_secs }
+    }
+
+    async fn is_verified(&self, key: &str, fingerprint: &str) -> bool {
+        let got: redis::RedisResult<Option<String>> = self.redis.query(redis::cmd("GET").arg(key)).await;
+        matches!(got, Ok(Some(v)) if v == fingerprint)
+    }
+
+    async fn mark_verified(&self, key: &str, fingerprint: &str) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(fingerprint).arg("EX").arg(self.ttl_secs);
+        if let Err(e) = self.redis.query::<()>(&cmd).await {
+            tracing::debug!(error = %e, "could not share a token verification through Redis");
+        }
+    }
+}
+
+/// Authenticates node tokens; cheap to clone.
+#[derive(Clone)]
+pub struct NodeAuthenticator {
+    pool: PgPool,
+    cache: Cache<[u8; 32], Arc<str>>,
+    bcrypt_permits: Arc<Semaphore>,
+    bcrypt_wait: Duration,
+    counters: Arc<AuthCounters>,
+    shared: Option<SharedVerifications>,
+}
+
+#[derive(sqlx::FromRow)]
+struct NodeRow {
+    id: Uuid,
+    environment_id: Uuid,
+    token_hash: String,
+}
+
+impl NodeAuthenticator {
+    /// Builds an authenticator over the nodes table.
+    pub fn new(pool: PgPool, settings: &AuthSettings, shared: Option<SharedVerifications>) -> Self {
+        Self {
+            pool,
+            cache: Cache::builder()
+                .max_capacity(settings.cache_capacity)
+                .time_to_live(Duration::from_secs(settings.cache_ttl_secs))
+                .build(),
+            bcrypt_permits: Arc::new(Semaphore::new(settings.max_concurrent_bcrypt)),
+            bcrypt_wait: Duration::from_millis(settings.bcrypt_queue_timeout_ms),
+            counters: Arc::default(),
+            shared,
+        }
+    }
+
+    /// Counters of bcrypt runs and cache hits.
+    pub fn counters(&self) -> &Arc<AuthCounters> {
+        &self.counters
+    }
+
+    /// Authenticates a bearer token.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthedNode, AuthError> {
+        let parsed = tokens::parse(NODE_PREFIX, token).ok_or(AuthError::Invalid)?;
+        let row = sqlx::query_as::<_, NodeRow>(
+            "SELECT id, environment_id, token_hash FROM nodes WHERE token_lookup = $1",
+        )
+        .bind(parsed.lookup)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(AuthError::Invalid)?;
+        let node = AuthedNode { node_id: row.id, environment_id: row.environment_id };
+        let key = tokens::sha256(token);
+
+        if let Some(hash) = self.cache.get(&key).await {
+            if *hash == *row.token_hash {
+                self.counters.warm_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(node);
+            }
+            // The row's hash changed since (rotation): the entry is stale.
+            self.cache.invalidate(&key).await;
+        }
+
+        let secret = parsed.secret.to_owned();
+        let hash: Arc<str> = Arc::from(row.token_hash.as_str());
+        let verified = self
+            .cache
+            .try_get_with(key, self.verify_cold(key, secret, hash.clone()))
+            .await
+            .map_err(|e| match &*e {
+                AuthError::Busy => AuthError::Busy,
+                _ => AuthError::Invalid,
+            })?;
+        if *verified == *hash {
+            Ok(node)
+        } else {
+            Err(AuthError::Invalid)
+        }
+    }
+
+    /// The cold path: a shared verification from Redis, else bcrypt under the semaphore.
+    async fn verify_cold(&self, key: [u8; 32], secret: String, hash: Arc<str>) -> Result<Arc<str>, AuthError> {
+        let shared_key = verified_token_key(&key);
+        let fingerprint = tokens::sha256_hex(hash.as_bytes());
+        if let Some(shared) = &self.shared {
+            if shared.is_verified(&shared_key, &fingerprint).await {
+                self.counters.shared_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hash);
+            }
+        }
+        let _permit = tokio::time::timeout(self.bcrypt_wait, self.bcrypt_permits.acquire())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .expect("semaphore never closes");
+        self.counters.bcrypt_verifications.fetch_add(1, Ordering::Relaxed);
+        if !tokens::verify_secret(secret, hash.to_string()).await {
+            return Err(AuthError::Invalid);
+        }
+        if let Some(shared) = &self.shared {
+            shared.mark_verified(&shared_key, &fingerprint).await;
+        }
+        Ok(hash)
+    }
+}

@@ -1,0 +1,342 @@
+//! Typed settings read with the `config` crate.
+//!
+//! Layers, later ones winning: built-in defaults, the optional file named by
+//! `FLOTILLA_CONFIG` (TOML), then environment variables `FLOTILLA__SECTION__KEY`.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// All settings of all services; each service reads the sections it needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Postgres connection.
+    pub database: DatabaseSettings,
+    /// Redis connection.
+    pub redis: RedisSettings,
+    /// The api service.
+    pub api: ApiSettings,
+    /// The gateway service.
+    pub gateway: GatewaySettings,
+    /// Token hashing and caching.
+    pub auth: AuthSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Postgres connection settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://` URL; `sslmode` and credentials go in the URL.
+    pub url: Secret,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (TLS), credentials included.
+    pub url: Secret,
+    /// Timeout of a single command, so a hung Redis never hangs a request.
+    pub command_timeout_ms: u64,
+}
+
+/// Settings of the api service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The `websocketUrl` handed to agents (the gateways' public URL).
+    pub public_ws_url: String,
+    /// An operator token with the admin role, stored hashed at start.
+    pub bootstrap_admin_token: Option<Secret>,
+    /// Poll interval handed to agents until an operator changes it.
+    pub default_poll_interval_ms: u32,
+    /// Heartbeats missed before a node is marked UNREACHABLE.
+    pub unhealthy_threshold: u32,
+    /// How often the node-health sweep runs.
+    pub health_sweep_interval_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of a sample request.
+    pub sample_request_ttl_secs: u64,
+    /// Grace period for in-flight requests on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Settings of the gateway service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewaySettings {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Gateway id; generated at start when empty.
+    pub id: Option<String>,
+    /// Interval between pings.
+    pub ping_interval_ms: u64,
+    /// A socket with no pong for this long is dropped.
+    pub pong_timeout_ms: u64,
+    /// Interval between unsolicited pongs (for legacy agents' read deadline).
+    pub unsolicited_pong_interval_ms: u64,
+    /// TTL of the gateway's liveness key in Redis.
+    pub liveness_ttl_ms: u64,
+    /// How often the liveness key is refreshed and the subscription probed.
+    pub heartbeat_interval_ms: u64,
+    /// Largest incoming WebSocket message; larger ones close the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Frames queued for one socket before it counts as too slow.
+    pub outbound_queue: usize,
+    /// Handshakes authenticated at once; excess ones get 503 with `Retry-After`.
+    pub max_pending_handshakes: usize,
+    /// Connects of one node allowed within `reconnect_window_secs`.
+    pub reconnect_limit: u32,
+    /// Window of the reconnect limit.
+    pub reconnect_window_secs: u64,
+    /// Sockets closed per batch while draining.
+    pub drain_batch: usize,
+    /// Pause between drain batches.
+    pub drain_pause_ms: u64,
+    /// Time allowed for a drain before the process exits anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Token hashing and the authentication cache.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// bcrypt cost for new hashes (4 to 31).
+    pub bcrypt_cost: u32,
+    /// Entries in the warm token cache.
+    pub cache_capacity: u64,
+    /// Lifetime of a warm token cache entry.
+    pub cache_ttl_secs: u64,
+    /// bcrypt verifications running at once.
+    pub max_concurrent_bcrypt: usize,
+    /// How long a request waits for a bcrypt slot before it is answered 503.
+    pub bcrypt_queue_timeout_ms: u64,
+    /// Share verified tokens through Redis so each is bcrypt-verified once fleet-wide.
+    pub share_verifications: bool,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` env-filter directive, e.g. `info,flotilla_api=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that could not be read or is out of range.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The sources could not be merged or deserialised; the message names the setting.
+    #[error("invalid settings: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is outside its allowed range.
+    #[error("invalid setting `{name}`: {reason}")]
+    Invalid {
+        /// Dotted setting name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("database.url", "postgres://postgres@127.0.0.1:5432/flotilla"),
+    ("database.max_connections", "20"),
+    ("database.acquire_timeout_ms", "3000"),
+    ("redis.url", "redis://127.0.0.1:6379"),
+    ("redis.command_timeout_ms", "2000"),
+    ("api.listen", "127.0.0.1:8080"),
+    ("api.public_ws_url", "ws://127.0.0.1:8081/api/agent/ws"),
+    ("api.default_poll_interval_ms", "15000"),
+    ("api.unhealthy_threshold", "3"),
+    ("api.health_sweep_interval_ms", "5000"),
+    ("api.max_body_bytes", "4194304"),
+    ("api.sample_request_ttl_secs", "120"),
+    ("api.shutdown_grace_ms", "10000"),
+    ("gateway.listen", "127.0.0.1:8081"),
+    ("gateway.ping_interval_ms", "30000"),
+    ("gateway.pong_timeout_ms", "40000"),
+    ("gateway.unsolicited_pong_interval_ms", "20000"),
+    ("gateway.liveness_ttl_ms", "10000"),
+    ("gateway.heartbeat_interval_ms", "3000"),
+    ("gateway.max_message_bytes", "65536"),
+    ("gateway.outbound_queue", "16"),
+    ("gateway.max_pending_handshakes", "256"),
+    ("gateway.reconnect_limit", "10"),
+    ("gateway.reconnect_window_secs", "60"),
+    ("gateway.drain_batch", "500"),
+    ("gateway.drain_pause_ms", "100"),
+    ("gateway.shutdown_grace_ms", "30000"),
+    ("auth.bcrypt_cost", "12"),
+    ("auth.cache_capacity", "100000"),
+    ("auth.cache_ttl_secs", "1800"),
+    ("auth.max_concurrent_bcrypt", "2"),
+    ("auth.bcrypt_queue_timeout_ms", "5000"),
+    ("auth.share_verifications", "true"),
+    ("log.format", "text"),
+    ("log.level", "info"),
+];
+
+impl Settings {
+    /// Reads defaults, then `FLOTILLA_CONFIG` if set, then the process environment.
+    pub fn load() -> Result<Self, SettingsError> {
+        let file = std::env::var("FLOTILLA_CONFIG").ok();
+        Self::load_from(file.as_deref(), std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit file and environment (for tests).
+    pub fn load_from(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder.set_default(*key, *value)?;
+        }
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::with_name(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FLOTILLA__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("FLOTILLA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |name, reason: &str| {
+            Err(SettingsError::Invalid {
+                name,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(4..=31).contains(&self.auth.bcrypt_cost) {
+            return invalid("auth.bcrypt_cost", "must be between 4 and 31");
+        }
+        if !(1000..=3_600_000).contains(&self.api.default_poll_interval_ms) {
+            return invalid(
+                "api.default_poll_interval_ms",
+                "must be between 1000 and 3600000",
+            );
+        }
+        if self.api.unhealthy_threshold == 0 {
+            return invalid("api.unhealthy_threshold", "must be at least 1");
+        }
+        let url = self.redis.url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return invalid("redis.url", "must start with redis:// or rediss://");
+        }
+        let db = self.database.url.expose();
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return invalid("database.url", "must start with postgres://");
+        }
+        let ws = &self.api.public_ws_url;
+        if !(ws.starts_with("ws://") || ws.starts_with("wss://")) {
+            return invalid("api.public_ws_url", "must start with ws:// or wss://");
+        }
+        if self.gateway.pong_timeout_ms <= self.gateway.ping_interval_ms {
+            return invalid(
+                "gateway.pong_timeout_ms",
+                "must be longer than gateway.ping_interval_ms",
+            );
+        }
+        if self.auth.max_concurrent_bcrypt == 0 || self.gateway.outbound_queue == 0 {
+            return invalid("auth.max_concurrent_bcrypt", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.auth.bcrypt_cost, 12);
+        assert_eq!(s.api.default_poll_interval_ms, 15000);
+        assert_eq!(s.api.unhealthy_threshold, 3);
+        assert_eq!(s.auth.cache_capacity, 100_000);
+        assert!(s.api.bootstrap_admin_token.is_none());
+    }
+
+    #[test]
+    fn design_md_variables_apply() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FLOTILLA__DATABASE__URL", "postgres://x@h/db"),
+                ("FLOTILLA__REDIS__URL", "rediss://h:6380"),
+                ("FLOTILLA__API__LISTEN", "127.0.0.1:0"),
+                ("FLOTILLA__API__PUBLIC_WS_URL", "wss://lb/api/agent/ws"),
+                ("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", "boot"),
+                ("FLOTILLA__GATEWAY__LISTEN", "0.0.0.0:9000"),
+                ("FLOTILLA__GATEWAY__ID", "gw-7"),
+                ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.expose(), "postgres://x@h/db");
+        assert_eq!(s.redis.url.expose(), "rediss://h:6380");
+        assert_eq!(s.api.listen.port(), 0);
+        assert_eq!(s.api.public_ws_url, "wss://lb/api/agent/ws");
+        assert_eq!(s.api.bootstrap_admin_token.unwrap().expose(), "boot");
+        assert_eq!(s.gateway.listen.port(), 9000);
+        assert_eq!(s.gateway.id.as_deref(), Some("gw-7"));
+        assert_eq!(s.auth.bcrypt_cost, 4);
+    }
+
+    #[test]
+    fn bad_setting_is_named() {
+        let err = Settings::load_from(None, env(&[("FLOTILLA__AUTH__BCRYPT_COST", "99")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.bcrypt_cost"), "{err}");
+        let err = Settings::load_from(None, env(&[("FLOTILLA__API__LISTEN", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let s = Settings::load_from(
+            None,
+            env(&[("FLOTILLA__DATABASE__URL", "postgres://u:hunter2@h/db")]),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,190 @@
+//! Token formats, generation and hashing.
+//!
+//! Issued tokens are `<prefix><lookup>_<secret>`: the lookup id (16 hex) finds the row with
+//! one indexed read, the secret (48 hex) is what bcrypt protects. Only bcrypt hashes of the
+//! secret are stored.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Prefix of node tokens.
+pub const NODE_PREFIX: &str = "vf_node_";
+/// Prefix of enrollment tokens.
+pub const ENROLL_PREFIX: &str = "vf_enroll_";
+/// Prefix of operator tokens issued by Flotilla.
+pub const OPERATOR_PREFIX: &str = "vf_op_";
+
+const LOOKUP_LEN: usize = 16;
+const SECRET_LEN: usize = 48;
+
+/// A token split into its lookup id and secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ParsedToken<'a> {
+    /// Public part, indexed in the database.
+    pub lookup: &'a str,
+    /// Secret part, verified against the bcrypt hash.
+    pub secret: &'a str,
+}
+
+impl std::fmt::Debug for ParsedToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedToken")
+            .field("lookup", &self.lookup)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly issued token: show `token` once, store `lookup` and `hash`.
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The full token, handed to its owner exactly once.
+    pub token: String,
+    /// The lookup id to store.
+    pub lookup: String,
+    /// The secret (to be bcrypt-hashed by the caller).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("lookup", &self.lookup)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len / 2];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Issues a new token with the given prefix.
+pub fn issue(prefix: &str) -> IssuedToken {
+    let lookup = random_hex(LOOKUP_LEN);
+    let secret = random_hex(SECRET_LEN);
+    IssuedToken {
+        token: format!("{prefix}{lookup}_{secret}"),
+        lookup,
+        secret,
+    }
+}
+
+/// Issues a token whose secret is given (the bench shares one secret so one hash serves all).
+pub fn issue_with_secret(prefix: &str, secret: &str) -> IssuedToken {
+    let lookup = random_hex(LOOKUP_LEN);
+    IssuedToken {
+        token: format!("{prefix}{lookup}_{secret}"),
+        lookup,
+        secret: secret.to_owned(),
+    }
+}
+
+/// Splits a token of the given prefix; `None` for anything malformed (no database work needed).
+pub fn parse<'a>(prefix: &str, token: &'a str) -> Option<ParsedToken<'a>> {
+    let rest = token.strip_prefix(prefix)?;
+    let (lookup, secret) = rest.split_once('_')?;
+    let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex_of(lookup, LOOKUP_LEN) && hex_of(secret, SECRET_LEN)).then_some(ParsedToken { lookup, secret })
+}
+
+/// SHA-256 of a token, used as a cache key so no token is kept in memory.
+pub fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Hex SHA-256 of arbitrary bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Lookup id and bcrypt input for an operator token.
+///
+/// Issued tokens carry their lookup id. A free-form token (the bootstrap admin token) gets a
+/// deliberately short 4-hex lookup from its SHA-256 (too short to help a brute force) and
+/// its SHA-256 as bcrypt input (bcrypt reads at most 72 bytes).
+pub fn operator_parts(token: &str) -> (String, String) {
+    match parse(OPERATOR_PREFIX, token) {
+        Some(p) => (p.lookup.to_owned(), p.secret.to_owned()),
+        None => {
+            let digest = sha256_hex(token.as_bytes());
+            (format!("x{}", &digest[..4]), digest)
+        }
+    }
+}
+
+/// A short, safe hint of a token for display (`vf_enroll_1a2b…`).
+pub fn hint(token: &str, prefix: &str) -> String {
+    let lookup: String = token.strip_prefix(prefix).unwrap_or(token).chars().take(4).collect();
+    format!("{prefix}{lookup}…")
+}
+
+/// bcrypt-hashes a secret on the blocking pool.
+pub async fn hash_secret(secret: String, cost: u32) -> Result<String, bcrypt::BcryptError> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(secret, cost))
+        .await
+        .expect("bcrypt task panicked")
+}
+
+/// bcrypt-verifies a secret on the blocking pool; a malformed stored hash counts as a mismatch.
+pub async fn verify_secret(secret: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false))
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_parse_back() {
+        let t = issue(NODE_PREFIX);
+        assert!(t.token.starts_with("vf_node_"));
+        let p = parse(NODE_PREFIX, &t.token).unwrap();
+        assert_eq!(p.lookup, t.lookup);
+        assert_eq!(p.secret, t.secret);
+        assert!(parse(ENROLL_PREFIX, &t.token).is_none());
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        for bad in [
+            "",
+            "vf_node_",
+            "vf_node_abc",
+            "vf_node_0123456789abcdef",
+            "vf_node_0123456789abcdef_short",
+            "vf_node_0123456789abcdeg_000000000000000000000000000000000000000000000000",
+            "vf_node_0123456789abcdef_00000000000000000000000000000000000000000000000z",
+            "vf_node_0123456789abcdef_0000000000000000000000000000000000000000000000000",
+            "Bearer vf_node_x",
+        ] {
+            assert!(parse(NODE_PREFIX, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let t = issue(NODE_PREFIX);
+        assert!(!format!("{t:?}").contains(&t.secret));
+        let p = parse(NODE_PREFIX, &t.token).unwrap();
+        assert!(!format!("{p:?}").contains(&t.secret));
+    }
+
+    #[test]
+    fn operator_parts_for_free_form_and_issued_tokens() {
+        let (lookup, secret) = operator_parts("my-admin-token");
+        assert_eq!(lookup.len(), 5);
+        assert_eq!(secret.len(), 64);
+        let t = issue(OPERATOR_PREFIX);
+        assert_eq!(operator_parts(&t.token), (t.lookup.clone(), t.secret.clone()));
+    }
+
+    #[test]
+    fn hint_is_short() {
+        let t = issue(ENROLL_PREFIX);
+        let h = hint(&t.token, ENROLL_PREFIX);
+        assert!(h.len() < 20 && !h.contains(&t.secret));
+    }
+}
