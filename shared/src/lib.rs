@@ -12,12 +12,14 @@
 //! - [`protocol`]: request and response bodies of the agent HTTP API (VectorFlow v1).
 //! - [`db`]: Postgres pool construction and the embedded migrations.
 //! - [`redis_conn`]: a lazily connected Redis handle with per-command timeouts.
+//! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
 
 pub mod channels;
 pub mod close_codes;
 pub mod db;
 pub mod frames;
 pub mod node_auth;
+pub mod presence;
 pub mod protocol;
 pub mod redis_conn;
 pub mod secret;

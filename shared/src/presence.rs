@@ -1,0 +1,259 @@
+//! Which gateway holds each node's socket, kept in Redis.
+//!
+//! A node's presence is the hash at [`presence_key`] with fields `gateway`, `conn` and `since`
+//! (epoch ms). It counts only while the holding gateway's liveness key
+//! ([`gateway_alive_key`]) exists, so a crashed gateway's sockets read as gone once that key
+//! expires. Every read-modify-write is one Lua script, so it is atomic:
+//! - [`claim`]: a new socket takes the node over (newest wins) and learns who held it before;
+//! - [`release`]: a closing socket deletes the entry only if it still holds it, so a late close
+//!   of an older socket never erases a newer one's presence;
+//! - [`restore`]: after Redis lost its data, a gateway re-asserts a socket it still holds,
+//!   unless another socket took the node in the meantime;
+//! - [`lookup`]: the fleet API reads many nodes in one round trip.
+//!
+//! [`lookup`] reads keys that are not passed as `KEYS`, so it needs a non-cluster Redis.
+
+use crate::channels::{gateway_alive_key, presence_key};
+use crate::redis_conn::Redis;
+use redis::{RedisResult, Script, ScriptInvocation, Value};
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+/// A node's live connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The gateway holding the socket.
+    pub gateway_id: String,
+    /// The socket's connection id (unique across the fleet).
+    pub conn_id: String,
+    /// When the socket opened, Unix epoch milliseconds.
+    pub since_ms: i64,
+}
+
+/// `KEYS` = presence keys; `ARGV` = the liveness key's prefix and suffix around the gateway id.
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local out = {}
+        for i, key in ipairs(KEYS) do
+          local p = redis.call('HMGET', key, 'gateway', 'conn', 'since')
+          if p[1] and p[2] and redis.call('EXISTS', ARGV[1] .. p[1] .. ARGV[2]) == 1 then
+            out[i] = p
+          else
+            out[i] = false
+          end
+        end
+        return out",
+    )
+});
+
+/// Sets the presence and returns the previous fields (nils when there was none).
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since')
+        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3])
+        return prev",
+    )
+});
+
+/// Deletes the presence if connection `ARGV[1]` still holds it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('HGET', KEYS[1], 'conn') == ARGV[1] then
+          redis.call('DEL', KEYS[1])
+          return 1
+        end
+        return 0",
+    )
+});
+
+/// Sets the presence if it is absent or already held by connection `ARGV[2]`.
+static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local cur = redis.call('HGET', KEYS[1], 'conn')
+        if cur and cur ~= ARGV[2] then
+          return 0
+        end
+        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3])
+        return 1",
+    )
+});
+
+/// Runs a script invocation with the handle's command timeout.
+async fn invoke<T: redis::FromRedisValue>(
+    redis: &Redis,
+    invocation: ScriptInvocation<'_>,
+) -> RedisResult<T> {
+    let mut conn = redis.conn().await?;
+    match tokio::time::timeout(redis.timeout(), invocation.invoke_async(&mut conn)).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "redis command timed out",
+        ))),
+    }
+}
+
+/// The liveness key's text before and after the gateway id.
+fn alive_key_parts() -> (String, String) {
+    const MARK: &str = "\u{0}";
+    let key = gateway_alive_key(MARK);
+    let (prefix, suffix) = key
+        .split_once(MARK)
+        .expect("the alive key contains the gateway id");
+    (prefix.to_owned(), suffix.to_owned())
+}
+
+/// Parses `[gateway, conn, since]` (any of them nil) into a presence.
+fn parse_fields(value: Value) -> Option<Presence> {
+    let fields: Vec<Option<String>> = redis::from_redis_value(&value).ok()?;
+    match fields.as_slice() {
+        [Some(gateway), Some(conn), since] => Some(Presence {
+            gateway_id: gateway.clone(),
+            conn_id: conn.clone(),
+            since_ms: since.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
+        }),
+        _ => None,
+    }
+}
+
+/// Presence of each node, in order, in one round trip; `None` for a node with no socket or
+/// whose gateway is no longer alive.
+pub async fn lookup(redis: &Redis, node_ids: &[Uuid]) -> RedisResult<Vec<Option<Presence>>> {
+    if node_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (prefix, suffix) = alive_key_parts();
+    let mut invocation = LOOKUP.prepare_invoke();
+    for id in node_ids {
+        invocation.key(presence_key(*id));
+    }
+    invocation.arg(prefix).arg(suffix);
+    let values: Vec<Value> = invoke(redis, invocation).await?;
+    Ok(values.into_iter().map(parse_fields).collect())
+}
+
+/// Makes `presence` the node's connection and returns the one it replaced, if any.
+pub async fn claim(
+    redis: &Redis,
+    node_id: Uuid,
+    presence: &Presence,
+) -> RedisResult<Option<Presence>> {
+    let mut invocation = CLAIM.prepare_invoke();
+    invocation
+        .key(presence_key(node_id))
+        .arg(&presence.gateway_id)
+        .arg(&presence.conn_id)
+        .arg(presence.since_ms);
+    let previous: Value = invoke(redis, invocation).await?;
+    Ok(parse_fields(previous))
+}
+
+/// Deletes the node's presence if `conn_id` still holds it; true when it did.
+pub async fn release(redis: &Redis, node_id: Uuid, conn_id: &str) -> RedisResult<bool> {
+    let mut invocation = RELEASE.prepare_invoke();
+    invocation.key(presence_key(node_id)).arg(conn_id);
+    invoke(redis, invocation).await
+}
+
+/// Re-asserts `presence` unless another connection holds the node; true when it holds now.
+pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> RedisResult<bool> {
+    let mut invocation = RESTORE.prepare_invoke();
+    invocation
+        .key(presence_key(node_id))
+        .arg(&presence.gateway_id)
+        .arg(&presence.conn_id)
+        .arg(presence.since_ms);
+    invoke(redis, invocation).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! These run against the Redis at `FLOTILLA_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+
+    use super::*;
+    use crate::secret::Secret;
+    use crate::settings::RedisSettings;
+
+    fn redis() -> Redis {
+        let url = std::env::var("FLOTILLA_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        Redis::new(&RedisSettings {
+            url: Secret::new(url),
+            command_timeout_ms: 2000,
+        })
+        .unwrap()
+    }
+
+    fn at(gateway_id: &str, conn_id: &str, since_ms: i64) -> Presence {
+        Presence {
+            gateway_id: gateway_id.into(),
+            conn_id: conn_id.into(),
+            since_ms,
+        }
+    }
+
+    async fn set_alive(redis: &Redis, gateway_id: &str) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(gateway_alive_key(gateway_id))
+            .arg(1)
+            .arg("EX")
+            .arg(60);
+        redis.query::<()>(&cmd).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn claim_returns_the_previous_holder_and_release_compares() {
+        let redis = redis();
+        let node = Uuid::new_v4();
+        let gw = format!("gw-{}", Uuid::new_v4().simple());
+        assert_eq!(claim(&redis, node, &at(&gw, "c1", 10)).await.unwrap(), None);
+        assert_eq!(
+            claim(&redis, node, &at(&gw, "c2", 20)).await.unwrap(),
+            Some(at(&gw, "c1", 10))
+        );
+        // A late release of the older connection leaves the newer one in place.
+        assert!(!release(&redis, node, "c1").await.unwrap());
+        set_alive(&redis, &gw).await;
+        assert_eq!(
+            lookup(&redis, &[node]).await.unwrap(),
+            vec![Some(at(&gw, "c2", 20))]
+        );
+        assert!(release(&redis, node, "c2").await.unwrap());
+        assert_eq!(lookup(&redis, &[node]).await.unwrap(), vec![None]);
+    }
+
+    #[tokio::test]
+    async fn lookup_needs_a_live_gateway_and_keeps_order() {
+        let redis = redis();
+        let live = format!("gw-{}", Uuid::new_v4().simple());
+        let dead = format!("gw-{}", Uuid::new_v4().simple());
+        set_alive(&redis, &live).await;
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        claim(&redis, a, &at(&live, "ca", 1)).await.unwrap();
+        claim(&redis, b, &at(&dead, "cb", 2)).await.unwrap();
+        let got = lookup(&redis, &[c, a, b]).await.unwrap();
+        assert_eq!(got, vec![None, Some(at(&live, "ca", 1)), None]);
+        assert!(lookup(&redis, &[]).await.unwrap().is_empty());
+        for n in [a, b] {
+            redis
+                .query::<()>(redis::cmd("DEL").arg(presence_key(n)))
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_never_overrides_another_connection() {
+        let redis = redis();
+        let node = Uuid::new_v4();
+        assert!(restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
+        assert!(restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
+        claim(&redis, node, &at("g2", "c2", 2)).await.unwrap();
+        assert!(!restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
+        assert!(release(&redis, node, "c2").await.unwrap());
+    }
+}
