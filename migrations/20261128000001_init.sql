@@ -17,7 +17,9 @@ CREATE TABLE nodes (
     agent_version     text,
     vector_version    text,
     deployment_mode   text,
+    -- Operator-set labels win over the ones the agent reports; selectors match the union.
     labels            jsonb NOT NULL DEFAULT '{}',
+    reported_labels   jsonb NOT NULL DEFAULT '{}',
     status            text NOT NULL DEFAULT 'HEALTHY' CHECK (status IN ('HEALTHY', 'UNREACHABLE')),
     last_seen         timestamptz,
     token_lookup      text NOT NULL UNIQUE,
@@ -49,6 +51,8 @@ CREATE TABLE pipeline_versions (
     pipeline_id   uuid NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,
     version       integer NOT NULL CHECK (version >= 1),
     config_yaml   text NOT NULL,
+    -- Hex SHA-256 of config_yaml: what the agent writes, so it changes exactly on a restart.
+    checksum      text NOT NULL,
     log_level     text,
     node_selector jsonb NOT NULL DEFAULT '{}',
     created_at    timestamptz NOT NULL DEFAULT now(),

@@ -1,1 +1,117 @@
-//! placeholder
+//! The Flotilla api: the agent HTTP API, the operator API, the fleet page and per-node
+//! notifications to Redis.
+//!
+//! # Layout
+//! - [`state`]: [`AppState`], the cheap handles every handler gets.
+//! - [`error`]: [`ApiError`](error::ApiError), the one error type of this service, and its HTTP mapping.
+//! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
+//! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
+//! - [`notify`]: publishing agent frames to the nodes' Redis channels.
+//! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
+//! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
+//! - [`routes`]: one module per resource, merged into one router.
+
+pub mod error;
+pub mod extract;
+pub mod notify;
+pub mod operator_auth;
+pub mod routes;
+pub mod selector;
+pub mod state;
+pub mod sweep;
+
+pub use state::AppState;
+
+use anyhow::Context;
+use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::redis_conn::Redis;
+use flotilla_shared::settings::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A built api, ready to serve.
+pub struct Api {
+    state: AppState,
+}
+
+impl Api {
+    /// Connects to Postgres, runs the migrations and installs the bootstrap admin token.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = flotilla_shared::db::pool(&settings.database).context("database.url")?;
+        flotilla_shared::db::MIGRATOR
+            .run(&pool)
+            .await
+            .context("running database migrations")?;
+        sqlx::query(
+            "INSERT INTO settings (id, poll_interval_ms) VALUES (true, $1) ON CONFLICT DO NOTHING",
+        )
+        .bind(settings.api.default_poll_interval_ms as i32)
+        .execute(&pool)
+        .await?;
+        if let Some(token) = &settings.api.bootstrap_admin_token {
+            operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
+                .await?;
+        }
+        let redis = Redis::new(&settings.redis).context("redis.url")?;
+        let shared = settings
+            .auth
+            .share_verifications
+            .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
+        let state = AppState {
+            node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth, shared),
+            operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
+            notifier: notify::Notifier::new(redis.clone()),
+            redis,
+            pool,
+            settings: Arc::new(settings),
+        };
+        Ok(Self { state })
+    }
+
+    /// The state handlers see (tests read counters through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "api listening on {addr}");
+        let sweeper = tokio::spawn(sweep::run(self.state.clone(), shutdown.clone()));
+        let grace = Duration::from_millis(self.state.settings.api.shutdown_grace_ms);
+        let app = routes::router(self.state);
+        let signal = shutdown.clone();
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { signal.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        }
+        sweeper.await?;
+        Ok(())
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

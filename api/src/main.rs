@@ -1,1 +1,23 @@
-fn main() {}
+//! `flotilla-api`: reads settings, binds, serves until SIGTERM/SIGINT.
+
+use anyhow::Context;
+use flotilla_shared::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    flotilla_shared::telemetry::init(&settings.log);
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
+    let api = flotilla_api::Api::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        flotilla_api::shutdown_signal().await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    api.serve(listener, shutdown).await
+}

@@ -45,7 +45,11 @@ pub enum ActionKind {
 
 /// The body of a push frame, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum PushMessage {
     /// Re-poll the config.
     ConfigChanged {
@@ -149,16 +153,27 @@ mod tests {
     fn every_design_frame() {
         let p = Uuid::new_v4();
         round_trip(
-            PushMessage::ConfigChanged { pipeline_id: Some(p), reason: ConfigChangeReason::Deploy },
+            PushMessage::ConfigChanged {
+                pipeline_id: Some(p),
+                reason: ConfigChangeReason::Deploy,
+            },
             json!({"type":"config_changed","pipelineId":p,"reason":"deploy"}),
         );
         round_trip(
-            PushMessage::ConfigChanged { pipeline_id: None, reason: ConfigChangeReason::MaintenanceOn },
+            PushMessage::ConfigChanged {
+                pipeline_id: None,
+                reason: ConfigChangeReason::MaintenanceOn,
+            },
             json!({"type":"config_changed","reason":"maintenance_on"}),
         );
         let r = Uuid::new_v4();
         round_trip(
-            PushMessage::SampleRequest { request_id: r, pipeline_id: p, component_keys: vec!["in".into()], limit: 5 },
+            PushMessage::SampleRequest {
+                request_id: r,
+                pipeline_id: p,
+                component_keys: vec!["in".into()],
+                limit: 5,
+            },
             json!({"type":"sample_request","requestId":r,"pipelineId":p,"componentKeys":["in"],"limit":5}),
         );
         round_trip(
@@ -171,7 +186,12 @@ mod tests {
             json!({"type":"action","action":"self_update","targetVersion":"1.2.3","downloadUrl":"https://x/agent","checksum":"ab"}),
         );
         round_trip(
-            PushMessage::Action { action: ActionKind::Restart, target_version: None, download_url: None, checksum: None },
+            PushMessage::Action {
+                action: ActionKind::Restart,
+                target_version: None,
+                download_url: None,
+                checksum: None,
+            },
             json!({"type":"action","action":"restart"}),
         );
         round_trip(
@@ -184,13 +204,23 @@ mod tests {
     fn unknown_types_reasons_and_fields_are_tolerated() {
         let f = PushFrame::parse(r#"{"type":"brand_new","x":1,"id":"a","sentAt":1}"#).unwrap();
         assert_eq!(f.message, PushMessage::Unknown);
-        let f = PushFrame::parse(r#"{"type":"config_changed","reason":"weather","extra":[1]}"#).unwrap();
+        let f = PushFrame::parse(r#"{"type":"config_changed","reason":"weather","extra":[1]}"#)
+            .unwrap();
         assert_eq!(
             f.message,
-            PushMessage::ConfigChanged { pipeline_id: None, reason: ConfigChangeReason::Other }
+            PushMessage::ConfigChanged {
+                pipeline_id: None,
+                reason: ConfigChangeReason::Other
+            }
         );
         let f = PushFrame::parse(r#"{"type":"action","action":"dance"}"#).unwrap();
-        assert!(matches!(f.message, PushMessage::Action { action: ActionKind::Other, .. }));
+        assert!(matches!(
+            f.message,
+            PushMessage::Action {
+                action: ActionKind::Other,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -199,6 +229,9 @@ mod tests {
             assert!(PushFrame::parse(bad).is_err(), "{bad}");
         }
         // A non-string type is just another unknown type.
-        assert_eq!(PushFrame::parse(r#"{"type":5}"#).unwrap().message, PushMessage::Unknown);
+        assert_eq!(
+            PushFrame::parse(r#"{"type":5}"#).unwrap().message,
+            PushMessage::Unknown
+        );
     }
 }

@@ -8,10 +8,10 @@
 //! again until the shared entry expires.
 
 use crate::channels::verified_token_key;
+use crate::redis_conn::Redis;
 use crate::settings::AuthSettings;
 use crate::tokens::{self, NODE_PREFIX};
 use moka::future::Cache;
-use crate::redis_conn::Redis;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,7 +67,8 @@ impl SharedVerifications {
     }
 
     async fn is_verified(&self, key: &str, fingerprint: &str) -> bool {
-        let got: redis::RedisResult<Option<String>> = self.redis.query(redis::cmd("GET").arg(key)).await;
+        let got: redis::RedisResult<Option<String>> =
+            self.redis.query(redis::cmd("GET").arg(key)).await;
         matches!(got, Ok(Some(v)) if v == fingerprint)
     }
 
@@ -129,7 +130,10 @@ impl NodeAuthenticator {
         .fetch_optional(&self.pool)
         .await?
         .ok_or(AuthError::Invalid)?;
-        let node = AuthedNode { node_id: row.id, environment_id: row.environment_id };
+        let node = AuthedNode {
+            node_id: row.id,
+            environment_id: row.environment_id,
+        };
         let key = tokens::sha256(token);
 
         if let Some(hash) = self.cache.get(&key).await {
@@ -159,7 +163,12 @@ impl NodeAuthenticator {
     }
 
     /// The cold path: a shared verification from Redis, else bcrypt under the semaphore.
-    async fn verify_cold(&self, key: [u8; 32], secret: String, hash: Arc<str>) -> Result<Arc<str>, AuthError> {
+    async fn verify_cold(
+        &self,
+        key: [u8; 32],
+        secret: String,
+        hash: Arc<str>,
+    ) -> Result<Arc<str>, AuthError> {
         let shared_key = verified_token_key(&key);
         let fingerprint = tokens::sha256_hex(hash.as_bytes());
         if let Some(shared) = &self.shared {
@@ -172,7 +181,9 @@ impl NodeAuthenticator {
             .await
             .map_err(|_| AuthError::Busy)?
             .expect("semaphore never closes");
-        self.counters.bcrypt_verifications.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bcrypt_verifications
+            .fetch_add(1, Ordering::Relaxed);
         if !tokens::verify_secret(secret, hash.to_string()).await {
             return Err(AuthError::Invalid);
         }

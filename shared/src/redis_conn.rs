@@ -58,7 +58,10 @@ impl Redis {
         let mut conn = self.conn().await?;
         match tokio::time::timeout(self.timeout, cmd.run(&mut conn)).await {
             Ok(result) => result.and_then(|v| redis::from_redis_value(&v)),
-            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::IoError, "redis command timed out"))),
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "redis command timed out",
+            ))),
         }
     }
 }
@@ -69,14 +72,18 @@ pub trait ConnectionLikeQuery: Sync {
     fn run<'a>(
         &'a self,
         conn: &'a mut ConnectionManager,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>>;
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
+    >;
 }
 
 impl ConnectionLikeQuery for redis::Cmd {
     fn run<'a>(
         &'a self,
         conn: &'a mut ConnectionManager,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
+    > {
         Box::pin(self.query_async(conn))
     }
 }
@@ -85,7 +92,9 @@ impl ConnectionLikeQuery for redis::Pipeline {
     fn run<'a>(
         &'a self,
         conn: &'a mut ConnectionManager,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
+    > {
         Box::pin(self.query_async(conn))
     }
 }

@@ -155,7 +155,10 @@ pub enum SettingsError {
 }
 
 const DEFAULTS: &[(&str, &str)] = &[
-    ("database.url", "postgres://postgres@127.0.0.1:5432/flotilla"),
+    (
+        "database.url",
+        "postgres://postgres@127.0.0.1:5432/flotilla",
+    ),
     ("database.max_connections", "20"),
     ("database.acquire_timeout_ms", "3000"),
     ("redis.url", "redis://127.0.0.1:6379"),

@@ -25,7 +25,9 @@ pub struct ApiHandle {
 
 /// Starts the api on port 0 with `settings`.
 pub async fn spawn(settings: Settings) -> ApiHandle {
-    let api = crate::within("api start", Api::build(settings)).await.expect("api builds");
+    let api = crate::within("api start", Api::build(settings))
+        .await
+        .expect("api builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = api.state().clone();
@@ -34,7 +36,13 @@ pub async fn spawn(settings: Settings) -> ApiHandle {
     let task = tokio::spawn(async move {
         api.serve(listener, token).await.expect("api serves");
     });
-    ApiHandle { addr, state, shutdown, task, http: reqwest::Client::new() }
+    ApiHandle {
+        addr,
+        state,
+        shutdown,
+        task,
+        http: reqwest::Client::new(),
+    }
 }
 
 /// A response's status and JSON body (`Value::Null` when the body is not JSON).
@@ -55,7 +63,13 @@ impl ApiHandle {
     }
 
     /// Sends a request with an optional bearer token and JSON body.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -95,7 +109,11 @@ impl ApiHandle {
     /// Creates an environment; returns `(id, enrollment token)`.
     pub async fn create_environment(&self, name: &str) -> (String, String) {
         let r = self
-            .admin(Method::POST, "/api/v1/environments", Some(serde_json::json!({ "name": name })))
+            .admin(
+                Method::POST,
+                "/api/v1/environments",
+                Some(serde_json::json!({ "name": name })),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         (
@@ -122,7 +140,13 @@ impl ApiHandle {
     }
 
     /// Creates a pipeline (version 1, not deployed); returns its id.
-    pub async fn create_pipeline(&self, environment_id: &str, name: &str, yaml: &str, selector: Value) -> String {
+    pub async fn create_pipeline(
+        &self,
+        environment_id: &str,
+        name: &str,
+        yaml: &str,
+        selector: Value,
+    ) -> String {
         let r = self
             .admin(
                 Method::POST,
@@ -138,12 +162,17 @@ impl ApiHandle {
 
     /// Deploys the latest version of a pipeline.
     pub async fn deploy(&self, pipeline_id: &str) -> Reply {
-        self.admin(Method::POST, &format!("/api/v1/pipelines/{pipeline_id}/deploy"), Some(serde_json::json!({})))
-            .await
+        self.admin(
+            Method::POST,
+            &format!("/api/v1/pipelines/{pipeline_id}/deploy"),
+            Some(serde_json::json!({})),
+        )
+        .await
     }
 
     /// The node's config as the agent sees it.
     pub async fn agent_config(&self, node_token: &str) -> Reply {
-        self.call(Method::GET, "/api/agent/config", Some(node_token), None).await
+        self.call(Method::GET, "/api/agent/config", Some(node_token), None)
+            .await
     }
 }

@@ -20,9 +20,12 @@ fn admin_url() -> String {
 pub async fn fresh() -> TestDb {
     let admin = admin_url();
     let name = format!("flotilla_t_{}", uuid::Uuid::new_v4().simple());
-    let admin_pool = crate::within("postgres", PgPoolOptions::new().max_connections(1).connect(&admin))
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach Postgres at {admin}: {e}"));
+    let admin_pool = crate::within(
+        "postgres",
+        PgPoolOptions::new().max_connections(1).connect(&admin),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot reach Postgres at {admin}: {e}"));
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin_pool)
         .await
@@ -35,6 +38,9 @@ pub async fn fresh() -> TestDb {
         .connect(&url)
         .await
         .expect("connect test database");
-    flotilla_shared::db::MIGRATOR.run(&pool).await.expect("migrate");
+    flotilla_shared::db::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrate");
     TestDb { url, pool }
 }

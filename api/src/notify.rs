@@ -1,0 +1,81 @@
+//! Per-node notifications: the api half of the push channel.
+//!
+//! Each change publishes the agent's exact frame to `flotilla:node:{<id>}` for every affected
+//! node, in one pipeline. A failed publish never fails the operator's request: agents catch
+//! up on their next poll, so the failure is logged and counted only.
+
+use flotilla_shared::channels::{node_channel, ControlMessage};
+use flotilla_shared::frames::{PushFrame, PushMessage};
+use flotilla_shared::redis_conn::Redis;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Counters of published and failed notifications.
+#[derive(Debug, Default)]
+pub struct NotifyCounters {
+    /// Messages handed to Redis.
+    pub published: AtomicU64,
+    /// Messages lost to a Redis failure.
+    pub failed: AtomicU64,
+}
+
+/// Publishes notifications; cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    redis: Redis,
+    counters: Arc<NotifyCounters>,
+}
+
+impl Notifier {
+    /// Publishes through `redis`.
+    pub fn new(redis: Redis) -> Self {
+        Self {
+            redis,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Counters (for metrics and tests).
+    pub fn counters(&self) -> &Arc<NotifyCounters> {
+        &self.counters
+    }
+
+    /// Sends one message to each node (each frame gets its own id); returns how many were sent.
+    pub async fn push(&self, nodes: &[Uuid], message: PushMessage) -> usize {
+        let payloads = nodes
+            .iter()
+            .map(|&n| (n, PushFrame::new(message.clone()).to_json()));
+        self.publish(payloads.collect()).await
+    }
+
+    /// Sends a gateway control message to one node's channel.
+    pub async fn control(&self, node: Uuid, message: &ControlMessage) -> usize {
+        self.publish(vec![(node, message.to_payload())]).await
+    }
+
+    async fn publish(&self, payloads: Vec<(Uuid, String)>) -> usize {
+        if payloads.is_empty() {
+            return 0;
+        }
+        let mut pipe = redis::pipe();
+        for (node, payload) in &payloads {
+            pipe.cmd("PUBLISH")
+                .arg(node_channel(*node))
+                .arg(payload)
+                .ignore();
+        }
+        let n = payloads.len() as u64;
+        match self.redis.query::<()>(&pipe).await {
+            Ok(()) => {
+                self.counters.published.fetch_add(n, Ordering::Relaxed);
+                payloads.len()
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, count = n, "could not publish notifications; agents will catch up by polling");
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `POST /api/agent/samples`, and the one code path every sample result goes through
+//! (legacy heartbeats carry `sampleResults` too).
+
+use crate::error::{ApiError, Result};
+use crate::extract::{Json, NodeCaller};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use flotilla_shared::node_auth::AuthedNode;
+use flotilla_shared::protocol::{Ok, SampleResult, SamplesRequest};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Samples route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/agent/samples", post(submit))
+}
+
+const MAX_RESULTS: usize = 1000;
+const MAX_EVENTS: usize = 1000;
+
+async fn submit(
+    State(state): State<AppState>,
+    NodeCaller(node): NodeCaller,
+    Json(req): Json<SamplesRequest>,
+) -> Result<axum::Json<Ok>> {
+    validate(&req.results, "results")?;
+    record(&state, node, req.results).await?;
+    Ok(axum::Json(Ok { ok: true }))
+}
+
+/// Rejects oversized or nameless results with 400 naming the field.
+pub fn validate(results: &[SampleResult], field: &str) -> Result<()> {
+    let bad = |path: String, reason: &str| {
+        Err(ApiError::bad_request(
+            "Invalid request body",
+            serde_json::json!({ "path": path, "reason": reason }),
+        ))
+    };
+    if results.len() > MAX_RESULTS {
+        return bad(field.to_owned(), "too many results");
+    }
+    for (i, r) in results.iter().enumerate() {
+        if r.component_key.is_empty() || r.component_key.len() > 256 {
+            return bad(format!("{field}[{i}].componentKey"), "1 to 256 characters");
+        }
+        if r.events.as_ref().is_some_and(|e| e.len() > MAX_EVENTS) {
+            return bad(format!("{field}[{i}].events"), "too many events");
+        }
+    }
+    Ok(())
+}
+
+/// Stores results; each sample request is locked while its results are written, so the
+/// PENDING → COMPLETED/ERROR move happens exactly once however many agents submit at once.
+/// Results for unknown, expired, finished or other-environment requests are ignored, and
+/// repeated results are no-ops (unique per request and component).
+pub async fn record(state: &AppState, node: AuthedNode, results: Vec<SampleResult>) -> Result<()> {
+    let mut by_request: BTreeMap<Uuid, Vec<SampleResult>> = BTreeMap::new();
+    for r in results {
+        by_request.entry(r.request_id).or_default().push(r);
+    }
+    // BTreeMap order: requests are always locked in the same order, so no deadlocks.
+    for (request_id, results) in by_request {
+        let mut tx = state.pool.begin().await?;
+        let keys: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT component_keys FROM sample_requests
+             WHERE id = $1 AND environment_id = $2 AND status = 'PENDING' AND expires_at > now()
+             FOR UPDATE",
+        )
+        .bind(request_id)
+        .bind(node.environment_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(keys) = keys else { continue };
+        for r in results.iter().filter(|r| keys.contains(&r.component_key)) {
+            sqlx::query(
+                "INSERT INTO samples (request_id, component_key, node_id, events, schema, error)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT ON CONSTRAINT samples_request_component_key DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(&r.component_key)
+            .bind(node.node_id)
+            .bind(r.events.as_ref().map(|e| serde_json::json!(e)))
+            .bind(r.schema.as_ref().map(|s| serde_json::json!(s)))
+            .bind(&r.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE sample_requests r
+             SET status = CASE WHEN EXISTS (SELECT 1 FROM samples s WHERE s.request_id = r.id AND s.error IS NOT NULL)
+                               THEN 'ERROR' ELSE 'COMPLETED' END,
+                 completed_at = now(), completed_by = $2
+             WHERE r.id = $1 AND r.status = 'PENDING'
+               AND (SELECT count(*) FROM samples s WHERE s.request_id = r.id) >= cardinality(r.component_keys)",
+        )
+        .bind(request_id)
+        .bind(node.node_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `POST /api/agent/enroll`: an environment's enrollment token creates a node.
+
+use crate::error::{ApiError, Result};
+use crate::extract::Json;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use flotilla_shared::protocol::{EnrollRequest, EnrollResponse};
+use flotilla_shared::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
+use uuid::Uuid;
+
+/// Enrollment route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/agent/enroll", post(enroll))
+}
+
+const INVALID: ApiError = ApiError::Unauthorized("Invalid enrollment token");
+
+fn optional(field: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        Some(v) if v.len() > 128 => Err(ApiError::bad_request(
+            "Invalid request body",
+            serde_json::json!({ "path": field, "reason": "at most 128 characters" }),
+        )),
+        v => Ok(v),
+    }
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    Json(req): Json<EnrollRequest>,
+) -> Result<axum::Json<EnrollResponse>> {
+    let hostname = req.hostname.trim();
+    if hostname.is_empty() || hostname.len() > 255 {
+        return Err(ApiError::bad_request(
+            "Invalid request body",
+            serde_json::json!({ "path": "hostname", "reason": "1 to 255 characters" }),
+        ));
+    }
+    let os = optional("os", req.os)?;
+    let agent_version = optional("agentVersion", req.agent_version)?;
+    let vector_version = optional("vectorVersion", req.vector_version)?;
+
+    let parsed = tokens::parse(ENROLL_PREFIX, &req.token).ok_or(INVALID)?;
+    let env: Option<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, name, enrollment_token_hash FROM environments WHERE enrollment_token_lookup = $1",
+    )
+    .bind(parsed.lookup)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (environment_id, environment_name, hash) = env.ok_or(INVALID)?;
+    if !tokens::verify_secret(parsed.secret.to_owned(), hash).await {
+        return Err(INVALID);
+    }
+
+    let issued = tokens::issue(NODE_PREFIX);
+    let token_hash = tokens::hash_secret(issued.secret.clone(), state.settings.auth.bcrypt_cost)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let node_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_hash, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
+    )
+    .bind(node_id)
+    .bind(environment_id)
+    .bind(hostname)
+    .bind(os)
+    .bind(agent_version)
+    .bind(vector_version)
+    .bind(&issued.lookup)
+    .bind(&token_hash)
+    .execute(&state.pool)
+    .await?;
+    tracing::info!(%node_id, %environment_id, host = hostname, "node enrolled");
+    Ok(axum::Json(EnrollResponse {
+        node_id,
+        node_token: issued.token,
+        environment_id,
+        environment_name,
+    }))
+}

@@ -1,0 +1,401 @@
+//! Pipelines: versions, deploy, undeploy, rollback, delete — each change notifies the nodes
+//! it reaches, with the selector before the change and the one after it.
+
+use crate::error::{ApiError, Result};
+use crate::extract::{id_of, Json, Operator, OptionalJson};
+use crate::operator_auth::Role;
+use crate::selector::{matching_nodes, validate_labels};
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use flotilla_shared::frames::{ConfigChangeReason, PushMessage};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// Pipeline routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/pipelines", post(create).get(list))
+        .route(
+            "/api/v1/pipelines/{id}",
+            get(show).put(update).delete(remove),
+        )
+        .route("/api/v1/pipelines/{id}/deploy", post(deploy))
+        .route("/api/v1/pipelines/{id}/undeploy", post(undeploy))
+        .route("/api/v1/pipelines/{id}/rollback", post(rollback))
+}
+
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+const MAX_YAML: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatePipeline {
+    environment_id: Uuid,
+    name: String,
+    config_yaml: String,
+    log_level: Option<String>,
+    node_selector: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdatePipeline {
+    config_yaml: String,
+    log_level: Option<String>,
+    node_selector: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct DeployBody {
+    version: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    environment_id: Option<Uuid>,
+}
+
+/// A pipeline as the operator API shows it.
+#[derive(Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct PipelineRow {
+    id: Uuid,
+    environment_id: Uuid,
+    name: String,
+    latest_version: i32,
+    deployed_version: Option<i32>,
+    node_selector: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct VersionRow {
+    version: i32,
+    config_yaml: String,
+    checksum: String,
+    log_level: Option<String>,
+    node_selector: Value,
+    created_at: DateTime<Utc>,
+}
+
+/// Shows the deployed version's selector, else the latest one's.
+const SELECT_PIPELINE: &str = "SELECT p.id, p.environment_id, p.name, p.latest_version, p.deployed_version,
+        v.node_selector, p.created_at, p.updated_at
+     FROM pipelines p
+     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = coalesce(p.deployed_version, p.latest_version)";
+
+fn validate_version(
+    yaml: &str,
+    log_level: &Option<String>,
+    selector: &Option<Value>,
+) -> Result<()> {
+    if yaml.trim().is_empty() || yaml.len() > MAX_YAML {
+        return Err(ApiError::invalid("configYaml", "non-empty, at most 1 MiB"));
+    }
+    if let Some(level) = log_level {
+        if !LOG_LEVELS.contains(&level.as_str()) {
+            return Err(ApiError::invalid(
+                "logLevel",
+                "one of trace, debug, info, warn, error",
+            ));
+        }
+    }
+    if let Some(s) = selector {
+        validate_labels("nodeSelector", s)?;
+    }
+    Ok(())
+}
+
+fn checksum(yaml: &str) -> String {
+    flotilla_shared::tokens::sha256_hex(yaml.as_bytes())
+}
+
+async fn insert_version(
+    tx: &mut Transaction<'_, Postgres>,
+    pipeline: Uuid,
+    version: i32,
+    yaml: &str,
+    log_level: &Option<String>,
+    selector: &Value,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pipeline_versions (pipeline_id, version, config_yaml, checksum, log_level, node_selector)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(pipeline)
+    .bind(version)
+    .bind(yaml)
+    .bind(checksum(yaml))
+    .bind(log_level)
+    .bind(selector)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn fetch(state: &AppState, id: Uuid) -> Result<PipelineRow> {
+    sqlx::query_as(&format!("{SELECT_PIPELINE} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("pipeline"))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(req): Json<CreatePipeline>,
+) -> Result<(StatusCode, axum::Json<PipelineRow>)> {
+    op.require(Role::Editor)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid("name", "1 to 200 characters"));
+    }
+    validate_version(&req.config_yaml, &req.log_level, &req.node_selector)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1)")
+            .bind(req.environment_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !exists {
+        return Err(ApiError::NotFound("environment"));
+    }
+    let id = Uuid::new_v4();
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("INSERT INTO pipelines (id, environment_id, name) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(req.environment_id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let selector = req.node_selector.unwrap_or_else(|| json!({}));
+    insert_version(&mut tx, id, 1, &req.config_yaml, &req.log_level, &selector).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, axum::Json(fetch(&state, id).await?)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Viewer)?;
+    let rows: Vec<PipelineRow> = sqlx::query_as(&format!(
+        "{SELECT_PIPELINE} WHERE $1::uuid IS NULL OR p.environment_id = $1 ORDER BY p.name"
+    ))
+    .bind(q.environment_id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(axum::Json(json!({ "pipelines": rows })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Viewer)?;
+    let id = id_of(&id, "pipeline")?;
+    let pipeline = fetch(&state, id).await?;
+    let versions: Vec<VersionRow> = sqlx::query_as(
+        "SELECT version, config_yaml, checksum, log_level, node_selector, created_at
+         FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut body = json!(pipeline);
+    body["versions"] = json!(versions);
+    Ok(axum::Json(body))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(req): Json<UpdatePipeline>,
+) -> Result<axum::Json<PipelineRow>> {
+    op.require(Role::Editor)?;
+    let id = id_of(&id, "pipeline")?;
+    validate_version(&req.config_yaml, &req.log_level, &req.node_selector)?;
+    let mut tx = state.pool.begin().await?;
+    // The row lock makes concurrent updates take consecutive version numbers.
+    let next: Option<(i32, Value)> = sqlx::query_as(
+        "UPDATE pipelines p SET latest_version = p.latest_version + 1, updated_at = now()
+         FROM pipeline_versions v
+         WHERE p.id = $1 AND v.pipeline_id = p.id AND v.version = p.latest_version
+         RETURNING p.latest_version, v.node_selector",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (version, previous_selector) = next.ok_or(ApiError::NotFound("pipeline"))?;
+    let selector = req.node_selector.unwrap_or(previous_selector);
+    insert_version(
+        &mut tx,
+        id,
+        version,
+        &req.config_yaml,
+        &req.log_level,
+        &selector,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(fetch(&state, id).await?))
+}
+
+/// Which version a change deploys.
+enum Target {
+    Version {
+        version: Option<i32>,
+        reason: ConfigChangeReason,
+    },
+    Undeploy,
+}
+
+/// Moves `deployed_version` and notifies every node that matched before or matches after.
+async fn change_deployment(
+    state: &AppState,
+    id: Uuid,
+    target: Target,
+) -> Result<axum::Json<Value>> {
+    let mut tx = state.pool.begin().await?;
+    let current: Option<(Uuid, Option<i32>, i32, Option<Value>)> = sqlx::query_as(
+        "SELECT p.environment_id, p.deployed_version, p.latest_version, v.node_selector
+         FROM pipelines p LEFT JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+         WHERE p.id = $1 FOR UPDATE OF p",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (environment, _, latest, before) = current.ok_or(ApiError::NotFound("pipeline"))?;
+    let (new_version, after, reason) = match target {
+        Target::Undeploy => (None, None, ConfigChangeReason::Undeploy),
+        Target::Version { version, reason } => {
+            let version = version.unwrap_or(latest);
+            let selector: Option<Value> =
+                sqlx::query_scalar("SELECT node_selector FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2")
+                    .bind(id)
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let selector =
+                selector.ok_or_else(|| ApiError::invalid("version", "no such version"))?;
+            (Some(version), Some(selector), reason)
+        }
+    };
+    sqlx::query("UPDATE pipelines SET deployed_version = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(new_version)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let nodes =
+        matching_nodes(&state.pool, environment, &[before.as_ref(), after.as_ref()]).await?;
+    let notified = state
+        .notifier
+        .push(
+            &nodes,
+            PushMessage::ConfigChanged {
+                pipeline_id: Some(id),
+                reason,
+            },
+        )
+        .await;
+    tracing::info!(pipeline_id = %id, version = ?new_version, ?reason, nodes = nodes.len(), "deployment changed");
+    Ok(axum::Json(
+        json!({ "deployedVersion": new_version, "notifiedNodes": notified }),
+    ))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<DeployBody>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Editor)?;
+    let id = id_of(&id, "pipeline")?;
+    let version = body.version;
+    change_deployment(
+        &state,
+        id,
+        Target::Version {
+            version,
+            reason: ConfigChangeReason::Deploy,
+        },
+    )
+    .await
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(body): Json<DeployBody>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Editor)?;
+    let id = id_of(&id, "pipeline")?;
+    let version = body
+        .version
+        .ok_or_else(|| ApiError::invalid("version", "required"))?;
+    change_deployment(
+        &state,
+        id,
+        Target::Version {
+            version: Some(version),
+            reason: ConfigChangeReason::Rollback,
+        },
+    )
+    .await
+}
+
+async fn undeploy(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Editor)?;
+    let id = id_of(&id, "pipeline")?;
+    change_deployment(&state, id, Target::Undeploy).await
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    op.require(Role::Editor)?;
+    let id = id_of(&id, "pipeline")?;
+    let deleted: Option<(Uuid, Option<Value>)> = sqlx::query_as(
+        "WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, deployed_version)
+         SELECT g.environment_id,
+                (SELECT v.node_selector FROM pipeline_versions v WHERE v.pipeline_id = $1 AND v.version = g.deployed_version)
+         FROM gone g",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (environment, before) = deleted.ok_or(ApiError::NotFound("pipeline"))?;
+    let nodes = matching_nodes(&state.pool, environment, &[before.as_ref()]).await?;
+    state
+        .notifier
+        .push(
+            &nodes,
+            PushMessage::ConfigChanged {
+                pipeline_id: Some(id),
+                reason: ConfigChangeReason::Delete,
+            },
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,151 @@
+//! Sample requests (editor) and their results (viewer).
+
+use crate::error::{ApiError, Result};
+use crate::extract::{id_of, Json, Operator};
+use crate::operator_auth::Role;
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use flotilla_shared::frames::PushMessage;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Sample routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/pipelines/{id}/samples", post(request))
+        .route("/api/v1/samples/{id}", get(show))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SampleRequestBody {
+    component_keys: Vec<String>,
+    limit: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    id: Uuid,
+    pipeline_id: Uuid,
+    component_keys: Vec<String>,
+    sample_limit: i32,
+    status: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct SampleRow {
+    component_key: String,
+    node_id: Option<Uuid>,
+    events: Option<Value>,
+    schema: Option<Value>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+async fn request(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(body): Json<SampleRequestBody>,
+) -> Result<(StatusCode, axum::Json<Value>)> {
+    op.require(Role::Editor)?;
+    let pipeline = id_of(&id, "pipeline")?;
+    let limit = body.limit.unwrap_or(5);
+    if !(1..=50).contains(&limit) {
+        return Err(ApiError::invalid("limit", "between 1 and 50"));
+    }
+    let mut keys = body.component_keys;
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() || keys.len() > 50 || keys.iter().any(|k| k.is_empty() || k.len() > 256) {
+        return Err(ApiError::invalid(
+            "componentKeys",
+            "1 to 50 non-empty component keys",
+        ));
+    }
+    let deployed: Option<(Uuid, Option<i32>)> =
+        sqlx::query_as("SELECT environment_id, deployed_version FROM pipelines WHERE id = $1")
+            .bind(pipeline)
+            .fetch_optional(&state.pool)
+            .await?;
+    let (environment, deployed) = deployed.ok_or(ApiError::NotFound("pipeline"))?;
+    if deployed.is_none() {
+        return Err(ApiError::Conflict("the pipeline is not deployed".into()));
+    }
+    let request_id = Uuid::new_v4();
+    let ttl = state.settings.api.sample_request_ttl_secs as f64;
+    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO sample_requests (id, pipeline_id, environment_id, component_keys, sample_limit, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at",
+    )
+    .bind(request_id)
+    .bind(pipeline)
+    .bind(environment)
+    .bind(&keys)
+    .bind(limit as i32)
+    .bind(ttl)
+    .fetch_one(&state.pool)
+    .await?;
+    let running: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT s.node_id FROM node_pipeline_status s JOIN nodes n ON n.id = s.node_id
+         WHERE s.pipeline_id = $1 AND s.status = 'RUNNING' AND n.environment_id = $2",
+    )
+    .bind(pipeline)
+    .bind(environment)
+    .fetch_all(&state.pool)
+    .await?;
+    let message = PushMessage::SampleRequest {
+        request_id,
+        pipeline_id: pipeline,
+        component_keys: keys,
+        limit: limit as u32,
+    };
+    let notified = state.notifier.push(&running, message).await;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            json!({ "requestId": request_id, "expiresAt": expires_at, "notifiedNodes": notified }),
+        ),
+    ))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Viewer)?;
+    let id = id_of(&id, "sample request")?;
+    let req: RequestRow = sqlx::query_as(
+        "SELECT id, pipeline_id, component_keys, sample_limit,
+                CASE WHEN status = 'PENDING' AND expires_at <= now() THEN 'EXPIRED' ELSE status END AS status,
+                created_at, expires_at, completed_at
+         FROM sample_requests WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("sample request"))?;
+    let samples: Vec<SampleRow> = sqlx::query_as(
+        "SELECT component_key, node_id, events, schema, error, created_at FROM samples
+         WHERE request_id = $1 ORDER BY component_key",
+    )
+    .bind(id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(axum::Json(json!({
+        "requestId": req.id, "pipelineId": req.pipeline_id, "status": req.status,
+        "componentKeys": req.component_keys, "limit": req.sample_limit,
+        "createdAt": req.created_at, "expiresAt": req.expires_at, "completedAt": req.completed_at,
+        "samples": samples,
+    })))
+}

@@ -1,0 +1,65 @@
+//! Fleet-wide settings: the poll interval.
+
+use crate::error::{ApiError, Result};
+use crate::extract::{Json, Operator};
+use crate::operator_auth::Role;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use flotilla_shared::frames::PushMessage;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Settings routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/settings", get(show).put(update))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateSettings {
+    poll_interval_ms: i64,
+}
+
+async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
+    op.require(Role::Viewer)?;
+    let ms: i32 = sqlx::query_scalar("SELECT poll_interval_ms FROM settings")
+        .fetch_one(&state.pool)
+        .await?;
+    Ok(axum::Json(json!({ "pollIntervalMs": ms })))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    op: Operator,
+    Json(req): Json<UpdateSettings>,
+) -> Result<axum::Json<Value>> {
+    op.require(Role::Admin)?;
+    if !(1000..=3_600_000).contains(&req.poll_interval_ms) {
+        return Err(ApiError::invalid(
+            "pollIntervalMs",
+            "between 1000 and 3600000",
+        ));
+    }
+    sqlx::query("UPDATE settings SET poll_interval_ms = $1")
+        .bind(req.poll_interval_ms as i32)
+        .execute(&state.pool)
+        .await?;
+    let nodes: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM nodes")
+        .fetch_all(&state.pool)
+        .await?;
+    let notified = state
+        .notifier
+        .push(
+            &nodes,
+            PushMessage::PollInterval {
+                interval_ms: req.poll_interval_ms as u64,
+            },
+        )
+        .await;
+    Ok(axum::Json(
+        json!({ "pollIntervalMs": req.poll_interval_ms, "notifiedNodes": notified }),
+    ))
+}

@@ -1,0 +1,26 @@
+//! Shared application state handed to every handler.
+
+use crate::notify::Notifier;
+use crate::operator_auth::OperatorAuthenticator;
+use flotilla_shared::node_auth::NodeAuthenticator;
+use flotilla_shared::redis_conn::Redis;
+use flotilla_shared::settings::Settings;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Cheap handles to everything a request needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// Postgres.
+    pub pool: PgPool,
+    /// Settings, read-only.
+    pub settings: Arc<Settings>,
+    /// Node-token authentication (shared with the gateway's code).
+    pub node_auth: NodeAuthenticator,
+    /// Operator-token authentication.
+    pub operator_auth: OperatorAuthenticator,
+    /// Redis commands (presence reads, readiness).
+    pub redis: Redis,
+    /// Per-node notifications.
+    pub notifier: Notifier,
+}

@@ -1,0 +1,62 @@
+//! Background upkeep: node health and sample-request expiry, with no caller needed.
+
+use crate::state::AppState;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What one sweep changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Nodes newly marked UNREACHABLE.
+    pub unreachable: u64,
+    /// Sample requests newly EXPIRED.
+    pub expired: u64,
+}
+
+/// Runs [`sweep_once`] on the configured interval until shutdown.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        state.settings.api.health_sweep_interval_ms,
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = sweep_once(&state).await {
+                    tracing::warn!(error = %e, "health sweep failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+/// One sweep: nodes silent for longer than poll interval × threshold become UNREACHABLE,
+/// pending sample requests past their expiry become EXPIRED.
+pub async fn sweep_once(state: &AppState) -> Result<SweepReport, sqlx::Error> {
+    let threshold = i64::from(state.settings.api.unhealthy_threshold);
+    let unreachable = sqlx::query(
+        "UPDATE nodes SET status = 'UNREACHABLE'
+         WHERE status = 'HEALTHY'
+           AND coalesce(last_seen, enrolled_at)
+               < now() - make_interval(secs => (SELECT poll_interval_ms FROM settings) * $1 / 1000.0)",
+    )
+    .bind(threshold)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    let expired = sqlx::query(
+        "UPDATE sample_requests SET status = 'EXPIRED', completed_at = now()
+         WHERE status = 'PENDING' AND expires_at <= now()",
+    )
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if unreachable > 0 {
+        tracing::info!(count = unreachable, "nodes marked UNREACHABLE");
+    }
+    Ok(SweepReport {
+        unreachable,
+        expired,
+    })
+}

@@ -1,0 +1,503 @@
+//! The agent HTTP API against a real Postgres and Redis.
+
+mod common;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+#[tokio::test]
+async fn enroll_returns_a_node_token_once_and_stores_only_a_hash() {
+    let (db, api) = common::start().await;
+    let (env_id, enroll_token) = api.create_environment("prod").await;
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/enroll",
+            None,
+            Some(json!({"token": enroll_token, "hostname": "web-1", "os": "linux", "agentVersion": "1.0.0",
+                        "vectorVersion": "0.40.0", "somethingNew": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let token = r.body["nodeToken"].as_str().unwrap();
+    assert!(token.starts_with("vf_node_"));
+    assert_eq!(r.body["environmentId"], env_id.as_str());
+    assert_eq!(r.body["environmentName"], "prod");
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT token_lookup, token_hash FROM nodes")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].1.starts_with("$2"), "bcrypt hash stored");
+    assert!(
+        !stored[0].1.contains(token) && token.contains(&stored[0].0),
+        "lookup id embedded in token"
+    );
+    assert_eq!(api.agent_config(token).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn enroll_rejects_bad_tokens_and_bad_bodies_with_the_documented_shapes() {
+    let (_db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let wrong_secret = format!("{}{}", &enroll_token[..enroll_token.len() - 4], "0000");
+    for token in ["", "nope", "vf_enroll_x", wrong_secret.as_str()] {
+        let r = api
+            .call(
+                Method::POST,
+                "/api/agent/enroll",
+                None,
+                Some(json!({"token": token, "hostname": "h"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(r.body, json!({"error": "Invalid enrollment token"}));
+    }
+    let r = api
+        .raw(Method::POST, "/api/agent/enroll", None, "{not json")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["error"].is_string() && r.body["details"].is_object(),
+        "{}",
+        r.text
+    );
+    let r = api
+        .raw(Method::POST, "/api/agent/enroll", None, r#"{"token":"x"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("hostname"),
+        "{}",
+        r.text
+    );
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/enroll",
+            None,
+            Some(json!({"token": enroll_token, "hostname": "  "})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["details"]["path"], "hostname");
+}
+
+#[tokio::test]
+async fn agent_endpoints_reject_missing_wrong_and_revoked_tokens() {
+    let (_db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h1").await;
+    let wrong = format!("{}{}", &token[..token.len() - 4], "ffff");
+    for t in [
+        None,
+        Some("garbage"),
+        Some(wrong.as_str()),
+        Some(enroll_token.as_str()),
+    ] {
+        let r = api.call(Method::GET, "/api/agent/config", t, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{t:?}");
+        assert!(r.body["error"].is_string());
+    }
+    assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+    let r = api
+        .admin(Method::DELETE, &format!("/api/v1/fleet/{node_id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // The very next request fails, although the token is warm in the cache.
+    assert_eq!(
+        api.agent_config(&token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(json!({"pipelines": []})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_warm_token_costs_no_bcrypt_and_a_rotated_hash_is_rejected_at_once() {
+    let (db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h1").await;
+    let counters = api.state.node_auth.counters().clone();
+    let before = counters.bcrypt_verifications.load(Ordering::SeqCst);
+    assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+    let cold = counters.bcrypt_verifications.load(Ordering::SeqCst) - before;
+    assert!(
+        cold <= 1,
+        "cold path verifies at most once (shared verification may skip it)"
+    );
+    for _ in 0..20 {
+        assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        counters.bcrypt_verifications.load(Ordering::SeqCst) - before,
+        cold,
+        "warm hits run no bcrypt"
+    );
+    assert!(counters.warm_hits.load(Ordering::SeqCst) >= 20);
+
+    // Rotate the node's credential underneath the cache: the cached hash no longer matches.
+    let issued = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX);
+    let hash = flotilla_shared::tokens::hash_secret(issued.secret.clone(), 4)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE nodes SET token_hash = $2, token_lookup = $3 WHERE id = $1::uuid")
+        .bind(&node_id)
+        .bind(&hash)
+        .bind(&issued.lookup)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.agent_config(&token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(api.agent_config(&issued.token).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_rotated_enrollment_token_is_rejected_immediately() {
+    let (_db, api) = common::start().await;
+    let (env_id, old) = api.create_environment("prod").await;
+    api.enroll(&old, "h1").await;
+    let r = api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/environments/{env_id}/enrollment-token"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let new = r.body["enrollmentToken"].as_str().unwrap().to_owned();
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/enroll",
+            None,
+            Some(json!({"token": old, "hostname": "h2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    api.enroll(&new, "h2").await;
+}
+
+#[tokio::test]
+async fn config_serves_deployed_matching_pipelines_with_checksums() {
+    let (_db, api) = common::start().await;
+    let (env_id, enroll_token) = api.create_environment("prod").await;
+    let (web_id, web) = api.enroll(&enroll_token, "web").await;
+    let (_, db_node) = api.enroll(&enroll_token, "db").await;
+    let r = api
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/fleet/{web_id}/labels"),
+            Some(json!({"labels": {"role": "web"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let everywhere = api
+        .create_pipeline(&env_id, "all", "sources: {}\n", json!({}))
+        .await;
+    let web_only = api
+        .create_pipeline(&env_id, "web", "sinks: {}\n", json!({"role": "web"}))
+        .await;
+    let _undeployed = api
+        .create_pipeline(&env_id, "draft", "x: 1\n", json!({}))
+        .await;
+    assert_eq!(api.deploy(&everywhere).await.status, StatusCode::OK);
+    assert_eq!(api.deploy(&web_only).await.status, StatusCode::OK);
+
+    let c = api.agent_config(&web).await;
+    assert_eq!(c.status, StatusCode::OK);
+    let names: Vec<&str> = c.body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pipelineName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["all", "web"]);
+    let p = &c.body["pipelines"][0];
+    assert_eq!(p["version"], 1);
+    assert_eq!(p["configYaml"], "sources: {}\n");
+    assert_eq!(
+        p["checksum"],
+        flotilla_shared::tokens::sha256_hex(b"sources: {}\n")
+    );
+    assert_eq!(c.body["pollIntervalMs"], 15000);
+    assert_eq!(c.body["secretBackend"], "BUILTIN");
+    assert_eq!(
+        c.body["websocketUrl"],
+        api.state.settings.api.public_ws_url.as_str()
+    );
+
+    let c = api.agent_config(&db_node).await;
+    let names: Vec<&str> = c.body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pipelineName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["all"]);
+
+    // Maintenance: no pipelines, still a websocketUrl.
+    let r = api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{web_id}/maintenance"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let c = api.agent_config(&web).await;
+    assert_eq!(c.body["pipelines"], json!([]));
+    assert!(c.body["websocketUrl"].as_str().unwrap().starts_with("ws"));
+
+    // A new version with the same YAML keeps the checksum; different YAML changes it.
+    let r = api
+        .admin(
+            Method::PUT,
+            &format!("/api/v1/pipelines/{everywhere}"),
+            Some(json!({"configYaml": "sources: {}\n"})),
+        )
+        .await;
+    assert_eq!(r.body["latestVersion"], 2);
+    api.deploy(&everywhere).await;
+    let c = api.agent_config(&db_node).await;
+    assert_eq!(c.body["pipelines"][0]["version"], 2);
+    assert_eq!(
+        c.body["pipelines"][0]["checksum"],
+        flotilla_shared::tokens::sha256_hex(b"sources: {}\n")
+    );
+}
+
+#[tokio::test]
+async fn a_node_never_sees_another_environments_config() {
+    let (_db, api) = common::start().await;
+    let (a_env, a_token) = api.create_environment("a").await;
+    let (_, b_token) = api.create_environment("b").await;
+    let (_, a_node) = api.enroll(&a_token, "a1").await;
+    let (_, b_node) = api.enroll(&b_token, "b1").await;
+    let p = api
+        .create_pipeline(&a_env, "secret-a", "a: 1\n", json!({}))
+        .await;
+    api.deploy(&p).await;
+    assert_eq!(
+        api.agent_config(&a_node).await.body["pipelines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(api.agent_config(&b_node).await.body["pipelines"], json!([]));
+}
+
+#[tokio::test]
+async fn heartbeat_records_state_and_settles_self_updates() {
+    let (db, api) = common::start().await;
+    let (env_id, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h").await;
+    let p1 = api
+        .create_pipeline(&env_id, "p1", "a: 1\n", json!({}))
+        .await;
+    let p2 = api
+        .create_pipeline(&env_id, "p2", "b: 1\n", json!({}))
+        .await;
+    let hb = |pipelines: serde_json::Value, extra: serde_json::Value| {
+        let mut body = json!({"agentVersion": "1.0.0", "vectorVersion": "0.40", "labels": {"zone": "a"}, "pipelines": pipelines});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(hb(
+                json!([{"pipelineId": p1, "version": 1, "status": "RUNNING", "pid": 42, "uptimeSeconds": 5, "eventsIn": 10, "newMetric": 1},
+                       {"pipelineId": p2, "version": 1, "status": "CRASHED"}]),
+                json!({"hostMetrics": {"cpu": 1}}),
+            )),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"ok": true}));
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    assert_eq!(node["agentVersion"], "1.0.0");
+    assert_eq!(node["labels"], json!({"zone": "a"}));
+    assert_eq!(node["status"], "HEALTHY");
+    assert_eq!(node["pipelines"].as_array().unwrap().len(), 2);
+
+    // An unreported pipeline's row goes away.
+    api.call(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(&token),
+        Some(hb(
+            json!([{"pipelineId": p1, "version": 1, "status": "RUNNING"}]),
+            json!({}),
+        )),
+    )
+    .await;
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    assert_eq!(
+        node["pipelines"],
+        json!([{"pipelineId": p1, "version": 1, "status": "RUNNING"}])
+    );
+
+    // Bad status values are a 400, not a 500.
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(json!({"pipelines": [{"pipelineId": p1, "version": 1, "status": "DANCING"}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // A self-update is cleared by an update error (kept as lastUpdateError)...
+    let sum = "a".repeat(64);
+    let action = json!({"type": "self_update", "targetVersion": "2.0.0", "downloadUrl": "http://x/agent", "checksum": sum});
+    assert_eq!(
+        api.admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{node_id}/actions"),
+            Some(action.clone())
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        api.agent_config(&token).await.body["pendingAction"]["targetVersion"],
+        "2.0.0"
+    );
+    api.call(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(&token),
+        Some(hb(json!([]), json!({"updateError": "checksum mismatch"}))),
+    )
+    .await;
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    assert_eq!(node["pendingAction"], serde_json::Value::Null);
+    assert_eq!(node["lastUpdateError"], "checksum mismatch");
+    // ...or by reaching the target version.
+    api.admin(
+        Method::POST,
+        &format!("/api/v1/fleet/{node_id}/actions"),
+        Some(action),
+    )
+    .await;
+    api.call(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(&token),
+        Some(json!({"agentVersion": "2.0.0", "pipelines": []})),
+    )
+    .await;
+    let (pending, error): (Option<serde_json::Value>, Option<String>) =
+        sqlx::query_as("SELECT pending_action, last_update_error FROM nodes WHERE id = $1::uuid")
+            .bind(&node_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(pending.is_none() && error.is_none());
+
+    // A restart is handed out by exactly one poll.
+    api.admin(
+        Method::POST,
+        &format!("/api/v1/fleet/{node_id}/actions"),
+        Some(json!({"type": "restart"})),
+    )
+    .await;
+    assert_eq!(
+        api.agent_config(&token).await.body["pendingAction"],
+        json!({"type": "restart"})
+    );
+    assert!(api
+        .agent_config(&token)
+        .await
+        .body
+        .get("pendingAction")
+        .is_none());
+}
+
+#[tokio::test]
+async fn silent_nodes_become_unreachable_and_heal_on_heartbeat() {
+    let (db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h").await;
+    let report = flotilla_api::sweep::sweep_once(&api.state).await.unwrap();
+    assert_eq!(report.unreachable, 0);
+    sqlx::query("UPDATE nodes SET last_seen = now() - interval '46 seconds'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = flotilla_api::sweep::sweep_once(&api.state).await.unwrap();
+    assert_eq!(report.unreachable, 1);
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    assert_eq!(node["status"], "UNREACHABLE");
+    api.call(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(&token),
+        Some(json!({"pipelines": []})),
+    )
+    .await;
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    assert_eq!(node["status"], "HEALTHY");
+}
+
+#[tokio::test]
+async fn the_background_sweep_runs_without_a_caller() {
+    let (db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, _) = api.enroll(&enroll_token, "h").await;
+    sqlx::query("UPDATE nodes SET last_seen = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    flotilla_testkit::eventually(
+        "node marked unreachable",
+        std::time::Duration::from_secs(5),
+        || async {
+            let n = api
+                .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+                .await
+                .body;
+            (n["status"] == "UNREACHABLE").then_some(())
+        },
+    )
+    .await;
+}
