@@ -32,7 +32,10 @@ pub const FLEET_EVENTS: &str = "flotilla:fleet-events";
 
 /// Key recording that some service bcrypt-verified a token (named by a hash of its SHA-256).
 pub fn verified_token_key(token_sha256: &[u8; 32]) -> String {
-    format!("flotilla:auth:verified:{}", crate::tokens::sha256_hex(token_sha256))
+    format!(
+        "flotilla:auth:verified:{}",
+        crate::tokens::sha256_hex(token_sha256)
+    )
 }
 
 /// A gateway-internal message sharing a node channel; never forwarded to agents.

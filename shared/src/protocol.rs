@@ -291,7 +291,8 @@ mod tests {
 
     #[test]
     fn heartbeat_ignores_unknown_fields_and_accepts_minimal_body() {
-        let hb: Heartbeat = serde_json::from_str(r#"{"pipelines":[],"futureField":{"a":1}}"#).unwrap();
+        let hb: Heartbeat =
+            serde_json::from_str(r#"{"pipelines":[],"futureField":{"a":1}}"#).unwrap();
         assert!(hb.pipelines.is_empty());
         let hb: Heartbeat = serde_json::from_str("{}").unwrap();
         assert!(hb.sample_results.is_none());

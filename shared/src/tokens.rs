@@ -85,7 +85,8 @@ pub fn parse<'a>(prefix: &str, token: &'a str) -> Option<ParsedToken<'a>> {
     let rest = token.strip_prefix(prefix)?;
     let (lookup, secret) = rest.split_once('_')?;
     let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex_of(lookup, LOOKUP_LEN) && hex_of(secret, SECRET_LEN)).then_some(ParsedToken { lookup, secret })
+    (hex_of(lookup, LOOKUP_LEN) && hex_of(secret, SECRET_LEN))
+        .then_some(ParsedToken { lookup, secret })
 }
 
 /// SHA-256 of a token, used as a cache key so no token is kept in memory.
@@ -115,7 +116,12 @@ pub fn operator_parts(token: &str) -> (String, String) {
 
 /// A short, safe hint of a token for display (`vf_enroll_1a2b…`).
 pub fn hint(token: &str, prefix: &str) -> String {
-    let lookup: String = token.strip_prefix(prefix).unwrap_or(token).chars().take(4).collect();
+    let lookup: String = token
+        .strip_prefix(prefix)
+        .unwrap_or(token)
+        .chars()
+        .take(4)
+        .collect();
     format!("{prefix}{lookup}…")
 }
 
@@ -178,7 +184,10 @@ mod tests {
         assert_eq!(lookup.len(), 5);
         assert_eq!(secret.len(), 64);
         let t = issue(OPERATOR_PREFIX);
-        assert_eq!(operator_parts(&t.token), (t.lookup.clone(), t.secret.clone()));
+        assert_eq!(
+            operator_parts(&t.token),
+            (t.lookup.clone(), t.secret.clone())
+        );
     }
 
     #[test]

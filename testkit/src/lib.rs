@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod db;
+pub mod listen;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;
@@ -67,6 +68,9 @@ pub fn settings(database_url: &str, redis_url: &str) -> Settings {
         ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
         ("FLOTILLA__LOG__LEVEL", "warn"),
     ];
-    Settings::load_from(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-        .expect("test settings are valid")
+    Settings::load_from(
+        None,
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .expect("test settings are valid")
 }
