@@ -1,1 +1,69 @@
-fn main() {}
+//! `flotilla-agent`: parse flags and environment, run the agent until SIGTERM, re-execute
+//! after a self-update.
+
+use flotilla_agent::config::{Invocation, USAGE};
+use flotilla_agent::{Config, Outcome};
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match Config::from_process() {
+        Ok(Invocation::Run(config)) => *config,
+        Ok(Invocation::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("flotilla-agent {}", flotilla_agent::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("flotilla-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        flotilla_agent::run(config, shutdown).await
+    });
+    drop(runtime);
+    match outcome {
+        Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(Outcome::ReExec(target)) => {
+            let err = std::process::Command::new(&target.exe)
+                .args(&target.args)
+                .exec();
+            tracing::error!(exe = %target.exe.display(), error = %err, "re-exec failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flotilla-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,327 @@
+//! The main loop: one task owns the [`State`] and the [`Supervisor`]; everything else (polls,
+//! heartbeats, the push channel, child watchers, taps, downloads) runs in tasks that report
+//! back over one channel. No agent state sits behind a lock.
+
+use crate::client::{ApiClient, ClientError};
+use crate::config::{Config, ReExec};
+use crate::state::{Command, Event, Identity, PollError, State};
+use crate::supervisor::Supervisor;
+use crate::{enroll, push, samples, update};
+use anyhow::Context;
+use flotilla_shared::protocol::{PendingAction, SamplesRequest};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How [`run`] ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Shut down on request.
+    Stopped,
+    /// The binary was replaced: the caller must execute it (pipelines are already stopped).
+    ReExec(ReExec),
+}
+
+/// Runs the agent until `shutdown` is cancelled (or a self-update needs a re-exec).
+///
+/// On shutdown the push socket is closed with 1000 and every pipeline is stopped.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Outcome> {
+    tracing::info!(
+        version = crate::VERSION,
+        url = %config.url,
+        data_dir = %config.data_dir.display(),
+        vector = %config.vector_bin.display(),
+        "flotilla-agent starting"
+    );
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let client = ApiClient::new(config.url.clone(), config.tuning.http_timeout);
+    let vector_version = vector_version(&config.vector_bin).await;
+    let token = enroll::node_token(&config, &client, vector_version.clone(), &shutdown).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::new(
+        config.vector_bin.clone(),
+        config.pipelines_dir(),
+        config.tuning.stop_grace,
+        tx.clone(),
+    );
+    supervisor
+        .prepare()
+        .with_context(|| format!("cannot prepare {}", config.pipelines_dir().display()))?;
+    let identity = Identity {
+        agent_version: crate::VERSION.to_owned(),
+        vector_version,
+        labels: config.labels.clone(),
+        deployment_mode: Some(
+            if Path::new("/.dockerenv").exists() {
+                "DOCKER"
+            } else {
+                "STANDALONE"
+            }
+            .to_owned(),
+        ),
+    };
+    let previous_update = update::take_attempt(&config.data_dir);
+    let state = State::new(
+        config.tuning.clone(),
+        identity,
+        config.poll_interval,
+        previous_update,
+        now(),
+    );
+    let mut main = MainLoop {
+        client: client.with_token(token.clone()),
+        token,
+        config,
+        state,
+        supervisor,
+        tx,
+        rx,
+        push: None,
+        push_cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        tasks_cancel: CancellationToken::new(),
+    };
+    let reexec = main.run(&shutdown).await;
+    main.stop().await;
+    match reexec {
+        None => {
+            tracing::info!("flotilla-agent stopped");
+            Ok(Outcome::Stopped)
+        }
+        Some(action) => {
+            let target = main
+                .config
+                .reexec
+                .clone()
+                .expect("self-update runs only with a re-exec target");
+            if let Err(e) = update::record_attempt(&main.config.data_dir, &action) {
+                tracing::warn!(error = %e, "cannot record the self-update attempt");
+            }
+            tracing::info!(exe = %target.exe.display(), "re-executing the updated binary");
+            Ok(Outcome::ReExec(target))
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+struct MainLoop {
+    config: Config,
+    client: ApiClient,
+    token: flotilla_shared::secret::Secret,
+    state: State,
+    supervisor: Supervisor,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    push: Option<(watch::Sender<String>, JoinHandle<()>)>,
+    push_cancel: CancellationToken,
+    tasks: TaskTracker,
+    tasks_cancel: CancellationToken,
+}
+
+impl MainLoop {
+    /// Loops until shutdown; returns the update action when a re-exec is due.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Option<PendingAction> {
+        let mut queue: VecDeque<Event> = VecDeque::from([Event::Tick]);
+        loop {
+            while let Some(event) = queue.pop_front() {
+                if let Event::Exited {
+                    pipeline_id,
+                    generation,
+                    ..
+                } = &event
+                {
+                    self.supervisor.reap(*pipeline_id, *generation);
+                }
+                for command in self.state.handle(event, now()) {
+                    if let Command::ReExec(action) = command {
+                        return Some(action);
+                    }
+                    queue.extend(self.execute(command));
+                }
+            }
+            let deadline = self
+                .state
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                event = self.rx.recv() => queue.extend(event),
+                () = sleep_until(deadline) => queue.push_back(Event::Tick),
+            }
+        }
+    }
+
+    /// Executes one command; events it produces synchronously are returned.
+    fn execute(&mut self, command: Command) -> Option<Event> {
+        match command {
+            Command::Poll => {
+                let client = self.client.clone();
+                self.spawn(async move {
+                    let result = client.config().await.map(Box::new).map_err(|e| match e {
+                        ClientError::Unauthorized(_) => PollError::Unauthorized,
+                        other => PollError::Other(other.to_string()),
+                    });
+                    Event::PollDone(result)
+                });
+            }
+            Command::Heartbeat(body) => {
+                let client = self.client.clone();
+                self.spawn(async move {
+                    let result = client.heartbeat(&body).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                    Event::HeartbeatDone { ok: result.is_ok() }
+                });
+            }
+            Command::ConnectPush(url) => match &self.push {
+                Some((sender, _)) => {
+                    tracing::info!(url = %url, "push URL changed");
+                    let _ = sender.send(url);
+                }
+                None => {
+                    tracing::info!(url = %url, "starting the push channel");
+                    let (sender, receiver) = watch::channel(url);
+                    let task = tokio::spawn(push::run(
+                        receiver,
+                        self.token.clone(),
+                        self.config.tuning.clone(),
+                        self.tx.clone(),
+                        self.push_cancel.clone(),
+                    ));
+                    self.push = Some((sender, task));
+                }
+            },
+            Command::Start {
+                pipeline_id,
+                generation,
+                config_yaml,
+                log_level,
+            } => {
+                let result = self.supervisor.start(
+                    pipeline_id,
+                    generation,
+                    &config_yaml,
+                    log_level.as_deref(),
+                );
+                return Some(Event::Spawned {
+                    pipeline_id,
+                    generation,
+                    result,
+                });
+            }
+            Command::Stop {
+                pipeline_id,
+                generation,
+            } => self.supervisor.stop(pipeline_id, generation),
+            Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(pipeline_id),
+            Command::Tap(request) => {
+                let bin = self.config.vector_bin.clone();
+                let timeout = self.config.tuning.tap_timeout;
+                self.spawn(async move {
+                    let results = samples::tap_all(&bin, &request, timeout).await;
+                    Event::TapDone {
+                        request_id: request.request_id,
+                        results,
+                    }
+                });
+            }
+            Command::PostSamples {
+                request_id,
+                results,
+            } => {
+                let client = self.client.clone();
+                self.spawn(async move {
+                    let result = client.samples(&SamplesRequest { results }).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(request = %request_id, error = %e, "posting sample results failed");
+                    }
+                    Event::SamplesPosted { request_id, ok: result.is_ok() }
+                });
+            }
+            Command::SelfUpdate(action) => {
+                let Some(target) = self.config.reexec.clone() else {
+                    return Some(Event::UpdateFinished(Err(
+                        "self-update needs the agent to run as its own binary".into(),
+                    )));
+                };
+                let url = action.download_url.unwrap_or_default();
+                let checksum = action.checksum.unwrap_or_default();
+                let tuning = self.config.tuning.clone();
+                self.spawn(async move {
+                    let result = update::download_and_replace(
+                        &url,
+                        &checksum,
+                        &target.exe,
+                        tuning.download_connect_timeout,
+                        tuning.download_timeout,
+                    )
+                    .await;
+                    Event::UpdateFinished(result)
+                });
+            }
+            Command::ReExec(_) => unreachable!("handled by the loop"),
+        }
+        None
+    }
+
+    /// Runs an I/O task that reports one event, cancelled at shutdown.
+    fn spawn(&self, task: impl std::future::Future<Output = Event> + Send + 'static) {
+        let tx = self.tx.clone();
+        let cancel = self.tasks_cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                event = task => { let _ = tx.send(event); }
+            }
+        });
+    }
+
+    /// Closes the push socket (1000), stops every pipeline and ends the I/O tasks.
+    async fn stop(&mut self) {
+        self.push_cancel.cancel();
+        if let Some((_, task)) = self.push.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+        self.supervisor.stop_all().await;
+        self.tasks_cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tasks.wait()).await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `vector --version`, e.g. `0.41.1`; `None` when it cannot be run.
+async fn vector_version(bin: &Path) -> Option<String> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new(bin)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().next()?.trim();
+    let version = line.strip_prefix("vector ").unwrap_or(line);
+    Some(version.split_whitespace().next()?.to_owned())
+}

@@ -1,0 +1,187 @@
+//! The push channel: a WebSocket to the gateway, reconnected forever with backoff.
+//!
+//! The task reports [`PushEvent`]s to the main loop and keeps no agent state. Any frame (data,
+//! ping or pong) resets the read deadline, so an idle socket that the gateway keeps alive is
+//! never recycled. Close codes follow [`reconnect_policy`]: draining gateways are left after a
+//! short random delay, a superseded socket backs off (another agent may share the token), a
+//! revoked node stops the task.
+
+use crate::backoff::Backoff;
+use crate::config::Tuning;
+use crate::state::{Event, PushEvent};
+use flotilla_shared::close_codes::{reconnect_policy, Reconnect, NORMAL};
+use flotilla_shared::frames::PushFrame;
+use flotilla_shared::secret::Secret;
+use futures_util::StreamExt;
+use rand::Rng;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc::UnboundedSender, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Shutdown; the socket was closed with 1000.
+    Cancelled,
+    /// The URL changed; reconnect at once.
+    UrlChanged,
+    /// The socket closed or failed; what to do next.
+    Closed(Reconnect),
+}
+
+/// Runs the push channel until `cancel` or a revocation. `url` carries the latest
+/// `websocketUrl`; a change reconnects.
+pub async fn run(
+    mut url: watch::Receiver<String>,
+    token: Secret,
+    tuning: Tuning,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(tuning.push_backoff_base, tuning.push_backoff_max);
+    loop {
+        let target = url.borrow_and_update().clone();
+        let connected = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = tokio::time::timeout(tuning.connect_timeout, connect(&target, &token)) => r,
+        };
+        let end = match connected {
+            Ok(Ok(socket)) => {
+                tracing::debug!(url = %target, "push channel open");
+                let _ = events.send(Event::Push(PushEvent::Connected));
+                let opened = Instant::now();
+                let end = session(socket, &mut url, &tuning, &events, &cancel).await;
+                let _ = events.send(Event::Push(PushEvent::Disconnected));
+                if opened.elapsed() >= tuning.push_stable_after {
+                    backoff.reset();
+                }
+                end
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(url = %target, error = %e, "push channel connect failed");
+                End::Closed(Reconnect::WithBackoff)
+            }
+            Err(_) => {
+                tracing::warn!(url = %target, timeout = ?tuning.connect_timeout, "push channel connect timed out");
+                End::Closed(Reconnect::WithBackoff)
+            }
+        };
+        let delay = match end {
+            End::Cancelled => return,
+            End::UrlChanged => Duration::ZERO,
+            End::Closed(Reconnect::Never) => {
+                let _ = events.send(Event::Push(PushEvent::Revoked));
+                return;
+            }
+            End::Closed(Reconnect::Now) => {
+                let max = u64::try_from(tuning.drain_reconnect_max.as_millis()).unwrap_or(u64::MAX);
+                Duration::from_millis(rand::thread_rng().gen_range(0..=max))
+            }
+            End::Closed(Reconnect::Superseded) => {
+                let delay = backoff.next_delay_at_least_half();
+                tracing::warn!(
+                    retry_in = ?delay,
+                    "push channel superseded by a newer connection of this node: another agent may be using the same node token"
+                );
+                delay
+            }
+            End::Closed(Reconnect::WithBackoff) => backoff.next_delay(),
+        };
+        tracing::debug!(retry_in = ?delay, "push channel reconnecting");
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+            changed = url.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Opens the socket with the node token as a bearer token.
+async fn connect(
+    url: &str,
+    token: &Secret,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request()?;
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|e| tokio_tungstenite::tungstenite::Error::HttpFormat(e.into()))?;
+    auth.set_sensitive(true);
+    request.headers_mut().insert("authorization", auth);
+    let (socket, _response) = tokio_tungstenite::connect_async(request).await?;
+    Ok(socket)
+}
+
+/// Reads frames until the socket ends, the deadline passes, the URL changes or shutdown.
+async fn session(
+    mut socket: Socket,
+    url: &mut watch::Receiver<String>,
+    tuning: &Tuning,
+    events: &UnboundedSender<Event>,
+    cancel: &CancellationToken,
+) -> End {
+    loop {
+        let frame = tokio::select! {
+            () = cancel.cancelled() => {
+                close(&mut socket, "agent shutting down").await;
+                return End::Cancelled;
+            }
+            changed = url.changed() => {
+                close(&mut socket, "push URL changed").await;
+                return if changed.is_ok() { End::UrlChanged } else { End::Cancelled };
+            }
+            frame = tokio::time::timeout(tuning.read_deadline, socket.next()) => frame,
+        };
+        match frame {
+            Err(_) => {
+                tracing::warn!(deadline = ?tuning.read_deadline, "no frame from the gateway within the read deadline; reconnecting");
+                return End::Closed(Reconnect::WithBackoff);
+            }
+            Ok(None) => return End::Closed(Reconnect::WithBackoff),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "push channel failed");
+                return End::Closed(Reconnect::WithBackoff);
+            }
+            Ok(Some(Ok(Message::Text(text)))) => match PushFrame::parse(text.as_str()) {
+                Ok(frame) => {
+                    tracing::debug!(id = %frame.id, message = ?frame.message, "push received");
+                    let _ = events.send(Event::Push(PushEvent::Message(frame.message)));
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed push frame"),
+            },
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                let policy = reconnect_policy(code);
+                tracing::info!(
+                    code,
+                    reason = frame.as_ref().map_or("", |f| f.reason.as_str()),
+                    ?policy,
+                    "push channel closed by the gateway"
+                );
+                return End::Closed(policy);
+            }
+            // Pings (answered by tungstenite), pongs and anything else: liveness only.
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+async fn close(socket: &mut Socket, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(NORMAL),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = socket.close(Some(frame)).await;
+        // Wait for the gateway's close reply so the close handshake completes.
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}

@@ -1,0 +1,201 @@
+//! Sample requests: `vector tap` per component, with an event limit and a time limit.
+
+use flotilla_shared::protocol::{SampleRequestConfig, SampleResult, SchemaField};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// Taps every component of a request concurrently; one result per component, errors included.
+pub async fn tap_all(
+    vector_bin: &Path,
+    request: &SampleRequestConfig,
+    timeout: Duration,
+) -> Vec<SampleResult> {
+    let taps = request
+        .component_keys
+        .iter()
+        .map(|key| tap(vector_bin, request, key, timeout));
+    futures_util::future::join_all(taps).await
+}
+
+/// Runs `vector tap --outputs-of <key> --limit <n> --format json` and collects its events.
+pub async fn tap(
+    vector_bin: &Path,
+    request: &SampleRequestConfig,
+    key: &str,
+    timeout: Duration,
+) -> SampleResult {
+    let (events, error) = match run_tap(vector_bin, key, request.limit.max(1), timeout).await {
+        Ok(events) => (Some(events), None),
+        Err(e) => (None, Some(e)),
+    };
+    SampleResult {
+        request_id: request.request_id,
+        component_key: key.to_owned(),
+        schema: events.as_ref().map(|e| infer_schema(e)),
+        events,
+        error,
+    }
+}
+
+async fn run_tap(
+    vector_bin: &Path,
+    key: &str,
+    limit: u32,
+    timeout: Duration,
+) -> Result<Vec<Value>, String> {
+    let mut child = tokio::process::Command::new(vector_bin)
+        .args([
+            "tap",
+            "--outputs-of",
+            key,
+            "--limit",
+            &limit.to_string(),
+            "--format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {} tap: {e}", vector_bin.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let mut events = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    let read = tokio::time::timeout(timeout, async {
+        while events.len() < limit as usize {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                        events.push(v);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let timed_out = read.is_err();
+    let _ = child.start_kill();
+    let status = child.wait().await.ok();
+    let stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if !events.is_empty() {
+        return Ok(events);
+    }
+    if timed_out {
+        return Err(format!(
+            "vector tap captured no events within {}s",
+            timeout.as_secs_f32()
+        ));
+    }
+    match status {
+        Some(s) if !s.success() => {
+            let tail: String = stderr
+                .trim()
+                .chars()
+                .rev()
+                .take(500)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Err(format!("vector tap failed ({s}): {tail}"))
+        }
+        _ => Ok(events),
+    }
+}
+
+/// Field paths, types and sample values of the first event.
+pub fn infer_schema(events: &[Value]) -> Vec<SchemaField> {
+    let mut fields = Vec::new();
+    if let Some(first) = events.first() {
+        walk("", first, &mut fields);
+    }
+    fields
+}
+
+fn walk(prefix: &str, value: &Value, out: &mut Vec<SchemaField>) {
+    if let Value::Object(map) = value {
+        for (k, v) in map {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            walk(&path, v, out);
+        }
+        return;
+    }
+    if prefix.is_empty() {
+        return;
+    }
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    out.push(SchemaField {
+        path: prefix.to_owned(),
+        kind: kind.into(),
+        sample: value.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn schema_of_nested_events() {
+        let schema = infer_schema(&[
+            json!({"message":"hi","host":{"name":"a","port":1},"tags":["x"],"ok":true}),
+        ]);
+        let paths: Vec<(&str, &str)> = schema
+            .iter()
+            .map(|f| (f.path.as_str(), f.kind.as_str()))
+            .collect();
+        assert!(paths.contains(&("message", "string")));
+        assert!(paths.contains(&("host.name", "string")));
+        assert!(paths.contains(&("host.port", "number")));
+        assert!(paths.contains(&("tags", "array")));
+        assert!(paths.contains(&("ok", "boolean")));
+        assert!(infer_schema(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_a_per_component_error() {
+        let request = SampleRequestConfig {
+            request_id: uuid::Uuid::new_v4(),
+            pipeline_id: uuid::Uuid::new_v4(),
+            component_keys: vec!["a".into(), "b".into()],
+            limit: 3,
+        };
+        let results = tap_all(
+            Path::new("/nonexistent/vector"),
+            &request,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(results.len(), 2);
+        assert!(results
+            .iter()
+            .all(|r| r.error.as_deref().is_some_and(|e| e.contains("cannot run"))));
+    }
+}
