@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Messages published to `flotilla:node:*`, as `(node id, payload)`.
+/// Messages published to some nodes' channels, as `(node id, payload)`.
 pub struct Listener {
     rx: mpsc::UnboundedReceiver<(String, String)>,
     task: tokio::task::JoinHandle<()>,
@@ -17,15 +17,19 @@ impl Drop for Listener {
     }
 }
 
-/// Subscribes to every node channel (pattern) on `redis_url`.
-pub async fn node_channels(redis_url: &str) -> Listener {
+/// Subscribes to the channels of `nodes` on `redis_url`.
+pub async fn node_channels(redis_url: &str, nodes: &[&str]) -> Listener {
     let client = redis::Client::open(redis_url).unwrap();
     let mut pubsub = crate::within("redis pubsub", client.get_async_pubsub())
         .await
         .expect("redis pubsub");
-    crate::within("psubscribe", pubsub.psubscribe("flotilla:node:*"))
-        .await
-        .expect("psubscribe");
+    for node in nodes {
+        let id = uuid::Uuid::parse_str(node).expect("node id");
+        let channel = flotilla_shared::channels::node_channel(id);
+        crate::within("subscribe", pubsub.subscribe(channel))
+            .await
+            .expect("subscribe");
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut stream = pubsub.into_on_message();

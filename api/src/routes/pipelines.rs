@@ -228,17 +228,26 @@ async fn update(
     let id = id_of(&id, "pipeline")?;
     validate_version(&req.config_yaml, &req.log_level, &req.node_selector)?;
     let mut tx = state.pool.begin().await?;
-    // The row lock makes concurrent updates take consecutive version numbers.
-    let next: Option<(i32, Value)> = sqlx::query_as(
-        "UPDATE pipelines p SET latest_version = p.latest_version + 1, updated_at = now()
-         FROM pipeline_versions v
-         WHERE p.id = $1 AND v.pipeline_id = p.id AND v.version = p.latest_version
-         RETURNING p.latest_version, v.node_selector",
+    // Lock the pipeline row first: concurrent updates then take consecutive version numbers.
+    let latest: Option<i32> =
+        sqlx::query_scalar("SELECT latest_version FROM pipelines WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let latest = latest.ok_or(ApiError::NotFound("pipeline"))?;
+    let previous_selector: Value = sqlx::query_scalar(
+        "SELECT node_selector FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
     )
     .bind(id)
-    .fetch_optional(&mut *tx)
+    .bind(latest)
+    .fetch_one(&mut *tx)
     .await?;
-    let (version, previous_selector) = next.ok_or(ApiError::NotFound("pipeline"))?;
+    let version = latest + 1;
+    sqlx::query("UPDATE pipelines SET latest_version = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
     let selector = req.node_selector.unwrap_or(previous_selector);
     insert_version(
         &mut tx,
