@@ -1,1 +1,193 @@
-//! placeholder
+//! The Flotilla gateway: holds agents' WebSockets and forwards each node's pushes from Redis.
+//!
+//! An agent connects to `GET /api/agent/ws` with its node token; the gateway subscribes the
+//! node's channel `flotilla:node:{<id>}` on its single Redis pub/sub connection, records the
+//! node's presence, and forwards every payload published there verbatim. Control messages on
+//! the same channel close the socket instead (revoked, superseded by a newer socket on any
+//! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
+//!
+//! # Layout
+//! - [`handshake`](crate::handshake): the upgrade route: bearer auth, handshake cap, reconnect limit.
+//! - [`error`]: why a handshake is refused and the status for each reason.
+//! - [`session`](crate::session): one task per socket: outbox → socket, keepalive, closes.
+//! - [`keepalive`](crate::keepalive): the ping / unsolicited pong / timeout schedule.
+//! - [`outbox`](crate::outbox): a socket's bounded frame queue and pending close.
+//! - [`registry`](crate::registry): node id → the socket this gateway holds.
+//! - [`subscriptions`](crate::subscriptions): the one pub/sub connection and message dispatch.
+//! - [`presence`](crate::presence): announcing and withdrawing sockets in Redis.
+//! - [`heartbeat`]: the liveness key, the subscription probe, presence restore.
+//! - [`reconnects`](crate::reconnects): per-node connect rate limit.
+//! - [`drain`]: paced closing on shutdown.
+//! - [`metrics`]: counters and `GET /metrics`.
+//! - [`os`]: open-files limit and termination signals.
+//! - [`state`]: the shared state handle.
+
+pub mod drain;
+pub mod error;
+mod handshake;
+pub mod heartbeat;
+mod keepalive;
+pub mod metrics;
+pub mod os;
+mod outbox;
+mod presence;
+mod reconnects;
+mod registry;
+mod session;
+pub mod state;
+mod subscriptions;
+
+pub use state::GatewayState;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::redis_conn::Redis;
+use flotilla_shared::settings::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Lifetime of a verification shared through Redis (matches the api's warm cache horizon).
+const SHARED_VERIFICATION_TTL_SECS: u64 = 300;
+/// Time kept back from the grace period for the steps after the drain.
+const SHUTDOWN_RESERVE: Duration = Duration::from_millis(500);
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    state: GatewayState,
+    requests: subscriptions::Requests,
+}
+
+impl Gateway {
+    /// Builds the gateway; connects to nothing yet, so it starts while Postgres or Redis is down.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = flotilla_shared::db::pool(&settings.database)
+            .context("invalid setting `database.url`")?;
+        let redis = Redis::new(&settings.redis).context("invalid setting `redis.url`")?;
+        let shared = settings
+            .auth
+            .share_verifications
+            .then(|| SharedVerifications::new(redis.clone(), SHARED_VERIFICATION_TTL_SECS));
+        let auth = NodeAuthenticator::new(pool, &settings.auth, shared);
+        let gw = settings.gateway;
+        let id = gw
+            .id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let (subscriptions, requests) = subscriptions::Subscriptions::new(&id);
+        let state = GatewayState(Arc::new(state::Shared {
+            id,
+            redis,
+            auth,
+            registry: registry::Registry::default(),
+            subscriptions,
+            counters: metrics::Counters::default(),
+            handshakes: Semaphore::new(gw.max_pending_handshakes.max(1)),
+            reconnects: reconnects::ReconnectLimiter::new(
+                gw.reconnect_limit,
+                Duration::from_secs(gw.reconnect_window_secs),
+            ),
+            draining: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            settings: gw,
+        }));
+        Ok(Self { state, requests })
+    }
+
+    /// The shared state (counters, connection count, id).
+    pub fn state(&self) -> &GatewayState {
+        &self.state
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains within the grace period.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Self { state, requests } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(gateway_id = %state.id, "listening on {addr}");
+
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(subscriptions::run(
+            state.clone(),
+            requests,
+            background.clone(),
+        ));
+        tasks.spawn(heartbeat::run(state.clone(), background.clone()));
+
+        let http_stop = CancellationToken::new();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let mut server = tokio::spawn(async move { server.await });
+
+        tokio::select! {
+            result = &mut server => {
+                background.cancel();
+                result.context("server task")?.context("server")?;
+                return Ok(());
+            }
+            _ = shutdown.cancelled() => {}
+        }
+
+        let grace = Duration::from_millis(state.settings.shutdown_grace_ms);
+        let deadline = Instant::now() + grace;
+        let drain_deadline = deadline.checked_sub(SHUTDOWN_RESERVE).unwrap_or(deadline);
+        if tokio::time::timeout_at(drain_deadline, drain::run(&state))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = state.registry.len(),
+                "drain did not finish within the grace period"
+            );
+        }
+        http_stop.cancel();
+        background.cancel();
+        tasks.close();
+        let _ = tokio::time::timeout_at(deadline, async {
+            let _ = server.await;
+            tasks.wait().await;
+            heartbeat::retire(&state).await;
+        })
+        .await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/api/agent/ws", get(handshake::upgrade))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// 200 while serving, 503 while draining (so load balancers stop sending agents here).
+async fn health(State(state): State<GatewayState>) -> StatusCode {
+    if state.is_draining() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn metrics(State(state): State<GatewayState>) -> String {
+    state.counters.render(state.registry.len())
+}

@@ -1,1 +1,26 @@
-fn main() {}
+//! `flotilla-gateway`: reads settings (defaults → `FLOTILLA_CONFIG` → `FLOTILLA__*`) and serves
+//! until SIGTERM, then drains.
+
+use anyhow::Context;
+use flotilla_gateway::{os, Gateway};
+use flotilla_shared::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    flotilla_shared::telemetry::init(&settings.log);
+    os::raise_nofile_limit();
+    let listen = settings.gateway.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on `gateway.listen` {listen}"))?;
+    let gateway = Gateway::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        os::terminated().await;
+        trigger.cancel();
+    });
+    gateway.serve(listener, shutdown).await
+}

@@ -9,6 +9,8 @@
 pub mod api;
 pub mod db;
 pub mod listen;
+pub mod process;
+pub mod redis_server;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;

@@ -1,0 +1,99 @@
+//! `GET /api/agent/ws`: authenticate, then upgrade.
+//!
+//! The bearer token is checked before the upgrade (401 without upgrading; 503 while the
+//! database is unreachable, the gateway is draining, or too many handshakes are in flight;
+//! 429 when the node reconnects too often). The token is never logged.
+
+use crate::error::Rejection;
+use crate::metrics::Counters;
+use crate::state::GatewayState;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use flotilla_shared::node_auth::{AuthError, AuthedNode};
+
+/// Bytes read from a socket at once; agents send little more than pongs.
+const READ_BUFFER: usize = 512;
+/// Bound on bytes buffered for a socket that cannot take them (the outbox bounds the rest).
+const MAX_WRITE_BUFFER: usize = 1 << 20;
+
+/// The upgrade handler.
+pub(crate) async fn upgrade(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let node = match accept(&state, &headers).await {
+        Ok(node) => node,
+        Err(rejection) => {
+            Counters::inc(&state.counters.handshakes_rejected);
+            return rejection.into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max_message = state.settings.max_message_bytes;
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |ws| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(crate::session::run(state, node, ws))
+        })
+}
+
+async fn accept(state: &GatewayState, headers: &HeaderMap) -> Result<AuthedNode, Rejection> {
+    if state.draining.is_cancelled() {
+        return Err(Rejection::Draining);
+    }
+    let _permit = state
+        .handshakes
+        .try_acquire()
+        .map_err(|_| Rejection::Busy)?;
+    let token = bearer(headers).ok_or(Rejection::Unauthorized)?;
+    let node = state.auth.authenticate(token).await.map_err(|e| match e {
+        AuthError::Invalid => Rejection::Unauthorized,
+        AuthError::Busy => Rejection::Busy,
+        AuthError::Database(e) => {
+            tracing::warn!(error = %e, "database unavailable during a handshake");
+            Rejection::Unavailable
+        }
+    })?;
+    state
+        .reconnects
+        .check(node.node_id, tokio::time::Instant::now())
+        .map_err(|wait| {
+            tracing::info!(node_id = %node.node_id, "refused a reconnect over the limit");
+            Rejection::TooManyReconnects(wait)
+        })?;
+    Ok(node)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_is_case_insensitive_and_strict() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer vf_node_x".parse().unwrap());
+        assert_eq!(bearer(&h), Some("vf_node_x"));
+        h.insert(header::AUTHORIZATION, "bearer  vf_node_y".parse().unwrap());
+        assert_eq!(bearer(&h), Some("vf_node_y"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

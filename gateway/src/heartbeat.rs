@@ -1,0 +1,63 @@
+//! The gateway's heartbeat: its liveness key, a probe of its subscription, and housekeeping.
+//!
+//! Presence counts only while the liveness key exists, so a crashed gateway's sockets read as
+//! gone within `liveness_ttl_ms`. A beat that finds the key missing (Redis restarted and lost
+//! its data, or the gateway stalled) restores the presence of every held socket.
+
+use crate::state::GatewayState;
+use flotilla_shared::channels::{gateway_alive_key, ControlMessage};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs a beat every `heartbeat_interval_ms` until `stop` is cancelled.
+pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
+    let mut interval =
+        tokio::time::interval(Duration::from_millis(state.settings.heartbeat_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let seq = AtomicU64::new(0);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => beat(&state, seq.fetch_add(1, Ordering::Relaxed)).await,
+        }
+    }
+}
+
+/// One beat: refresh the liveness key (restoring presence if it had vanished), probe the
+/// subscription, prune the reconnect limiter.
+pub async fn beat(state: &GatewayState, seq: u64) {
+    let mut set = redis::cmd("SET");
+    set.arg(gateway_alive_key(&state.id))
+        .arg(&state.id)
+        .arg("PX")
+        .arg(state.settings.liveness_ttl_ms)
+        .arg("GET");
+    match state.redis.query::<Option<String>>(&set).await {
+        Ok(Some(_)) => {}
+        Ok(None) => crate::presence::restore_all(state).await,
+        Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
+    }
+    if state.subscriptions.is_up() {
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(state.subscriptions.probe_channel())
+            .arg(ControlMessage::Probe { seq }.to_payload());
+        // Redis counts the subscribers that got it; none means our subscription is gone.
+        if let Ok(0) = state.redis.query::<i64>(&publish).await {
+            state.subscriptions.reconnect();
+        }
+    }
+    state.reconnects.prune(tokio::time::Instant::now());
+}
+
+/// Deletes the liveness key (after a drain), so any presence left behind reads as gone.
+pub(crate) async fn retire(state: &GatewayState) {
+    if let Err(e) = state
+        .redis
+        .query::<()>(redis::cmd("DEL").arg(gateway_alive_key(&state.id)))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot delete the gateway's liveness key");
+    }
+}

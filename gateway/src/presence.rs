@@ -1,0 +1,110 @@
+//! Announcing and withdrawing this gateway's sockets in Redis (see
+//! [`flotilla_shared::presence`]), and telling other gateways to close older sockets.
+
+use crate::registry::Conn;
+use crate::state::GatewayState;
+use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent, FLEET_EVENTS};
+use flotilla_shared::close_codes::SUPERSEDED;
+use flotilla_shared::presence::{self, Presence};
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+/// Restores run this many at once.
+const RESTORE_CONCURRENCY: usize = 64;
+
+fn presence_of(state: &GatewayState, conn: &Conn) -> Presence {
+    Presence {
+        gateway_id: state.id.clone(),
+        conn_id: conn.id.to_string(),
+        since_ms: conn.since_ms,
+    }
+}
+
+fn fleet_event(state: &GatewayState, node_id: Uuid, connected: bool) -> String {
+    let event = PresenceEvent {
+        node_id,
+        connected,
+        gateway_id: state.id.clone(),
+    };
+    serde_json::to_string(&event).expect("presence events serialise")
+}
+
+/// A new socket of `node_id` opened: subscribe its channel, claim its presence, and close the
+/// older socket wherever it is.
+pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
+    // Subscribed before presence is claimed: once the node reads as connected, pushes arrive.
+    if tokio::time::timeout(
+        state.redis.timeout(),
+        state.subscriptions.subscribe(node_id),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("subscribing the node's channel timed out; it is subscribed on reconnect");
+    }
+    let me = presence_of(state, conn);
+    let mut pipe = redis::pipe();
+    match presence::claim(&state.redis, node_id, &me).await {
+        // An older socket on this gateway was already closed through the registry.
+        Ok(Some(previous)) if previous.gateway_id != state.id => {
+            let supersede = ControlMessage::Supersede {
+                conn: me.conn_id.clone(),
+            };
+            pipe.cmd("PUBLISH")
+                .arg(node_channel(node_id))
+                .arg(supersede.to_payload())
+                .ignore();
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not record the node's presence"),
+    }
+    pipe.cmd("PUBLISH")
+        .arg(FLEET_EVENTS)
+        .arg(fleet_event(state, node_id, true))
+        .ignore();
+    if let Err(e) = state.redis.query::<()>(&pipe).await {
+        tracing::warn!(error = %e, "could not publish the connect");
+    }
+}
+
+/// A socket closed: release its presence unless a newer socket holds it.
+pub(crate) async fn withdraw(state: &GatewayState, node_id: Uuid, conn: &Conn) {
+    match presence::release(&state.redis, node_id, &conn.id.to_string()).await {
+        Ok(true) => {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(FLEET_EVENTS)
+                .arg(fleet_event(state, node_id, false));
+            if let Err(e) = state.redis.query::<()>(&cmd).await {
+                tracing::warn!(error = %e, "could not publish the disconnect");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not release the node's presence"),
+    }
+}
+
+/// Re-asserts every held socket's presence (after Redis lost its data); a socket whose node
+/// another socket took in the meantime is closed as superseded.
+pub(crate) async fn restore_all(state: &GatewayState) {
+    let conns = state.registry.snapshot();
+    if conns.is_empty() {
+        return;
+    }
+    let results = futures_util::stream::iter(conns)
+        .map(|(node_id, conn)| async move {
+            let held = presence::restore(&state.redis, node_id, &presence_of(state, &conn)).await;
+            (conn, held)
+        })
+        .buffer_unordered(RESTORE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let (mut restored, mut failed) = (0usize, 0usize);
+    for (conn, held) in results {
+        match held {
+            Ok(true) => restored += 1,
+            Ok(false) => conn.outbox.close(SUPERSEDED),
+            Err(_) => failed += 1,
+        }
+    }
+    tracing::info!(restored, failed, "restored presence");
+}

@@ -1,0 +1,239 @@
+//! One agent socket, served by one task: queued frames out, keepalive, closes on request.
+//!
+//! The whole session is a single hand-written poll over the socket, its outbox and one timer,
+//! so an idle connection costs one task and no extra buffers or channels.
+
+use crate::keepalive::{Due, Keepalive};
+use crate::metrics::Counters;
+use crate::outbox::{Next, Outbox};
+use crate::registry::Conn;
+use crate::state::GatewayState;
+use crate::subscriptions::now_ms;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use flotilla_shared::close_codes::{
+    DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
+};
+use flotilla_shared::node_auth::AuthedNode;
+use futures_util::{SinkExt, StreamExt};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves an upgraded socket of `node` until it closes.
+pub(crate) async fn run(state: GatewayState, node: AuthedNode, ws: WebSocket) {
+    let node_id = node.node_id;
+    let conn = Conn {
+        id: Uuid::new_v4(),
+        since_ms: now_ms(),
+        outbox: Arc::new(Outbox::new(state.settings.outbound_queue)),
+    };
+    let span = tracing::info_span!("session", gateway_id = %state.id, node_id = %node_id, conn_id = %conn.id);
+    serve(state, node_id, conn, ws).instrument(span).await;
+}
+
+async fn serve(state: GatewayState, node_id: Uuid, conn: Conn, ws: WebSocket) {
+    if let Some(older) = state.registry.insert(node_id, conn.clone()) {
+        older.outbox.close(SUPERSEDED);
+    }
+    // After registering, so a drain either saw this socket or is seen here.
+    if state.draining.is_cancelled() {
+        conn.outbox.close(DRAINING);
+    }
+    Counters::inc(&state.counters.connects);
+    crate::presence::announce(&state, node_id, &conn).await;
+    tracing::debug!("socket open");
+
+    let end = Session::new(&state, ws, &conn.outbox).run().await;
+    count_close(&state.counters, end);
+    tracing::debug!(?end, "socket closed");
+
+    if state.registry.remove(node_id, conn.id) {
+        state.subscriptions.sync(node_id);
+    }
+    crate::presence::withdraw(&state, node_id, &conn).await;
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The gateway closed it with this code.
+    Closed(u16),
+    /// The agent closed it or the connection dropped.
+    PeerGone,
+}
+
+fn count_close(counters: &Counters, end: End) {
+    let counter = match end {
+        End::Closed(SUPERSEDED) => &counters.closed_superseded,
+        End::Closed(REVOKED) => &counters.closed_revoked,
+        End::Closed(SLOW_CONSUMER) => &counters.closed_slow,
+        End::Closed(KEEPALIVE_TIMEOUT) => &counters.closed_keepalive,
+        End::Closed(DRAINING) => &counters.closed_draining,
+        End::Closed(POLICY | TOO_LARGE) => &counters.closed_protocol,
+        _ => return,
+    };
+    Counters::inc(counter);
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        SUPERSEDED => "superseded by a newer connection",
+        REVOKED => "node revoked",
+        SLOW_CONSUMER => "too slow to read pushes",
+        KEEPALIVE_TIMEOUT => "keepalive timeout",
+        DRAINING => "gateway draining, reconnect elsewhere",
+        TOO_LARGE => "message too large",
+        POLICY => "unexpected frame",
+        _ => "",
+    }
+}
+
+struct Session<'a> {
+    ws: WebSocket,
+    outbox: &'a Outbox,
+    counters: &'a Counters,
+    keepalive: Keepalive,
+    timer: Pin<Box<Sleep>>,
+    ping_due: bool,
+    pong_due: bool,
+    unflushed: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(state: &'a GatewayState, ws: WebSocket, outbox: &'a Outbox) -> Self {
+        let keepalive = Keepalive::new(&state.settings, Instant::now());
+        let timer = Box::pin(tokio::time::sleep_until(keepalive.deadline()));
+        Self {
+            ws,
+            outbox,
+            counters: &state.counters,
+            keepalive,
+            timer,
+            ping_due: false,
+            pong_due: false,
+            unflushed: false,
+        }
+    }
+
+    async fn run(mut self) -> End {
+        let end = poll_fn(|cx| self.poll(cx)).await;
+        if let End::Closed(code) = end {
+            self.close(code).await;
+        }
+        end
+    }
+
+    /// Sends a close frame and waits briefly for the agent's.
+    async fn close(&mut self, code: u16) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(close_reason(code)),
+        };
+        let handshake = async {
+            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if let Poll::Ready(end) = self.poll_timer(cx) {
+            return Poll::Ready(end);
+        }
+        if let Poll::Ready(end) = self.poll_read(cx) {
+            return Poll::Ready(end);
+        }
+        self.poll_write(cx)
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            while let Some(due) = self.keepalive.due(now) {
+                match due {
+                    Due::Timeout => return Poll::Ready(End::Closed(KEEPALIVE_TIMEOUT)),
+                    Due::Ping => self.ping_due = true,
+                    Due::Pong => self.pong_due = true,
+                }
+            }
+            self.timer.as_mut().reset(self.keepalive.deadline());
+        }
+        Poll::Pending
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            match self.ws.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(Message::Binary(_)))) => {
+                    return Poll::Ready(End::Closed(POLICY))
+                }
+                // Anything else is a sign of life; pings are answered by the socket itself, and a
+                // close is answered there too, after which the stream ends.
+                Poll::Ready(Some(Ok(_))) => self.keepalive.heard(Instant::now()),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(read_error(&e)),
+                Poll::Ready(None) => return Poll::Ready(End::PeerGone),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        loop {
+            let writable = match self.ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+                Poll::Pending => false,
+            };
+            let message = if writable && self.ping_due {
+                self.ping_due = false;
+                Message::Ping(Bytes::new())
+            } else if writable && self.pong_due {
+                self.pong_due = false;
+                self.keepalive.sent_data(Instant::now());
+                Message::Pong(Bytes::new())
+            } else {
+                match self.outbox.poll_next(cx, writable) {
+                    Poll::Ready(Next::Close(code)) => return Poll::Ready(End::Closed(code)),
+                    Poll::Ready(Next::Frame(frame)) => {
+                        Counters::inc(&self.counters.pushes_delivered);
+                        self.keepalive.sent_data(Instant::now());
+                        Message::Text(frame)
+                    }
+                    Poll::Pending => break,
+                }
+            };
+            if self.ws.start_send_unpin(message).is_err() {
+                return Poll::Ready(End::PeerGone);
+            }
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match self.ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// An oversized message is answered with [`TOO_LARGE`]; other errors end the session.
+fn read_error(error: &axum::Error) -> End {
+    use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match error.source().and_then(|e| e.downcast_ref::<WsError>()) {
+        Some(WsError::Capacity(_)) => End::Closed(TOO_LARGE),
+        _ => End::PeerGone,
+    }
+}

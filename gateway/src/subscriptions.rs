@@ -1,0 +1,336 @@
+//! The gateway's one Redis pub/sub connection.
+//!
+//! A single manager task owns the subscriptions and reconciles them with the registry: a node's
+//! channel is subscribed exactly while this gateway holds a socket of that node. Sessions ask it
+//! through [`Subscriptions`]; because only the manager issues SUBSCRIBE/UNSUBSCRIBE and it decides
+//! from the registry's current state, a close racing a reconnect of the same node cannot leave
+//! the channel unsubscribed. A reader task forwards each message to its socket's outbox. When the
+//! connection drops (or the heartbeat's probe finds it deaf), the manager reconnects with backoff
+//! and subscribes every held node again.
+
+use crate::metrics::{self, Counters};
+use crate::state::GatewayState;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use flotilla_shared::channels::{node_channel, node_from_channel, ControlMessage};
+use flotilla_shared::close_codes::{REVOKED, SUPERSEDED};
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Channels subscribed per burst when (re)subscribing everything.
+const RESUBSCRIBE_CHUNK: usize = 1000;
+
+/// A session's request: make the node's subscription match the registry.
+pub(crate) struct Request {
+    node: Uuid,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// The receiving end, handed to [`run`].
+pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;
+
+/// Handle sessions and the heartbeat use to talk to the manager.
+pub(crate) struct Subscriptions {
+    requests: mpsc::UnboundedSender<Request>,
+    reconnect: Notify,
+    up: AtomicBool,
+    probe_channel: String,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(gateway_id: &str) -> (Self, Requests) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Self {
+            requests: tx,
+            reconnect: Notify::new(),
+            up: AtomicBool::new(false),
+            probe_channel: format!("flotilla:gateway:{gateway_id}:probe"),
+        };
+        (handle, rx)
+    }
+
+    /// Subscribes the node's channel if it is held; resolves once Redis confirmed it (or the
+    /// connection is down, in which case the next reconnect subscribes it).
+    pub(crate) async fn subscribe(&self, node: Uuid) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .requests
+            .send(Request {
+                node,
+                done: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// Asks the manager to unsubscribe the node's channel if it is no longer held.
+    pub(crate) fn sync(&self, node: Uuid) {
+        let _ = self.requests.send(Request { node, done: None });
+    }
+
+    /// Whether the subscription connection is established.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Forces a reconnect (the probe found the connection deaf).
+    pub(crate) fn reconnect(&self) {
+        self.reconnect.notify_one();
+    }
+
+    /// The channel the heartbeat's self-probe is published on.
+    pub(crate) fn probe_channel(&self) -> &str {
+        &self.probe_channel
+    }
+}
+
+/// Runs the manager until `stop` is cancelled.
+pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = tokio::time::timeout(state.redis.timeout(), state.redis.client().get_async_pubsub()) => c,
+        };
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot open the Redis subscription connection; retrying");
+                if wait_backoff(&mut requests, &stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("timed out opening the Redis subscription connection; retrying");
+                if wait_backoff(&mut requests, &stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, stream) = pubsub.split();
+        let mut subscribed = HashSet::new();
+        if let Err(e) = resubscribe(&state, &mut sink, &mut subscribed).await {
+            tracing::warn!(error = %e, "cannot subscribe after connecting to Redis; retrying");
+            if wait_backoff(&mut requests, &stop, &mut backoff).await {
+                return;
+            }
+            continue;
+        }
+        backoff = BACKOFF_MIN;
+        state.subscriptions.up.store(true, Ordering::Relaxed);
+        Counters::inc(&state.counters.pubsub_connects);
+        tracing::info!(channels = subscribed.len(), "subscribed to Redis");
+        let mut reader = tokio::spawn(read(state.clone(), stream));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    reader.abort();
+                    return;
+                }
+                _ = &mut reader => {
+                    tracing::warn!("lost the Redis subscription connection; reconnecting");
+                    break;
+                }
+                _ = state.subscriptions.reconnect.notified() => {
+                    tracing::warn!("the Redis subscription stopped receiving; reconnecting");
+                    reader.abort();
+                    break;
+                }
+                Some(first) = requests.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        batch.push(more);
+                    }
+                    if let Err(e) = reconcile(&state, &mut sink, &mut subscribed, batch).await {
+                        tracing::warn!(error = %e, "subscription command failed; reconnecting");
+                        reader.abort();
+                        break;
+                    }
+                }
+            }
+        }
+        state.subscriptions.up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Waits out the backoff while answering requests (they are subscribed on reconnect);
+/// true when stopped.
+async fn wait_backoff(
+    requests: &mut Requests,
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+) -> bool {
+    let sleep = tokio::time::sleep(*backoff);
+    tokio::pin!(sleep);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            _ = &mut sleep => return false,
+            Some(req) = requests.recv() => {
+                if let Some(done) = req.done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes the probe channel and every held node on a fresh connection.
+async fn resubscribe(
+    state: &GatewayState,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<Uuid>,
+) -> redis::RedisResult<()> {
+    with_timeout(state, sink.subscribe(state.subscriptions.probe_channel())).await?;
+    let nodes: Vec<Uuid> = state
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for chunk in nodes.chunks(RESUBSCRIBE_CHUNK) {
+        apply(state, sink, "SUBSCRIBE", chunk).await?;
+        subscribed.extend(chunk);
+    }
+    Ok(())
+}
+
+/// Makes the subscriptions of the requested nodes match the registry, then answers waiters.
+async fn reconcile(
+    state: &GatewayState,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<Uuid>,
+    batch: Vec<Request>,
+) -> redis::RedisResult<()> {
+    let mut nodes: Vec<Uuid> = batch.iter().map(|r| r.node).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    for node in nodes {
+        match (state.registry.contains(node), subscribed.contains(&node)) {
+            (true, false) => add.push(node),
+            (false, true) => remove.push(node),
+            _ => {}
+        }
+    }
+    apply(state, sink, "SUBSCRIBE", &add).await?;
+    subscribed.extend(&add);
+    apply(state, sink, "UNSUBSCRIBE", &remove).await?;
+    for node in &remove {
+        subscribed.remove(node);
+    }
+    for done in batch.into_iter().filter_map(|r| r.done) {
+        let _ = done.send(());
+    }
+    Ok(())
+}
+
+/// Sends one single-channel command per node, pipelined, and waits for every reply.
+///
+/// One channel per command, because the client matches each reply to one request.
+async fn apply(
+    state: &GatewayState,
+    sink: &PubSubSink,
+    command: &str,
+    nodes: &[Uuid],
+) -> redis::RedisResult<()> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let calls = nodes.iter().map(|node| {
+        let mut sink = sink.clone();
+        let channel = node_channel(*node);
+        async move {
+            if command == "SUBSCRIBE" {
+                sink.subscribe(channel).await
+            } else {
+                sink.unsubscribe(channel).await
+            }
+        }
+    });
+    let all = async {
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect()
+    };
+    with_timeout(state, all).await
+}
+
+async fn with_timeout<T>(
+    state: &GatewayState,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(state.redis.timeout(), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "redis subscription command timed out",
+        ))),
+    }
+}
+
+/// Forwards messages until the connection ends.
+async fn read(state: GatewayState, mut stream: PubSubStream) {
+    while let Some(msg) = stream.next().await {
+        dispatch(&state, msg.get_channel_name(), msg.get_payload_bytes());
+    }
+}
+
+/// Routes one message: agent frames to the node's outbox, control messages to their action.
+pub(crate) fn dispatch(state: &GatewayState, channel: &str, payload: &[u8]) {
+    let Some(node) = node_from_channel(channel) else {
+        return; // the probe, or a channel this gateway does not know
+    };
+    let counters = &state.counters;
+    match ControlMessage::parse(payload) {
+        None => {
+            let Ok(frame) = Utf8Bytes::try_from(Bytes::copy_from_slice(payload)) else {
+                tracing::warn!(node_id = %node, "dropped a push that is not UTF-8");
+                return;
+            };
+            if let Some(sent) = metrics::sent_at(payload) {
+                let latency = now_ms().saturating_sub(sent).max(0);
+                counters.observe_latency(latency as u64);
+            }
+            let pushed = state.registry.with(node, |conn| conn.outbox.push(frame));
+            match pushed {
+                Some(crate::outbox::Pushed::Queued) => Counters::inc(&counters.pushes_received),
+                Some(_) => Counters::inc(&counters.pushes_dropped),
+                None => {}
+            }
+        }
+        Some(ControlMessage::Revoke) => {
+            state.registry.with(node, |conn| conn.outbox.close(REVOKED));
+        }
+        Some(ControlMessage::Supersede { conn: winner }) => {
+            state.registry.with(node, |conn| {
+                if conn.id.to_string() != winner {
+                    conn.outbox.close(SUPERSEDED);
+                }
+            });
+        }
+        Some(ControlMessage::Probe { .. }) => {}
+    }
+}
+
+/// Unix epoch milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,337 @@
+//! The push channel against real Postgres and Redis, gateways in-process.
+
+mod common;
+
+use common::*;
+use flotilla_shared::channels::ControlMessage;
+use flotilla_shared::close_codes::{
+    DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
+};
+use flotilla_testkit::{db, eventually, redis_url, within};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut ws, me) = gw.connect(&redis, node, &token).await;
+
+    let first = frame("deploy");
+    publish(&redis, node, &first).await;
+    assert_eq!(next_text(&mut ws).await, first);
+
+    // Control messages addressed to this socket's node stay inside the gateway.
+    publish(
+        &redis,
+        node,
+        &ControlMessage::Supersede { conn: me.conn_id }.to_payload(),
+    )
+    .await;
+    publish(&redis, node, &ControlMessage::Probe { seq: 1 }.to_payload()).await;
+    let second = frame("labels");
+    publish(&redis, node, &second).await;
+    assert_eq!(next_text(&mut ws).await, second);
+    assert!(
+        gw.state
+            .counters()
+            .pushes_delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+
+    let metrics = within(
+        "metrics",
+        reqwest::get(format!("http://{}/metrics", gw.addr)),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("flotilla_gateway_connections 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_gateway_push_latency_seconds_count"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_without_an_upgrade() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let unknown = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token;
+    let wrong_secret = format!("{}{}", &token[..token.len() - 4], "0000");
+    for bad in ["", "garbage", unknown.as_str(), wrong_secret.as_str()] {
+        assert_eq!(
+            refused_status(gw.try_connect(bad).await),
+            401,
+            "token {bad:?}"
+        );
+    }
+    // Plain GET without upgrade headers and without a token: 401 too, not 400.
+    let plain = within(
+        "plain GET",
+        reqwest::get(gw.ws_url().replace("ws://", "http://")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status(), 401);
+    // A revoked node (row deleted) is refused even though its token was good.
+    sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(node)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(refused_status(gw.try_connect(&token).await), 401);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_answers_503() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed_port}/none");
+    let gw = gateway(settings(&url, &redis_url(), &[])).await;
+    let token = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token;
+    assert_eq!(refused_status(gw.try_connect(&token).await), 503);
+}
+
+#[tokio::test]
+async fn the_newest_socket_wins_across_gateways_and_a_late_close_keeps_its_presence() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let (a, b) = (gateway(s.clone()).await, gateway(s).await);
+
+    let (mut on_a, _) = a.connect(&redis, node, &token).await;
+    let (mut on_b, at_b) = b.connect(&redis, node, &token).await;
+    assert_eq!(close_code(&mut on_a).await, Some(SUPERSEDED));
+    // A's socket is gone, and its close did not erase B's presence.
+    eventually("A lets go", Duration::from_secs(2), || async {
+        (a.state.connection_count() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(presence_of(&redis, node).await, Some(at_b.clone()));
+
+    // A pushed frame reaches only the newest socket.
+    let f = frame("deploy");
+    publish(&redis, node, &f).await;
+    assert_eq!(next_text(&mut on_b).await, f);
+
+    // On one gateway too: the second socket supersedes the first.
+    let (mut again, at_b2) = b.connect(&redis, node, &token).await;
+    assert_eq!(close_code(&mut on_b).await, Some(SUPERSEDED));
+    assert_ne!(at_b2.conn_id, at_b.conn_id);
+    let f = frame("labels");
+    publish(&redis, node, &f).await;
+    assert_eq!(next_text(&mut again).await, f);
+    assert_eq!(presence_of(&redis, node).await, Some(at_b2));
+}
+
+#[tokio::test]
+async fn revoke_closes_with_4001_and_clears_presence() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    publish(&redis, node, &ControlMessage::Revoke.to_payload()).await;
+    assert_eq!(close_code(&mut ws).await, Some(REVOKED));
+    wait_absent(&redis, node, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_clean_close_clears_presence_within_a_second() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    within("client close", ws.close(None)).await.unwrap();
+    wait_absent(&redis, node, Duration::from_secs(1)).await;
+    eventually("socket released", Duration::from_secs(1), || async {
+        (gw.state.connection_count() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_sockets_get_pings_and_unsolicited_pongs_and_silent_ones_are_dropped() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[("pong_timeout_ms", "1000")]);
+    let redis = redis(&s);
+    let [(node, token), (silent, silent_token)] = nodes(&db.pool, 2).await.try_into().unwrap();
+    let gw = gateway(s).await;
+
+    // An agent that never reads never answers: closed after the pong timeout.
+    let (quiet, _) = gw.connect(&redis, silent, &silent_token).await;
+    let closed = || async {
+        (gw.state
+            .counters()
+            .closed_keepalive
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
+    };
+    eventually(
+        "the silent socket is dropped",
+        Duration::from_secs(3),
+        closed,
+    )
+    .await;
+    // Read the raw bytes: a WebSocket client would answer the queued pings while reading.
+    assert_eq!(raw_close_code(quiet).await, Some(KEEPALIVE_TIMEOUT));
+    wait_absent(&redis, silent, Duration::from_secs(1)).await;
+
+    // A reading agent answers pings (tungstenite does) and stays up past the pong timeout.
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    let (mut pings, mut pongs) = (0, 0);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        match within("keepalive frames", ws.next()).await {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 1.5 s at a 300 ms interval");
+    assert!(
+        pongs >= 2,
+        "{pongs} unsolicited pongs in 1.5 s at a 200 ms interval"
+    );
+    // It is still there.
+    assert!(presence_of(&redis, node).await.is_some());
+}
+
+#[tokio::test]
+async fn binary_and_oversized_messages_close_the_socket() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[("max_message_bytes", "1024")]);
+    let redis = redis(&s);
+    let [(a, ta), (b, tb)] = nodes(&db.pool, 2).await.try_into().unwrap();
+    let gw = gateway(s).await;
+
+    let (mut ws, _) = gw.connect(&redis, a, &ta).await;
+    within("send", ws.send(Message::Binary(vec![1, 2, 3].into())))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(POLICY));
+
+    let (mut ws, _) = gw.connect(&redis, b, &tb).await;
+    within("send", ws.send(Message::text("x".repeat(4096))))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(TOO_LARGE));
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_read_is_closed_as_too_slow() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[("outbound_queue", "4")]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+
+    let big = format!(
+        r#"{{"type":"config_changed","reason":"deploy","pad":"{}"}}"#,
+        "x".repeat(60_000)
+    );
+    let slow = || {
+        gw.state
+            .counters()
+            .closed_slow
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Socket buffers take a few MB first; keep pushing until the queue overflows.
+    for _ in 0..2000 {
+        if slow() > 0 {
+            break;
+        }
+        publish(&redis, node, &big).await;
+    }
+    eventually(
+        "the slow socket is closed",
+        Duration::from_secs(3),
+        || async { (slow() == 1).then_some(()) },
+    )
+    .await;
+    // The agent reads what was sent, then the close (when the gateway could still send it).
+    if let Some(code) = close_code(&mut ws).await {
+        assert_eq!(code, SLOW_CONSUMER);
+    }
+    wait_absent(&redis, node, Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn reconnects_over_the_limit_get_429() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[("reconnect_limit", "2")]);
+    let [(_, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let _first = gw.try_connect(&token).await.unwrap();
+    let _second = gw.try_connect(&token).await.unwrap();
+    assert_eq!(refused_status(gw.try_connect(&token).await), 429);
+}
+
+#[tokio::test]
+async fn drain_closes_in_batches_with_1012_and_refuses_new_handshakes() {
+    let db = db::fresh().await;
+    let s = settings(
+        &db.url,
+        &redis_url(),
+        &[
+            ("drain_batch", "1"),
+            ("drain_pause_ms", "400"),
+            ("shutdown_grace_ms", "3000"),
+        ],
+    );
+    let redis = redis(&s);
+    let [(a, ta), (b, tb), (_, tc)] = nodes(&db.pool, 3).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut wa, _) = gw.connect(&redis, a, &ta).await;
+    let (mut wb, _) = gw.connect(&redis, b, &tb).await;
+
+    let started = tokio::time::Instant::now();
+    gw.shutdown.cancel();
+    // The first batch closes one socket; the second waits for the pause.
+    let first = tokio::select! {
+        code = close_code(&mut wa) => code,
+        code = close_code(&mut wb) => code,
+    };
+    assert_eq!(first, Some(DRAINING));
+    assert_eq!(refused_status(gw.try_connect(&tc).await), 503);
+    let health = within(
+        "healthz",
+        reqwest::get(format!("http://{}/healthz", gw.addr)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(health.status(), 503);
+    within("gateway exits", gw.task).await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "batches were paced"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exited within the grace period"
+    );
+    wait_absent(&redis, a, Duration::from_secs(1)).await;
+    wait_absent(&redis, b, Duration::from_secs(1)).await;
+}
