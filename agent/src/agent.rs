@@ -65,7 +65,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .to_owned(),
         ),
     };
-    let previous_update = update::take_attempt(&config.data_dir);
+    let exe = config.reexec.as_ref().map(|r| r.exe.as_path());
+    let previous_update = update::previous_update(&config.data_dir, exe);
     let state = State::new(
         config.tuning.clone(),
         identity,

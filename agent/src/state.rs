@@ -143,6 +143,15 @@ pub enum Command {
     ReExec(PendingAction),
 }
 
+/// The self-update this process was re-executed for.
+#[derive(Debug, Clone)]
+pub struct PreviousUpdate {
+    /// The action.
+    pub action: PendingAction,
+    /// Why it did not take, if the binary found in place is not the one requested.
+    pub error: Option<String>,
+}
+
 /// What the agent reports about itself in heartbeats.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -235,7 +244,10 @@ pub struct State {
     samples: HashMap<Uuid, SampleJob>,
     handled_action: Option<PendingAction>,
     update_in_progress: bool,
+    /// Reported in heartbeats until one carrying it is accepted (the api keeps it).
     update_error: Option<String>,
+    /// The heartbeat in flight carries `update_error`.
+    update_error_in_flight: bool,
     heartbeat_due: Option<Instant>,
     heartbeat_in_flight: bool,
 }
@@ -244,31 +256,19 @@ impl State {
     /// A fresh state at `now`: the first poll is due immediately.
     ///
     /// `previous_update` is the self-update this process was re-executed for, if any: it
-    /// counts as handled, and a version mismatch becomes the reported update error.
+    /// counts as handled (so it is not downloaded again), and its error, if the replaced
+    /// binary turned out wrong, is reported.
     pub fn new(
         tuning: Tuning,
         identity: Identity,
         poll_interval: Duration,
-        previous_update: Option<PendingAction>,
+        previous_update: Option<PreviousUpdate>,
         now: Instant,
     ) -> Self {
-        let mut update_error = None;
-        if let Some(action) = &previous_update {
-            match action.target_version.as_deref() {
-                Some(v) if v == identity.agent_version => {
-                    tracing::info!(version = v, "self-update complete");
-                }
-                target => {
-                    let msg = format!(
-                        "re-executed after self-update to {} but this binary reports version {}",
-                        target.unwrap_or("?"),
-                        identity.agent_version
-                    );
-                    tracing::warn!("{msg}");
-                    update_error = Some(msg);
-                }
-            }
-        }
+        let (handled_action, update_error) = match previous_update {
+            Some(PreviousUpdate { action, error }) => (Some(action), error),
+            None => (None, None),
+        };
         Self {
             tuning,
             identity,
@@ -283,9 +283,10 @@ impl State {
             push: PushStatus::Idle,
             pipelines: BTreeMap::new(),
             samples: HashMap::new(),
-            handled_action: previous_update,
+            handled_action,
             update_in_progress: false,
             update_error,
+            update_error_in_flight: false,
             heartbeat_due: None,
             heartbeat_in_flight: false,
         }
@@ -346,6 +347,10 @@ impl State {
             Event::PollDone(result) => self.on_poll_done(result, now, &mut out),
             Event::HeartbeatDone { ok } => {
                 self.heartbeat_in_flight = false;
+                if ok && std::mem::take(&mut self.update_error_in_flight) {
+                    self.update_error = None;
+                }
+                self.update_error_in_flight = false;
                 if !ok {
                     tracing::debug!("heartbeat failed; the next poll sends another");
                 }
@@ -424,6 +429,7 @@ impl State {
         if !self.heartbeat_in_flight && self.heartbeat_due.is_some_and(|due| due <= now) {
             self.heartbeat_due = None;
             self.heartbeat_in_flight = true;
+            self.update_error_in_flight = self.update_error.is_some();
             out.push(Command::Heartbeat(Box::new(self.heartbeat(now))));
         }
         let due: Vec<Uuid> = self
@@ -849,10 +855,14 @@ impl State {
             self.handled_action = None;
             return;
         };
-        if self.handled_action.as_ref() == Some(&action) || self.update_in_progress {
-            return;
+        // The api hands a restart out once (the poll consumes it), so each one is acted on;
+        // a self-update stays pending until settled, so it is acted on once.
+        if action.kind != "restart" {
+            if self.handled_action.as_ref() == Some(&action) || self.update_in_progress {
+                return;
+            }
+            self.handled_action = Some(action.clone());
         }
-        self.handled_action = Some(action.clone());
         match action.kind.as_str() {
             "restart" => {
                 tracing::info!("restarting all pipelines (fleet action)");
@@ -888,6 +898,7 @@ impl State {
                     (Some(url), Some(sum)) if !url.is_empty() && !sum.is_empty() => {
                         tracing::info!(target = ?action.target_version, "self-update requested; downloading");
                         self.update_in_progress = true;
+                        self.update_error = None;
                         out.push(Command::SelfUpdate(action));
                     }
                     _ => {

@@ -4,6 +4,7 @@
 //! Before re-executing, the agent records the action in `<data dir>/update-attempt`, so the new
 //! process knows it was started by an update (and does not repeat one that did not take).
 
+use crate::state::PreviousUpdate;
 use flotilla_shared::protocol::PendingAction;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -109,6 +110,37 @@ pub fn take_attempt(data_dir: &Path) -> Option<PendingAction> {
     serde_json::from_slice(&text).ok()
 }
 
+/// The update this process was re-executed for, checked against the binary now at `exe`.
+pub fn previous_update(data_dir: &Path, exe: Option<&Path>) -> Option<PreviousUpdate> {
+    let action = take_attempt(data_dir)?;
+    let expected = action
+        .checksum
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let error = exe.and_then(|exe| match std::fs::read(exe) {
+        Ok(bytes) => {
+            let actual = hex::encode(Sha256::digest(&bytes));
+            (actual != expected).then(|| {
+                format!(
+                    "after the self-update {} has checksum {actual}, expected {expected}",
+                    exe.display()
+                )
+            })
+        }
+        Err(e) => Some(format!(
+            "after the self-update {} cannot be read: {e}",
+            exe.display()
+        )),
+    });
+    match &error {
+        None => tracing::info!(target = ?action.target_version, "running the self-updated binary"),
+        Some(e) => tracing::error!(error = %e, "self-update did not take"),
+    }
+    Some(PreviousUpdate { action, error })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,8 +171,21 @@ mod tests {
             checksum: Some("ab".into()),
         };
         record_attempt(&dir, &action).unwrap();
-        assert_eq!(take_attempt(&dir), Some(action));
+        assert_eq!(take_attempt(&dir), Some(action.clone()));
         assert_eq!(take_attempt(&dir), None);
+
+        let good = PendingAction {
+            checksum: Some(hex::encode(Sha256::digest(b"new"))),
+            ..action.clone()
+        };
+        record_attempt(&dir, &good).unwrap();
+        let previous = previous_update(&dir, Some(&exe)).unwrap();
+        assert_eq!(previous.action, good);
+        assert!(previous.error.is_none());
+        record_attempt(&dir, &action).unwrap();
+        let previous = previous_update(&dir, Some(&exe)).unwrap();
+        assert!(previous.error.unwrap().contains("expected ab"));
+        assert!(previous_update(&dir, Some(&exe)).is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

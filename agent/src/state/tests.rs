@@ -619,10 +619,22 @@ fn restart_action_restarts_every_pipeline_once() {
         S,
     );
     assert_eq!(starts(&out), [(a, 2)]);
-    // The same pending action in the next poll is not repeated.
+    // The api hands each restart out once, so a restart in a later poll is a new one.
+    h.send(
+        Event::Spawned {
+            pipeline_id: a,
+            generation: 2,
+            result: Ok(3),
+        },
+        S,
+    );
     h.send(Event::Push(PushEvent::Connected), 2 * S);
     let out = h.send(Event::PollDone(Ok(Box::new(c))), 2 * S);
-    assert!(stops(&out).is_empty());
+    assert_eq!(
+        stops(&out),
+        [(a, 2)],
+        "b is still stopping and restarts after its exit"
+    );
 }
 
 #[test]
@@ -643,11 +655,23 @@ fn self_update_downloads_once_reexecs_on_success_and_reports_failures() {
     );
     assert!(out.is_empty());
     assert_eq!(h.state.update_error(), Some("checksum mismatch"));
+    // Reported until a heartbeat carrying it is accepted (the api keeps it from then on).
+    h.auto_ack = false;
     let out = h.send(Event::Tick, 3 * S);
-    assert_eq!(
-        heartbeat(&out).unwrap().update_error.as_deref(),
-        Some("checksum mismatch")
+    let reported = |out: &[Command]| heartbeat(out).unwrap().update_error.clone();
+    assert_eq!(reported(&out).as_deref(), Some("checksum mismatch"));
+    h.send(Event::HeartbeatDone { ok: false }, 3 * S);
+    assert_eq!(h.state.update_error(), Some("checksum mismatch"));
+    h.send(Event::Push(PushEvent::Connected), 3 * S);
+    let out = h.send(Event::PollDone(Ok(Box::new(c.clone()))), 3 * S);
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::SelfUpdate(_))),
+        "not retried"
     );
+    assert_eq!(reported(&out).as_deref(), Some("checksum mismatch"));
+    h.send(Event::HeartbeatDone { ok: true }, 3 * S);
+    assert_eq!(h.state.update_error(), None);
+    h.auto_ack = true;
     h.send(Event::Push(PushEvent::Connected), 4 * S);
     let out = h.send(Event::PollDone(Ok(Box::new(c))), 4 * S);
     assert!(!out.iter().any(|c| matches!(c, Command::SelfUpdate(_))));
@@ -668,17 +692,12 @@ fn a_reexecuted_agent_does_not_repeat_its_update() {
         agent_version: "1.0.0".into(),
         ..Identity::default()
     };
-    let mut state = State::new(
-        tuning(),
-        identity,
-        15 * S,
-        Some(action("self_update", "abc")),
-        t0,
-    );
-    assert!(
-        state.update_error().unwrap().contains("2.0.0"),
-        "version mismatch is reported"
-    );
+    let previous = PreviousUpdate {
+        action: action("self_update", "abc"),
+        error: Some("wrong binary".into()),
+    };
+    let mut state = State::new(tuning(), identity, 15 * S, Some(previous), t0);
+    assert_eq!(state.update_error(), Some("wrong binary"));
     state.handle(Event::Tick, t0);
     let mut c = config(vec![]);
     c.pending_action = Some(action("self_update", "abc"));

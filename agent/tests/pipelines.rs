@@ -1,0 +1,245 @@
+//! Enrollment, deploys, config changes, undeploys and crashes against the real api + gateway.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+fn yaml(marker: &str) -> String {
+    format!("sources:\n  in:\n    type: demo_logs\n    format: json # {marker}\n")
+}
+
+/// `(status, pid, checksum)` of a pipeline as the node's last heartbeat reported it.
+async fn reported(
+    stack: &Stack,
+    node: &str,
+    pipeline: &str,
+) -> Option<(String, Option<i64>, Option<String>)> {
+    sqlx::query_as(
+        "SELECT status, pid, config_checksum FROM node_pipeline_status WHERE node_id = $1::uuid AND pipeline_id = $2::uuid",
+    )
+    .bind(node)
+    .bind(pipeline)
+    .fetch_optional(&stack.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_is_reused() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node = stack.node_of(&env).await;
+    let node_id = node["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+
+    let token_file = sandbox.data.join("node-token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&token_file)
+        .unwrap()
+        .starts_with("vf_node_"));
+
+    // Deploy: the pipeline process runs the new config within 200 ms of the deploy call.
+    let v1 = yaml("v1");
+    let pipeline = stack.api.create_pipeline(&env, "web", &v1, json!({})).await;
+    let t0 = Instant::now();
+    let r = stack.api.deploy(&pipeline).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let (pid1, latency) = eventually("the pipeline runs", Duration::from_secs(5), || async {
+        sandbox
+            .running()
+            .into_iter()
+            .find(|(_, c)| *c == v1)
+            .map(|(pid, _)| (pid, t0.elapsed()))
+    })
+    .await;
+    assert!(
+        latency < Duration::from_millis(200),
+        "deploy → running took {latency:?}"
+    );
+    assert_eq!(sandbox.running().len(), 1);
+    let (status, pid, checksum) = eventually(
+        "the heartbeat reports it",
+        Duration::from_secs(5),
+        || async {
+            reported(&stack, &node_id, &pipeline)
+                .await
+                .filter(|(s, _, _)| s == "RUNNING")
+        },
+    )
+    .await;
+    assert_eq!((status.as_str(), pid), ("RUNNING", Some(i64::from(pid1))));
+    assert_eq!(
+        checksum.unwrap(),
+        flotilla_shared::tokens::sha256_hex(v1.as_bytes())
+    );
+
+    // A new version: the old process is replaced by one running the new config.
+    let v2 = yaml("v2");
+    stack.update_pipeline(&pipeline, &v2).await;
+    let r = stack.api.deploy(&pipeline).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let pid2 = eventually("the new version runs", Duration::from_secs(5), || async {
+        sandbox
+            .running()
+            .into_iter()
+            .find(|(_, c)| *c == v2)
+            .map(|(pid, _)| pid)
+    })
+    .await;
+    assert_ne!(pid1, pid2);
+    eventually(
+        "the old process is gone",
+        Duration::from_secs(5),
+        || async { (!alive(pid1)).then_some(()) },
+    )
+    .await;
+    assert_eq!(sandbox.running().len(), 1);
+
+    // Undeploy: the process stops and its config file is deleted.
+    stack.undeploy(&pipeline).await;
+    eventually("the pipeline stops", Duration::from_secs(5), || async {
+        (sandbox.running().is_empty() && sandbox.config_files().is_empty()).then_some(())
+    })
+    .await;
+    agent.stop().await;
+
+    // A restart reuses the stored token: no enrollment token needed, still one node.
+    let mut config = TestAgent::config(&stack, &sandbox, "unused");
+    config.enrollment_token = None;
+    let agent = TestAgent::start(config);
+    eventually(
+        "the agent reconnects with its stored token",
+        Duration::from_secs(10),
+        || async {
+            let r = stack
+                .api
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/fleet?environmentId={env}"),
+                    None,
+                )
+                .await;
+            let nodes = r.body["nodes"].as_array().cloned().unwrap_or_default();
+            assert_eq!(nodes.len(), 1, "no second enrollment");
+            (nodes[0]["wsConnected"] == json!(true) && nodes[0]["id"] == json!(node_id))
+                .then_some(())
+        },
+    )
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_reconnects_and_picks_up_a_deploy_made_while_disconnected() {
+    init_logs();
+    let mut stack = Stack::start().await;
+    // Polls alone would take a minute: only the reconnect's re-poll can explain a fast pick-up.
+    stack.set_poll_interval(60_000).await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+
+    stack.stop_gateway().await;
+    let v1 = yaml("while-disconnected");
+    stack.deploy_new(&env, &v1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sandbox.running().is_empty(),
+        "nothing could have told the agent yet"
+    );
+
+    stack.start_gateway().await;
+    eventually(
+        "the deploy is picked up after the reconnect",
+        Duration::from_secs(5),
+        || async {
+            sandbox
+                .running()
+                .into_iter()
+                .any(|(_, c)| c == v1)
+                .then_some(())
+        },
+    )
+    .await;
+    stack.wait_connected(&node_id).await;
+    assert_eq!(
+        stack.gateway().connects(),
+        1,
+        "one socket on the new gateway"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_vector_binary_is_reported_as_a_crashed_pipeline() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
+    config.vector_bin = sandbox.dir.join("no-such-vector");
+    let agent = TestAgent::start(config);
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    let pipeline = stack.deploy_new(&env, &yaml("x")).await;
+    eventually(
+        "the pipeline is reported CRASHED",
+        Duration::from_secs(5),
+        || async {
+            reported(&stack, &node_id, &pipeline)
+                .await
+                .filter(|(s, _, _)| s == "CRASHED")
+        },
+    )
+    .await;
+    // The agent itself is fine: it still takes pushes and heartbeats.
+    assert_eq!(stack.node(&node_id).await["wsConnected"], json!(true));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_pipeline_is_restarted_with_backoff() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    let pipeline = stack
+        .deploy_new(&env, &format!("{}# fake_crash\n", yaml("c")))
+        .await;
+    eventually("the crash is reported", Duration::from_secs(5), || async {
+        reported(&stack, &node_id, &pipeline)
+            .await
+            .filter(|(s, _, _)| s == "CRASHED")
+    })
+    .await;
+    // A fixed config replaces the crashing one without waiting out the backoff.
+    let fixed = yaml("fixed");
+    stack.update_pipeline(&pipeline, &fixed).await;
+    assert!(stack.api.deploy(&pipeline).await.status.is_success());
+    eventually(
+        "the fixed pipeline runs",
+        Duration::from_secs(5),
+        || async {
+            sandbox
+                .running()
+                .into_iter()
+                .any(|(_, c)| c == fixed)
+                .then_some(())
+        },
+    )
+    .await;
+    agent.stop().await;
+    assert!(sandbox.running().is_empty(), "shutdown stops the pipelines");
+}
