@@ -68,7 +68,7 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Name of the fleet page's HttpOnly session cookie (it holds the operator token).
+/// Name of the fleet page's HttpOnly session cookie (it holds the operator token, hex-encoded).
 pub const SESSION_COOKIE: &str = "flotilla_session";
 
 /// The operator token kept in the session cookie, if any.
@@ -81,7 +81,8 @@ pub fn session_token(parts: &Parts) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .and_then(|(_, value)| hex::decode(value).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
 /// The node calling an agent endpoint.
@@ -139,4 +140,20 @@ impl FromRequestParts<AppState> for Operator {
 /// Parses a path id; a malformed id is simply not found.
 pub fn id_of(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what))
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    /// `None` when there is no valid operator token; other failures (database down) stand.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Operator as FromRequestParts<AppState>>::from_request_parts(parts, state).await {
+            Ok(op) => Ok(Some(op)),
+            Err(ApiError::Unauthorized(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }

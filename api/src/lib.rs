@@ -7,12 +7,14 @@
 //! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
 //! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
+//! - [`fleet_events`]: relaying presence and node changes to the fleet page's live stream.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
 
 pub mod error;
 pub mod extract;
+pub mod fleet_events;
 pub mod notify;
 pub mod operator_auth;
 pub mod routes;
@@ -63,6 +65,8 @@ impl Api {
             node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth, shared),
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),
+            fleet_events: fleet_events::FleetEvents::default(),
+            shutdown: CancellationToken::new(),
             redis,
             pool,
             settings: Arc::new(settings),
@@ -84,6 +88,13 @@ impl Api {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "api listening on {addr}");
         let sweeper = tokio::spawn(sweep::run(self.state.clone(), shutdown.clone()));
+        let relay = tokio::spawn(
+            self.state
+                .fleet_events
+                .clone()
+                .relay(self.state.redis.clone(), shutdown.clone()),
+        );
+        let streams = self.state.shutdown.clone();
         let grace = Duration::from_millis(self.state.settings.api.shutdown_grace_ms);
         let app = routes::router(self.state);
         let signal = shutdown.clone();
@@ -91,11 +102,14 @@ impl Api {
             .with_graceful_shutdown(async move { signal.cancelled().await });
         let server = tokio::spawn(async move { server.await });
         shutdown.cancelled().await;
+        // Long-lived streams (the fleet page's events) end now so the drain can finish.
+        streams.cancel();
         match tokio::time::timeout(grace, server).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
         }
         sweeper.await?;
+        relay.await?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! Shared application state handed to every handler.
 
+use crate::fleet_events::FleetEvents;
 use crate::notify::Notifier;
 use crate::operator_auth::OperatorAuthenticator;
 use flotilla_shared::node_auth::NodeAuthenticator;
@@ -7,6 +8,7 @@ use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use sqlx::PgPool;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Cheap handles to everything a request needs.
 #[derive(Clone)]
@@ -23,4 +25,8 @@ pub struct AppState {
     pub redis: Redis,
     /// Per-node notifications.
     pub notifier: Notifier,
+    /// Live events for the fleet page.
+    pub fleet_events: FleetEvents,
+    /// Cancelled when the api shuts down (ends long-lived streams).
+    pub shutdown: CancellationToken,
 }

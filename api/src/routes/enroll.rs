@@ -74,6 +74,7 @@ async fn enroll(
     .execute(&state.pool)
     .await?;
     tracing::info!(%node_id, %environment_id, host = hostname, "node enrolled");
+    crate::fleet_events::node_changed(&state.redis, node_id, "enrolled");
     Ok(axum::Json(EnrollResponse {
         node_id,
         node_token: issued.token,

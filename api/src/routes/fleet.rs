@@ -3,6 +3,7 @@
 
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator};
+use crate::fleet_events::node_changed;
 use crate::operator_auth::Role;
 use crate::selector::validate_labels;
 use crate::state::AppState;
@@ -165,6 +166,7 @@ async fn labels(
             },
         )
         .await;
+    node_changed(&state.redis, id, "labels");
     Ok(axum::Json(load_node(&state, id).await?))
 }
 
@@ -205,6 +207,7 @@ async fn maintenance(
             },
         )
         .await;
+    node_changed(&state.redis, id, "maintenance");
     Ok(axum::Json(load_node(&state, id).await?))
 }
 
@@ -269,6 +272,7 @@ async fn action(
         checksum: body.checksum.clone(),
     };
     let notified = state.notifier.push(&[id], message).await;
+    node_changed(&state.redis, id, "action");
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "pendingAction": body, "notifiedNodes": notified })),
@@ -292,6 +296,7 @@ async fn revoke(
         return Err(ApiError::NotFound("node"));
     }
     state.notifier.control(id, &ControlMessage::Revoke).await;
+    node_changed(&state.redis, id, "revoked");
     tracing::info!(node_id = %id, "node revoked");
     Ok(StatusCode::NO_CONTENT)
 }

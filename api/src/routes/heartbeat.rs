@@ -129,6 +129,7 @@ async fn heartbeat(
         .await?;
     }
     tx.commit().await?;
+    crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
 
     if let Some(results) = hb.sample_results {
         agent_samples::record(&state, node, results).await?;

@@ -7,6 +7,7 @@ pub mod environments;
 pub mod fleet;
 pub mod health;
 pub mod heartbeat;
+pub mod page;
 pub mod pipelines;
 pub mod samples;
 pub mod settings;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(samples::router())
         .merge(settings::router())
         .merge(tokens::router())
+        .merge(page::router())
         .fallback(|| async { crate::error::ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(

@@ -1,0 +1,106 @@
+//! Live fleet events for the fleet page: presence changes (published by gateways) and node
+//! updates (heartbeats, operator changes), relayed from one Redis subscription per api
+//! process to every open server-sent-events stream.
+
+use flotilla_shared::channels::FLEET_EVENTS;
+use flotilla_shared::redis_conn::Redis;
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Events buffered per slow page before it is told to resync.
+const BUFFER: usize = 1024;
+
+/// Fan-out of fleet events to the page's streams; cheap to clone.
+#[derive(Clone)]
+pub struct FleetEvents {
+    tx: broadcast::Sender<Arc<str>>,
+    subscribed: Arc<AtomicBool>,
+}
+
+impl Default for FleetEvents {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(BUFFER).0,
+            subscribed: Arc::default(),
+        }
+    }
+}
+
+/// The event that tells a page to reload the whole fleet.
+pub const RESYNC: &str = r#"{"kind":"resync"}"#;
+
+impl FleetEvents {
+    /// Whether the Redis subscription is currently up.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+
+    /// Relays `flotilla:fleet-events` until shutdown, resubscribing with backoff when Redis
+    /// drops; each reconnect also tells pages to resync, since events may have been missed.
+    pub async fn relay(self, redis: Redis, shutdown: CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let mut pubsub = redis.client().get_async_pubsub().await?;
+                pubsub.subscribe(FLEET_EVENTS).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(redis.timeout(), attempt) => r,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    delay = Duration::from_millis(100);
+                    self.subscribed.store(true, Ordering::SeqCst);
+                    let _ = self.tx.send(Arc::from(RESYNC));
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            msg = messages.next() => match msg {
+                                Some(msg) => {
+                                    let payload: String = msg.get_payload().unwrap_or_default();
+                                    let _ = self.tx.send(Arc::from(payload));
+                                }
+                                None => break,
+                            },
+                        }
+                    }
+                    self.subscribed.store(false, Ordering::SeqCst);
+                    tracing::warn!("fleet events subscription lost; resubscribing");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "fleet events subscription failed"),
+                Err(_) => tracing::debug!("fleet events subscription timed out"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Announces that a node's row changed (heartbeat, labels, maintenance…), without waiting.
+pub fn node_changed(redis: &Redis, node_id: Uuid, kind: &'static str) {
+    let redis = redis.clone();
+    tokio::spawn(async move {
+        let payload = serde_json::json!({ "nodeId": node_id, "kind": kind }).to_string();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(FLEET_EVENTS).arg(payload);
+        if let Err(e) = redis.query::<()>(&cmd).await {
+            tracing::debug!(error = %e, "could not publish a fleet event");
+        }
+    });
+}
