@@ -1,0 +1,220 @@
+//! The push channel against the real gateway: poll interval pushes, sample requests,
+//! keepalive of an idle socket, revocation.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn last_seen(stack: &Stack, node: &str) -> String {
+    stack.node(node).await["lastSeen"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_interval_push_changes_the_poll_period() {
+    init_logs();
+    let stack = Stack::start().await;
+    stack.set_poll_interval(60_000).await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Idle on a 60 s interval: no polls (each poll is followed by a heartbeat).
+    let before = last_seen(&stack, &node_id).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        last_seen(&stack, &node_id).await,
+        before,
+        "no poll on a 60 s interval"
+    );
+
+    // The push switches to 1 s polls at once.
+    stack.set_poll_interval(1000).await;
+    let mut seen = vec![before];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(3600) {
+        let now = last_seen(&stack, &node_id).await;
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.len() >= 4,
+        "expected polls about every second, saw {seen:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_request_completes_end_to_end() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    let pipeline = stack
+        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\n")
+        .await;
+    // Sample requests are pushed to the nodes whose heartbeat reports the pipeline running.
+    eventually(
+        "the heartbeat reports the pipeline running",
+        Duration::from_secs(5),
+        || async {
+            let node = stack.node(&node_id).await;
+            (node["pipelines"][0]["status"] == json!("RUNNING")).then_some(())
+        },
+    )
+    .await;
+
+    let request = |keys: Value| {
+        let stack = &stack;
+        let pipeline = pipeline.clone();
+        async move {
+            let r = stack
+                .api
+                .admin(
+                    Method::POST,
+                    &format!("/api/v1/pipelines/{pipeline}/samples"),
+                    Some(json!({ "componentKeys": keys, "limit": 3 })),
+                )
+                .await;
+            assert!(r.status.is_success(), "{}", r.text);
+            r.body["requestId"].as_str().unwrap().to_owned()
+        }
+    };
+    let finished = |id: String| {
+        let stack = &stack;
+        async move {
+            eventually(
+                "the sample request finishes",
+                Duration::from_secs(5),
+                || async {
+                    let r = stack
+                        .api
+                        .admin(Method::GET, &format!("/api/v1/samples/{id}"), None)
+                        .await;
+                    (r.body["status"] != json!("PENDING")).then_some(r.body)
+                },
+            )
+            .await
+        }
+    };
+
+    let t0 = Instant::now();
+    let body = finished(request(json!(["in", "parse"])).await).await;
+    assert_eq!(body["status"], json!("COMPLETED"), "{body}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "pushed, not polled: {:?}",
+        t0.elapsed()
+    );
+    let samples = body["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{body}");
+    for s in samples {
+        assert_eq!(s["events"].as_array().map(Vec::len), Some(3), "{s}");
+        assert_eq!(s["events"][0]["n"], json!(1), "{s}");
+    }
+
+    // A component whose tap fails is reported as that component's error.
+    let body = finished(request(json!(["in", "broken"])).await).await;
+    assert_eq!(body["status"], json!("ERROR"), "{body}");
+    let broken = body["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["componentKey"] == json!("broken"))
+        .cloned();
+    assert!(
+        broken.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no component matches"),
+        "{body}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_keeps_one_connection_for_many_keepalive_periods() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
+    // The gateway pings every 300 ms (pongs every 200 ms); any frame resets this deadline.
+    config.tuning.read_deadline = Duration::from_millis(700);
+    let agent = TestAgent::start(config);
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    // 4 s: over a dozen ping periods and several read deadlines.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let counters = stack.gateway().state.counters();
+    assert_eq!(
+        stack.gateway().connects(),
+        1,
+        "the socket was never recycled"
+    );
+    assert_eq!(
+        counters
+            .closed_keepalive
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(stack.node(&node_id).await["wsConnected"], json!(true));
+    agent.stop().await;
+    eventually(
+        "a clean close clears presence",
+        Duration::from_secs(2),
+        || async { (stack.node(&node_id).await["wsConnected"] == json!(false)).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_stops_its_push_channel() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    let r = stack
+        .api
+        .admin(Method::DELETE, &format!("/api/v1/fleet/{node_id}"), None)
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    eventually(
+        "the gateway closes the socket",
+        Duration::from_secs(5),
+        || async {
+            (stack
+                .gateway()
+                .state
+                .counters()
+                .closed_revoked
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stack.gateway().connects(),
+        1,
+        "no reconnect after a revocation"
+    );
+    agent.stop().await;
+}
