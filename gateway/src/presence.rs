@@ -40,7 +40,7 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
     .await
     .is_err()
     {
-        tracing::warn!("subscribing the node's channel timed out; it is subscribed on reconnect");
+        tracing::warn!(%node_id, "subscribing the node's channel timed out; it is subscribed on reconnect");
     }
     let me = presence_of(state, conn);
     let mut pipe = redis::pipe();
@@ -56,14 +56,14 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
                 .ignore();
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not record the node's presence"),
+        Err(e) => tracing::warn!(%node_id, error = %e, "could not record the node's presence"),
     }
     pipe.cmd("PUBLISH")
         .arg(FLEET_EVENTS)
         .arg(fleet_event(state, node_id, true))
         .ignore();
     if let Err(e) = state.redis.query::<()>(&pipe).await {
-        tracing::warn!(error = %e, "could not publish the connect");
+        tracing::warn!(%node_id, error = %e, "could not publish the connect");
     }
 }
 
@@ -75,11 +75,11 @@ pub(crate) async fn withdraw(state: &GatewayState, node_id: Uuid, conn: &Conn) {
             cmd.arg(FLEET_EVENTS)
                 .arg(fleet_event(state, node_id, false));
             if let Err(e) = state.redis.query::<()>(&cmd).await {
-                tracing::warn!(error = %e, "could not publish the disconnect");
+                tracing::warn!(%node_id, error = %e, "could not publish the disconnect");
             }
         }
         Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "could not release the node's presence"),
+        Err(e) => tracing::warn!(%node_id, error = %e, "could not release the node's presence"),
     }
 }
 

@@ -29,37 +29,51 @@ use uuid::Uuid;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves an upgraded socket of `node` until it closes.
-pub(crate) async fn run(state: GatewayState, node: AuthedNode, ws: WebSocket) {
+///
+/// Not an `async fn`: the socket moves into its [`Session`] here, once, and the `async move`
+/// block captures it in place; an `async fn` would also store its arguments, and an idle
+/// socket's memory is mostly this future.
+pub(crate) fn run(
+    state: GatewayState,
+    node: AuthedNode,
+    ws: WebSocket,
+) -> impl Future<Output = ()> + Send {
     let node_id = node.node_id;
+    let outbox = Arc::new(Outbox::new(state.settings.outbound_queue));
     let conn = Conn {
         id: Uuid::new_v4(),
         since_ms: now_ms(),
-        outbox: Arc::new(Outbox::new(state.settings.outbound_queue)),
+        outbox: outbox.clone(),
     };
-    let span = tracing::info_span!("session", gateway_id = %state.id, node_id = %node_id, conn_id = %conn.id);
-    serve(state, node_id, conn, ws).instrument(span).await;
-}
+    // Debug level: an enabled span is allocated for the socket's whole life. Events that matter
+    // at info level and above carry the node id themselves.
+    let span = tracing::debug_span!("session", node_id = %node_id, conn_id = %conn.id);
+    let mut session = Session::new(state.clone(), ws, outbox);
+    async move {
+        if let Some(older) = state.registry.insert(node_id, conn.clone()) {
+            older.outbox.close(SUPERSEDED);
+        }
+        // After registering, so a drain either saw this socket or is seen here.
+        if state.draining.is_cancelled() {
+            conn.outbox.close(DRAINING);
+        }
+        Counters::inc(&state.counters.connects);
+        // Boxed: the Redis round trips are large but short-lived futures; an idle socket
+        // keeps only the session.
+        Box::pin(crate::presence::announce(&state, node_id, &conn)).await;
+        tracing::debug!("socket open");
 
-async fn serve(state: GatewayState, node_id: Uuid, conn: Conn, ws: WebSocket) {
-    if let Some(older) = state.registry.insert(node_id, conn.clone()) {
-        older.outbox.close(SUPERSEDED);
-    }
-    // After registering, so a drain either saw this socket or is seen here.
-    if state.draining.is_cancelled() {
-        conn.outbox.close(DRAINING);
-    }
-    Counters::inc(&state.counters.connects);
-    crate::presence::announce(&state, node_id, &conn).await;
-    tracing::debug!("socket open");
+        let end = session.run().await;
+        drop(session);
+        count_close(&state.counters, end);
+        tracing::debug!(?end, "socket closed");
 
-    let end = Session::new(&state, ws, &conn.outbox).run().await;
-    count_close(&state.counters, end);
-    tracing::debug!(?end, "socket closed");
-
-    if state.registry.remove(node_id, conn.id) {
-        state.subscriptions.sync(node_id);
+        if state.registry.remove(node_id, conn.id) {
+            state.subscriptions.sync(node_id);
+        }
+        Box::pin(crate::presence::withdraw(&state, node_id, &conn)).await;
     }
-    crate::presence::withdraw(&state, node_id, &conn).await;
+    .instrument(span)
 }
 
 /// How a session ended.
@@ -97,10 +111,10 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-struct Session<'a> {
+struct Session {
     ws: WebSocket,
-    outbox: &'a Outbox,
-    counters: &'a Counters,
+    state: GatewayState,
+    outbox: Arc<Outbox>,
     keepalive: Keepalive,
     timer: Pin<Box<Sleep>>,
     ping_due: bool,
@@ -108,14 +122,14 @@ struct Session<'a> {
     unflushed: bool,
 }
 
-impl<'a> Session<'a> {
-    fn new(state: &'a GatewayState, ws: WebSocket, outbox: &'a Outbox) -> Self {
+impl Session {
+    fn new(state: GatewayState, ws: WebSocket, outbox: Arc<Outbox>) -> Self {
         let keepalive = Keepalive::new(&state.settings, Instant::now());
         let timer = Box::pin(tokio::time::sleep_until(keepalive.deadline()));
         Self {
             ws,
+            state,
             outbox,
-            counters: &state.counters,
             keepalive,
             timer,
             ping_due: false,
@@ -124,10 +138,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(mut self) -> End {
+    async fn run(&mut self) -> End {
         let end = poll_fn(|cx| self.poll(cx)).await;
         if let End::Closed(code) = end {
-            self.close(code).await;
+            // Boxed, like the Redis calls: only a closing socket needs it.
+            Box::pin(self.close(code)).await;
         }
         end
     }
@@ -205,7 +220,7 @@ impl<'a> Session<'a> {
                 match self.outbox.poll_next(cx, writable) {
                     Poll::Ready(Next::Close(code)) => return Poll::Ready(End::Closed(code)),
                     Poll::Ready(Next::Frame(frame)) => {
-                        Counters::inc(&self.counters.pushes_delivered);
+                        Counters::inc(&self.state.counters.pushes_delivered);
                         self.keepalive.sent_data(Instant::now());
                         Message::Text(frame)
                     }
@@ -235,5 +250,22 @@ fn read_error(error: &axum::Error) -> End {
     match error.source().and_then(|e| e.downcast_ref::<WsError>()) {
         Some(WsError::Capacity(_)) => End::Closed(TOO_LARGE),
         _ => End::PeerGone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the value a function returns, without calling it.
+    fn returned_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_session_is_small() {
+        let size = returned_size(run);
+        println!("session future: {size} bytes");
+        assert!(size <= 768, "session future is {size} bytes");
     }
 }

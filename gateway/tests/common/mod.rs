@@ -75,6 +75,31 @@ pub async fn nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
     out
 }
 
+/// Inserts `n` nodes whose tokens share one secret, so one bcrypt hash serves all (fast to
+/// create in bulk); returns their tokens.
+pub async fn shared_secret_nodes(pool: &PgPool, n: usize) -> Vec<String> {
+    let [(_, first)] = nodes(pool, 1).await.try_into().unwrap();
+    let secret = first.rsplit('_').next().unwrap().to_owned();
+    let issued: Vec<_> = (0..n)
+        .map(|_| tokens::issue_with_secret(NODE_PREFIX, &secret))
+        .collect();
+    let lookups: Vec<String> = issued.iter().map(|t| t.lookup.clone()).collect();
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO nodes (id, environment_id, host, token_lookup, token_hash)
+         SELECT u.id, n.environment_id, 'bulk', u.lookup, n.token_hash
+         FROM unnest($1::uuid[], $2::text[]) AS u(id, lookup), nodes n
+         WHERE n.token_lookup = $3",
+    )
+    .bind(&ids)
+    .bind(&lookups)
+    .bind(tokens::parse(NODE_PREFIX, &first).unwrap().lookup)
+    .execute(pool)
+    .await
+    .expect("insert nodes");
+    issued.into_iter().map(|t| t.token).collect()
+}
+
 /// A gateway running in-process.
 pub struct Gw {
     pub addr: SocketAddr,

@@ -1,0 +1,214 @@
+//! Gateways as real processes (SIGTERM, SIGKILL) and a private Redis that restarts.
+
+mod common;
+
+use common::*;
+use flotilla_shared::close_codes::DRAINING;
+use flotilla_shared::presence;
+use flotilla_testkit::process::{self, Process};
+use flotilla_testkit::redis_server::RedisServer;
+use flotilla_testkit::{db, eventually, redis_url};
+use std::time::{Duration, Instant};
+
+/// The environment of a gateway process: the test settings' short intervals, debug logging.
+fn env(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = [
+        ("FLOTILLA__DATABASE__URL", db_url),
+        ("FLOTILLA__REDIS__URL", redis_url),
+        ("FLOTILLA__REDIS__COMMAND_TIMEOUT_MS", "500"),
+        ("FLOTILLA__GATEWAY__LISTEN", "127.0.0.1:0"),
+        ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "300"),
+        ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "5000"),
+        ("FLOTILLA__GATEWAY__UNSOLICITED_PONG_INTERVAL_MS", "200"),
+        ("FLOTILLA__GATEWAY__LIVENESS_TTL_MS", "2000"),
+        ("FLOTILLA__GATEWAY__HEARTBEAT_INTERVAL_MS", "500"),
+        ("FLOTILLA__GATEWAY__SHUTDOWN_GRACE_MS", "3000"),
+        ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
+        ("FLOTILLA__LOG__LEVEL", "debug"),
+        ("RUST_LOG", "debug"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    pairs.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    pairs
+}
+
+async fn start(db_url: &str, redis_url: &str) -> Process {
+    start_with(db_url, redis_url, &[]).await
+}
+
+async fn start_with(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Process {
+    let env = env(db_url, redis_url, overrides);
+    process::start(env!("CARGO_BIN_EXE_flotilla-gateway"), &env).await
+}
+
+fn ws_url(p: &Process) -> String {
+    format!("ws://{}/api/agent/ws", p.addr)
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1012_exits_in_time_and_logs_no_secrets() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let mut gw = start(&db.url, &redis_url()).await;
+
+    // A refused handshake and an accepted one, both logged at debug level.
+    let wrong = format!("{}{}", &token[..token.len() - 4], "0000");
+    assert_eq!(refused_status(connect(&ws_url(&gw), &wrong).await), 401);
+    let mut ws = connect(&ws_url(&gw), &token).await.expect("handshake");
+    eventually("presence", Duration::from_secs(5), || async {
+        presence_of(&redis, node).await
+    })
+    .await;
+
+    let started = Instant::now();
+    gw.terminate().await;
+    assert_eq!(close_code(&mut ws).await, Some(DRAINING));
+    let status = gw.wait().await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "exited within the grace period"
+    );
+    wait_absent(&redis, node, Duration::from_secs(1)).await;
+
+    let output = gw.output();
+    assert!(output.contains("listening on"), "{output}");
+    let hash: String = sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1")
+        .bind(node)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let secret = token.rsplit('_').next().unwrap();
+    for leaked in [token.as_str(), wrong.as_str(), secret, hash.as_str()] {
+        assert!(
+            !output.contains(leaked),
+            "a secret is in the logs:\n{output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_gateways_sockets_read_as_gone_after_its_liveness_ttl() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let mut gw = start(&db.url, &redis_url()).await;
+    let _ws = connect(&ws_url(&gw), &token).await.expect("handshake");
+    eventually("presence", Duration::from_secs(5), || async {
+        presence_of(&redis, node).await
+    })
+    .await;
+
+    let killed = Instant::now();
+    gw.kill().await;
+    // The presence entry is still there, but its gateway's liveness key expires (TTL 2 s).
+    wait_absent(&redis, node, Duration::from_secs(4)).await;
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1000),
+        "presence outlived the liveness TTL's start"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_the_gateway_holds() {
+    let db = db::fresh().await;
+    let mut server = RedisServer::start().await;
+    let s = settings(&db.url, &server.url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let (mut ws, before) = gw.connect(&redis, node, &token).await;
+    let f = frame("deploy");
+    publish(&redis, node, &f).await;
+    assert_eq!(next_text(&mut ws).await, f);
+
+    server.restart().await; // empty: presence, liveness key and subscriptions are gone
+
+    // The gateway resubscribes and restores the socket's presence.
+    let restored = eventually("presence restored", Duration::from_secs(5), || async {
+        presence::lookup(&redis, &[node])
+            .await
+            .ok()?
+            .pop()
+            .flatten()
+    })
+    .await;
+    assert_eq!(restored, before);
+    let f = frame("labels");
+    eventually(
+        "the node channel is subscribed again",
+        Duration::from_secs(5),
+        || async {
+            let delivered: i64 = redis
+                .query(
+                    redis::cmd("PUBLISH")
+                        .arg(flotilla_shared::channels::node_channel(node))
+                        .arg(&f),
+                )
+                .await
+                .ok()?;
+            (delivered > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(next_text(&mut ws).await, f);
+    assert!(
+        gw.state
+            .counters()
+            .pubsub_connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Opens `tokens.len()` sockets that answer pings in the background.
+async fn open_idle(url: &str, tokens: &[String]) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    let mut readers = Vec::new();
+    for token in tokens {
+        let mut ws = connect(url, token).await.expect("handshake");
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+    readers
+}
+
+#[tokio::test]
+async fn an_idle_socket_costs_the_gateway_a_few_kib() {
+    const WARM: usize = 200;
+    const MEASURED: usize = 2000;
+    let db = db::fresh().await;
+    let tokens = shared_secret_nodes(&db.pool, WARM + MEASURED).await;
+    let keepalive = [
+        ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "30000"),
+        ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "40000"),
+        ("FLOTILLA__GATEWAY__UNSOLICITED_PONG_INTERVAL_MS", "20000"),
+        ("RUST_LOG", "info"),
+    ];
+    let gw = start_with(&db.url, &redis_url(), &keepalive).await;
+    let url = ws_url(&gw);
+    let _warm = open_idle(&url, &tokens[..WARM]).await;
+    let before = rss_kib(gw.pid());
+    let _measured = open_idle(&url, &tokens[WARM..]).await;
+    let after = rss_kib(gw.pid());
+    let per_socket = (after.saturating_sub(before)) as f64 / MEASURED as f64;
+    println!("gateway RSS {before} KiB -> {after} KiB: {per_socket:.2} KiB per idle socket");
+    assert!(per_socket <= 4.0, "{per_socket:.2} KiB per idle socket");
+}

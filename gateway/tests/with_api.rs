@@ -1,0 +1,66 @@
+//! The gateway with the real api: what an operator does reaches the agent's socket.
+
+mod common;
+
+use common::*;
+use flotilla_shared::close_codes::REVOKED;
+use flotilla_testkit::{api, db, eventually, redis_url};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_it() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let api = api::spawn(s.clone()).await;
+    let gw = gateway(s).await;
+    let (env_id, enroll) = api.create_environment("prod").await;
+    let (node, token) = api.enroll(&enroll, "h1").await;
+    let (other, other_token) = api.enroll(&enroll, "h2").await;
+    let node_id: Uuid = node.parse().unwrap();
+    let (mut ws, at) = gw.connect(&redis, node_id, &token).await;
+
+    let shown = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node}"), None)
+        .await;
+    assert_eq!(shown.body["wsConnected"], true, "{}", shown.text);
+    assert_eq!(shown.body["gatewayId"], gw.state.id(), "{}", shown.text);
+    assert_eq!(at.gateway_id, gw.state.id());
+
+    let pipeline = api
+        .create_pipeline(&env_id, "p", "sources: {}\n", json!({}))
+        .await;
+    let deployed = api.deploy(&pipeline).await;
+    assert_eq!(deployed.status, 200, "{}", deployed.text);
+    let pushed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(pushed["type"], "config_changed");
+    assert_eq!(pushed["reason"], "deploy");
+    assert_eq!(pushed["pipelineId"], pipeline.as_str());
+    assert!(
+        pushed["sentAt"].is_i64() && pushed["id"].is_string(),
+        "{pushed}"
+    );
+
+    // A clean close shows as disconnected within a second.
+    let (mut other_ws, _) = gw
+        .connect(&redis, other.parse().unwrap(), &other_token)
+        .await;
+    other_ws.close(None).await.unwrap();
+    eventually("wsConnected false", Duration::from_secs(1), || async {
+        let r = api
+            .admin(Method::GET, &format!("/api/v1/fleet/{other}"), None)
+            .await;
+        (r.body["wsConnected"] == false).then_some(())
+    })
+    .await;
+
+    let revoked = api
+        .admin(Method::DELETE, &format!("/api/v1/fleet/{node}"), None)
+        .await;
+    assert!(revoked.status.is_success(), "{}", revoked.text);
+    assert_eq!(close_code(&mut ws).await, Some(REVOKED));
+    assert_eq!(refused_status(gw.try_connect(&token).await), 401);
+}
