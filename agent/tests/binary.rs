@@ -1,0 +1,268 @@
+//! The real `flotilla-agent` binary: self-update (replace and re-execute), a rejected update,
+//! fleet restart, and SIGTERM.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+/// The agent binary started as a process, with its output captured.
+struct AgentProcess {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl AgentProcess {
+    fn start(exe: &Path, stack: &Stack, sandbox: &Sandbox, enrollment: &str) -> Self {
+        let mut child = Command::new(exe)
+            .env("VF_URL", stack.api.url("/"))
+            .env("VF_TOKEN", enrollment)
+            .env("VF_DATA_DIR", &sandbox.data)
+            .env("VF_VECTOR_BIN", &sandbox.vector)
+            .env("VF_LOG_LEVEL", "info")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("agent binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut out = sink.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        Self { child, output }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.output().matches(needle).count()
+    }
+}
+
+/// Serves `body` to every request on a local port; returns the URL.
+async fn serve_file(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/downloads/flotilla-agent")
+}
+
+fn installed_copy(sandbox: &Sandbox) -> PathBuf {
+    let bin = sandbox.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("flotilla-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_flotilla-agent"), &exe).unwrap();
+    exe
+}
+
+async fn action(stack: &Stack, node: &str, body: serde_json::Value) {
+    let r = stack
+        .api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{node}/actions"),
+            Some(body),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_update_replaces_and_reexecutes_and_a_bad_checksum_is_reported() {
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let exe = installed_copy(&sandbox);
+    let mut agent = AgentProcess::start(&exe, &stack, &sandbox, &enrollment);
+    let pid = agent.child.id().unwrap();
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    let yaml = "sources:\n  in:\n    type: demo_logs\n";
+    stack.deploy_new(&env, yaml).await;
+    let first = eventually("the pipeline runs", Duration::from_secs(5), || async {
+        sandbox.running().first().map(|(pid, _)| *pid)
+    })
+    .await;
+
+    // The "new version": the same program with bytes appended (an ELF runs unchanged).
+    let mut new_binary = std::fs::read(&exe).unwrap();
+    new_binary.extend_from_slice(
+        format!("\nflotilla self-update test {}\n", uuid::Uuid::new_v4()).as_bytes(),
+    );
+    let checksum = flotilla_shared::tokens::sha256_hex(&new_binary);
+    let url = serve_file(new_binary.clone()).await;
+    action(
+        &stack,
+        &node_id,
+        json!({ "type": "self_update", "targetVersion": "9.9.9", "downloadUrl": url, "checksum": checksum }),
+    )
+    .await;
+    eventually(
+        "the agent re-executes the new binary",
+        Duration::from_secs(15),
+        || async { (agent.count("running the self-updated binary") == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(&exe).unwrap(),
+        new_binary,
+        "the binary was replaced"
+    );
+    assert_eq!(
+        agent.count("flotilla-agent starting"),
+        2,
+        "{}",
+        agent.output()
+    );
+    assert_eq!(agent.child.id(), Some(pid), "re-exec keeps the process");
+    assert!(agent.child.try_wait().unwrap().is_none());
+    assert!(
+        !alive(first),
+        "the old pipeline process was stopped before the re-exec"
+    );
+    stack.wait_connected(&node_id).await;
+    eventually(
+        "the re-executed agent runs the pipeline again",
+        Duration::from_secs(5),
+        || async {
+            sandbox
+                .running()
+                .into_iter()
+                .any(|(_, c)| c == yaml)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A wrong checksum: nothing is replaced, the agent keeps running and reports the error.
+    let wrong = flotilla_shared::tokens::sha256_hex(b"something else");
+    action(
+        &stack,
+        &node_id,
+        json!({ "type": "self_update", "targetVersion": "9.9.10", "downloadUrl": url, "checksum": wrong }),
+    )
+    .await;
+    let error = eventually(
+        "the update error is reported",
+        Duration::from_secs(10),
+        || async {
+            stack.node(&node_id).await["lastUpdateError"]
+                .as_str()
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(error.contains("checksum mismatch"), "{error}");
+    assert_eq!(
+        std::fs::read(&exe).unwrap(),
+        new_binary,
+        "the binary is unchanged"
+    );
+    assert_eq!(agent.count("flotilla-agent starting"), 2, "no re-exec");
+    assert!(agent.child.try_wait().unwrap().is_none(), "still running");
+    let output = agent.output();
+    assert!(
+        !output.contains(&enrollment),
+        "the enrollment token is never logged"
+    );
+    let token = std::fs::read_to_string(sandbox.data.join("node-token")).unwrap();
+    assert!(
+        !output.contains(token.trim()),
+        "the node token is never logged"
+    );
+
+    // SIGTERM: socket closed, pipelines stopped, clean exit.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let status = within("the agent exits", agent.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}\n{}", agent.output());
+    assert!(sandbox.running().is_empty(), "pipelines stopped");
+    eventually(
+        "the socket closed cleanly",
+        Duration::from_secs(2),
+        || async { (stack.node(&node_id).await["wsConnected"] == json!(false)).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .env_remove("VF_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("VF_URL"));
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args(["--url", "http://127.0.0.1:9", "--poll-interval", "often"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("VF_POLL_INTERVAL"));
+    let dir = std::env::temp_dir().join(format!(
+        "flotilla-agent-noenroll-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args(["--url", "http://127.0.0.1:9", "--data-dir"])
+        .arg(&dir)
+        .env_remove("VF_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("VF_TOKEN"),
+        "{output:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
