@@ -84,6 +84,47 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_shared::settings::Settings;
+
+    async fn state(max_pending: &str) -> GatewayState {
+        let env = [(
+            "FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES".to_owned(),
+            max_pending.to_owned(),
+        )];
+        let settings = Settings::load_from(None, env).unwrap();
+        crate::Gateway::build(settings)
+            .await
+            .unwrap()
+            .state()
+            .clone()
+    }
+
+    fn with_token() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer vf_node_x".parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn handshakes_over_the_cap_and_while_draining_get_503_before_any_database_work() {
+        let state = state("2").await;
+        let held = state.handshakes.try_acquire_many(2).unwrap();
+        assert!(matches!(
+            accept(&state, &with_token()).await,
+            Err(Rejection::Busy)
+        ));
+        drop(held);
+        // Within the cap, a malformed token is refused without asking the database.
+        assert!(matches!(
+            accept(&state, &with_token()).await,
+            Err(Rejection::Unauthorized)
+        ));
+        state.draining.cancel();
+        assert!(matches!(
+            accept(&state, &with_token()).await,
+            Err(Rejection::Draining)
+        ));
+    }
 
     #[test]
     fn bearer_is_case_insensitive_and_strict() {

@@ -170,6 +170,49 @@ async fn a_redis_restart_loses_nothing_the_gateway_holds() {
     );
 }
 
+#[tokio::test]
+async fn a_gateway_started_while_redis_is_down_catches_up_when_it_returns() {
+    let db = db::fresh().await;
+    let mut server = RedisServer::start().await;
+    server.kill().await;
+    let s = settings(&db.url, &server.url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    // Authentication needs only Postgres: the agent gets its socket (and polls meanwhile).
+    let mut ws = connect(&format!("ws://{}/api/agent/ws", gw.addr), &token)
+        .await
+        .expect("handshake without Redis");
+
+    server.restart().await;
+    eventually("presence recorded", Duration::from_secs(5), || async {
+        presence::lookup(&redis, &[node])
+            .await
+            .ok()?
+            .pop()
+            .flatten()
+    })
+    .await;
+    let f = frame("deploy");
+    eventually(
+        "the node channel is subscribed",
+        Duration::from_secs(5),
+        || async {
+            let delivered: i64 = redis
+                .query(
+                    redis::cmd("PUBLISH")
+                        .arg(flotilla_shared::channels::node_channel(node))
+                        .arg(&f),
+                )
+                .await
+                .ok()?;
+            (delivered > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(next_text(&mut ws).await, f);
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use flotilla_shared::channels::ControlMessage;
+use flotilla_shared::channels::{ControlMessage, PresenceEvent, FLEET_EVENTS};
 use flotilla_shared::close_codes::{
     DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
@@ -61,6 +61,35 @@ async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
         metrics.contains("flotilla_gateway_push_latency_seconds_count"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn connects_and_disconnects_are_announced_on_fleet_events() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(s).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut events = within("pubsub", client.get_async_pubsub()).await.unwrap();
+    within("subscribe", events.subscribe(FLEET_EVENTS))
+        .await
+        .unwrap();
+    let mut events = events.into_on_message();
+    let mut next_for_node = async || loop {
+        let msg = within("a fleet event", events.next()).await.unwrap();
+        let event: PresenceEvent = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+        if event.node_id == node {
+            return event;
+        }
+    };
+
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    let up = next_for_node().await;
+    assert!(up.connected);
+    assert_eq!(up.gateway_id, gw.state.id());
+    within("client close", ws.close(None)).await.unwrap();
+    assert!(!next_for_node().await.connected);
 }
 
 #[tokio::test]
