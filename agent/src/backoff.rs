@@ -44,11 +44,13 @@ impl Backoff {
         Duration::from_nanos(rng.gen_range(0..=nanos))
     }
 
-    /// A delay of at least half the ceiling ("equal jitter"), for cases where reconnecting
-    /// quickly is known to be pointless (e.g. superseded by another agent).
-    pub fn next_delay_at_least_half(&mut self) -> Duration {
-        let half = self.ceiling() / 2;
-        half + self.next_delay() / 2
+    /// A long delay in `[max/2, max]`, counted as a failure: for when reconnecting soon is
+    /// known to be pointless (another agent holds the node's socket).
+    pub fn next_long_delay(&mut self) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        let half = self.max / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
 
     /// Failures counted so far.
@@ -121,12 +123,12 @@ mod tests {
     }
 
     #[test]
-    fn equal_jitter_is_at_least_half_the_ceiling() {
+    fn long_delays_are_between_half_the_maximum_and_the_maximum() {
         let mut b = Backoff::new(S, 30 * S);
-        for _ in 0..6 {
-            let ceiling = b.ceiling();
-            let d = b.next_delay_at_least_half();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} vs {ceiling:?}");
+        for _ in 0..50 {
+            let d = b.next_long_delay();
+            assert!(d >= 15 * S && d <= 30 * S, "{d:?}");
         }
+        assert_eq!(b.attempts(), 50);
     }
 }

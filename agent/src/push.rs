@@ -87,7 +87,9 @@ pub async fn run(
                 Duration::from_millis(rand::thread_rng().gen_range(0..=max))
             }
             End::Closed(Reconnect::Superseded) => {
-                let delay = backoff.next_delay_at_least_half();
+                // Reconnecting would supersede the other socket in turn: wait long, so two
+                // agents sharing a token take turns slowly instead of looping.
+                let delay = backoff.next_long_delay();
                 tracing::warn!(
                     retry_in = ?delay,
                     "push channel superseded by a newer connection of this node: another agent may be using the same node token"

@@ -218,3 +218,79 @@ async fn a_revoked_node_stops_its_push_channel() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_sharing_a_token_take_turns_slowly_instead_of_looping() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let first = Sandbox::new();
+    let mut config = TestAgent::config(&stack, &first, &enrollment);
+    config.tuning.push_backoff_max = Duration::from_secs(2);
+    let a = TestAgent::start(config.clone());
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+
+    // A cloned host: same data dir contents, same node token.
+    let second = Sandbox::new();
+    std::fs::copy(
+        first.data.join("node-token"),
+        second.data.join("node-token"),
+    )
+    .unwrap();
+    let mut config = TestAgent::config(&stack, &second, "unused");
+    config.enrollment_token = None;
+    config.tuning.push_backoff_max = Duration::from_secs(2);
+    let b = TestAgent::start(config);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Each superseded agent waits 1–2 s before trying again: a handful of sockets, not a storm.
+    let connects = stack.gateway().connects();
+    assert!((2..=8).contains(&connects), "{connects} sockets in 4 s");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_action_restarts_every_pipeline() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    stack
+        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs\n")
+        .await;
+    stack
+        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs\n")
+        .await;
+    let before = eventually("both pipelines run", Duration::from_secs(5), || async {
+        let running = sandbox.running();
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    let r = stack
+        .api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{node_id}/actions"),
+            Some(json!({ "type": "restart" })),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    eventually(
+        "both pipelines run in new processes",
+        Duration::from_secs(5),
+        || async {
+            let running = sandbox.running();
+            (running.len() == 2
+                && running
+                    .iter()
+                    .all(|(pid, _)| before.iter().all(|(old, _)| old != pid)))
+            .then_some(())
+        },
+    )
+    .await;
+    agent.stop().await;
+}
