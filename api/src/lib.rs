@@ -56,6 +56,19 @@ impl Api {
             operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
                 .await?;
         }
+        if let (Some(name), Some(token)) = (
+            &settings.api.bootstrap_environment,
+            &settings.api.bootstrap_enrollment_token,
+        ) {
+            routes::environments::ensure_bootstrap(
+                &pool,
+                name,
+                token.expose(),
+                settings.auth.bcrypt_cost,
+            )
+            .await
+            .context("api.bootstrap_environment")?;
+        }
         let redis = Redis::new(&settings.redis).context("redis.url")?;
         let shared = settings
             .auth

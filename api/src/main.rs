@@ -1,4 +1,5 @@
 //! `flotilla-api`: reads settings, binds, serves until SIGTERM/SIGINT.
+//! `flotilla-api healthcheck` probes a running api's `/readyz` (for container health checks).
 
 use anyhow::Context;
 use flotilla_shared::settings::Settings;
@@ -7,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        flotilla_shared::healthcheck::run(settings.api.listen, "/readyz").await;
+    }
     flotilla_shared::telemetry::init(&settings.log);
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

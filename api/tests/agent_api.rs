@@ -501,3 +501,24 @@ async fn the_background_sweep_runs_without_a_caller() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_bootstrap_environment_accepts_its_configured_enrollment_token() {
+    let token = format!("vf_enroll_{}_{}", "0".repeat(15) + "d", "e".repeat(48));
+    let demo = token.clone();
+    let (db, api) = common::start_with(move |s| {
+        s.api.bootstrap_environment = Some("demo".into());
+        s.api.bootstrap_enrollment_token = Some(flotilla_shared::secret::Secret::new(demo));
+    })
+    .await;
+    api.enroll(&token, "demo-1").await;
+    // A second start on the same database keeps one environment.
+    let mut settings = (*api.state.settings).clone();
+    settings.database.url = flotilla_shared::secret::Secret::new(db.url.clone());
+    flotilla_api::Api::build(settings).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM environments")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(names, ["demo"]);
+}

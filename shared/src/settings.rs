@@ -53,6 +53,10 @@ pub struct ApiSettings {
     pub public_ws_url: String,
     /// An operator token with the admin role, stored hashed at start.
     pub bootstrap_admin_token: Option<Secret>,
+    /// An environment created at start if missing (for demos and first runs).
+    pub bootstrap_environment: Option<String>,
+    /// The enrollment token of `bootstrap_environment` (a `vf_enroll_` token), set at start.
+    pub bootstrap_enrollment_token: Option<Secret>,
     /// Poll interval handed to agents until an operator changes it.
     pub default_poll_interval_ms: u32,
     /// Heartbeats missed before a node is marked UNREACHABLE.
@@ -256,6 +260,14 @@ impl Settings {
         let db = self.database.url.expose();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return invalid("database.url", "must start with postgres://");
+        }
+        if let Some(t) = &self.api.bootstrap_enrollment_token {
+            if crate::tokens::parse(crate::tokens::ENROLL_PREFIX, t.expose()).is_none() {
+                return invalid(
+                    "api.bootstrap_enrollment_token",
+                    "must be vf_enroll_<16 hex>_<48 hex>",
+                );
+            }
         }
         let ws = &self.api.public_ws_url;
         if !(ws.starts_with("ws://") || ws.starts_with("wss://")) {

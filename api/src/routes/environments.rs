@@ -115,3 +115,41 @@ async fn rotate(
         json!({ "id": id, "enrollmentToken": issued.token, "enrollmentTokenHint": hint }),
     ))
 }
+
+/// Creates environment `name` if missing and makes `token` its enrollment token.
+pub async fn ensure_bootstrap(
+    pool: &sqlx::PgPool,
+    name: &str,
+    token: &str,
+    cost: u32,
+) -> anyhow::Result<()> {
+    let parsed = tokens::parse(ENROLL_PREFIX, token)
+        .ok_or_else(|| anyhow::anyhow!("malformed enrollment token"))?;
+    let existing: Option<(String, String)> = sqlx::query_as(
+        "SELECT enrollment_token_lookup, enrollment_token_hash FROM environments WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((lookup, hash)) = existing {
+        if lookup == parsed.lookup && tokens::verify_secret(parsed.secret.to_owned(), hash).await {
+            return Ok(());
+        }
+    }
+    let hash = tokens::hash_secret(parsed.secret.to_owned(), cost).await?;
+    sqlx::query(
+        "INSERT INTO environments (id, name, enrollment_token_lookup, enrollment_token_hash, enrollment_token_hint)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET enrollment_token_lookup = excluded.enrollment_token_lookup,
+             enrollment_token_hash = excluded.enrollment_token_hash, enrollment_token_hint = excluded.enrollment_token_hint",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .bind(parsed.lookup)
+    .bind(&hash)
+    .bind(tokens::hint(token, ENROLL_PREFIX))
+    .execute(pool)
+    .await?;
+    tracing::info!(environment = name, "bootstrap environment ready");
+    Ok(())
+}

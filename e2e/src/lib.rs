@@ -1,0 +1,139 @@
+//! Helpers for the end-to-end tests: the local topology (`scripts/topology`) as a value that
+//! stops itself, and a minimal push-channel client.
+
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// api + two gateways + nginx started by `scripts/topology`, stopped on drop.
+pub struct Topology {
+    dir: PathBuf,
+    /// Values from the script's env file (LB_URL, WS_URL, API_ADDR, GATEWAY1_ADDR, …).
+    pub env: HashMap<String, String>,
+}
+
+impl Topology {
+    /// Starts the topology against `database_url` and `redis_url` with `admin_token`.
+    pub fn start(database_url: &str, redis_url: &str, admin_token: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir()
+            .join(format!("flotilla-topology-{}", std::process::id()))
+            .join(format!("{:x}", rand_suffix()));
+        let status = Command::new(repo_root().join("scripts/topology"))
+            .arg("start")
+            .arg(&dir)
+            .env("FLOTILLA__DATABASE__URL", database_url)
+            .env("FLOTILLA__REDIS__URL", redis_url)
+            .env("FLOTILLA_ADMIN_TOKEN", admin_token)
+            .env("FLOTILLA_PORT", "0")
+            .env("FLOTILLA_BIN_DIR", bin_dir())
+            .status()?;
+        let topology = Topology {
+            env: read_env(&dir.join("env")),
+            dir,
+        };
+        anyhow::ensure!(status.success(), "scripts/topology start failed");
+        Ok(topology)
+    }
+
+    /// A value from the env file.
+    pub fn get(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{key} in topology env"))
+    }
+
+    /// Contents of one of the processes' logs (`api.log`, `gateway1.log`, …).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/topology"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Where the test's own build put the binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> → target/debug
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn read_env(path: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A WebSocket connection to the push channel, as an agent holds it.
+pub struct PushClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl PushClient {
+    /// Connects to `url` with a node token.
+    pub async fn connect(url: &str, token: &str) -> anyhow::Result<Self> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let (ws, _) =
+            flotilla_testkit::within("websocket connect", tokio_tungstenite::connect_async(req))
+                .await?;
+        Ok(Self { ws })
+    }
+
+    /// The next text frame, skipping control frames.
+    pub async fn next_text(&mut self) -> anyhow::Result<String> {
+        flotilla_testkit::within("a pushed frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+                    Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("socket ended"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Closes the socket cleanly.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Drain until the server's close arrives.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while self.ws.next().await.is_some() {}
+        })
+        .await;
+    }
+}
