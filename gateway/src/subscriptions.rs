@@ -98,71 +98,84 @@ impl Subscriptions {
 pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let connected = tokio::select! {
+        let opened = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio::time::timeout(state.redis.timeout(), state.redis.client().get_async_pubsub()) => c,
+            opened = open(&state) => opened,
         };
-        let pubsub = match connected {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot open the Redis subscription connection; retrying");
-                if wait_backoff(&mut requests, &stop, &mut backoff).await {
+        match opened {
+            Ok((sink, stream, subscribed)) => {
+                backoff = BACKOFF_MIN;
+                if serve(&state, &mut requests, &stop, sink, stream, subscribed).await {
                     return;
                 }
-                continue;
             }
-            Err(_) => {
-                tracing::warn!("timed out opening the Redis subscription connection; retrying");
-                if wait_backoff(&mut requests, &stop, &mut backoff).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        let (mut sink, stream) = pubsub.split();
-        let mut subscribed = HashSet::new();
-        if let Err(e) = resubscribe(&state, &mut sink, &mut subscribed).await {
-            tracing::warn!(error = %e, "cannot subscribe after connecting to Redis; retrying");
-            if wait_backoff(&mut requests, &stop, &mut backoff).await {
-                return;
-            }
-            continue;
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe through Redis; retrying"),
         }
-        backoff = BACKOFF_MIN;
-        state.subscriptions.up.store(true, Ordering::Relaxed);
-        Counters::inc(&state.counters.pubsub_connects);
-        tracing::info!(channels = subscribed.len(), "subscribed to Redis");
-        let mut reader = tokio::spawn(read(state.clone(), stream));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    reader.abort();
-                    return;
-                }
-                _ = &mut reader => {
-                    tracing::warn!("lost the Redis subscription connection; reconnecting");
-                    break;
-                }
-                _ = state.subscriptions.reconnect.notified() => {
-                    tracing::warn!("the Redis subscription stopped receiving; reconnecting");
-                    reader.abort();
-                    break;
-                }
-                Some(first) = requests.recv() => {
-                    let mut batch = vec![first];
-                    while let Ok(more) = requests.try_recv() {
-                        batch.push(more);
-                    }
-                    if let Err(e) = reconcile(&state, &mut sink, &mut subscribed, batch).await {
-                        tracing::warn!(error = %e, "subscription command failed; reconnecting");
-                        reader.abort();
-                        break;
-                    }
-                }
-            }
+        // Also after a lost connection: a server that accepts and drops must not make this spin.
+        if wait_backoff(&mut requests, &stop, &mut backoff).await {
+            return;
         }
-        state.subscriptions.up.store(false, Ordering::Relaxed);
     }
+}
+
+/// Opens the connection and subscribes the probe channel and every held node.
+async fn open(
+    state: &GatewayState,
+) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<Uuid>)> {
+    let pubsub = with_timeout(state, state.redis.client().get_async_pubsub()).await?;
+    let (mut sink, stream) = pubsub.split();
+    with_timeout(state, sink.subscribe(state.subscriptions.probe_channel())).await?;
+    let nodes: Vec<Uuid> = state
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for chunk in nodes.chunks(RESUBSCRIBE_CHUNK) {
+        apply(state, &sink, "SUBSCRIBE", chunk).await?;
+    }
+    Ok((sink, stream, nodes.into_iter().collect()))
+}
+
+/// Serves requests on an open connection until it is lost (false) or `stop` (true).
+async fn serve(
+    state: &GatewayState,
+    requests: &mut Requests,
+    stop: &CancellationToken,
+    sink: PubSubSink,
+    stream: PubSubStream,
+    mut subscribed: HashSet<Uuid>,
+) -> bool {
+    state.subscriptions.up.store(true, Ordering::Relaxed);
+    Counters::inc(&state.counters.pubsub_connects);
+    tracing::info!(channels = subscribed.len(), "subscribed to Redis");
+    let mut reader = tokio::spawn(read(state.clone(), stream));
+    let stopped = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break true,
+            _ = &mut reader => {
+                tracing::warn!("lost the Redis subscription connection; reconnecting");
+                break false;
+            }
+            _ = state.subscriptions.reconnect.notified() => {
+                tracing::warn!("the Redis subscription stopped receiving; reconnecting");
+                break false;
+            }
+            Some(first) = requests.recv() => {
+                let mut batch = vec![first];
+                while let Ok(more) = requests.try_recv() {
+                    batch.push(more);
+                }
+                if let Err(e) = reconcile(state, &sink, &mut subscribed, batch).await {
+                    tracing::warn!(error = %e, "subscription command failed; reconnecting");
+                    break false;
+                }
+            }
+        }
+    };
+    reader.abort();
+    state.subscriptions.up.store(false, Ordering::Relaxed);
+    stopped
 }
 
 /// Waits out the backoff while answering requests (they are subscribed on reconnect);
@@ -188,30 +201,10 @@ async fn wait_backoff(
     }
 }
 
-/// Subscribes the probe channel and every held node on a fresh connection.
-async fn resubscribe(
-    state: &GatewayState,
-    sink: &mut PubSubSink,
-    subscribed: &mut HashSet<Uuid>,
-) -> redis::RedisResult<()> {
-    with_timeout(state, sink.subscribe(state.subscriptions.probe_channel())).await?;
-    let nodes: Vec<Uuid> = state
-        .registry
-        .snapshot()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    for chunk in nodes.chunks(RESUBSCRIBE_CHUNK) {
-        apply(state, sink, "SUBSCRIBE", chunk).await?;
-        subscribed.extend(chunk);
-    }
-    Ok(())
-}
-
 /// Makes the subscriptions of the requested nodes match the registry, then answers waiters.
 async fn reconcile(
     state: &GatewayState,
-    sink: &mut PubSubSink,
+    sink: &PubSubSink,
     subscribed: &mut HashSet<Uuid>,
     batch: Vec<Request>,
 ) -> redis::RedisResult<()> {
