@@ -56,8 +56,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Lifetime of a verification shared through Redis (matches the api's warm cache horizon).
-const SHARED_VERIFICATION_TTL_SECS: u64 = 300;
 /// Time kept back from the grace period for the steps after the drain.
 const SHUTDOWN_RESERVE: Duration = Duration::from_millis(500);
 
@@ -76,7 +74,7 @@ impl Gateway {
         let shared = settings
             .auth
             .share_verifications
-            .then(|| SharedVerifications::new(redis.clone(), SHARED_VERIFICATION_TTL_SECS));
+            .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
         let auth = NodeAuthenticator::new(pool, &settings.auth, shared);
         let gw = settings.gateway;
         let id = gw

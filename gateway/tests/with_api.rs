@@ -64,3 +64,28 @@ async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_
     assert_eq!(close_code(&mut ws).await, Some(REVOKED));
     assert_eq!(refused_status(gw.try_connect(&token).await), 401);
 }
+
+#[tokio::test]
+async fn a_token_the_api_verified_and_every_reconnect_skip_bcrypt_in_the_gateway() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let api = api::spawn(s.clone()).await;
+    let gw = gateway(s).await;
+    let (_, enroll) = api.create_environment("prod").await;
+    let (node, token) = api.enroll(&enroll, "h1").await;
+    // The agent polls first; the api bcrypt-verifies its token and shares that through Redis.
+    assert_eq!(api.agent_config(&token).await.status, 200);
+
+    let node: Uuid = node.parse().unwrap();
+    let counters = gw.state.auth_counters();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..3 {
+        let (mut ws, _) = gw.connect(&redis, node, &token).await;
+        ws.close(None).await.unwrap();
+        wait_absent(&redis, node, Duration::from_secs(1)).await;
+    }
+    assert_eq!(count(&counters.bcrypt_verifications), 0);
+    assert_eq!(count(&counters.shared_hits), 1);
+    assert_eq!(count(&counters.warm_hits), 2);
+}
