@@ -6,17 +6,20 @@
 //! the same channel close the socket instead (revoked, superseded by a newer socket on any
 //! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
 //!
+//! Routes: `GET /api/agent/ws` (the push channel), `GET /healthz` (503 while draining, for load
+//! balancers), `GET /metrics` (Prometheus text).
+//!
 //! # Layout
-//! - [`handshake`](crate::handshake): the upgrade route: bearer auth, handshake cap, reconnect limit.
+//! - `handshake`: the upgrade route: bearer auth, handshake cap, reconnect limit.
 //! - [`error`]: why a handshake is refused and the status for each reason.
-//! - [`session`](crate::session): one task per socket: outbox → socket, keepalive, closes.
-//! - [`keepalive`](crate::keepalive): the ping / unsolicited pong / timeout schedule.
-//! - [`outbox`](crate::outbox): a socket's bounded frame queue and pending close.
-//! - [`registry`](crate::registry): node id → the socket this gateway holds.
-//! - [`subscriptions`](crate::subscriptions): the one pub/sub connection and message dispatch.
-//! - [`presence`](crate::presence): announcing and withdrawing sockets in Redis.
+//! - `session`: one task per socket: outbox → socket, keepalive, closes.
+//! - `keepalive`: the ping / unsolicited pong / timeout schedule.
+//! - `outbox`: a socket's bounded frame queue and pending close.
+//! - `registry`: node id → the socket this gateway holds.
+//! - `subscriptions`: the one pub/sub connection and message dispatch.
+//! - `presence`: announcing and withdrawing sockets in Redis.
 //! - [`heartbeat`]: the liveness key, the subscription probe, presence restore.
-//! - [`reconnects`](crate::reconnects): per-node connect rate limit.
+//! - `reconnects`: per-node connect rate limit.
 //! - [`drain`]: paced closing on shutdown.
 //! - [`metrics`]: counters and `GET /metrics`.
 //! - [`os`]: open-files limit and termination signals.
@@ -77,6 +80,11 @@ impl Gateway {
             .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
         let auth = NodeAuthenticator::new(pool, &settings.auth, shared);
         let gw = settings.gateway;
+        if gw.liveness_ttl_ms <= gw.heartbeat_interval_ms {
+            anyhow::bail!(
+                "invalid setting `gateway.liveness_ttl_ms`: must be longer than gateway.heartbeat_interval_ms"
+            );
+        }
         let id = gw
             .id
             .clone()
