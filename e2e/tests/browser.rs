@@ -1,0 +1,215 @@
+//! The fleet page in real headless Chromium: sign in, watch the WS badge appear and vanish
+//! without reloading as an agent connects and disconnects through the balancer.
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
+
+use fantoccini::{ClientBuilder, Locator};
+use flotilla_e2e::{repo_root, PushClient, Topology};
+use flotilla_testkit::{db, eventually, redis_url};
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "browser-admin";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_chromedriver() -> (Driver, String) {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver is installed (apt-get install chromium chromium-driver)");
+    let driver = Driver(child);
+    eventually(
+        "chromedriver listening",
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    (driver, format!("http://127.0.0.1:{port}"))
+}
+
+async fn badge_shown(client: &fantoccini::Client, node_id: &str) -> bool {
+    let row = format!(r#"tr[data-node-id="{node_id}"] .ws-badge"#);
+    !client
+        .find_all(Locator::Css(&row))
+        .await
+        .unwrap_or_default()
+        .is_empty()
+}
+
+#[tokio::test]
+async fn the_ws_badge_follows_the_agent_live() {
+    let db = db::fresh().await;
+    let topo = Topology::start(&db.url, &redis_url(), ADMIN).expect("topology starts");
+    let lb = topo.get("LB_URL").to_owned();
+    let http = reqwest::Client::new();
+    let env: serde_json::Value = http
+        .post(format!("{lb}/api/v1/environments"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "production"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    for host in [
+        "edge-1.example.net",
+        "edge-2.example.net",
+        "ingest-1.example.net",
+    ] {
+        let node: serde_json::Value = http
+            .post(format!("{lb}/api/agent/enroll"))
+            .json(&json!({"token": env["enrollmentToken"], "hostname": host, "agentVersion": "0.1.0", "vectorVersion": "0.43.1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        nodes.push((
+            node["nodeId"].as_str().unwrap().to_owned(),
+            node["nodeToken"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (node_id, token) = nodes[0].clone();
+    // Some state worth looking at in the screenshot: a running and a crashed pipeline, and a
+    // node in maintenance.
+    let pipeline: serde_json::Value = http
+        .post(format!("{lb}/api/v1/pipelines"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"environmentId": env["id"], "name": "nginx-logs", "configYaml": "sources: {}\n"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status =
+        |s: &str| json!({"pipelines": [{"pipelineId": pipeline["id"], "version": 1, "status": s}]});
+    for ((_, t), s) in nodes.iter().zip(["RUNNING", "CRASHED", "RUNNING"]) {
+        http.post(format!("{lb}/api/agent/heartbeat"))
+            .bearer_auth(t)
+            .json(&status(s))
+            .send()
+            .await
+            .unwrap();
+    }
+    http.post(format!("{lb}/api/v1/fleet/{}/maintenance", nodes[2].0))
+        .bearer_auth(ADMIN)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+
+    let (_driver, webdriver) = start_chromedriver().await;
+    let caps = json!({"goog:chromeOptions": {
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,720"]
+    }});
+    // The dependency graph enables two rustls back ends; pick one (the WebDriver is plain http).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&webdriver)
+        .await
+        .expect("a Chromium session");
+
+    client.goto(&lb).await.unwrap();
+    client
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = format!(r#"tr[data-node-id="{node_id}"]"#);
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&row))
+        .await
+        .expect("the node's row");
+    assert!(
+        !badge_shown(&client, &node_id).await,
+        "no badge before the agent connects"
+    );
+    let url = client.current_url().await.unwrap();
+    assert!(
+        !url.as_str().contains(ADMIN),
+        "the token never appears in the URL"
+    );
+
+    // Connect: the badge appears without a reload.
+    let push = PushClient::connect(topo.get("WS_URL"), &token)
+        .await
+        .unwrap();
+    let connected = Instant::now();
+    eventually("the WS badge appears", Duration::from_secs(5), || async {
+        badge_shown(&client, &node_id).await.then_some(())
+    })
+    .await;
+    let appear = connected.elapsed();
+    let badge = client
+        .find(Locator::Css(&format!("{row} .ws-badge")))
+        .await
+        .unwrap();
+    assert_eq!(
+        badge.attr("title").await.unwrap().as_deref(),
+        Some("WebSocket connected — real-time push enabled")
+    );
+
+    let shot = client.screenshot().await.unwrap();
+    let out = repo_root().join("test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("fleet-page.png"), &shot).unwrap();
+
+    // Disconnect cleanly: the badge vanishes.
+    push.close().await;
+    let closed = Instant::now();
+    eventually("the WS badge vanishes", Duration::from_secs(5), || async {
+        (!badge_shown(&client, &node_id).await).then_some(())
+    })
+    .await;
+    let vanish = closed.elapsed();
+    println!("badge appeared {appear:?} after connect and vanished {vanish:?} after close");
+    assert!(
+        appear < Duration::from_secs(2) && vanish < Duration::from_secs(2),
+        "live within 2 s: {appear:?} / {vanish:?}"
+    );
+    client.close().await.unwrap();
+}
