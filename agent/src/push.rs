@@ -187,3 +187,121 @@ async fn close(socket: &mut Socket, reason: &str) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// `wss://` goes through rustls (with its crypto provider) and fails cleanly on a peer
+    /// that does not speak TLS.
+    #[tokio::test]
+    async fn wss_handshake_failures_are_errors() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let url = format!("wss://127.0.0.1:{}/api/agent/ws", addr.port());
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect(&url, &Secret::new("vf_node_x")),
+        )
+        .await;
+        assert!(matches!(result, Ok(Err(_))), "{result:?}");
+    }
+
+    /// A gateway that closes with a code makes the session end with that code's policy.
+    #[tokio::test]
+    async fn close_codes_map_to_reconnect_policies() {
+        use flotilla_shared::close_codes::{DRAINING, REVOKED, SUPERSEDED};
+        for (code, expected) in [
+            (DRAINING, Reconnect::Now),
+            (REVOKED, Reconnect::Never),
+            (SUPERSEDED, Reconnect::Superseded),
+            (NORMAL, Reconnect::WithBackoff),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: "test".into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+            let socket = connect(&format!("ws://{addr}/ws"), &Secret::new("t"))
+                .await
+                .unwrap();
+            let (_tx, mut url) = watch::channel(String::new());
+            let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let end = tokio::time::timeout(
+                Duration::from_secs(5),
+                session(
+                    socket,
+                    &mut url,
+                    &Tuning::default(),
+                    &events,
+                    &CancellationToken::new(),
+                ),
+            )
+            .await
+            .unwrap();
+            assert_eq!(end, End::Closed(expected), "code {code}");
+        }
+    }
+
+    /// Any frame, pings included, resets the read deadline; silence ends the session.
+    #[tokio::test]
+    async fn pings_keep_an_idle_session_alive_and_silence_ends_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+            use futures_util::SinkExt;
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            // Then silence, with the socket open.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let socket = connect(&format!("ws://{addr}/ws"), &Secret::new("t"))
+            .await
+            .unwrap();
+        let (_tx, mut url) = watch::channel(String::new());
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let tuning = Tuning {
+            read_deadline: Duration::from_millis(200),
+            ..Tuning::default()
+        };
+        let started = Instant::now();
+        let end = session(
+            socket,
+            &mut url,
+            &tuning,
+            &events,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(end, End::Closed(Reconnect::WithBackoff));
+        let lasted = started.elapsed();
+        assert!(
+            lasted >= Duration::from_millis(550),
+            "pings kept it alive: {lasted:?}"
+        );
+        assert!(
+            lasted < Duration::from_secs(2),
+            "silence ended it: {lasted:?}"
+        );
+    }
+}

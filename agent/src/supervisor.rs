@@ -54,7 +54,7 @@ impl Supervisor {
         std::fs::create_dir_all(&self.dir)?;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
+            if path.extension().is_some_and(|e| e == "yaml" || e == "tmp") {
                 std::fs::remove_file(&path)?;
             }
         }

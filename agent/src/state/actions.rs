@@ -1,0 +1,61 @@
+//! Fleet actions: restart every pipeline, or self-update once per pending action.
+
+use super::*;
+
+/// The self-update this process was re-executed for.
+#[derive(Debug, Clone)]
+pub struct PreviousUpdate {
+    /// The action.
+    pub action: PendingAction,
+    /// Why it did not take, if the binary found in place is not the one requested.
+    pub error: Option<String>,
+}
+
+impl State {
+    pub(super) fn on_pending_action(
+        &mut self,
+        action: Option<PendingAction>,
+        now: Instant,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(action) = action else {
+            self.handled_action = None;
+            return;
+        };
+        // The api hands a restart out once (the poll consumes it), so each one is acted on;
+        // a self-update stays pending until settled, so it is acted on once.
+        if action.kind != "restart" {
+            if self.handled_action.as_ref() == Some(&action) || self.update_in_progress {
+                return;
+            }
+            self.handled_action = Some(action.clone());
+        }
+        match action.kind.as_str() {
+            "restart" => {
+                tracing::info!("restarting all pipelines (fleet action)");
+                self.restart_all(out);
+                self.changed(now);
+            }
+            "self_update" => {
+                if action.target_version.as_deref() == Some(self.identity.agent_version.as_str()) {
+                    tracing::info!(version = %self.identity.agent_version, "self-update target is the running version");
+                    return;
+                }
+                match (&action.download_url, &action.checksum) {
+                    (Some(url), Some(sum)) if !url.is_empty() && !sum.is_empty() => {
+                        tracing::info!(target = ?action.target_version, "self-update requested; downloading");
+                        self.update_in_progress = true;
+                        self.update_error = None;
+                        out.push(Command::SelfUpdate(action));
+                    }
+                    _ => {
+                        self.update_error =
+                            Some("self_update action without downloadUrl or checksum".into());
+                        self.changed(now);
+                    }
+                }
+            }
+            other => tracing::warn!(action = other, "ignoring an unknown fleet action"),
+        }
+    }
+}
