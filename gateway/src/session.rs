@@ -8,7 +8,6 @@ use crate::metrics::Counters;
 use crate::outbox::{Next, Outbox};
 use crate::registry::Conn;
 use crate::state::GatewayState;
-use crate::subscriptions::now_ms;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use flotilla_shared::close_codes::{
@@ -42,7 +41,7 @@ pub(crate) fn run(
     let outbox = Arc::new(Outbox::new(state.settings.outbound_queue));
     let conn = Conn {
         id: Uuid::new_v4(),
-        since_ms: now_ms(),
+        since_ms: chrono::Utc::now().timestamp_millis(),
         outbox: outbox.clone(),
     };
     // Debug level: an enabled span is allocated for the socket's whole life. Events that matter

@@ -296,7 +296,10 @@ pub(crate) fn dispatch(state: &GatewayState, channel: &str, payload: &[u8]) {
                 return;
             };
             if let Some(sent) = metrics::sent_at(payload) {
-                let latency = now_ms().saturating_sub(sent).max(0);
+                let latency = chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_sub(sent)
+                    .max(0);
                 counters.observe_latency(latency as u64);
             }
             let pushed = state.registry.with(node, |conn| conn.outbox.push(frame));
@@ -318,12 +321,4 @@ pub(crate) fn dispatch(state: &GatewayState, channel: &str, payload: &[u8]) {
         }
         Some(ControlMessage::Probe { .. }) => {}
     }
-}
-
-/// Unix epoch milliseconds now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

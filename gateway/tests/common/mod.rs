@@ -3,6 +3,7 @@
 
 use flotilla_gateway::{Gateway, GatewayState};
 use flotilla_shared::channels::node_channel;
+use flotilla_shared::frames::{PushFrame, PushMessage};
 use flotilla_shared::presence::{self, Presence};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
@@ -250,14 +251,12 @@ pub async fn publish(redis: &Redis, node: Uuid, payload: &str) -> i64 {
         .expect("publish")
 }
 
-/// A frame like the api's.
+/// A `config_changed` frame as the api publishes it.
 pub fn frame(reason: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    format!(
-        r#"{{"type":"config_changed","reason":"{reason}","id":"{}","sentAt":{now}}}"#,
-        Uuid::new_v4()
-    )
+    let reason = serde_json::from_value(serde_json::Value::from(reason)).unwrap();
+    PushFrame::new(PushMessage::ConfigChanged {
+        pipeline_id: None,
+        reason,
+    })
+    .to_json()
 }
