@@ -117,12 +117,22 @@ impl Default for Tuning {
 }
 
 /// How to re-execute this binary after a self-update.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReExec {
     /// The binary to replace and run (resolved at start, before any replacement).
     pub exe: PathBuf,
     /// Arguments to run it with (without argv[0]).
     pub args: Vec<OsString>,
+}
+
+impl std::fmt::Debug for ReExec {
+    // The arguments may carry `--token`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReExec")
+            .field("exe", &self.exe)
+            .field("args", &format_args!("[{} arguments]", self.args.len()))
+            .finish()
+    }
 }
 
 /// The agent's configuration.
@@ -457,10 +467,14 @@ mod tests {
 
     #[test]
     fn token_never_in_debug_output() {
-        let c = config(
+        let mut c = config(
             &["--token", "vf_enroll_supersecret"],
             &[("VF_URL", "http://x")],
         );
+        c.reexec = Some(ReExec {
+            exe: "/usr/local/bin/flotilla-agent".into(),
+            args: vec!["--token".into(), "vf_enroll_supersecret".into()],
+        });
         assert!(!format!("{c:?}").contains("supersecret"));
     }
 }

@@ -59,6 +59,7 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
             .map(|(pid, _)| (pid, t0.elapsed()))
     })
     .await;
+    eprintln!("deploy call to running process: {latency:?}");
     assert!(
         latency < Duration::from_millis(200),
         "deploy → running took {latency:?}"

@@ -30,6 +30,8 @@ pub use events::{Command, Event, PollError, PushEvent};
 use pipelines::{Pipeline, Proc};
 use samples::SampleJob;
 
+/// Delay before re-sending a heartbeat that failed.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(5);
 /// Shortest poll interval honoured, whatever the server or a push says.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// What the agent reports about itself in heartbeats.
@@ -186,7 +188,9 @@ impl State {
                 }
                 self.update_error_in_flight = false;
                 if !ok {
-                    tracing::debug!("heartbeat failed; the next poll sends another");
+                    // Retry, so a state change is not left unreported until the next poll.
+                    let retry = now + HEARTBEAT_RETRY;
+                    self.heartbeat_due = Some(self.heartbeat_due.map_or(retry, |d| d.min(retry)));
                 }
             }
             Event::Push(push) => self.on_push(push, now, &mut out),

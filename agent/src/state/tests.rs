@@ -771,3 +771,18 @@ fn every_design_frame_parses_into_a_push_message() {
     assert_eq!(polls_seen, 10, "config_changed ×8 and action ×2 poll");
     assert_eq!(taps, 1);
 }
+
+#[test]
+fn a_failed_heartbeat_is_retried() {
+    let mut h = Harness::new();
+    h.auto_ack = false;
+    h.send(Event::Tick, Duration::ZERO);
+    let out = h.send(
+        Event::PollDone(Ok(Box::new(config(vec![])))),
+        Duration::ZERO,
+    );
+    assert!(heartbeat(&out).is_some());
+    assert!(h.send(Event::HeartbeatDone { ok: false }, S).is_empty());
+    assert!(heartbeat(&h.send(Event::Tick, 5 * S)).is_none());
+    assert!(heartbeat(&h.send(Event::Tick, 6 * S)).is_some());
+}
