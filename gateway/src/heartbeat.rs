@@ -24,8 +24,8 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
     }
 }
 
-/// One beat: refresh the liveness key (restoring presence if it had vanished), probe the
-/// subscription, prune the reconnect limiter.
+/// One beat: refresh the liveness key (restoring presence if it had vanished, retrying
+/// releases that failed), probe the subscription, prune the reconnect limiter.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
     set.arg(gateway_alive_key(&state.id))
@@ -34,8 +34,12 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         .arg(state.settings.liveness_ttl_ms)
         .arg("GET");
     match state.redis.query::<Option<String>>(&set).await {
-        Ok(Some(_)) => {}
-        Ok(None) => crate::presence::restore_all(state).await,
+        Ok(previous) => {
+            if previous.is_none() {
+                crate::presence::restore_all(state).await;
+            }
+            crate::presence::retry_releases(state).await;
+        }
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }
     if state.subscriptions.is_up() {

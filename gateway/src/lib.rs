@@ -105,6 +105,7 @@ impl Gateway {
             ),
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            unreleased: Default::default(),
             settings: gw,
         }));
         Ok(Self { state, requests })

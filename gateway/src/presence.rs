@@ -9,8 +9,8 @@ use flotilla_shared::presence::{self, Presence};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-/// Restores run this many at once.
-const RESTORE_CONCURRENCY: usize = 64;
+/// Restores and retried releases run this many at once.
+const CONCURRENCY: usize = 64;
 
 fn presence_of(state: &GatewayState, conn: &Conn) -> Presence {
     Presence {
@@ -67,19 +67,50 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
     }
 }
 
-/// A socket closed: release its presence unless a newer socket holds it.
+/// A socket closed: release its presence unless a newer socket holds it. If Redis cannot be
+/// asked, the release is kept and retried by the heartbeat, so the node does not read as
+/// connected through a socket that is gone.
 pub(crate) async fn withdraw(state: &GatewayState, node_id: Uuid, conn: &Conn) {
-    match presence::release(&state.redis, node_id, &conn.id.to_string()).await {
-        Ok(true) => {
-            let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(FLEET_EVENTS)
-                .arg(fleet_event(state, node_id, false));
-            if let Err(e) = state.redis.query::<()>(&cmd).await {
-                tracing::warn!(%node_id, error = %e, "could not publish the disconnect");
+    if !release(state, node_id, conn.id).await {
+        state.unreleased.lock().unwrap().push((node_id, conn.id));
+    }
+}
+
+/// Retries the releases that failed while Redis was unreachable.
+pub(crate) async fn retry_releases(state: &GatewayState) {
+    let pending = std::mem::take(&mut *state.unreleased.lock().unwrap());
+    if pending.is_empty() {
+        return;
+    }
+    let failed: Vec<_> = futures_util::stream::iter(pending)
+        .map(|(node_id, conn_id)| async move {
+            (node_id, conn_id, release(state, node_id, conn_id).await)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(|(node_id, conn_id, done)| async move { (!done).then_some((node_id, conn_id)) })
+        .collect()
+        .await;
+    state.unreleased.lock().unwrap().extend(failed);
+}
+
+/// Releases the presence and announces the disconnect; false when Redis could not be asked.
+async fn release(state: &GatewayState, node_id: Uuid, conn_id: Uuid) -> bool {
+    match presence::release(&state.redis, node_id, &conn_id.to_string()).await {
+        Ok(released) => {
+            if released {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(FLEET_EVENTS)
+                    .arg(fleet_event(state, node_id, false));
+                if let Err(e) = state.redis.query::<()>(&cmd).await {
+                    tracing::warn!(%node_id, error = %e, "could not publish the disconnect");
+                }
             }
+            true
         }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(%node_id, error = %e, "could not release the node's presence"),
+        Err(e) => {
+            tracing::warn!(%node_id, error = %e, "could not release the node's presence; retrying later");
+            false
+        }
     }
 }
 
@@ -95,7 +126,7 @@ pub(crate) async fn restore_all(state: &GatewayState) {
             let held = presence::restore(&state.redis, node_id, &presence_of(state, &conn)).await;
             (conn, held)
         })
-        .buffer_unordered(RESTORE_CONCURRENCY)
+        .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let (mut restored, mut failed) = (0usize, 0usize);

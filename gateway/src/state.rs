@@ -8,10 +8,11 @@ use flotilla_shared::node_auth::{AuthCounters, NodeAuthenticator};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::GatewaySettings;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 /// Cheap handle on the gateway's shared state.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct Shared {
     pub(crate) draining: CancellationToken,
     /// Every socket session (axum detaches them; the drain waits for them here).
     pub(crate) sessions: TaskTracker,
+    /// Closed sockets (node, connection) whose presence Redis could not release yet.
+    pub(crate) unreleased: Mutex<Vec<(Uuid, Uuid)>>,
 }
 
 impl Deref for GatewayState {
@@ -63,6 +66,11 @@ impl GatewayState {
     /// Sockets currently held.
     pub fn connection_count(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Closed sockets whose presence is still to be released (Redis was unreachable).
+    pub fn unreleased_count(&self) -> usize {
+        self.unreleased.lock().unwrap().len()
     }
 
     /// Whether the gateway is draining.

@@ -7,7 +7,7 @@ use flotilla_shared::close_codes::DRAINING;
 use flotilla_shared::presence;
 use flotilla_testkit::process::{self, Process};
 use flotilla_testkit::redis_server::RedisServer;
-use flotilla_testkit::{db, eventually, redis_url};
+use flotilla_testkit::{db, eventually, redis_url, within};
 use std::time::{Duration, Instant};
 
 /// The environment of a gateway process: the test settings' short intervals, debug logging.
@@ -211,6 +211,37 @@ async fn a_gateway_started_while_redis_is_down_catches_up_when_it_returns() {
     )
     .await;
     assert_eq!(next_text(&mut ws).await, f);
+}
+
+#[tokio::test]
+async fn a_socket_closed_while_redis_is_unreachable_is_released_once_it_is_back() {
+    let db = db::fresh().await;
+    let direct = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&direct);
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("redis URL is host:port");
+    let proxy = Proxy::start(target).await;
+    let through_proxy = settings(&db.url, &format!("redis://{}", proxy.addr), &[]);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(through_proxy).await;
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+
+    proxy.cut();
+    within("client close", futures_util::SinkExt::close(&mut ws))
+        .await
+        .unwrap();
+    eventually("the release is pending", Duration::from_secs(3), || async {
+        (gw.state.unreleased_count() == 1).then_some(())
+    })
+    .await;
+    // Redis still holds the entry, and the gateway's liveness key has not expired yet.
+    assert!(presence_of(&redis, node).await.is_some());
+
+    proxy.heal();
+    wait_absent(&redis, node, Duration::from_secs(3)).await;
+    assert_eq!(gw.state.unreleased_count(), 0);
 }
 
 /// Resident memory of a process, in KiB.
