@@ -2,7 +2,8 @@
 //!
 //! Presence counts only while the liveness key exists, so a crashed gateway's sockets read as
 //! gone within `liveness_ttl_ms`. A beat that finds the key missing (Redis restarted and lost
-//! its data, or the gateway stalled) restores the presence of every held socket.
+//! its data, or the gateway stalled), or that follows a failed claim, restores the presence of
+//! every held socket; releases that failed are retried.
 
 use crate::state::GatewayState;
 use flotilla_shared::channels::{gateway_alive_key, ControlMessage};
@@ -24,8 +25,8 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
     }
 }
 
-/// One beat: refresh the liveness key (restoring presence if it had vanished, retrying
-/// releases that failed), probe the subscription, prune the reconnect limiter.
+/// One beat: refresh the liveness key (restoring presence if it had vanished or a claim
+/// failed, retrying releases that failed), probe the subscription, prune the reconnect limiter.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
     set.arg(gateway_alive_key(&state.id))
@@ -35,7 +36,8 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         .arg("GET");
     match state.redis.query::<Option<String>>(&set).await {
         Ok(previous) => {
-            if previous.is_none() {
+            let stale = state.presence_stale.swap(false, Ordering::Relaxed);
+            if previous.is_none() || stale {
                 crate::presence::restore_all(state).await;
             }
             crate::presence::retry_releases(state).await;

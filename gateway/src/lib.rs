@@ -105,6 +105,7 @@ impl Gateway {
             ),
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            presence_stale: Default::default(),
             unreleased: Default::default(),
             settings: gw,
         }));

@@ -7,6 +7,7 @@ use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent, FLE
 use flotilla_shared::close_codes::SUPERSEDED;
 use flotilla_shared::presence::{self, Presence};
 use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 /// Restores and retried releases run this many at once.
@@ -56,7 +57,10 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
                 .ignore();
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(%node_id, error = %e, "could not record the node's presence"),
+        Err(e) => {
+            tracing::warn!(%node_id, error = %e, "could not record the node's presence; retrying later");
+            state.presence_stale.store(true, Ordering::Relaxed);
+        }
     }
     pipe.cmd("PUBLISH")
         .arg(FLEET_EVENTS)
@@ -114,8 +118,8 @@ async fn release(state: &GatewayState, node_id: Uuid, conn_id: Uuid) -> bool {
     }
 }
 
-/// Re-asserts every held socket's presence (after Redis lost its data); a socket whose node
-/// another socket took in the meantime is closed as superseded.
+/// Re-asserts every held socket's presence (after Redis lost its data, or a claim failed); a
+/// socket whose node another socket took in the meantime is closed as superseded.
 pub(crate) async fn restore_all(state: &GatewayState) {
     let conns = state.registry.snapshot();
     if conns.is_empty() {
@@ -136,6 +140,9 @@ pub(crate) async fn restore_all(state: &GatewayState) {
             Ok(false) => conn.outbox.close(SUPERSEDED),
             Err(_) => failed += 1,
         }
+    }
+    if failed > 0 {
+        state.presence_stale.store(true, Ordering::Relaxed);
     }
     tracing::info!(restored, failed, "restored presence");
 }

@@ -8,6 +8,7 @@ use flotilla_shared::node_auth::{AuthCounters, NodeAuthenticator};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::GatewaySettings;
 use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub(crate) draining: CancellationToken,
     /// Every socket session (axum detaches them; the drain waits for them here).
     pub(crate) sessions: TaskTracker,
+    /// Set when a presence claim failed: the next heartbeat restores every held socket's.
+    pub(crate) presence_stale: AtomicBool,
     /// Closed sockets (node, connection) whose presence Redis could not release yet.
     pub(crate) unreleased: Mutex<Vec<(Uuid, Uuid)>>,
 }

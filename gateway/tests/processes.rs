@@ -244,6 +244,67 @@ async fn a_socket_closed_while_redis_is_unreachable_is_released_once_it_is_back(
     assert_eq!(gw.state.unreleased_count(), 0);
 }
 
+#[tokio::test]
+async fn a_socket_opened_while_redis_is_unreachable_shows_once_it_is_back() {
+    let db = db::fresh().await;
+    let direct = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&direct);
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("redis URL is host:port");
+    let proxy = Proxy::start(target).await;
+    // A long liveness TTL: the key survives the outage, so only the failed claim can trigger
+    // the restore.
+    let through_proxy = settings(
+        &db.url,
+        &format!("redis://{}", proxy.addr),
+        &[("liveness_ttl_ms", "30000")],
+    );
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(through_proxy).await;
+    eventually(
+        "the gateway is alive in Redis",
+        Duration::from_secs(3),
+        || async {
+            let key = flotilla_shared::channels::gateway_alive_key(gw.state.id());
+            redis
+                .query::<Option<String>>(redis::cmd("GET").arg(key))
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+
+    proxy.cut();
+    let mut ws = gw
+        .try_connect(&token)
+        .await
+        .expect("handshake needs only Postgres");
+    eventually(
+        "the socket is registered",
+        Duration::from_secs(3),
+        || async { (gw.state.connection_count() == 1).then_some(()) },
+    )
+    .await;
+    assert!(presence_of(&redis, node).await.is_none());
+
+    proxy.heal();
+    eventually("presence recorded", Duration::from_secs(3), || async {
+        presence_of(&redis, node).await
+    })
+    .await;
+    let f = frame("deploy");
+    eventually(
+        "the node channel is subscribed",
+        Duration::from_secs(5),
+        || async { (publish(&redis, node, &f).await > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(next_text(&mut ws).await, f);
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

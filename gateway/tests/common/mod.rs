@@ -31,6 +31,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
     for (key, value) in overrides {
         let g = &mut s.gateway;
         match *key {
+            "liveness_ttl_ms" => g.liveness_ttl_ms = value.parse().unwrap(),
             "pong_timeout_ms" => g.pong_timeout_ms = value.parse().unwrap(),
             "outbound_queue" => g.outbound_queue = value.parse().unwrap(),
             "max_message_bytes" => g.max_message_bytes = value.parse().unwrap(),
