@@ -83,9 +83,11 @@ impl Subscriptions {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Forces a reconnect (the probe found the connection deaf).
+    /// Forces a reconnect (the probe found the connection deaf). Only a manager waiting on its
+    /// connection hears it, so a probe that raced a reconnect leaves no stale request behind;
+    /// the next probe asks again if needed.
     pub(crate) fn reconnect(&self) {
-        self.reconnect.notify_one();
+        self.reconnect.notify_waiters();
     }
 
     /// The channel the heartbeat's self-probe is published on.
