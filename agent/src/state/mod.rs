@@ -148,11 +148,6 @@ impl State {
         self.update_error.as_deref()
     }
 
-    /// Sets the Vector version once known.
-    pub fn set_vector_version(&mut self, version: Option<String>) {
-        self.identity.vector_version = version;
-    }
-
     /// When the loop must deliver the next [`Event::Tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut deadlines = vec![];
