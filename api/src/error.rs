@@ -46,6 +46,9 @@ pub enum ApiError {
         /// Specifics.
         details: Option<Value>,
     },
+    /// 429 with `Retry-After` (seconds): this address is over a rate limit.
+    #[error("too many requests, retry later")]
+    RateLimited(u64),
     /// 503 with `Retry-After`: authentication is saturated.
     #[error("server busy, retry shortly")]
     Busy,
@@ -123,6 +126,19 @@ impl IntoResponse for ApiError {
                     _ => StatusCode::PAYLOAD_TOO_LARGE,
                 };
                 (status, self.to_string(), None)
+            }
+            Self::RateLimited(secs) => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(ErrorBody {
+                        error: "too many requests, retry later".into(),
+                        details: None,
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return r;
             }
             Self::Busy => {
                 let mut r = (

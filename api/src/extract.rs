@@ -4,11 +4,13 @@ use crate::error::ApiError;
 use crate::operator_auth::Role;
 use crate::state::AppState;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use flotilla_shared::node_auth::AuthedNode;
+use flotilla_shared::node_auth::{AuthError, AuthedNode};
 use serde::de::DeserializeOwned;
+use std::net::{IpAddr, SocketAddr};
 use uuid::Uuid;
 
 /// A JSON body; malformed JSON or wrong fields answer 400 `{error, details}`, whatever the
@@ -97,7 +99,64 @@ impl FromRequestParts<AppState> for NodeCaller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("Unauthorized"))?;
-        Ok(NodeCaller(state.node_auth.authenticate(token).await?))
+        let ip = client_ip(parts, state);
+        let failures = &state.limits.auth_failures;
+        // An address over its failure budget gets no more bcrypt work; its warm (already
+        // verified) agents keep working.
+        let result = if ip.is_some_and(|ip| failures.exhausted(ip)) {
+            match state.node_auth.authenticate_warm(token).await {
+                Ok(Some(node)) => Ok(node),
+                Ok(None) => return Err(ApiError::RateLimited(failures.retry_after().as_secs())),
+                Err(e) => Err(e),
+            }
+        } else {
+            state.node_auth.authenticate(token).await
+        };
+        match result {
+            Ok(node) => Ok(NodeCaller(node)),
+            Err(AuthError::Invalid) => {
+                if let Some(ip) = ip {
+                    let _ = failures.hit(ip);
+                }
+                Err(ApiError::Unauthorized("Unauthorized"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The client's address: the socket peer, or the last `X-Forwarded-For` hop when
+/// `api.trust_forwarded_for` is set (behind our own balancer).
+pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    if state.settings.api.trust_forwarded_for {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The client's address (see [`client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts, state)))
     }
 }
 
@@ -132,8 +191,20 @@ impl FromRequestParts<AppState> for Operator {
             Some(t) => t.to_owned(),
             None => session_token(parts).ok_or(ApiError::Unauthorized("Unauthorized"))?,
         };
-        let (token_id, role) = state.operator_auth.authenticate(&token).await?;
-        Ok(Operator { token_id, role })
+        let ip = client_ip(parts, state);
+        let failures = &state.limits.auth_failures;
+        if ip.is_some_and(|ip| failures.exhausted(ip)) {
+            return Err(ApiError::RateLimited(failures.retry_after().as_secs()));
+        }
+        match state.operator_auth.authenticate(&token).await {
+            Ok((token_id, role)) => Ok(Operator { token_id, role }),
+            Err(e) => {
+                if let (ApiError::Unauthorized(_), Some(ip)) = (&e, ip) {
+                    let _ = failures.hit(ip);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the one error type of this service, and its HTTP mapping.
 //! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
 //! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
+//! - [`rate_limit`]: per-address limits on enrollment and failed authentication.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
 //! - [`fleet_events`]: relaying presence and node changes to the fleet page's live stream.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod fleet_events;
 pub mod notify;
 pub mod operator_auth;
+pub mod rate_limit;
 pub mod routes;
 pub mod selector;
 pub mod state;
@@ -79,6 +81,16 @@ impl Api {
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),
+            limits: rate_limit::Limits {
+                enroll: rate_limit::RateLimiter::new(
+                    settings.api.enroll_per_minute,
+                    Duration::from_secs(60),
+                ),
+                auth_failures: rate_limit::RateLimiter::new(
+                    settings.api.auth_failures_per_minute,
+                    Duration::from_secs(60),
+                ),
+            },
             shutdown: CancellationToken::new(),
             redis,
             pool,
@@ -111,6 +123,7 @@ impl Api {
         let grace = Duration::from_millis(self.state.settings.api.shutdown_grace_ms);
         let app = routes::router(self.state);
         let signal = shutdown.clone();
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { signal.cancelled().await });
         let server = tokio::spawn(async move { server.await });

@@ -3,6 +3,7 @@
 use crate::fleet_events::FleetEvents;
 use crate::notify::Notifier;
 use crate::operator_auth::OperatorAuthenticator;
+use crate::rate_limit::Limits;
 use flotilla_shared::node_auth::NodeAuthenticator;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub redis: Redis,
     /// Per-node notifications.
     pub notifier: Notifier,
+    /// Per-address rate limits.
+    pub limits: Limits,
     /// Live events for the fleet page.
     pub fleet_events: FleetEvents,
     /// Cancelled when the api shuts down (ends long-lived streams).

@@ -122,6 +122,19 @@ impl NodeAuthenticator {
 
     /// Authenticates a bearer token.
     pub async fn authenticate(&self, token: &str) -> Result<AuthedNode, AuthError> {
+        // With cold verification allowed, `None` cannot come back; treat it as a failure anyway.
+        self.lookup(token, true).await?.ok_or(AuthError::Invalid)
+    }
+
+    /// Like [`authenticate`](Self::authenticate) but never runs bcrypt: `Ok(None)` when the
+    /// token would need a cold verification. For callers that are over a failure budget, so
+    /// a flood of wrong secrets costs no CPU while warm agents keep working.
+    pub async fn authenticate_warm(&self, token: &str) -> Result<Option<AuthedNode>, AuthError> {
+        self.lookup(token, false).await
+    }
+
+    /// `Ok(None)`: the token is not warm and `allow_cold` is false.
+    async fn lookup(&self, token: &str, allow_cold: bool) -> Result<Option<AuthedNode>, AuthError> {
         let parsed = tokens::parse(NODE_PREFIX, token).ok_or(AuthError::Invalid)?;
         let row = sqlx::query_as::<_, NodeRow>(
             "SELECT id, environment_id, token_hash FROM nodes WHERE token_lookup = $1",
@@ -139,10 +152,13 @@ impl NodeAuthenticator {
         if let Some(hash) = self.cache.get(&key).await {
             if *hash == *row.token_hash {
                 self.counters.warm_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(node);
+                return Ok(Some(node));
             }
             // The row's hash changed since (rotation): the entry is stale.
             self.cache.invalidate(&key).await;
+        }
+        if !allow_cold {
+            return Ok(None);
         }
 
         let secret = parsed.secret.to_owned();
@@ -156,7 +172,7 @@ impl NodeAuthenticator {
                 _ => AuthError::Invalid,
             })?;
         if *verified == *hash {
-            Ok(node)
+            Ok(Some(node))
         } else {
             Err(AuthError::Invalid)
         }

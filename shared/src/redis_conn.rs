@@ -42,7 +42,8 @@ impl Redis {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
+            // Fail fast: callers treat Redis as optional and retry on their next call.
+            .set_number_of_retries(0);
         let conn = self
             .conn
             .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
@@ -55,8 +56,11 @@ impl Redis {
         &self,
         cmd: &(impl ConnectionLikeQuery + ?Sized),
     ) -> redis::RedisResult<T> {
-        let mut conn = self.conn().await?;
-        match tokio::time::timeout(self.timeout, cmd.run(&mut conn)).await {
+        let attempt = async {
+            let mut conn = self.conn().await?;
+            cmd.run(&mut conn).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result.and_then(|v| redis::from_redis_value(&v)),
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::IoError,
@@ -96,5 +100,26 @@ impl ConnectionLikeQuery for redis::Pipeline {
         Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
     > {
         Box::pin(self.query_async(conn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[tokio::test]
+    async fn a_down_redis_fails_fast() {
+        let redis = Redis::new(&RedisSettings {
+            url: Secret::new("redis://127.0.0.1:1"),
+            command_timeout_ms: 500,
+        })
+        .unwrap();
+        // Bounded by the command timeout, however the connection attempt behaves.
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert!(redis.query::<String>(&redis::cmd("PING")).await.is_err());
+        }
+        assert!(started.elapsed() < std::time::Duration::from_millis(3 * 500 + 300));
     }
 }

@@ -69,6 +69,13 @@ pub struct ApiSettings {
     pub sample_request_ttl_secs: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_grace_ms: u64,
+    /// Enrollment attempts allowed per source address per minute.
+    pub enroll_per_minute: u32,
+    /// Failed authentications allowed per source address per minute before cold
+    /// (bcrypt) verifications from it are refused with 429.
+    pub auth_failures_per_minute: u32,
+    /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
+    pub trust_forwarded_for: bool,
 }
 
 /// Settings of the gateway service.
@@ -175,6 +182,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.max_body_bytes", "4194304"),
     ("api.sample_request_ttl_secs", "120"),
     ("api.shutdown_grace_ms", "10000"),
+    ("api.enroll_per_minute", "60"),
+    ("api.auth_failures_per_minute", "100"),
+    ("api.trust_forwarded_for", "false"),
     ("gateway.listen", "127.0.0.1:8081"),
     ("gateway.ping_interval_ms", "30000"),
     ("gateway.pong_timeout_ms", "40000"),

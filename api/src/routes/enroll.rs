@@ -1,7 +1,7 @@
 //! `POST /api/agent/enroll`: an environment's enrollment token creates a node.
 
 use crate::error::{ApiError, Result};
-use crate::extract::Json;
+use crate::extract::{ClientIp, Json};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
@@ -29,8 +29,13 @@ fn optional(field: &str, value: Option<String>) -> Result<Option<String>> {
 
 async fn enroll(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<EnrollRequest>,
 ) -> Result<axum::Json<EnrollResponse>> {
+    if let Some(ip) = ip {
+        let limit = state.limits.enroll.hit(ip);
+        limit.map_err(|wait| ApiError::RateLimited(wait.as_secs()))?;
+    }
     let hostname = req.hostname.trim();
     if hostname.is_empty() || hostname.len() > 255 {
         return Err(ApiError::bad_request(

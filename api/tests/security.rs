@@ -1,0 +1,155 @@
+//! Abuse and secrecy: rate limits, floods of bogus tokens, and no secret in any log line.
+
+mod common;
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+#[tokio::test]
+async fn enrollment_attempts_are_rate_limited_per_address() {
+    let (_db, api) = common::start_with(|s| s.api.enroll_per_minute = 5).await;
+    let (_, enroll) = api.create_environment("prod").await;
+    for i in 0..5 {
+        let r = api
+            .call(
+                Method::POST,
+                "/api/agent/enroll",
+                None,
+                Some(json!({"token": "vf_enroll_bad", "hostname": format!("h{i}")})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let resp = reqwest::Client::new()
+        .post(api.url("/api/agent/enroll"))
+        .json(&json!({"token": enroll, "hostname": "late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "60");
+}
+
+/// 10,000 bogus tokens — malformed, unknown lookup ids, and a real node's lookup id with wrong
+/// secrets — cost no bcrypt beyond the failure budget, and a real agent keeps being served.
+#[tokio::test]
+async fn a_flood_of_bogus_tokens_costs_bounded_bcrypt_and_real_agents_stay_served() {
+    let budget = 20;
+    let (_db, api) = common::start_with(|s| s.api.auth_failures_per_minute = budget).await;
+    let (_, enroll) = api.create_environment("prod").await;
+    let (_, token) = api.enroll(&enroll, "real").await;
+    assert_eq!(api.agent_config(&token).await.status, StatusCode::OK); // warm now
+    let counters = api.state.node_auth.counters().clone();
+    let before = counters.bcrypt_verifications.load(Ordering::SeqCst);
+
+    let lookup = &token["vf_node_".len().."vf_node_".len() + 16];
+    let bogus: Vec<String> = (0..10_000)
+        .map(|i| match i % 3 {
+            0 => format!("garbage-{i}"),
+            1 => flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token,
+            _ => format!("vf_node_{lookup}_{:048x}", i),
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let url = api.url("/api/agent/config");
+    let statuses: Vec<StatusCode> = futures_util::stream::iter(bogus)
+        .map(|t| {
+            let http = http.clone();
+            let url = url.clone();
+            async move { http.get(url).bearer_auth(t).send().await.unwrap().status() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS));
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "wrong secrets beyond the budget are refused"
+    );
+    let bcrypt = counters.bcrypt_verifications.load(Ordering::SeqCst) - before;
+    assert!(
+        bcrypt <= u64::from(budget),
+        "bcrypt runs bounded by the failure budget: {bcrypt}"
+    );
+    // The real, warm agent from the same address is still served.
+    assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn no_log_line_contains_a_token_or_a_hash() {
+    let db = flotilla_testkit::db::fresh().await;
+    let admin = "log-test-admin-token";
+    let env = [
+        ("FLOTILLA__DATABASE__URL", db.url.as_str()),
+        ("FLOTILLA__REDIS__URL", &flotilla_testkit::redis_url()),
+        ("FLOTILLA__API__LISTEN", "127.0.0.1:0"),
+        ("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", admin),
+        ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
+        ("FLOTILLA__LOG__LEVEL", "debug"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let proc = flotilla_testkit::process::start(env!("CARGO_BIN_EXE_flotilla-api"), &env).await;
+    let base = format!("http://{}", proc.addr);
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/api/v1/environments"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "prod"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let enroll = created["enrollmentToken"].as_str().unwrap().to_owned();
+    let node: serde_json::Value = http
+        .post(format!("{base}/api/agent/enroll"))
+        .json(&json!({"token": enroll, "hostname": "h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = node["nodeToken"].as_str().unwrap().to_owned();
+    http.get(format!("{base}/api/agent/config"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/api/agent/heartbeat"))
+        .bearer_auth(&token)
+        .json(&json!({"pipelines": []}))
+        .send()
+        .await
+        .unwrap();
+    // Failures log too; none of them may echo what was sent.
+    http.get(format!("{base}/api/agent/config"))
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{base}/session"))
+        .form(&[("token", admin)])
+        .send()
+        .await
+        .unwrap();
+    let hashes: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM nodes UNION ALL SELECT token_hash FROM operator_tokens UNION ALL SELECT enrollment_token_hash FROM environments")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let logs = proc.output();
+    assert!(logs.contains("node enrolled"), "logs were captured: {logs}");
+    let secret_of = |t: &str| t.rsplit('_').next().unwrap().to_owned();
+    for secret in [admin.to_owned(), secret_of(&enroll), secret_of(&token)] {
+        assert!(!logs.contains(&secret), "a token leaked into the logs");
+    }
+    for hash in hashes {
+        assert!(!logs.contains(&hash), "a hash leaked into the logs");
+    }
+    assert!(!logs.contains("$2b$"));
+}
