@@ -329,6 +329,7 @@ async fn open_idle(url: &str, tokens: &[String]) -> Vec<tokio::task::JoinHandle<
 async fn an_idle_socket_costs_the_gateway_a_few_kib() {
     const WARM: usize = 200;
     const MEASURED: usize = 2000;
+    flotilla_gateway::os::raise_nofile_limit(); // this process holds the client ends
     let db = db::fresh().await;
     let tokens = shared_secret_nodes(&db.pool, WARM + MEASURED).await;
     let keepalive = [
