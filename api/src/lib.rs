@@ -12,11 +12,13 @@
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
 pub mod error;
 pub mod extract;
 pub mod fleet_events;
 pub mod notify;
+pub mod openapi;
 pub mod operator_auth;
 pub mod rate_limit;
 pub mod routes;

@@ -441,3 +441,28 @@ async fn health_and_readiness() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["details"], json!({"database": true, "redis": false}));
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let (_db, api) = common::start().await;
+    let r = api.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = r.body["paths"].as_object().unwrap();
+    for path in [
+        "/api/agent/enroll",
+        "/api/agent/config",
+        "/api/agent/heartbeat",
+        "/api/agent/samples",
+        "/api/v1/environments",
+        "/api/v1/pipelines/{id}/deploy",
+        "/api/v1/fleet/{id}/actions",
+        "/api/v1/samples/{id}",
+        "/api/v1/settings",
+        "/api/v1/tokens",
+    ] {
+        assert!(paths.contains_key(path), "{path} documented");
+    }
+    let schemas = r.body["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.contains_key("ConfigResponse") && schemas.contains_key("Heartbeat"));
+}

@@ -7,6 +7,7 @@
 //! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
 //! - [`node_auth`]: node-token authentication with a warm cache that skips bcrypt.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
+//! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.
 //! - [`healthcheck`]: the `healthcheck` subcommand container health checks run.
 //! - [`close_codes`]: WebSocket close codes and what an agent should do on each.
 //! - [`channels`]: Redis channel and key names, and gateway control messages.
@@ -19,6 +20,7 @@ pub mod channels;
 pub mod close_codes;
 pub mod db;
 pub mod frames;
+pub mod fuzzing;
 pub mod healthcheck;
 pub mod node_auth;
 pub mod presence;

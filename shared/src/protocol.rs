@@ -11,6 +11,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// `POST /api/agent/enroll` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollRequest {
     /// Enrollment token of the environment.
@@ -30,6 +31,7 @@ pub struct EnrollRequest {
 
 /// `POST /api/agent/enroll` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {
     /// The new node.
@@ -44,6 +46,7 @@ pub struct EnrollResponse {
 
 /// One pipeline in the config response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineConfig {
     /// Pipeline id.
@@ -69,6 +72,7 @@ pub struct PipelineConfig {
 
 /// A pending sample request in the config response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SampleRequestConfig {
     /// Request id.
@@ -83,6 +87,7 @@ pub struct SampleRequestConfig {
 
 /// The node's pending fleet action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PendingAction {
     /// `self_update` or `restart`.
@@ -101,6 +106,7 @@ pub struct PendingAction {
 
 /// `GET /api/agent/config` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigResponse {
     /// Pipelines to run.
@@ -121,6 +127,7 @@ pub struct ConfigResponse {
 
 /// Pipeline process states an agent reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PipelineState {
     /// Running.
@@ -150,6 +157,7 @@ impl PipelineState {
 
 /// One pipeline's status in a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
     /// Pipeline id.
@@ -198,6 +206,7 @@ pub struct PipelineStatus {
 
 /// `POST /api/agent/heartbeat` request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     /// Agent version.
@@ -231,6 +240,7 @@ pub struct Heartbeat {
 
 /// One field of an inferred event schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchemaField {
     /// Field path.
     pub path: String,
@@ -244,6 +254,7 @@ pub struct SchemaField {
 
 /// One component's sample result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SampleResult {
     /// The sample request.
@@ -263,6 +274,7 @@ pub struct SampleResult {
 
 /// `POST /api/agent/samples` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SamplesRequest {
     /// Results, one per component.
     pub results: Vec<SampleResult>,
@@ -270,6 +282,7 @@ pub struct SamplesRequest {
 
 /// `{ok: true}` response.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ok {
     /// Always true.
     pub ok: bool,
@@ -277,6 +290,7 @@ pub struct Ok {
 
 /// `{error, details?}` body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: String,

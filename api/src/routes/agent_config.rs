@@ -6,6 +6,8 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+#[allow(unused_imports)]
+use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{
     ConfigResponse, PendingAction, PipelineConfig, SampleRequestConfig,
 };
@@ -41,6 +43,13 @@ struct SampleRow {
     sample_limit: i32,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/agent/config",
+    tag = "agent",
+    responses((status = 200, body = ConfigResponse), (status = 401, description = "missing or invalid node token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable or busy", body = ErrorBody)),
+    security(("node_token" = []))
+)]
 async fn config(
     State(state): State<AppState>,
     NodeCaller(node): NodeCaller,

@@ -6,6 +6,8 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
+#[allow(unused_imports)]
+use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{EnrollRequest, EnrollResponse};
 use flotilla_shared::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
 use uuid::Uuid;
@@ -27,6 +29,13 @@ fn optional(field: &str, value: Option<String>) -> Result<Option<String>> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/agent/enroll",
+    tag = "agent",
+    request_body = EnrollRequest,
+    responses((status = 200, body = EnrollResponse), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 401, description = "invalid enrollment token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody))
+)]
 async fn enroll(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
+use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::tokens::{self, ENROLL_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -21,7 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/environments/{id}/enrollment-token", post(rotate))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateEnvironment {
     name: String,
 }
@@ -45,6 +46,14 @@ async fn issue_enrollment_token(state: &AppState) -> Result<(tokens::IssuedToken
     Ok((issued, hash, hint))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments",
+    tag = "operator",
+    request_body = CreateEnvironment,
+    responses((status = 201, description = "created; the enrollment token is shown once", body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     op: Operator,
@@ -76,6 +85,13 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments",
+    tag = "operator",
+    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
     let rows: Vec<EnvironmentRow> = sqlx::query_as(
@@ -88,6 +104,14 @@ async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     Ok(axum::Json(json!({ "environments": rows })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/enrollment-token",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, description = "the new token, shown once", body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn rotate(
     State(state): State<AppState>,
     op: Operator,

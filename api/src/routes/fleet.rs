@@ -14,6 +14,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use flotilla_shared::channels::ControlMessage;
 use flotilla_shared::frames::{ActionKind, ConfigChangeReason, PushMessage};
+use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::PendingAction;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -36,7 +37,7 @@ struct ListQuery {
 }
 
 /// A node as the operator API shows it (never its token or hash).
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeView {
     id: Uuid,
@@ -48,12 +49,15 @@ pub struct NodeView {
     vector_version: Option<String>,
     os: Option<String>,
     deployment_mode: Option<String>,
+    #[schema(value_type = Object)]
     labels: Value,
     #[sqlx(rename = "maintenance")]
     maintenance_mode: bool,
+    #[schema(value_type = Object)]
     pending_action: Option<Value>,
     last_update_error: Option<String>,
     enrolled_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
     pipelines: Value,
     #[sqlx(skip)]
     ws_connected: bool,
@@ -112,6 +116,14 @@ async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
     Ok(with_presence(state, vec![node]).await.remove(0))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "operator",
+    params(("environmentId" = Option<String>, Query, description = "only this environment (UUID)")),
+    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     op: Operator,
@@ -123,6 +135,14 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, body = NodeView), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn show(
     State(state): State<AppState>,
     op: Operator,
@@ -133,11 +153,21 @@ async fn show(
     Ok(axum::Json(load_node(&state, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LabelsBody {
+    #[schema(value_type = Object)]
     labels: Value,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/fleet/{id}/labels",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = LabelsBody,
+    responses((status = 200, body = NodeView), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn labels(
     State(state): State<AppState>,
     op: Operator,
@@ -170,11 +200,20 @@ async fn labels(
     Ok(axum::Json(load_node(&state, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MaintenanceBody {
     enabled: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleet/{id}/maintenance",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = MaintenanceBody,
+    responses((status = 200, body = NodeView), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn maintenance(
     State(state): State<AppState>,
     op: Operator,
@@ -242,6 +281,15 @@ fn validate_action(a: &PendingAction) -> Result<ActionKind> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleet/{id}/actions",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = PendingAction,
+    responses((status = 202, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn action(
     State(state): State<AppState>,
     op: Operator,
@@ -279,6 +327,14 @@ async fn action(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/fleet/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn revoke(
     State(state): State<AppState>,
     op: Operator,

@@ -14,10 +14,22 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, body = Object))
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "ok": true }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, body = Object), (status = 503, description = "Postgres or Redis unreachable", body = Object))
+)]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let timeout = state.redis.timeout();
     let database = matches!(

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::router())
         .merge(tokens::router())
         .merge(page::router())
+        .merge(crate::openapi::router())
         .fallback(|| async { crate::error::ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(

@@ -12,6 +12,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+#[allow(unused_imports)]
+use flotilla_shared::protocol::ErrorBody;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -109,6 +111,13 @@ async fn sign_out(headers: HeaderMap) -> Response {
     r
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "operator",
+    responses((status = 200, body = Object), (status = 401, description = "not signed in", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn me(op: Operator) -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "tokenId": op.token_id, "role": op.role }))
 }

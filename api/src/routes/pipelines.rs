@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use flotilla_shared::frames::{ConfigChangeReason, PushMessage};
+use flotilla_shared::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
@@ -33,25 +34,27 @@ pub fn router() -> Router<AppState> {
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 const MAX_YAML: usize = 1 << 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatePipeline {
     environment_id: Uuid,
     name: String,
     config_yaml: String,
     log_level: Option<String>,
+    #[schema(value_type = Object)]
     node_selector: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdatePipeline {
     config_yaml: String,
     log_level: Option<String>,
+    #[schema(value_type = Object)]
     node_selector: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct DeployBody {
     version: Option<i32>,
 }
@@ -63,7 +66,7 @@ struct ListQuery {
 }
 
 /// A pipeline as the operator API shows it.
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PipelineRow {
     id: Uuid,
@@ -71,6 +74,7 @@ struct PipelineRow {
     name: String,
     latest_version: i32,
     deployed_version: Option<i32>,
+    #[schema(value_type = Object)]
     node_selector: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -150,6 +154,14 @@ async fn fetch(state: &AppState, id: Uuid) -> Result<PipelineRow> {
         .ok_or(ApiError::NotFound("pipeline"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines",
+    tag = "operator",
+    request_body = CreatePipeline,
+    responses((status = 201, body = PipelineRow), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     op: Operator,
@@ -183,6 +195,14 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(fetch(&state, id).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines",
+    tag = "operator",
+    params(("environmentId" = Option<String>, Query, description = "only this environment (UUID)")),
+    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     op: Operator,
@@ -198,6 +218,14 @@ async fn list(
     Ok(axum::Json(json!({ "pipelines": rows })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn show(
     State(state): State<AppState>,
     op: Operator,
@@ -218,6 +246,15 @@ async fn show(
     Ok(axum::Json(body))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/pipelines/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = UpdatePipeline,
+    responses((status = 200, body = PipelineRow), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn update(
     State(state): State<AppState>,
     op: Operator,
@@ -326,6 +363,15 @@ async fn change_deployment(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/deploy",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body(content = Option<DeployBody>, description = "optional; empty means the latest version"),
+    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn deploy(
     State(state): State<AppState>,
     op: Operator,
@@ -346,6 +392,15 @@ async fn deploy(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/rollback",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = DeployBody,
+    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn rollback(
     State(state): State<AppState>,
     op: Operator,
@@ -368,6 +423,14 @@ async fn rollback(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/undeploy",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn undeploy(
     State(state): State<AppState>,
     op: Operator,
@@ -378,6 +441,14 @@ async fn undeploy(
     change_deployment(&state, id, Target::Undeploy).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pipelines/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn remove(
     State(state): State<AppState>,
     op: Operator,

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use flotilla_shared::frames::PushMessage;
+use flotilla_shared::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -21,7 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/samples/{id}", get(show))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SampleRequestBody {
     component_keys: Vec<String>,
@@ -51,6 +52,15 @@ struct SampleRow {
     created_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/samples",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = SampleRequestBody,
+    responses((status = 201, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn request(
     State(state): State<AppState>,
     op: Operator,
@@ -118,6 +128,14 @@ async fn request(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/samples/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn show(
     State(state): State<AppState>,
     op: Operator,

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use flotilla_shared::frames::PushMessage;
+use flotilla_shared::protocol::ErrorBody;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -17,12 +18,19 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/settings", get(show).put(update))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UpdateSettings {
     poll_interval_ms: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/settings",
+    tag = "operator",
+    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
     let ms: i32 = sqlx::query_scalar("SELECT poll_interval_ms FROM settings")
@@ -31,6 +39,14 @@ async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     Ok(axum::Json(json!({ "pollIntervalMs": ms })))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/settings",
+    tag = "operator",
+    request_body = UpdateSettings,
+    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn update(
     State(state): State<AppState>,
     op: Operator,

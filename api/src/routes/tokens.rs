@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
+use flotilla_shared::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -20,7 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tokens/{id}", delete(revoke))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateToken {
     name: String,
     role: Role,
@@ -37,6 +38,14 @@ struct TokenRow {
     created_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "operator",
+    request_body = CreateToken,
+    responses((status = 201, description = "the token, shown once", body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     op: Operator,
@@ -55,6 +64,13 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "operator",
+    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Admin)?;
     let rows: Vec<TokenRow> =
@@ -64,6 +80,14 @@ async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     Ok(axum::Json(json!({ "tokens": rows })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
 async fn revoke(
     State(state): State<AppState>,
     op: Operator,
