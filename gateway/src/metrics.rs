@@ -15,7 +15,7 @@ pub struct Counters {
     pub connects: AtomicU64,
     /// Handshakes answered with an error status (401, 429, 503).
     pub handshakes_rejected: AtomicU64,
-    /// Frames received from Redis for a socket this gateway holds.
+    /// Frames from Redis queued for a socket this gateway holds.
     pub pushes_received: AtomicU64,
     /// Frames written to a socket.
     pub pushes_delivered: AtomicU64,

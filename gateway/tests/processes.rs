@@ -9,6 +9,7 @@ use flotilla_testkit::process::{self, Process};
 use flotilla_testkit::redis_server::RedisServer;
 use flotilla_testkit::{db, eventually, redis_url, within};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// The environment of a gateway process: the test settings' short intervals, debug logging.
 fn env(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -313,10 +314,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Opens `tokens.len()` sockets that answer pings in the background.
-async fn open_idle(url: &str, tokens: &[String]) -> Vec<tokio::task::JoinHandle<()>> {
+async fn open_idle(url: &str, nodes: &[(Uuid, String)]) -> Vec<tokio::task::JoinHandle<()>> {
     use futures_util::StreamExt;
     let mut readers = Vec::new();
-    for token in tokens {
+    for (_, token) in nodes {
         let mut ws = connect(url, token).await.expect("handshake");
         readers.push(tokio::spawn(async move {
             while let Some(Ok(_)) = ws.next().await {}
@@ -331,7 +332,7 @@ async fn an_idle_socket_costs_the_gateway_a_few_kib() {
     const MEASURED: usize = 2000;
     flotilla_gateway::os::raise_nofile_limit(); // this process holds the client ends
     let db = db::fresh().await;
-    let tokens = shared_secret_nodes(&db.pool, WARM + MEASURED).await;
+    let nodes = shared_secret_nodes(&db.pool, WARM + MEASURED).await;
     let keepalive = [
         ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "30000"),
         ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "40000"),
@@ -340,9 +341,9 @@ async fn an_idle_socket_costs_the_gateway_a_few_kib() {
     ];
     let gw = start_with(&db.url, &redis_url(), &keepalive).await;
     let url = ws_url(&gw);
-    let _warm = open_idle(&url, &tokens[..WARM]).await;
+    let _warm = open_idle(&url, &nodes[..WARM]).await;
     let before = rss_kib(gw.pid());
-    let _measured = open_idle(&url, &tokens[WARM..]).await;
+    let _measured = open_idle(&url, &nodes[WARM..]).await;
     let after = rss_kib(gw.pid());
     let per_socket = (after.saturating_sub(before)) as f64 / MEASURED as f64;
     println!("gateway RSS {before} KiB -> {after} KiB: {per_socket:.2} KiB per idle socket");

@@ -64,6 +64,40 @@ async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
 }
 
 #[tokio::test]
+async fn each_socket_gets_exactly_its_own_nodes_pushes() {
+    const N: usize = 100;
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let nodes = shared_secret_nodes(&db.pool, N).await;
+    let (a, b) = (gateway(s.clone()).await, gateway(s).await);
+    let mut sockets = Vec::new();
+    for (i, (node, token)) in nodes.iter().enumerate() {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        sockets.push(gw.connect(&redis, *node, token).await.0);
+    }
+    let frames: Vec<String> = nodes.iter().map(|_| frame("deploy")).collect();
+    let mut pipe = redis::pipe();
+    for ((node, _), f) in nodes.iter().zip(&frames) {
+        pipe.cmd("PUBLISH")
+            .arg(flotilla_shared::channels::node_channel(*node))
+            .arg(f)
+            .ignore();
+    }
+    redis.query::<()>(&pipe).await.unwrap();
+    for (ws, f) in sockets.iter_mut().zip(&frames) {
+        assert_eq!(&next_text(ws).await, f);
+    }
+    let delivered = |gw: &Gw| {
+        gw.state
+            .counters()
+            .pushes_delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(delivered(&a) + delivered(&b), N as u64);
+}
+
+#[tokio::test]
 async fn connects_and_disconnects_are_announced_on_fleet_events() {
     let db = db::fresh().await;
     let s = settings(&db.url, &redis_url(), &[]);

@@ -78,8 +78,8 @@ pub async fn nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
 }
 
 /// Inserts `n` nodes whose tokens share one secret, so one bcrypt hash serves all (fast to
-/// create in bulk); returns their tokens.
-pub async fn shared_secret_nodes(pool: &PgPool, n: usize) -> Vec<String> {
+/// create in bulk); returns `(node id, node token)` for each.
+pub async fn shared_secret_nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
     let [(_, first)] = nodes(pool, 1).await.try_into().unwrap();
     let secret = first.rsplit('_').next().unwrap().to_owned();
     let issued: Vec<_> = (0..n)
@@ -99,7 +99,9 @@ pub async fn shared_secret_nodes(pool: &PgPool, n: usize) -> Vec<String> {
     .execute(pool)
     .await
     .expect("insert nodes");
-    issued.into_iter().map(|t| t.token).collect()
+    ids.into_iter()
+        .zip(issued.into_iter().map(|t| t.token))
+        .collect()
 }
 
 /// A gateway running in-process.
