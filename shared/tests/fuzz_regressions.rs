@@ -6,7 +6,8 @@ use std::path::Path;
 #[test]
 fn fuzz_regressions_stay_fixed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 3] = [
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 3] = [
         ("push_frame", flotilla_shared::fuzzing::push_frame),
         ("agent_bodies", flotilla_shared::fuzzing::agent_bodies),
         ("tokens", flotilla_shared::fuzzing::tokens),
