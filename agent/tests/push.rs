@@ -294,3 +294,58 @@ async fn a_restart_action_restarts_every_pipeline() {
     .await;
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_sends_the_agent_to_another_one_at_once() {
+    init_logs();
+    let proxy = Proxy::start().await;
+    let mut stack = Stack::start_behind(&proxy).await;
+    proxy.route_to(stack.gateway_addr);
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
+    // Backoff alone would wait seconds: only the draining close code explains a fast move.
+    config.tuning.push_backoff_base = Duration::from_secs(5);
+    config.tuning.push_backoff_max = Duration::from_secs(10);
+    let agent = TestAgent::start(config);
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+
+    let other = stack.extra_gateway().await;
+    proxy.route_to(other.addr);
+    let t0 = Instant::now();
+    let draining = stack.gateway.take().unwrap();
+    let stopped = tokio::spawn(draining.stop());
+    eventually(
+        "the agent connects to the other gateway",
+        Duration::from_secs(3),
+        || async { (other.connects() == 1).then_some(()) },
+    )
+    .await;
+    let moved = t0.elapsed();
+    eprintln!("moved to the other gateway in {moved:?}");
+    // Reconnect-now waits at most 100 ms here; a backoff draw from [0, 5 s] rarely beats 500 ms.
+    assert!(moved < Duration::from_millis(500), "moved in {moved:?}");
+    within("the drained gateway exits", stopped).await.unwrap();
+    stack.wait_connected(&node_id).await;
+
+    // Pushes flow through the new gateway.
+    let yaml = "sources:\n  moved:\n    type: demo_logs\n";
+    let t0 = Instant::now();
+    stack.deploy_new(&env, yaml).await;
+    eventually(
+        "the deploy arrives by push",
+        Duration::from_secs(2),
+        || async {
+            sandbox
+                .running()
+                .into_iter()
+                .any(|(_, c)| c == yaml)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    agent.stop().await;
+    other.stop().await;
+}

@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -77,11 +78,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Agents reach the gateway through `proxy` (a stand-in load balancer).
+    pub async fn start_behind(proxy: &Proxy) -> Self {
+        Self::start_with(Some(proxy.addr)).await
+    }
+
+    async fn start_with(public: Option<SocketAddr>) -> Self {
         let db = flotilla_testkit::db::fresh().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway_addr = listener.local_addr().unwrap();
         let mut settings = flotilla_testkit::settings(&db.url, &flotilla_testkit::redis_url());
-        settings.api.public_ws_url = format!("ws://{gateway_addr}/api/agent/ws");
+        let public = public.unwrap_or(gateway_addr);
+        settings.api.public_ws_url = format!("ws://{public}/api/agent/ws");
         let gateway = GatewayHandle::start(settings.clone(), listener).await;
         let api = flotilla_testkit::api::spawn(settings.clone()).await;
         Self {
@@ -91,6 +102,12 @@ impl Stack {
             gateway: Some(gateway),
             gateway_addr,
         }
+    }
+
+    /// Another gateway on a new port.
+    pub async fn extra_gateway(&self) -> GatewayHandle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        GatewayHandle::start(self.settings.clone(), listener).await
     }
 
     pub fn gateway(&self) -> &GatewayHandle {
@@ -208,6 +225,46 @@ impl Stack {
             )
             .await;
         assert!(r.status.is_success(), "settings: {}", r.text);
+    }
+}
+
+/// A TCP forwarder standing in for a load balancer: new connections go to `target`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let to = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(target) = *to.lock().unwrap() else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, target, task }
+    }
+
+    /// Sends new connections to `addr`.
+    pub fn route_to(&self, addr: SocketAddr) {
+        *self.target.lock().unwrap() = Some(addr);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
