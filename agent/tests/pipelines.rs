@@ -244,3 +244,40 @@ async fn a_crashing_pipeline_is_restarted_with_backoff() {
     agent.stop().await;
     assert!(sandbox.running().is_empty(), "shutdown stops the pipelines");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_first_polls_do_not_keep_the_push_channel_from_starting() {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    // Enrolled earlier; the api is unreachable when the agent starts.
+    let (node_id, token) = stack.api.enroll(&enrollment, "host-a").await;
+    std::fs::write(sandbox.data.join("node-token"), token).unwrap();
+    let api_proxy = Proxy::start().await;
+    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
+    config.url = reqwest::Url::parse(&format!("http://{}/", api_proxy.addr)).unwrap();
+    let agent = TestAgent::start(config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.node(&node_id).await["wsConnected"], json!(false));
+
+    api_proxy.route_to(stack.api.addr);
+    stack.wait_connected(&node_id).await;
+    let yaml = yaml("after-outage");
+    let t0 = Instant::now();
+    stack.deploy_new(&env, &yaml).await;
+    eventually(
+        "the deploy arrives by push",
+        Duration::from_secs(2),
+        || async {
+            sandbox
+                .running()
+                .into_iter()
+                .any(|(_, c)| c == yaml)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    agent.stop().await;
+}
