@@ -121,7 +121,7 @@ impl Default for Tuning {
 pub struct ReExec {
     /// The binary to replace and run (resolved at start, before any replacement).
     pub exe: PathBuf,
-    /// Arguments to run it with (without argv[0]).
+    /// Arguments to run it with (without `argv[0]`).
     pub args: Vec<OsString>,
 }
 
@@ -198,7 +198,7 @@ impl Config {
         Ok(inv)
     }
 
-    /// Parses arguments (without argv[0]) over an environment lookup.
+    /// Parses arguments (without `argv[0]`) over an environment lookup.
     pub fn parse(
         args: impl IntoIterator<Item = OsString>,
         env: impl Fn(&str) -> Option<String>,

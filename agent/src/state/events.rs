@@ -9,7 +9,7 @@ use uuid::Uuid;
 /// Something the main loop learned.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A deadline from [`State::next_deadline`] passed (or just: check timers).
+    /// A deadline from [`State::next_deadline`](super::State::next_deadline) passed (or just: check timers).
     Tick,
     /// A config poll finished.
     PollDone(Result<Box<ConfigResponse>, PollError>),
