@@ -1,5 +1,6 @@
 //! `flotilla-gateway`: reads settings (defaults → `FLOTILLA_CONFIG` → `FLOTILLA__*`) and serves
-//! until SIGTERM, then drains.
+//! until SIGTERM, then drains. `flotilla-gateway healthcheck` probes a running gateway's
+//! `/healthz` (for container health checks; it fails while the gateway drains).
 
 use anyhow::Context;
 use flotilla_gateway::{os, Gateway};
@@ -9,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        flotilla_shared::healthcheck::run(settings.gateway.listen, "/healthz").await;
+    }
     flotilla_shared::telemetry::init(&settings.log);
     os::raise_nofile_limit();
     let listen = settings.gateway.listen;

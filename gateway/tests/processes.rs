@@ -69,11 +69,21 @@ async fn sigterm_drains_with_1012_exits_in_time_and_logs_no_secrets() {
     })
     .await;
 
+    let healthcheck = |addr: std::net::SocketAddr| async move {
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla-gateway"))
+            .arg("healthcheck")
+            .env("FLOTILLA__GATEWAY__LISTEN", addr.to_string())
+            .status();
+        within("healthcheck", status).await.unwrap().success()
+    };
+    assert!(healthcheck(gw.addr).await, "a serving gateway is healthy");
+
     let started = Instant::now();
     gw.terminate().await;
     assert_eq!(close_code(&mut ws).await, Some(DRAINING));
     let status = gw.wait().await;
     assert!(status.success(), "exit status {status}");
+    assert!(!healthcheck(gw.addr).await, "a stopped gateway is not");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "exited within the grace period"
