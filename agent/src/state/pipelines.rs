@@ -74,6 +74,14 @@ impl State {
                     *restart = true;
                     false
                 }
+                // A new version with the same config: nothing to restart, only to report.
+                Proc::Running { version, .. } | Proc::Starting { version, .. }
+                    if *version != config.version =>
+                {
+                    *version = config.version;
+                    changed = true;
+                    false
+                }
                 Proc::Backoff { .. } if new_checksum => {
                     p.crashes = 0;
                     true

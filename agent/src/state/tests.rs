@@ -786,3 +786,27 @@ fn a_failed_heartbeat_is_retried() {
     assert!(heartbeat(&h.send(Event::Tick, 5 * S)).is_none());
     assert!(heartbeat(&h.send(Event::Tick, 6 * S)).is_some());
 }
+
+#[test]
+fn a_new_version_with_the_same_config_is_reported_without_a_restart() {
+    let id = Uuid::new_v4();
+    let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
+    h.send(
+        Event::Spawned {
+            pipeline_id: id,
+            generation: 1,
+            result: Ok(42),
+        },
+        20 * MS,
+    );
+    let mut v2 = pipeline(id, "a");
+    v2.version = 2;
+    h.send(Event::Push(PushEvent::Connected), S);
+    let out = h.send(Event::PollDone(Ok(Box::new(config(vec![v2])))), S);
+    assert!(stops(&out).is_empty() && starts(&out).is_empty(), "{out:?}");
+    let hb = h.state.heartbeat(h.at(2 * S));
+    assert_eq!(
+        (hb.pipelines[0].version, hb.pipelines[0].pid),
+        (2, Some(42))
+    );
+}
