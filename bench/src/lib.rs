@@ -1,0 +1,65 @@
+//! `flotilla-bench`: the Flotilla load generator.
+//!
+//! One command reproduces one figure: the bench seeds a database of its own, starts the real
+//! `flotilla-api` and `flotilla-gateway` binaries against it, connects simulated agents from
+//! several child processes (each process may hold at most 20,000 files), runs bounded phases
+//! and prints a JSON summary on stdout. Progress bars go to stderr. See `BENCHMARKS.md`.
+//!
+//! # Layout
+//! - [`fleet`]: `seed` (database, nodes, verified tokens in Redis) and the fleet file.
+//! - [`services`]: starting the api and gateways, their RSS, CPU time and metrics.
+//! - [`swarm`]: the parent side of the agent processes (spawn, commands, progress).
+//! - [`agents`]: the child side: simulated agents over tokio-tungstenite.
+//! - [`operator`]: the few operator API calls the scenarios make.
+//! - [`stats`]: clocks and percentiles.
+//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `poll`.
+
+pub mod agents;
+pub mod fleet;
+pub mod operator;
+pub mod scenarios;
+pub mod services;
+pub mod stats;
+pub mod swarm;
+
+use std::path::PathBuf;
+
+/// Options every subcommand shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// The fleet file written by `seed`.
+    #[arg(long, default_value = "target/bench/fleet.txt")]
+    pub fleet: PathBuf,
+    /// The bench database (recreated by `seed`; its name must start with `flotilla_bench`).
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/flotilla_bench"
+    )]
+    pub database_url: String,
+    /// Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Directory holding `flotilla-api` and `flotilla-gateway`.
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// Source addresses 127.0.0.1..=127.0.0.K for agent sockets (about 28k sockets each).
+    #[arg(long, default_value_t = 8)]
+    pub sources: u8,
+    /// Simulated agents per child process.
+    #[arg(long, default_value_t = 5000)]
+    pub per_child: usize,
+}
+
+/// Raises this process's soft open-files limit to its hard limit.
+pub fn raise_nofile_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+/// A multiplexed Redis connection.
+pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
+}

@@ -1,0 +1,61 @@
+//! `flotilla-bench`: parses the subcommand, runs it, prints its JSON summary on stdout.
+
+use clap::{Parser, Subcommand};
+use flotilla_bench::{agents, fleet, scenarios};
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-bench",
+    about = "Flotilla load generator and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Recreate the bench database with one environment and N nodes.
+    Seed(fleet::SeedArgs),
+    /// Connect N agents to gateways; report RSS per agent, idle CPU and connect rates.
+    Idle(scenarios::idle::Args),
+    /// Push one frame to every agent (gateway alone, then a deploy through the api).
+    Fanout(scenarios::fanout::Args),
+    /// Single pushes to random agents, and single-node deploys.
+    Latency(scenarios::latency::Args),
+    /// Kill one of two gateways; time the reconnect storm and count bcrypt runs.
+    Storm(scenarios::storm::Args),
+    /// Agents polling config and sending heartbeats; api requests/s and p99.
+    Poll(scenarios::poll::Args),
+    /// (internal) a child process of simulated agents.
+    #[command(hide = true)]
+    Agents(agents::AgentsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Agents(args) = cli.command {
+        // Children are single-threaded: the parent runs several of them.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(agents::run(args));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        match cli.command {
+            Command::Seed(args) => fleet::seed(args).await,
+            Command::Idle(args) => scenarios::idle::run(args).await,
+            Command::Fanout(args) => scenarios::fanout::run(args).await,
+            Command::Latency(args) => scenarios::latency::run(args).await,
+            Command::Storm(args) => scenarios::storm::run(args).await,
+            Command::Poll(args) => scenarios::poll::run(args).await,
+            Command::Agents(_) => unreachable!("handled above"),
+        }
+    })?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Every scenario at about 20 agents through the real binaries (target/debug): correctness
+//! only — no frame lost, every agent back after the storm, the JSON summary parses. No timing
+//! is asserted.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_flotilla-bench");
+/// Time limit of one scenario run.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+
+/// Builds the api and gateway binaries beside the bench's (a no-op when they are fresh).
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(BENCH)
+        .parent()
+        .expect("bench in a directory")
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "flotilla-api", "-p", "flotilla-gateway"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the services failed");
+    dir
+}
+
+/// Runs `flotilla-bench <args> <common>` and parses its summary.
+fn bench(args: &[&str], common: &[String]) -> Value {
+    let mut child = Command::new(BENCH)
+        .args(args)
+        .args(common)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("bench starts");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!(
+                "`flotilla-bench {}` took longer than {RUN_LIMIT:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(
+        output.status.success(),
+        "`flotilla-bench {}` failed",
+        args.join(" ")
+    );
+    serde_json::from_slice(&output.stdout).expect("a JSON summary on stdout")
+}
+
+#[test]
+fn every_scenario_runs_at_small_n() {
+    let dir = std::env::temp_dir().join(format!("flotilla-bench-smoke-{}", std::process::id()));
+    let common: Vec<String> = [
+        "--fleet",
+        &dir.join("fleet.txt").to_string_lossy(),
+        "--database-url",
+        "postgres://postgres@127.0.0.1:5432/flotilla_bench_smoke",
+        "--bin-dir",
+        &bin_dir().to_string_lossy(),
+        "--per-child",
+        "15",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    let seed = bench(&["seed", "--nodes", "40", "--bcrypt-cost", "4"], &common);
+    assert_eq!(seed["nodes"], 40);
+
+    let idle = bench(&["idle", "--agents", "20", "--idle-secs", "1"], &common);
+    assert_eq!(idle["connectedAfterIdle"], 20, "{idle}");
+    assert_eq!(idle["heldByGateways"], 20, "{idle}");
+    assert_eq!(idle["warmReconnect"]["connected"], 20, "{idle}");
+
+    let fanout = bench(&["fanout", "--agents", "20", "--rounds", "2"], &common);
+    assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
+    assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
+    assert_eq!(fanout["deploy"]["rounds"][0]["received"], 20, "{fanout}");
+
+    let latency = bench(
+        &[
+            "latency",
+            "--agents",
+            "20",
+            "--pushes",
+            "40",
+            "--deploys",
+            "5",
+        ],
+        &common,
+    );
+    assert_eq!(latency["push"]["lost"], 0, "{latency}");
+    assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
+
+    let storm = bench(&["storm", "--agents-per-gateway", "20"], &common);
+    assert_eq!(storm["finalConnected"], 40, "{storm}");
+    assert!(storm["agentsBackSeconds"].is_number(), "{storm}");
+    assert!(storm["shownConnectedSeconds"].is_number(), "{storm}");
+    assert_eq!(storm["reconnects"], 20, "{storm}");
+
+    let poll = bench(
+        &[
+            "poll",
+            "--agents",
+            "40",
+            "--secs",
+            "2",
+            "--concurrency",
+            "4",
+        ],
+        &common,
+    );
+    assert!(poll["configMs"]["count"].as_u64().unwrap() > 0, "{poll}");
+    assert!(poll["heartbeatMs"]["count"].as_u64().unwrap() > 0, "{poll}");
+
+    let _ = std::fs::remove_dir_all(dir);
+}
