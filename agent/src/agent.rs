@@ -41,7 +41,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let client = ApiClient::new(config.url.clone(), config.tuning.http_timeout);
     let vector_version = vector_version(&config.vector_bin).await;
-    let token = enroll::node_token(&config, &client, vector_version.clone(), &shutdown).await?;
+    let token = match enroll::node_token(&config, &client, vector_version.clone(), &shutdown).await
+    {
+        Ok(token) => token,
+        Err(enroll::EnrollError::Cancelled) => return Ok(Outcome::Stopped),
+        Err(e) => return Err(e.into()),
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
         config.vector_bin.clone(),
