@@ -155,22 +155,7 @@ async fn a_redis_restart_loses_nothing_the_gateway_holds() {
     .await;
     assert_eq!(restored, before);
     let f = frame("labels");
-    eventually(
-        "the node channel is subscribed again",
-        Duration::from_secs(5),
-        || async {
-            let delivered: i64 = redis
-                .query(
-                    redis::cmd("PUBLISH")
-                        .arg(flotilla_shared::channels::node_channel(node))
-                        .arg(&f),
-                )
-                .await
-                .ok()?;
-            (delivered > 0).then_some(())
-        },
-    )
-    .await;
+    publish_until_delivered(&redis, node, &f).await;
     assert_eq!(next_text(&mut ws).await, f);
     assert!(
         gw.state
@@ -205,22 +190,7 @@ async fn a_gateway_started_while_redis_is_down_catches_up_when_it_returns() {
     })
     .await;
     let f = frame("deploy");
-    eventually(
-        "the node channel is subscribed",
-        Duration::from_secs(5),
-        || async {
-            let delivered: i64 = redis
-                .query(
-                    redis::cmd("PUBLISH")
-                        .arg(flotilla_shared::channels::node_channel(node))
-                        .arg(&f),
-                )
-                .await
-                .ok()?;
-            (delivered > 0).then_some(())
-        },
-    )
-    .await;
+    publish_until_delivered(&redis, node, &f).await;
     assert_eq!(next_text(&mut ws).await, f);
 }
 
@@ -307,12 +277,7 @@ async fn a_socket_opened_while_redis_is_unreachable_shows_once_it_is_back() {
     })
     .await;
     let f = frame("deploy");
-    eventually(
-        "the node channel is subscribed",
-        Duration::from_secs(5),
-        || async { (publish(&redis, node, &f).await > 0).then_some(()) },
-    )
-    .await;
+    publish_until_delivered(&redis, node, &f).await;
     assert_eq!(next_text(&mut ws).await, f);
 }
 

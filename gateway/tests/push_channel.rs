@@ -7,17 +7,16 @@ use flotilla_shared::channels::{ControlMessage, PresenceEvent, FLEET_EVENTS};
 use flotilla_shared::close_codes::{
     DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
-use flotilla_testkit::{db, eventually, redis_url, within};
+use flotilla_testkit::{eventually, redis_url, within};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let (mut ws, me) = gw.connect(&redis, node, &token).await;
 
@@ -66,10 +65,9 @@ async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
 #[tokio::test]
 async fn each_socket_gets_exactly_its_own_nodes_pushes() {
     const N: usize = 100;
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let nodes = shared_secret_nodes(&db.pool, N).await;
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let nodes = shared_secret_nodes(&t.db.pool, N).await;
     let (a, b) = (gateway(s.clone()).await, gateway(s).await);
     let mut sockets = Vec::new();
     for (i, (node, token)) in nodes.iter().enumerate() {
@@ -99,10 +97,9 @@ async fn each_socket_gets_exactly_its_own_nodes_pushes() {
 
 #[tokio::test]
 async fn connects_and_disconnects_are_announced_on_fleet_events() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let client = redis::Client::open(redis_url()).unwrap();
     let mut events = within("pubsub", client.get_async_pubsub()).await.unwrap();
@@ -128,9 +125,9 @@ async fn connects_and_disconnects_are_announced_on_fleet_events() {
 
 #[tokio::test]
 async fn bad_tokens_get_401_without_an_upgrade() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let s = t.settings.clone();
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let unknown = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token;
     let wrong_secret = format!("{}{}", &token[..token.len() - 4], "0000");
@@ -152,7 +149,7 @@ async fn bad_tokens_get_401_without_an_upgrade() {
     // A revoked node (row deleted) is refused even though its token was good.
     sqlx::query("DELETE FROM nodes WHERE id = $1")
         .bind(node)
-        .execute(&db.pool)
+        .execute(&t.db.pool)
         .await
         .unwrap();
     assert_eq!(refused_status(gw.try_connect(&token).await), 401);
@@ -173,10 +170,9 @@ async fn an_unreachable_database_answers_503() {
 
 #[tokio::test]
 async fn the_newest_socket_wins_across_gateways_and_a_late_close_keeps_its_presence() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let (a, b) = (gateway(s.clone()).await, gateway(s).await);
 
     let (mut on_a, _) = a.connect(&redis, node, &token).await;
@@ -206,10 +202,9 @@ async fn the_newest_socket_wins_across_gateways_and_a_late_close_keeps_its_prese
 
 #[tokio::test]
 async fn revoke_closes_with_4001_and_clears_presence() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let (mut ws, _) = gw.connect(&redis, node, &token).await;
     publish(&redis, node, &ControlMessage::Revoke.to_payload()).await;
@@ -219,10 +214,9 @@ async fn revoke_closes_with_4001_and_clears_presence() {
 
 #[tokio::test]
 async fn a_clean_close_clears_presence_within_a_second() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let (mut ws, _) = gw.connect(&redis, node, &token).await;
     within("client close", ws.close(None)).await.unwrap();
@@ -235,10 +229,9 @@ async fn a_clean_close_clears_presence_within_a_second() {
 
 #[tokio::test]
 async fn idle_sockets_get_pings_and_unsolicited_pongs_and_silent_ones_are_dropped() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[("pong_timeout_ms", "1000")]);
-    let redis = redis(&s);
-    let [(node, token), (silent, silent_token)] = nodes(&db.pool, 2).await.try_into().unwrap();
+    let t = setup(&[("pong_timeout_ms", "1000")]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token), (silent, silent_token)] = t.nodes::<2>().await;
     let gw = gateway(s).await;
 
     // An agent that never reads never answers: closed after the pong timeout.
@@ -283,10 +276,9 @@ async fn idle_sockets_get_pings_and_unsolicited_pongs_and_silent_ones_are_droppe
 
 #[tokio::test]
 async fn binary_and_oversized_messages_close_the_socket() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[("max_message_bytes", "1024")]);
-    let redis = redis(&s);
-    let [(a, ta), (b, tb)] = nodes(&db.pool, 2).await.try_into().unwrap();
+    let t = setup(&[("max_message_bytes", "1024")]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(a, ta), (b, tb)] = t.nodes::<2>().await;
     let gw = gateway(s).await;
 
     let (mut ws, _) = gw.connect(&redis, a, &ta).await;
@@ -304,10 +296,9 @@ async fn binary_and_oversized_messages_close_the_socket() {
 
 #[tokio::test]
 async fn an_agent_that_does_not_read_is_closed_as_too_slow() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[("outbound_queue", "4")]);
-    let redis = redis(&s);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[("outbound_queue", "4")]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let (mut ws, _) = gw.connect(&redis, node, &token).await;
 
@@ -343,9 +334,9 @@ async fn an_agent_that_does_not_read_is_closed_as_too_slow() {
 
 #[tokio::test]
 async fn reconnects_over_the_limit_get_429() {
-    let db = db::fresh().await;
-    let s = settings(&db.url, &redis_url(), &[("reconnect_limit", "2")]);
-    let [(_, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let t = setup(&[("reconnect_limit", "2")]).await;
+    let s = t.settings.clone();
+    let [(_, token)] = t.nodes::<1>().await;
     let gw = gateway(s).await;
     let _first = gw.try_connect(&token).await.unwrap();
     let _second = gw.try_connect(&token).await.unwrap();
@@ -354,18 +345,14 @@ async fn reconnects_over_the_limit_get_429() {
 
 #[tokio::test]
 async fn drain_closes_in_batches_with_1012_and_refuses_new_handshakes() {
-    let db = db::fresh().await;
-    let s = settings(
-        &db.url,
-        &redis_url(),
-        &[
-            ("drain_batch", "1"),
-            ("drain_pause_ms", "400"),
-            ("shutdown_grace_ms", "3000"),
-        ],
-    );
-    let redis = redis(&s);
-    let [(a, ta), (b, tb), (_, tc)] = nodes(&db.pool, 3).await.try_into().unwrap();
+    let t = setup(&[
+        ("drain_batch", "1"),
+        ("drain_pause_ms", "400"),
+        ("shutdown_grace_ms", "3000"),
+    ])
+    .await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(a, ta), (b, tb), (_, tc)] = t.nodes::<3>().await;
     let gw = gateway(s).await;
     let (mut wa, _) = gw.connect(&redis, a, &ta).await;
     let (mut wb, _) = gw.connect(&redis, b, &tb).await;

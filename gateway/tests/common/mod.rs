@@ -8,6 +8,7 @@ use flotilla_shared::presence::{self, Presence};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use flotilla_shared::tokens::{self, NODE_PREFIX};
+use flotilla_testkit::db::TestDb;
 use flotilla_testkit::{eventually, within};
 use futures_util::StreamExt;
 use sqlx::PgPool;
@@ -252,6 +253,48 @@ pub async fn publish(redis: &Redis, node: Uuid, payload: &str) -> i64 {
         .query(redis::cmd("PUBLISH").arg(node_channel(node)).arg(payload))
         .await
         .expect("publish")
+}
+
+/// Publishes `payload` until a subscriber (a gateway) receives it; Redis errors count as "not
+/// yet" (for tests where Redis comes back).
+pub async fn publish_until_delivered(redis: &Redis, node: Uuid, payload: &str) {
+    eventually(
+        "a gateway subscribed to the node's channel",
+        Duration::from_secs(5),
+        || async {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(node_channel(node)).arg(payload);
+            let delivered: i64 = redis.query(&cmd).await.ok()?;
+            (delivered > 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A fresh database with nodes, and settings and a Redis handle on the shared test Redis.
+pub struct Setup {
+    pub db: TestDb,
+    pub settings: Settings,
+    pub redis: Redis,
+}
+
+/// [`Setup`] with `overrides` applied to the gateway settings.
+pub async fn setup(overrides: &[(&str, &str)]) -> Setup {
+    let db = flotilla_testkit::db::fresh().await;
+    let settings = settings(&db.url, &flotilla_testkit::redis_url(), overrides);
+    let redis = redis(&settings);
+    Setup {
+        db,
+        settings,
+        redis,
+    }
+}
+
+impl Setup {
+    /// `N` nodes in one environment.
+    pub async fn nodes<const N: usize>(&self) -> [(Uuid, String); N] {
+        nodes(&self.db.pool, N).await.try_into().unwrap()
+    }
 }
 
 /// A `config_changed` frame as the api publishes it.
