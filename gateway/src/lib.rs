@@ -183,6 +183,7 @@ fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/api/agent/ws", get(handshake::upgrade))
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -193,6 +194,16 @@ async fn health(State(state): State<GatewayState>) -> StatusCode {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
+    }
+}
+
+/// 200 only while serving with a live Redis subscription: without it pushes would not arrive
+/// (sockets stay up meanwhile; agents keep polling).
+async fn ready(State(state): State<GatewayState>) -> StatusCode {
+    if !state.is_draining() && state.subscriptions.is_up() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }
 

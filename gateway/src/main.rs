@@ -25,6 +25,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         os::terminated().await;
         trigger.cancel();
+        // A second signal means "now": skip the rest of the drain.
+        os::terminated().await;
+        tracing::warn!("second signal: exiting without finishing the drain");
+        std::process::exit(1);
     });
     gateway.serve(listener, shutdown).await
 }

@@ -129,6 +129,60 @@ async fn a_crashed_gateways_sockets_read_as_gone_after_its_liveness_ttl() {
     );
 }
 
+/// `kill -9` of one gateway: its agent reconnects to the survivor and is shown there, even
+/// while the dead gateway's presence entry has not expired yet.
+#[tokio::test]
+async fn after_a_kill_9_the_agent_is_shown_on_the_surviving_gateway() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let mut doomed = start_with(
+        &db.url,
+        &redis_url(),
+        &[("FLOTILLA__GATEWAY__ID", "doomed")],
+    )
+    .await;
+    let survivor = start_with(
+        &db.url,
+        &redis_url(),
+        &[("FLOTILLA__GATEWAY__ID", "survivor")],
+    )
+    .await;
+    let mut ws = connect(&ws_url(&doomed), &token).await.expect("handshake");
+    let first = eventually(
+        "presence on the doomed gateway",
+        Duration::from_secs(5),
+        || async { presence_of(&redis, node).await },
+    )
+    .await;
+    assert_eq!(first.gateway_id, "doomed");
+
+    doomed.kill().await;
+    // The agent notices the dead socket and reconnects through the balancer to the survivor.
+    assert!(
+        within("the socket to end", futures_util::StreamExt::next(&mut ws))
+            .await
+            .is_none_or(|m| m.is_err())
+    );
+    let _ws = connect(&ws_url(&survivor), &token)
+        .await
+        .expect("reconnect");
+    let now = eventually(
+        "presence on the survivor",
+        Duration::from_secs(5),
+        || async {
+            presence_of(&redis, node)
+                .await
+                .filter(|p| p.gateway_id == "survivor")
+        },
+    )
+    .await;
+    assert_ne!(now.conn_id, first.conn_id);
+    let f = frame("deploy");
+    publish_until_delivered(&redis, node, &f).await;
+}
+
 #[tokio::test]
 async fn a_redis_restart_loses_nothing_the_gateway_holds() {
     let db = db::fresh().await;
@@ -142,7 +196,20 @@ async fn a_redis_restart_loses_nothing_the_gateway_holds() {
     publish(&redis, node, &f).await;
     assert_eq!(next_text(&mut ws).await, f);
 
+    // While Redis is down the gateway is not ready, but the agent's socket stays up.
+    server.kill().await;
+    let readyz = format!("http://{}/readyz", gw.addr);
+    eventually("/readyz turns 503", Duration::from_secs(5), || async {
+        let r = reqwest::get(&readyz).await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
     server.restart().await; // empty: presence, liveness key and subscriptions are gone
+    eventually("/readyz turns 200", Duration::from_secs(10), || async {
+        let r = reqwest::get(&readyz).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
 
     // The gateway resubscribes and restores the socket's presence.
     let restored = eventually("presence restored", Duration::from_secs(5), || async {

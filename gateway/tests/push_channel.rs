@@ -385,3 +385,48 @@ async fn drain_closes_in_batches_with_1012_and_refuses_new_handshakes() {
     wait_absent(&redis, a, Duration::from_secs(1)).await;
     wait_absent(&redis, b, Duration::from_secs(1)).await;
 }
+
+/// 200 handshakes at once, more than the gateway authenticates concurrently: every one is
+/// answered (upgraded or 503), none hangs.
+#[tokio::test]
+async fn two_hundred_simultaneous_handshakes_are_all_answered() {
+    let setup = setup(&[("max_pending_handshakes", "16")]).await;
+    let nodes = nodes(&setup.db.pool, 200).await;
+    let gw = gateway(setup.settings.clone()).await;
+    let url = gw.ws_url();
+    let attempts = nodes.iter().map(|(_, token)| connect(&url, token));
+    let results = within("200 handshakes", futures_util::future::join_all(attempts)).await;
+    let mut upgraded = 0;
+    for r in results {
+        match r {
+            Ok(_) => upgraded += 1,
+            Err(e) => assert_eq!(refused_status(Err(e)), 503),
+        }
+    }
+    assert!(upgraded > 0, "some handshakes succeed");
+}
+
+/// Text frames that are not what an agent sends (garbage, deeply nested JSON, control
+/// characters) never take the gateway down: it keeps serving the socket and others.
+#[tokio::test]
+async fn garbage_frames_do_not_hurt_the_gateway() {
+    let setup = setup(&[]).await;
+    let [(node, token), (other_node, other)] = setup.nodes::<2>().await;
+    let gw = gateway(setup.settings.clone()).await;
+    let (mut ws, _) = gw.connect(&setup.redis, node, &token).await;
+    for junk in [
+        "",
+        "{",
+        "null",
+        "{\"type\":\"config_changed\"}",
+        &"[".repeat(10_000),
+        "\u{0}\u{1}",
+    ] {
+        ws.send(Message::Text(junk.into())).await.unwrap();
+    }
+    ws.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+    let f = frame("deploy");
+    publish(&setup.redis, node, &f).await;
+    assert_eq!(next_text(&mut ws).await, f);
+    let (_ws2, _) = gw.connect(&setup.redis, other_node, &other).await;
+}

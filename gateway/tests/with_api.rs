@@ -89,3 +89,39 @@ async fn a_token_the_api_verified_and_every_reconnect_skip_bcrypt_in_the_gateway
     assert_eq!(count(&counters.shared_hits), 1);
     assert_eq!(count(&counters.warm_hits), 2);
 }
+
+/// A deploy through the api reaches agents on either of two gateways, verbatim, within 50 ms
+/// of the call.
+#[tokio::test]
+async fn a_deploy_reaches_agents_on_both_gateways_within_50_ms() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let api = api::spawn(s.clone()).await;
+    let gw1 = gateway(s.clone()).await;
+    let gw2 = gateway(s).await;
+    let (env_id, enroll) = api.create_environment("prod").await;
+    let (a, a_token) = api.enroll(&enroll, "a").await;
+    let (b, b_token) = api.enroll(&enroll, "b").await;
+    let (mut ws_a, _) = gw1.connect(&redis, a.parse().unwrap(), &a_token).await;
+    let (mut ws_b, _) = gw2.connect(&redis, b.parse().unwrap(), &b_token).await;
+    let pipeline = api
+        .create_pipeline(&env_id, "p", "sources: {}\n", json!({}))
+        .await;
+
+    let called = std::time::Instant::now();
+    let deployed = api.deploy(&pipeline).await;
+    assert_eq!(deployed.body["notifiedNodes"], 2, "{}", deployed.text);
+    let (fa, fb) = tokio::join!(next_text(&mut ws_a), next_text(&mut ws_b));
+    let elapsed = called.elapsed();
+    for f in [&fa, &fb] {
+        let v: Value = serde_json::from_str(f).unwrap();
+        assert_eq!(v["type"], "config_changed");
+        assert_eq!(v["pipelineId"], pipeline.as_str());
+    }
+    assert_ne!(fa, fb, "each frame has its own id");
+    assert!(
+        elapsed < Duration::from_millis(50),
+        "deploy call to receipt on both gateways: {elapsed:?}"
+    );
+}

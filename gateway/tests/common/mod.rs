@@ -40,6 +40,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "drain_batch" => g.drain_batch = value.parse().unwrap(),
             "drain_pause_ms" => g.drain_pause_ms = value.parse().unwrap(),
             "shutdown_grace_ms" => g.shutdown_grace_ms = value.parse().unwrap(),
+            "max_pending_handshakes" => g.max_pending_handshakes = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
     }
