@@ -1,5 +1,9 @@
 //! Helpers for the end-to-end tests: the local topology (`scripts/topology`) as a value that
-//! stops itself, and a minimal push-channel client.
+//! stops itself, a minimal push-channel client, and a minimal WebDriver client.
+//!
+//! The topology runs the binaries in `target/debug`: build them first (`scripts/test` does).
+
+pub mod webdriver;
 
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -26,6 +30,16 @@ pub struct Topology {
 impl Topology {
     /// Starts the topology against `database_url` and `redis_url` with `admin_token`.
     pub fn start(database_url: &str, redis_url: &str, admin_token: &str) -> anyhow::Result<Self> {
+        Self::start_with(database_url, redis_url, admin_token, &[])
+    }
+
+    /// Like [`Topology::start`], with extra `FLOTILLA__*` settings for every process.
+    pub fn start_with(
+        database_url: &str,
+        redis_url: &str,
+        admin_token: &str,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir()
             .join(format!("flotilla-topology-{}", std::process::id()))
             .join(format!("{:x}", rand_suffix()));
@@ -37,6 +51,7 @@ impl Topology {
             .env("FLOTILLA_ADMIN_TOKEN", admin_token)
             .env("FLOTILLA_PORT", "0")
             .env("FLOTILLA_BIN_DIR", bin_dir())
+            .envs(settings.iter().copied())
             .status()?;
         let topology = Topology {
             env: read_env(&dir.join("env")),
@@ -52,6 +67,27 @@ impl Topology {
             .get(key)
             .map(String::as_str)
             .unwrap_or_else(|| panic!("{key} in topology env"))
+    }
+
+    /// Stops gateway `n` (1 or 2) with `signal` (`KILL`, `TERM`) and waits for it to exit.
+    pub fn stop_gateway(&self, n: u8, signal: &str) -> anyhow::Result<()> {
+        self.script(&["stop-gateway", &n.to_string(), signal])
+    }
+
+    /// Starts gateway `n` again on its address and waits until it answers.
+    pub fn start_gateway(&self, n: u8) -> anyhow::Result<()> {
+        self.script(&["start-gateway", &n.to_string()])
+    }
+
+    fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let (verb, rest) = args.split_first().expect("a verb");
+        let status = Command::new(repo_root().join("scripts/topology"))
+            .arg(verb)
+            .arg(&self.dir)
+            .args(rest)
+            .status()?;
+        anyhow::ensure!(status.success(), "scripts/topology {verb} failed");
+        Ok(())
     }
 
     /// Contents of one of the processes' logs (`api.log`, `gateway1.log`, …).

@@ -2,7 +2,7 @@
 //! without reloading as an agent connects and disconnects through the balancer.
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
 
-use fantoccini::{ClientBuilder, Locator};
+use flotilla_e2e::webdriver::Session;
 use flotilla_e2e::{repo_root, PushClient, Topology};
 use flotilla_testkit::{db, eventually, redis_url};
 use serde_json::json;
@@ -51,13 +51,9 @@ async fn start_chromedriver() -> (Driver, String) {
     (driver, format!("http://127.0.0.1:{port}"))
 }
 
-async fn badge_shown(client: &fantoccini::Client, node_id: &str) -> bool {
+async fn badge_shown(client: &Session, node_id: &str) -> bool {
     let row = format!(r#"tr[data-node-id="{node_id}"] .ws-badge"#);
-    !client
-        .find_all(Locator::Css(&row))
-        .await
-        .unwrap_or_default()
-        .is_empty()
+    !client.find_all(&row).await.unwrap_or_default().is_empty()
 }
 
 #[tokio::test]
@@ -133,46 +129,36 @@ async fn the_ws_badge_follows_the_agent_live() {
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1280,720"]
     }});
-    // The dependency graph enables two rustls back ends; pick one (the WebDriver is plain http).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = ClientBuilder::rustls()
-        .unwrap()
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&webdriver)
+    let client = Session::new(&webdriver, caps)
         .await
         .expect("a Chromium session");
 
     client.goto(&lb).await.unwrap();
     client
-        .find(Locator::Id("token"))
+        .find("#token")
         .await
         .unwrap()
         .send_keys(ADMIN)
         .await
         .unwrap();
     client
-        .find(Locator::Css("button[type=submit]"))
+        .find("button[type=submit]")
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     let row = format!(r#"tr[data-node-id="{node_id}"]"#);
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(&row))
-        .await
-        .expect("the node's row");
+    eventually("the node's row", Duration::from_secs(10), || async {
+        (!client.find_all(&row).await.unwrap_or_default().is_empty()).then_some(())
+    })
+    .await;
     assert!(
         !badge_shown(&client, &node_id).await,
         "no badge before the agent connects"
     );
-    let url = client.current_url().await.unwrap();
-    assert!(
-        !url.as_str().contains(ADMIN),
-        "the token never appears in the URL"
-    );
+    let url = client.url().await.unwrap();
+    assert!(!url.contains(ADMIN), "the token never appears in the URL");
 
     // Connect: the badge appears without a reload.
     let push = PushClient::connect(topo.get("WS_URL"), &token)
@@ -184,10 +170,7 @@ async fn the_ws_badge_follows_the_agent_live() {
     })
     .await;
     let appear = connected.elapsed();
-    let badge = client
-        .find(Locator::Css(&format!("{row} .ws-badge")))
-        .await
-        .unwrap();
+    let badge = client.find(&format!("{row} .ws-badge")).await.unwrap();
     assert_eq!(
         badge.attr("title").await.unwrap().as_deref(),
         Some("WebSocket connected — real-time push enabled")

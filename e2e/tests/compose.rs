@@ -95,8 +95,8 @@ fn the_balancer_routes_the_push_channel_to_gateways_and_the_rest_to_the_api() {
     assert!(rest.contains("proxy_pass http://flotilla_api;"));
     let conf = std::fs::read_to_string(repo_root().join("deploy/nginx/compose.conf")).unwrap();
     assert!(
-        conf.contains("server gateway:8081 resolve;"),
-        "scaled gateways are re-resolved"
+        conf.contains("server gateway:8081 resolve max_fails=0;"),
+        "scaled gateways are re-resolved and never marked down"
     );
     assert!(conf.contains("resolver 127.0.0.11"));
     assert!(conf.contains("listen 8000;"));

@@ -1,0 +1,153 @@
+//! A minimal W3C WebDriver client over HTTP: just what the browser test needs.
+
+use anyhow::Context;
+use base64::Engine;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A browser session driven through chromedriver.
+pub struct Session {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// An element of the current page.
+pub struct Element<'a> {
+    session: &'a Session,
+    id: String,
+}
+
+impl Session {
+    /// Opens a session on the WebDriver at `webdriver` with `capabilities`.
+    pub async fn new(webdriver: &str, capabilities: Value) -> anyhow::Result<Self> {
+        let http = reqwest::Client::new();
+        let created: Value = http
+            .post(format!("{webdriver}/session"))
+            .json(&json!({ "capabilities": { "alwaysMatch": capabilities } }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["value"]["sessionId"]
+            .as_str()
+            .with_context(|| format!("no session: {created}"))?;
+        Ok(Self {
+            http,
+            base: format!("{webdriver}/session/{id}"),
+        })
+    }
+
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        // WebDriver wants a JSON body on every POST, even an empty one.
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let reply: Value = req.send().await?.json().await?;
+        if reply["value"]["error"].is_string() {
+            anyhow::bail!("webdriver {path}: {}", reply["value"]);
+        }
+        Ok(reply["value"].clone())
+    }
+
+    /// Navigates to `url`.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.command(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .map(drop)
+    }
+
+    /// The current URL.
+    pub async fn url(&self) -> anyhow::Result<String> {
+        Ok(self
+            .command(reqwest::Method::GET, "/url", None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Elements matching a CSS selector (possibly none).
+    pub async fn find_all(&self, css: &str) -> anyhow::Result<Vec<Element<'_>>> {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/elements",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await?;
+        Ok(found
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str())
+                    .map(|id| Element {
+                        session: self,
+                        id: id.to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The first element matching a CSS selector.
+    pub async fn find(&self, css: &str) -> anyhow::Result<Element<'_>> {
+        self.find_all(css)
+            .await?
+            .into_iter()
+            .next()
+            .with_context(|| format!("no element matches {css}"))
+    }
+
+    /// A PNG screenshot of the viewport.
+    pub async fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
+        let data = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(data.as_str().unwrap_or_default())?)
+    }
+
+    /// Ends the session (closes the browser).
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.command(reqwest::Method::DELETE, "", None)
+            .await
+            .map(drop)
+    }
+}
+
+impl Element<'_> {
+    /// Types `text` into it.
+    pub async fn send_keys(&self, text: &str) -> anyhow::Result<()> {
+        let path = format!("/element/{}/value", self.id);
+        self.session
+            .command(reqwest::Method::POST, &path, Some(json!({ "text": text })))
+            .await
+            .map(drop)
+    }
+
+    /// Clicks it.
+    pub async fn click(&self) -> anyhow::Result<()> {
+        let path = format!("/element/{}/click", self.id);
+        self.session
+            .command(reqwest::Method::POST, &path, Some(json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// An attribute's value.
+    pub async fn attr(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let path = format!("/element/{}/attribute/{name}", self.id);
+        Ok(self
+            .session
+            .command(reqwest::Method::GET, &path, None)
+            .await?
+            .as_str()
+            .map(str::to_owned))
+    }
+}
