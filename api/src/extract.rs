@@ -33,8 +33,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// Whether a JSON text holds a `\u0000` escape (a NUL character, which Postgres text and
+/// jsonb cannot store) rather than, say, an escaped backslash followed by "u0000".
+fn has_nul_escape(bytes: &[u8]) -> bool {
+    bytes.windows(6).enumerate().any(|(i, w)| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && w[2..].iter().all(|b| *b == b'0')
+            && bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0
+    })
+}
+
 /// Parses a JSON body, naming the offending path in the 400 error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if has_nul_escape(bytes) {
+        return Err(ApiError::bad_request(
+            "Invalid request body",
+            serde_json::json!({ "reason": "strings must not contain NUL (\\u0000)" }),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -226,5 +243,39 @@ impl axum::extract::OptionalFromRequestParts<AppState> for Operator {
             Err(ApiError::Unauthorized(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A query string; a malformed one answers 400 `{error, details}` like every other error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "Invalid query string",
+                    serde_json::json!({ "reason": e.body_text() }),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul_escape;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(has_nul_escape(br#"{"name":"a\u0000b"}"#));
+        assert!(has_nul_escape(br#"{"name":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"name":"\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"name":"\u0001"}"#));
+        assert!(!has_nul_escape(b"{}"));
     }
 }

@@ -2,12 +2,12 @@
 //! actions and revocation (admin).
 
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator};
+use crate::extract::{id_of, Json, Operator, Query};
 use crate::fleet_events::node_changed;
 use crate::operator_auth::Role;
 use crate::selector::validate_labels;
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::Router;

@@ -2,11 +2,11 @@
 //! it reaches, with the selector before the change and the one after it.
 
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator, OptionalJson};
+use crate::extract::{id_of, Json, Operator, OptionalJson, Query};
 use crate::operator_auth::Role;
 use crate::selector::{matching_nodes, validate_labels};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
