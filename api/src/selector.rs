@@ -56,10 +56,11 @@ pub async fn matching_nodes(
     if selectors.is_empty() {
         return Ok(Vec::new());
     }
+    // `@> ANY (ARRAY …)` on the exact indexed expression lets Postgres use the GIN index.
     sqlx::query_scalar(&format!(
         "SELECT n.id FROM nodes n
          WHERE n.environment_id = $1
-           AND EXISTS (SELECT 1 FROM jsonb_array_elements($2::jsonb) s WHERE {EFFECTIVE_LABELS} @> s)"
+           AND {EFFECTIVE_LABELS} @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))"
     ))
     .bind(environment)
     .bind(Value::Array(selectors))
