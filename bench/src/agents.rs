@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -73,7 +73,7 @@ pub struct AgentsArgs {
 pub enum Event {
     /// Connect phase in progress.
     Progress { connected: usize, failed: usize },
-    /// Connect phase over: every agent is connected or gave up.
+    /// Connect phase over: every agent connected (and maybe lost its socket again) or gave up.
     Ready {
         connected: usize,
         failed: usize,
@@ -84,6 +84,9 @@ pub enum Event {
         connected: usize,
         reconnects: usize,
         lost: usize,
+        /// Agents waiting for a handshake slot, handshaking, or backing off.
+        #[serde(default)]
+        phases: [usize; 3],
     },
     /// Answer to `receipts`: `[node index, received (epoch µs), sentAt (ms), benchUs]`.
     Receipts { items: Vec<(usize, u64, i64, u64)> },
@@ -107,9 +110,15 @@ struct Ctx {
     handshakes: Semaphore,
     connected: AtomicUsize,
     failed: AtomicUsize,
+    /// Agents that connected at least once in the current connect phase.
+    settled: AtomicUsize,
     reconnects: AtomicUsize,
     lost: AtomicUsize,
     receipts: Mutex<Vec<(usize, u64, i64, u64)>>,
+    /// Gateways that refused a connection: skipped from then on, as a balancer would.
+    dead: Vec<AtomicBool>,
+    /// Agents waiting for a handshake slot, handshaking, backing off.
+    phases: [AtomicUsize; 3],
 }
 
 /// Runs the child until stdin closes.
@@ -135,9 +144,16 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
         handshakes: Semaphore::new(args.concurrency.max(1)),
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        settled: AtomicUsize::new(0),
         reconnects: AtomicUsize::new(0),
         lost: AtomicUsize::new(0),
         receipts: Mutex::new(Vec::new()),
+        dead: args
+            .gateways
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+        phases: Default::default(),
         args,
     });
     let mut out = tokio::io::stdout();
@@ -149,6 +165,7 @@ pub async fn run(args: AgentsArgs) -> anyhow::Result<()> {
                 connected: ctx.connected.load(Ordering::Relaxed),
                 reconnects: ctx.reconnects.load(Ordering::Relaxed),
                 lost: ctx.lost.load(Ordering::Relaxed),
+                phases: ctx.phases.each_ref().map(|p| p.load(Ordering::Relaxed)),
             },
             "receipts" => Event::Receipts {
                 items: std::mem::take(&mut *ctx.receipts.lock().unwrap()),
@@ -189,6 +206,7 @@ async fn connect_all(
     out: &mut tokio::io::Stdout,
 ) -> anyhow::Result<(JoinSet<()>, CancellationToken)> {
     ctx.failed.store(0, Ordering::SeqCst);
+    ctx.settled.store(0, Ordering::SeqCst);
     let stop = CancellationToken::new();
     let started = now_us();
     let mut tasks = JoinSet::new();
@@ -200,9 +218,11 @@ async fn connect_all(
     loop {
         let connected = ctx.connected.load(Ordering::Relaxed);
         let failed = ctx.failed.load(Ordering::Relaxed);
-        if connected + failed >= total {
+        // Settled, not connected: a socket may already have been closed again.
+        let settled = ctx.settled.load(Ordering::Relaxed);
+        if settled + failed >= total {
             let event = Event::Ready {
-                connected,
+                connected: settled,
                 failed,
                 elapsed_us: now_us() - started,
             };
@@ -230,10 +250,13 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
     let mut ever_connected = false;
     loop {
         let result = {
+            let waiting = Phase::enter(&ctx, WAITING);
             let _permit = tokio::select! {
                 permit = ctx.handshakes.acquire() => permit.expect("never closed"),
                 _ = stop.cancelled() => return,
             };
+            drop(waiting);
+            let _handshaking = Phase::enter(&ctx, HANDSHAKING);
             tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 connect(&ctx, index, gateways[gateway], &token),
@@ -244,6 +267,9 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
             Ok(Ok(ws)) => {
                 if ever_connected {
                     ctx.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                if !ever_connected {
+                    ctx.settled.fetch_add(1, Ordering::Relaxed);
                 }
                 ever_connected = true;
                 attempt = 0;
@@ -257,15 +283,20 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
                     return;
                 }
                 // Lost its gateway: the real agent backs off, then tries again.
-                gateway = (gateway + 1) % gateways.len();
+                gateway = next_gateway(&ctx, gateway);
+                let _backing_off = Phase::enter(&ctx, BACKING_OFF);
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(BACKOFF_BASE)) => continue,
                     _ = stop.cancelled() => return,
                 }
             }
             Ok(Err(e)) if ever_connected && ctx.args.reconnect => {
-                tracing_free_log(index, &e);
-                gateway = (gateway + 1) % gateways.len();
+                if refused(&e) {
+                    ctx.dead[gateway].store(true, Ordering::Relaxed);
+                } else if attempt >= 3 {
+                    persistent_failure(index, attempt, &e);
+                }
+                gateway = next_gateway(&ctx, gateway);
             }
             Ok(Err(e)) if retryable(&e) && attempt < CONNECT_ATTEMPTS => {}
             Ok(Err(e)) => {
@@ -288,10 +319,39 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
             // Initial connects: a busy gateway (503) is retried soon.
             Duration::from_millis(200)
         };
+        let _backing_off = Phase::enter(&ctx, BACKING_OFF);
         tokio::select! {
             _ = tokio::time::sleep(jitter(ceiling)) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+const WAITING: usize = 0;
+const HANDSHAKING: usize = 1;
+const BACKING_OFF: usize = 2;
+
+/// Counts an agent in one phase while alive.
+struct Phase<'a>(&'a AtomicUsize);
+
+impl<'a> Phase<'a> {
+    fn enter(ctx: &'a Ctx, phase: usize) -> Self {
+        ctx.phases[phase].fetch_add(1, Ordering::Relaxed);
+        Self(&ctx.phases[phase])
+    }
+}
+
+impl Drop for Phase<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Logs the first agents that keep failing to reconnect.
+fn persistent_failure(index: usize, attempt: u32, e: &WsError) {
+    static SHOWN: AtomicUsize = AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 10 {
+        eprintln!("agent {index}: reconnect attempt {attempt} failed: {e}");
     }
 }
 
@@ -301,6 +361,19 @@ fn tracing_free_log(index: usize, e: &WsError) {
     if SHOWN.fetch_add(1, Ordering::Relaxed) < 5 {
         eprintln!("agent {index}: {e}");
     }
+}
+
+/// The gateway after `current` that has not refused a connection (else `current + 1`).
+fn next_gateway(ctx: &Ctx, current: usize) -> usize {
+    let n = ctx.args.gateways.len();
+    (1..=n)
+        .map(|step| (current + step) % n)
+        .find(|g| !ctx.dead[*g].load(Ordering::Relaxed))
+        .unwrap_or((current + 1) % n)
+}
+
+fn refused(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 fn jitter(ceiling: Duration) -> Duration {

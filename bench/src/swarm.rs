@@ -179,15 +179,28 @@ impl Swarm {
 
     /// Connected agents, reconnects so far, sockets lost for good.
     pub async fn status(&mut self) -> anyhow::Result<(usize, usize, usize)> {
-        let mut sum = (0, 0, 0);
+        let (connected, reconnects, lost, _) = self.phases().await?;
+        Ok((connected, reconnects, lost))
+    }
+
+    /// Like [`Swarm::status`], plus agents waiting for a handshake slot, handshaking and
+    /// backing off.
+    pub async fn phases(&mut self) -> anyhow::Result<(usize, usize, usize, [usize; 3])> {
+        let mut sum = (0, 0, 0, [0; 3]);
         for event in self.broadcast("status").await? {
             if let Event::Status {
                 connected,
                 reconnects,
                 lost,
+                phases,
             } = event
             {
-                sum = (sum.0 + connected, sum.1 + reconnects, sum.2 + lost);
+                sum.0 += connected;
+                sum.1 += reconnects;
+                sum.2 += lost;
+                for (total, p) in sum.3.iter_mut().zip(phases) {
+                    *total += p;
+                }
             }
         }
         Ok(sum)
