@@ -36,6 +36,27 @@ pub enum End {
     UrlChanged,
     /// The socket closed or failed; what to do next.
     Closed(Reconnect),
+    /// The gateway refused the handshake for now (503 or 429) and said when to come back.
+    RetryAfter(Duration),
+}
+
+/// The `Retry-After` of a refused handshake (503 busy or draining, 429 reconnecting too often).
+fn retry_after(error: &tokio_tungstenite::tungstenite::Error) -> Option<Duration> {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = error else {
+        return None;
+    };
+    if !matches!(response.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let secs: u64 = response
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(300)))
 }
 
 /// Runs the push channel until `cancel` or a revocation. `url` carries the latest
@@ -68,7 +89,7 @@ pub async fn run(
             }
             Ok(Err(e)) => {
                 tracing::warn!(url = %target, error = %e, "push channel connect failed");
-                End::Closed(Reconnect::WithBackoff)
+                retry_after(&e).map_or(End::Closed(Reconnect::WithBackoff), End::RetryAfter)
             }
             Err(_) => {
                 tracing::warn!(url = %target, timeout = ?tuning.connect_timeout, "push channel connect timed out");
@@ -97,6 +118,14 @@ pub async fn run(
                 delay
             }
             End::Closed(Reconnect::WithBackoff) => backoff.next_delay(),
+            // The gateway is healthy but busy: come back around when it said, spread out,
+            // without growing the backoff (which would strand agents long after the burst).
+            End::RetryAfter(after) => {
+                let max = u64::try_from(after.as_millis() * 2)
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                Duration::from_millis(rand::thread_rng().gen_range(0..=max))
+            }
         };
         tracing::debug!(retry_in = ?delay, "push channel reconnecting");
         tokio::select! {
@@ -192,6 +221,33 @@ async fn close(socket: &mut Socket, reason: &str) {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    fn refused(status: u16, retry_after: Option<&str>) -> tokio_tungstenite::tungstenite::Error {
+        let mut response = tokio_tungstenite::tungstenite::http::Response::builder().status(status);
+        if let Some(v) = retry_after {
+            response = response.header("retry-after", v);
+        }
+        tokio_tungstenite::tungstenite::Error::Http(Box::new(response.body(None).unwrap()))
+    }
+
+    #[test]
+    fn busy_and_rate_limited_handshakes_honour_retry_after() {
+        assert_eq!(
+            retry_after(&refused(503, Some("1"))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry_after(&refused(429, Some("60"))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_after(&refused(429, Some("99999"))),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(retry_after(&refused(503, None)), None);
+        assert_eq!(retry_after(&refused(401, Some("1"))), None);
+        assert_eq!(retry_after(&refused(503, Some("soon"))), None);
+    }
 
     /// `wss://` goes through rustls (with its crypto provider) and fails cleanly on a peer
     /// that does not speak TLS.

@@ -12,6 +12,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use flotilla_shared::node_auth::{AuthError, AuthedNode};
+use std::time::Duration;
 
 /// Bytes read from a socket at once; agents send little more than pongs.
 const READ_BUFFER: usize = 512;
@@ -52,9 +53,12 @@ async fn accept(state: &GatewayState, headers: &HeaderMap) -> Result<AuthedNode,
     if state.draining.is_cancelled() {
         return Err(Rejection::Draining);
     }
-    let _permit = state
-        .handshakes
-        .try_acquire()
+    // A burst (a gateway died, its agents arrive at once) queues briefly; only a sustained
+    // overload is refused.
+    let queue = Duration::from_millis(state.settings.handshake_queue_ms);
+    let _permit = tokio::time::timeout(queue, state.handshakes.acquire())
+        .await
+        .map_err(|_| Rejection::Busy)?
         .map_err(|_| Rejection::Busy)?;
     let token = bearer(headers).ok_or(Rejection::Unauthorized)?;
     let node = state.auth.authenticate(token).await.map_err(|e| match e {
@@ -87,10 +91,11 @@ mod tests {
     use flotilla_shared::settings::Settings;
 
     async fn state(max_pending: &str) -> GatewayState {
-        let env = [(
-            "FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES".to_owned(),
-            max_pending.to_owned(),
-        )];
+        let env = [
+            ("FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES", max_pending),
+            ("FLOTILLA__GATEWAY__HANDSHAKE_QUEUE_MS", "20"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let settings = Settings::load_from(None, env).unwrap();
         crate::Gateway::build(settings)
             .await

@@ -99,8 +99,11 @@ pub struct GatewaySettings {
     pub max_message_bytes: usize,
     /// Frames queued for one socket before it counts as too slow.
     pub outbound_queue: usize,
-    /// Handshakes authenticated at once; excess ones get 503 with `Retry-After`.
+    /// Handshakes authenticated at once; excess ones wait for a slot.
     pub max_pending_handshakes: usize,
+    /// How long a handshake waits for a slot before it gets 503 with `Retry-After`, so a
+    /// reconnect burst queues briefly instead of bouncing.
+    pub handshake_queue_ms: u64,
     /// Connects of one node allowed within `reconnect_window_secs`.
     pub reconnect_limit: u32,
     /// Window of the reconnect limit.
@@ -194,6 +197,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.max_message_bytes", "65536"),
     ("gateway.outbound_queue", "16"),
     ("gateway.max_pending_handshakes", "256"),
+    ("gateway.handshake_queue_ms", "1000"),
     ("gateway.reconnect_limit", "10"),
     ("gateway.reconnect_window_secs", "60"),
     ("gateway.drain_batch", "500"),
