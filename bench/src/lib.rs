@@ -48,6 +48,16 @@ pub struct Common {
     /// Simulated agents per child process.
     #[arg(long, default_value_t = 5000)]
     pub per_child: usize,
+    /// Extra environment for the api and gateways, `KEY=VALUE` (repeatable), e.g.
+    /// `FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES=1024` or `MALLOC_ARENA_MAX=2`.
+    #[arg(long = "service-env", value_parser = parse_env_pair)]
+    pub service_env: Vec<(String, String)>,
+}
+
+fn parse_env_pair(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{pair}` is not KEY=VALUE"))
 }
 
 /// Raises this process's soft open-files limit to its hard limit.

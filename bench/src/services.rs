@@ -44,6 +44,7 @@ fn base_env(common: &crate::Common) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain(common.service_env.iter().cloned())
     .collect()
 }
 
