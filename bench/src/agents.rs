@@ -65,6 +65,10 @@ pub struct AgentsArgs {
     /// Reconnect (with backoff, to the next gateway) when a socket is lost.
     #[arg(long)]
     pub reconnect: bool,
+    /// On 503/429 wait a random delay up to twice `Retry-After` without growing the backoff
+    /// (the agent since ec64b8f); without it every failure doubles the backoff ceiling.
+    #[arg(long)]
+    pub honour_retry_after: bool,
 }
 
 /// A line the child writes on stdout.
@@ -249,6 +253,7 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
     let mut attempt = 0u32;
     let mut ever_connected = false;
     loop {
+        let mut retry_after = None;
         let result = {
             let waiting = Phase::enter(&ctx, WAITING);
             let _permit = tokio::select! {
@@ -291,6 +296,9 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
                 }
             }
             Ok(Err(e)) if ever_connected && ctx.args.reconnect => {
+                if ctx.args.honour_retry_after {
+                    retry_after = retry_after_of(&e);
+                }
                 if refused(&e) {
                     ctx.dead[gateway].store(true, Ordering::Relaxed);
                 } else if attempt >= 3 {
@@ -310,8 +318,12 @@ async fn agent(ctx: Arc<Ctx>, index: usize, token: Arc<str>, stop: CancellationT
                 return;
             }
         }
-        attempt += 1;
-        let ceiling = if ever_connected {
+        if retry_after.is_none() {
+            attempt += 1;
+        }
+        let ceiling = if let Some(after) = retry_after {
+            after.saturating_mul(2)
+        } else if ever_connected {
             BACKOFF_BASE
                 .saturating_mul(1 << attempt.min(5))
                 .min(BACKOFF_MAX)
@@ -370,6 +382,25 @@ fn next_gateway(ctx: &Ctx, current: usize) -> usize {
         .map(|step| (current + step) % n)
         .find(|g| !ctx.dead[*g].load(Ordering::Relaxed))
         .unwrap_or((current + 1) % n)
+}
+
+/// The `Retry-After` of a 503 or 429 handshake answer.
+fn retry_after_of(e: &WsError) -> Option<Duration> {
+    let WsError::Http(response) = e else {
+        return None;
+    };
+    if !matches!(response.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let secs: u64 = response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(300)))
 }
 
 fn refused(e: &WsError) -> bool {

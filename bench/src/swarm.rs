@@ -31,6 +31,8 @@ pub struct Plan {
     pub gateways: Vec<SocketAddr>,
     /// Reconnect lost sockets with the agent's backoff.
     pub reconnect: bool,
+    /// Honour `Retry-After` on 503/429 instead of doubling the backoff.
+    pub honour_retry_after: bool,
 }
 
 /// The outcome of a connect phase.
@@ -85,6 +87,9 @@ impl Swarm {
                 .kill_on_drop(true);
             if plan.reconnect {
                 command.arg("--reconnect");
+            }
+            if plan.honour_retry_after {
+                command.arg("--honour-retry-after");
             }
             let mut child = command.spawn().context("cannot start an agent process")?;
             let stdin = child.stdin.take().context("stdin")?;

@@ -51,6 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         range: 0..agents,
         gateways: gateways.iter().map(|g| g.addr).collect(),
         reconnect: false,
+        honour_retry_after: false,
     };
     let (mut swarm, first) = Swarm::launch(common, &plan).await?;
     // Let allocations settle (presence writes, subscription batches) before reading RSS.

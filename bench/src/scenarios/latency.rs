@@ -54,6 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         range: 0..agents,
         gateways: vec![gateway.addr],
         reconnect: false,
+        honour_retry_after: false,
     };
     let (mut swarm, connected) = Swarm::launch(common, &plan).await?;
     let mut redis = crate::redis_connection(&common.redis_url).await?;

@@ -29,6 +29,10 @@ pub struct Args {
     /// Agents per gateway (0: half the fleet each).
     #[arg(long, default_value_t = 0)]
     pub agents_per_gateway: usize,
+    /// Simulate agents before ec64b8f: every failed reconnect doubles the backoff, 503/429
+    /// `Retry-After` ignored.
+    #[arg(long)]
+    pub old_agent_backoff: bool,
     #[command(flatten)]
     pub common: crate::Common,
 }
@@ -50,6 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         range: 0..total,
         gateways: vec![victim.addr, survivor.addr],
         reconnect: true,
+        honour_retry_after: !args.old_agent_backoff,
     };
     let (mut swarm, connected) = Swarm::launch(common, &plan).await?;
     let operator = Operator::new(api.addr)?;
