@@ -11,19 +11,30 @@ const BENCH: &str = env!("CARGO_BIN_EXE_flotilla-bench");
 /// Time limit of one scenario run.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
-/// Builds the api and gateway binaries beside the bench's (a no-op when they are fresh).
+/// The api and gateway binaries beside the bench's. They are built by `scripts/test`
+/// (`cargo build --workspace --bins`); building them from here would re-resolve features and
+/// rebuild dependencies.
 fn bin_dir() -> PathBuf {
     let dir = Path::new(BENCH)
         .parent()
         .expect("bench in a directory")
         .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "flotilla-api", "-p", "flotilla-gateway"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the services failed");
+    for bin in ["flotilla-api", "flotilla-gateway"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{bin} is not built in {}: run `cargo build --workspace --bins` (scripts/test does)",
+            dir.display()
+        );
+    }
     dir
+}
+
+/// The smoke database, on the server the other tests use.
+fn database_url() -> String {
+    let admin = std::env::var("FLOTILLA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/flotilla_bench_smoke")
 }
 
 /// Runs `flotilla-bench <args> <common>` and parses its summary.
@@ -62,7 +73,7 @@ fn every_scenario_runs_at_small_n() {
         "--fleet",
         &dir.join("fleet.txt").to_string_lossy(),
         "--database-url",
-        "postgres://postgres@127.0.0.1:5432/flotilla_bench_smoke",
+        &database_url(),
         "--bin-dir",
         &bin_dir().to_string_lossy(),
         "--per-child",
