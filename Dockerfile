@@ -31,7 +31,10 @@ ENTRYPOINT ["/usr/local/bin/flotilla-api"]
 
 FROM runtime AS gateway
 COPY --from=builder /src/target/release/flotilla-gateway /usr/local/bin/flotilla-gateway
-ENV FLOTILLA__GATEWAY__LISTEN=0.0.0.0:8081 FLOTILLA__LOG__FORMAT=json
+# glibc keeps fewer, trimmed arenas: 3.7 instead of 4.3–5.0 KiB of RSS per idle agent at 10k
+# (BENCHMARKS.md).
+ENV FLOTILLA__GATEWAY__LISTEN=0.0.0.0:8081 FLOTILLA__LOG__FORMAT=json \
+    GLIBC_TUNABLES=glibc.malloc.trim_threshold=65536:glibc.malloc.arena_max=1
 EXPOSE 8081
 HEALTHCHECK --interval=5s --timeout=3s --retries=12 CMD ["/usr/local/bin/flotilla-gateway", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/flotilla-gateway"]

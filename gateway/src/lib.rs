@@ -208,5 +208,7 @@ async fn ready(State(state): State<GatewayState>) -> StatusCode {
 }
 
 async fn metrics(State(state): State<GatewayState>) -> String {
-    state.counters.render(state.registry.len())
+    state
+        .counters
+        .render(state.registry.len(), state.auth.counters())
 }

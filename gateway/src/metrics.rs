@@ -2,6 +2,7 @@
 //!
 //! Labels are bounded: never a node id.
 
+use flotilla_shared::node_auth::AuthCounters;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,7 +63,7 @@ impl Counters {
     }
 
     /// The Prometheus text exposition; `connections` is the current socket count.
-    pub(crate) fn render(&self, connections: usize) -> String {
+    pub(crate) fn render(&self, connections: usize, auth: &AuthCounters) -> String {
         let mut out = String::new();
         let mut line = |name: &str, kind: &str, value: u64| {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
@@ -90,6 +91,12 @@ impl Counters {
                 "flotilla_gateway_pubsub_connects_total",
                 &self.pubsub_connects,
             ),
+            (
+                "flotilla_gateway_bcrypt_verifications_total",
+                &auth.bcrypt_verifications,
+            ),
+            ("flotilla_gateway_auth_warm_hits_total", &auth.warm_hits),
+            ("flotilla_gateway_auth_shared_hits_total", &auth.shared_hits),
         ] {
             line(name, "counter", Self::get(c));
         }
@@ -169,8 +176,14 @@ mod tests {
         c.observe_latency(0);
         c.observe_latency(3);
         c.observe_latency(5000);
-        let text = c.render(7);
+        let auth = AuthCounters::default();
+        auth.bcrypt_verifications.store(2, Ordering::Relaxed);
+        let text = c.render(7, &auth);
         assert!(text.contains("flotilla_gateway_connections 7"), "{text}");
+        assert!(
+            text.contains("flotilla_gateway_bcrypt_verifications_total 2"),
+            "{text}"
+        );
         assert!(
             text.contains("flotilla_gateway_push_latency_seconds_bucket{le=\"0.001\"} 1"),
             "{text}"

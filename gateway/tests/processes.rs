@@ -106,6 +106,42 @@ async fn sigterm_drains_with_1012_exits_in_time_and_logs_no_secrets() {
     }
 }
 
+/// A second SIGTERM during a slow drain ends the process at once.
+#[tokio::test]
+async fn a_second_signal_exits_without_finishing_the_drain() {
+    let db = db::fresh().await;
+    let pairs = nodes(&db.pool, 3).await;
+    // One socket per batch, ten seconds between batches, thirty seconds of grace.
+    let mut gw = start_with(
+        &db.url,
+        &redis_url(),
+        &[
+            ("FLOTILLA__GATEWAY__DRAIN_BATCH", "1"),
+            ("FLOTILLA__GATEWAY__DRAIN_PAUSE_MS", "10000"),
+            ("FLOTILLA__GATEWAY__SHUTDOWN_GRACE_MS", "30000"),
+        ],
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for (_, token) in &pairs {
+        sockets.push(connect(&ws_url(&gw), token).await.expect("handshake"));
+    }
+    gw.terminate().await;
+    // The drain has begun once the first socket (whichever it is) is closed.
+    let closes = sockets.iter_mut().map(|ws| Box::pin(close_code(ws)));
+    let (first, _, _) = futures_util::future::select_all(closes).await;
+    assert_eq!(first, Some(DRAINING));
+    let second = Instant::now();
+    gw.terminate().await;
+    let status = gw.wait().await;
+    assert!(
+        !status.success(),
+        "a cut-short drain exits non-zero: {status}"
+    );
+    assert!(second.elapsed() < Duration::from_secs(2), "exited at once");
+    assert!(gw.output().contains("second signal"));
+}
+
 #[tokio::test]
 async fn a_crashed_gateways_sockets_read_as_gone_after_its_liveness_ttl() {
     let db = db::fresh().await;

@@ -430,3 +430,44 @@ async fn garbage_frames_do_not_hurt_the_gateway() {
     assert_eq!(next_text(&mut ws).await, f);
     let (_ws2, _) = gw.connect(&setup.redis, other_node, &other).await;
 }
+
+/// 10,000 bogus tokens (malformed, or well-formed with unknown lookup ids) are refused with
+/// 401 and cost no bcrypt, and a real agent connects in the middle of the flood.
+#[tokio::test]
+async fn ten_thousand_bogus_tokens_cost_no_bcrypt_and_real_agents_still_connect() {
+    let setup = setup(&[]).await;
+    let [(node, token)] = setup.nodes::<1>().await;
+    let gw = gateway(setup.settings.clone()).await;
+    let url = gw.ws_url();
+    let bogus: Vec<String> = (0..10_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("not-a-token-{i}")
+            } else {
+                flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token
+            }
+        })
+        .collect();
+    let flood = futures_util::stream::iter(bogus)
+        .map(|t| {
+            let url = url.clone();
+            async move { refused_status(connect(&url, &t).await) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<u16>>();
+    let real = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gw.connect(&setup.redis, node, &token).await
+    };
+    let (statuses, (_ws, _)) = within("the flood", async { tokio::join!(flood, real) }).await;
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "every bogus token gets 401"
+    );
+    let bcrypt = gw
+        .state
+        .auth_counters()
+        .bcrypt_verifications
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(bcrypt <= 1, "only the real token may be verified: {bcrypt}");
+}

@@ -57,11 +57,17 @@ async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_
     })
     .await;
 
+    let revoking = std::time::Instant::now();
     let revoked = api
         .admin(Method::DELETE, &format!("/api/v1/fleet/{node}"), None)
         .await;
     assert!(revoked.status.is_success(), "{}", revoked.text);
     assert_eq!(close_code(&mut ws).await, Some(REVOKED));
+    let took = revoking.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "revoke closed the socket after {took:?}"
+    );
     assert_eq!(refused_status(gw.try_connect(&token).await), 401);
 }
 
