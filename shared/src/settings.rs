@@ -293,8 +293,11 @@ impl Settings {
                 "must be longer than gateway.ping_interval_ms",
             );
         }
-        if self.auth.max_concurrent_bcrypt == 0 || self.gateway.outbound_queue == 0 {
+        if self.auth.max_concurrent_bcrypt == 0 {
             return invalid("auth.max_concurrent_bcrypt", "must be at least 1");
+        }
+        if self.gateway.outbound_queue == 0 {
+            return invalid("gateway.outbound_queue", "must be at least 1");
         }
         Ok(())
     }
@@ -353,6 +356,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.bcrypt_cost"), "{err}");
+        let err = Settings::load_from(None, env(&[("FLOTILLA__GATEWAY__OUTBOUND_QUEUE", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gateway.outbound_queue"), "{err}");
         let err = Settings::load_from(None, env(&[("FLOTILLA__API__LISTEN", "nope")]))
             .unwrap_err()
             .to_string();
