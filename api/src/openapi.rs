@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::*;
 use crate::state::AppState;
+use flotilla_shared::protocol::ErrorBody;
 
 /// The document.
 #[derive(OpenApi)]
@@ -50,4 +51,70 @@ pub fn router() -> Router<AppState> {
         "/api/openapi.json",
         get(|| async { Json(ApiDoc::openapi()) }),
     )
+}
+
+/// Errors every operator route can answer.
+#[derive(utoipa::IntoResponses)]
+pub enum OperatorErrors {
+    /// missing or invalid token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// role too low
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// rate limited
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// database unavailable
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Errors every agent route behind a node token can answer.
+#[derive(utoipa::IntoResponses)]
+pub enum NodeErrors {
+    /// missing or invalid node token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// rate limited
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// database unavailable or busy
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Errors of a route that reads a JSON body.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// malformed body
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// body too large
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+}
+
+/// 404.
+#[derive(utoipa::IntoResponses)]
+pub enum NotFound {
+    /// not found
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+/// 422.
+#[derive(utoipa::IntoResponses)]
+pub enum Invalid {
+    /// invalid value
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+}
+
+/// 409.
+#[derive(utoipa::IntoResponses)]
+pub enum Conflict {
+    /// conflict
+    #[response(status = 409)]
+    Conflict(ErrorBody),
 }

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 #[allow(unused_imports)]
-use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{
     ConfigResponse, PendingAction, PipelineConfig, SampleRequestConfig,
 };
@@ -47,7 +46,7 @@ struct SampleRow {
     get,
     path = "/api/agent/config",
     tag = "agent",
-    responses((status = 200, body = ConfigResponse), (status = 401, description = "missing or invalid node token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable or busy", body = ErrorBody)),
+    responses((status = 200, body = ConfigResponse), crate::openapi::NodeErrors),
     security(("node_token" = []))
 )]
 async fn config(

@@ -9,7 +9,6 @@ use axum::routing::post;
 use axum::Router;
 use flotilla_shared::node_auth::AuthedNode;
 #[allow(unused_imports)]
-use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{Ok, SampleResult, SamplesRequest};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -27,7 +26,7 @@ const MAX_EVENTS: usize = 1000;
     path = "/api/agent/samples",
     tag = "agent",
     request_body = SamplesRequest,
-    responses((status = 200, body = flotilla_shared::protocol::Ok), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 401, description = "missing or invalid node token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable or busy", body = ErrorBody)),
+    responses((status = 200, body = flotilla_shared::protocol::Ok), crate::openapi::BodyErrors, crate::openapi::NodeErrors),
     security(("node_token" = []))
 )]
 async fn submit(

@@ -34,7 +34,7 @@ fn optional(field: &str, value: Option<String>) -> Result<Option<String>> {
     path = "/api/agent/enroll",
     tag = "agent",
     request_body = EnrollRequest,
-    responses((status = 200, body = EnrollResponse), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 401, description = "invalid enrollment token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody))
+    responses((status = 200, body = EnrollResponse), crate::openapi::BodyErrors, (status = 401, description = "invalid enrollment token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody))
 )]
 async fn enroll(
     State(state): State<AppState>,

@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::tokens::{self, ENROLL_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -51,7 +50,7 @@ async fn issue_enrollment_token(state: &AppState) -> Result<(tokens::IssuedToken
     path = "/api/v1/environments",
     tag = "operator",
     request_body = CreateEnvironment,
-    responses((status = 201, description = "created; the enrollment token is shown once", body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 201, description = "created; the enrollment token is shown once", body = Object), crate::openapi::BodyErrors, crate::openapi::Conflict, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn create(
@@ -89,7 +88,7 @@ async fn create(
     get,
     path = "/api/v1/environments",
     tag = "operator",
-    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
@@ -109,7 +108,7 @@ async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     path = "/api/v1/environments/{id}/enrollment-token",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, description = "the new token, shown once", body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, description = "the new token, shown once", body = Object), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn rotate(

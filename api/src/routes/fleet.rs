@@ -121,7 +121,7 @@ async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
     path = "/api/v1/fleet",
     tag = "operator",
     params(("environmentId" = Option<String>, Query, description = "only this environment (UUID)")),
-    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn list(
@@ -140,7 +140,7 @@ async fn list(
     path = "/api/v1/fleet/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, body = NodeView), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = NodeView), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn show(
@@ -165,7 +165,7 @@ struct LabelsBody {
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = LabelsBody,
-    responses((status = 200, body = NodeView), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = NodeView), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn labels(
@@ -211,7 +211,7 @@ struct MaintenanceBody {
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = MaintenanceBody,
-    responses((status = 200, body = NodeView), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = NodeView), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn maintenance(
@@ -287,7 +287,7 @@ fn validate_action(a: &PendingAction) -> Result<ActionKind> {
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = PendingAction,
-    responses((status = 202, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 202, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn action(
@@ -332,7 +332,7 @@ async fn action(
     path = "/api/v1/fleet/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 204, description = "revoked"), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn revoke(

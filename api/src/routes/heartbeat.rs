@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 #[allow(unused_imports)]
-use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{Heartbeat, Ok, PipelineStatus};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -37,7 +36,7 @@ fn clip(s: Option<String>, max: usize) -> Option<String> {
     path = "/api/agent/heartbeat",
     tag = "agent",
     request_body = Heartbeat,
-    responses((status = 200, body = flotilla_shared::protocol::Ok), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 401, description = "missing or invalid node token", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable or busy", body = ErrorBody)),
+    responses((status = 200, body = flotilla_shared::protocol::Ok), crate::openapi::BodyErrors, crate::openapi::NodeErrors),
     security(("node_token" = []))
 )]
 async fn heartbeat(

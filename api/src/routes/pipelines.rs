@@ -159,7 +159,7 @@ async fn fetch(state: &AppState, id: Uuid) -> Result<PipelineRow> {
     path = "/api/v1/pipelines",
     tag = "operator",
     request_body = CreatePipeline,
-    responses((status = 201, body = PipelineRow), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 201, body = PipelineRow), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Conflict, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn create(
@@ -200,7 +200,7 @@ async fn create(
     path = "/api/v1/pipelines",
     tag = "operator",
     params(("environmentId" = Option<String>, Query, description = "only this environment (UUID)")),
-    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), (status = 400, description = "bad query", body = ErrorBody), crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn list(
@@ -223,7 +223,7 @@ async fn list(
     path = "/api/v1/pipelines/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn show(
@@ -252,7 +252,7 @@ async fn show(
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = UpdatePipeline,
-    responses((status = 200, body = PipelineRow), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = PipelineRow), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn update(
@@ -369,7 +369,7 @@ async fn change_deployment(
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body(content = Option<DeployBody>, description = "optional; empty means the latest version"),
-    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn deploy(
@@ -398,7 +398,7 @@ async fn deploy(
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = DeployBody,
-    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn rollback(
@@ -428,7 +428,7 @@ async fn rollback(
     path = "/api/v1/pipelines/{id}/undeploy",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn undeploy(
@@ -446,7 +446,7 @@ async fn undeploy(
     path = "/api/v1/pipelines/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 204, description = "deleted"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 204, description = "deleted"), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn remove(

@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use flotilla_shared::frames::PushMessage;
-use flotilla_shared::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -58,7 +57,7 @@ struct SampleRow {
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = SampleRequestBody,
-    responses((status = 201, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 201, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Conflict, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn request(
@@ -133,7 +132,7 @@ async fn request(
     path = "/api/v1/samples/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, body = Object), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn show(

@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use flotilla_shared::frames::PushMessage;
-use flotilla_shared::protocol::ErrorBody;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -28,7 +27,7 @@ struct UpdateSettings {
     get,
     path = "/api/v1/settings",
     tag = "operator",
-    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
@@ -44,7 +43,7 @@ async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     path = "/api/v1/settings",
     tag = "operator",
     request_body = UpdateSettings,
-    responses((status = 200, body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::BodyErrors, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn update(

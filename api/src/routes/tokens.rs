@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::routing::{delete, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use flotilla_shared::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -43,7 +42,7 @@ struct TokenRow {
     path = "/api/v1/tokens",
     tag = "operator",
     request_body = CreateToken,
-    responses((status = 201, description = "the token, shown once", body = Object), (status = 400, description = "malformed body", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 422, description = "invalid value", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 201, description = "the token, shown once", body = Object), crate::openapi::BodyErrors, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn create(
@@ -68,7 +67,7 @@ async fn create(
     get,
     path = "/api/v1/tokens",
     tag = "operator",
-    responses((status = 200, body = Object), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 200, body = Object), crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
@@ -85,7 +84,7 @@ async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<
     path = "/api/v1/tokens/{id}",
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 204, description = "revoked"), (status = 404, description = "not found", body = ErrorBody), (status = 401, description = "missing or invalid token", body = ErrorBody), (status = 403, description = "role too low", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 503, description = "database unavailable", body = ErrorBody)),
+    responses((status = 204, description = "revoked"), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn revoke(
