@@ -420,6 +420,17 @@ async fn oversized_bodies_are_413() {
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(r.body["error"].is_string());
+    // Routes whose body is optional read it under the same limit.
+    let deploy = format!("/api/v1/pipelines/{}/deploy", uuid::Uuid::new_v4());
+    let r = api
+        .raw(
+            Method::POST,
+            &deploy,
+            Some(flotilla_testkit::api::ADMIN_TOKEN),
+            &big,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
