@@ -128,14 +128,20 @@ pub(crate) async fn restore_all(state: &GatewayState) {
     let results = futures_util::stream::iter(conns)
         .map(|(node_id, conn)| async move {
             let held = presence::restore(&state.redis, node_id, &presence_of(state, &conn)).await;
-            (conn, held)
+            (node_id, conn, held)
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let (mut restored, mut failed) = (0usize, 0usize);
-    for (conn, held) in results {
+    for (node_id, conn, held) in results {
         match held {
+            // A socket that closed while its restore was in flight may have been released
+            // before the restore wrote it back; the registry forgets a socket before its release,
+            // so checking after the write catches every such case.
+            Ok(true) if state.registry.with(node_id, |c| c.id) != Some(conn.id) => {
+                withdraw(state, node_id, &conn).await;
+            }
             Ok(true) => restored += 1,
             Ok(false) => conn.outbox.close(SUPERSEDED),
             Err(_) => failed += 1,

@@ -62,15 +62,25 @@ pub(crate) fn run(
         Box::pin(crate::presence::announce(&state, node_id, &conn)).await;
         tracing::debug!("socket open");
 
-        let end = session.run().await;
-        drop(session);
+        let end = session.serve().await;
         count_close(&state.counters, end);
         tracing::debug!(?end, "socket closed");
 
-        if state.registry.remove(node_id, conn.id) {
-            state.subscriptions.sync(node_id);
+        // Presence goes as soon as the socket is done with, not after the agent has (or has
+        // not) answered the close frame.
+        let gone = async {
+            if state.registry.remove(node_id, conn.id) {
+                state.subscriptions.sync(node_id);
+            }
+            crate::presence::withdraw(&state, node_id, &conn).await;
+        };
+        // Boxed, like the Redis calls: only a closing socket needs them.
+        match end {
+            End::Closed(code) => {
+                futures_util::future::join(Box::pin(session.close(code)), Box::pin(gone)).await;
+            }
+            End::PeerGone => Box::pin(gone).await,
         }
-        Box::pin(crate::presence::withdraw(&state, node_id, &conn)).await;
     }
     .instrument(span)
 }
@@ -137,13 +147,9 @@ impl Session {
         }
     }
 
-    async fn run(&mut self) -> End {
-        let end = poll_fn(|cx| self.poll(cx)).await;
-        if let End::Closed(code) = end {
-            // Boxed, like the Redis calls: only a closing socket needs it.
-            Box::pin(self.close(code)).await;
-        }
-        end
+    /// Serves the socket until the gateway decides to close it or the agent is gone.
+    async fn serve(&mut self) -> End {
+        poll_fn(|cx| self.poll(cx)).await
     }
 
     /// Sends a close frame and waits briefly for the agent's.

@@ -213,6 +213,39 @@ async fn revoke_closes_with_4001_and_clears_presence() {
 }
 
 #[tokio::test]
+async fn sockets_closing_while_presence_is_restored_stay_released() {
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let nodes = t.nodes::<40>().await;
+    let gw = gateway(s).await;
+    let mut sockets = Vec::new();
+    for (node, token) in &nodes {
+        sockets.push(gw.connect(&redis, *node, token).await.0);
+    }
+    // Redis lost its data (the liveness key and the scripts, so each restore takes extra round
+    // trips): the next beat restores every held socket's presence while the agents hang up.
+    let alive = flotilla_shared::channels::gateway_alive_key(gw.state.id());
+    let _: () = redis.query(redis::cmd("DEL").arg(alive)).await.unwrap();
+    let _: () = redis
+        .query(redis::cmd("SCRIPT").arg("FLUSH"))
+        .await
+        .unwrap();
+    let closes = futures_util::future::join_all(sockets.iter_mut().map(|ws| ws.close(None)));
+    let (_, closed) = tokio::join!(
+        flotilla_gateway::heartbeat::beat(&gw.state, 1),
+        within("client closes", closes)
+    );
+    assert!(closed.iter().all(Result::is_ok));
+    eventually("sockets released", Duration::from_secs(2), || async {
+        (gw.state.connection_count() == 0).then_some(())
+    })
+    .await;
+    for (node, _) in &nodes {
+        wait_absent(&redis, *node, Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_clean_close_clears_presence_within_a_second() {
     let t = setup(&[]).await;
     let (s, redis) = (t.settings.clone(), t.redis.clone());
