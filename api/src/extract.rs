@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use flotilla_shared::node_auth::{AuthError, AuthedNode};
+use flotilla_shared::rate_limit::client_address;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 use uuid::Uuid;
@@ -147,21 +148,15 @@ impl FromRequestParts<AppState> for NodeCaller {
 /// The client's address: the socket peer, or the last `X-Forwarded-For` hop when
 /// `api.trust_forwarded_for` is set (behind our own balancer).
 pub fn client_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
-    if state.settings.api.trust_forwarded_for {
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    parts
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0.ip());
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    client_address(peer, forwarded, state.settings.api.trust_forwarded_for)
 }
 
 /// The client's address (see [`client_ip`]).

@@ -6,7 +6,6 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the one error type of this service, and its HTTP mapping.
 //! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
 //! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
-//! - [`rate_limit`]: per-address limits on enrollment and failed authentication.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
 //! - [`fleet_events`]: relaying presence and node changes to the fleet page's live stream.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
@@ -20,7 +19,6 @@ pub mod fleet_events;
 pub mod notify;
 pub mod openapi;
 pub mod operator_auth;
-pub mod rate_limit;
 pub mod routes;
 pub mod selector;
 pub mod state;
@@ -30,6 +28,7 @@ pub use state::AppState;
 
 use anyhow::Context;
 use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use std::sync::Arc;
@@ -83,12 +82,9 @@ impl Api {
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),
-            limits: rate_limit::Limits {
-                enroll: rate_limit::RateLimiter::new(
-                    settings.api.enroll_per_minute,
-                    Duration::from_secs(60),
-                ),
-                auth_failures: rate_limit::RateLimiter::new(
+            limits: state::Limits {
+                enroll: RateLimiter::new(settings.api.enroll_per_minute, Duration::from_secs(60)),
+                auth_failures: RateLimiter::new(
                     settings.api.auth_failures_per_minute,
                     Duration::from_secs(60),
                 ),

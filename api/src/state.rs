@@ -3,8 +3,8 @@
 use crate::fleet_events::FleetEvents;
 use crate::notify::Notifier;
 use crate::operator_auth::OperatorAuthenticator;
-use crate::rate_limit::Limits;
 use flotilla_shared::node_auth::NodeAuthenticator;
+use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use sqlx::PgPool;
@@ -32,4 +32,13 @@ pub struct AppState {
     pub fleet_events: FleetEvents,
     /// Cancelled when the api shuts down (ends long-lived streams).
     pub shutdown: CancellationToken,
+}
+
+/// The api's per-address limiters.
+#[derive(Clone)]
+pub struct Limits {
+    /// Enrollment attempts per address.
+    pub enroll: RateLimiter,
+    /// Failed node or operator authentications per address.
+    pub auth_failures: RateLimiter,
 }

@@ -25,13 +25,17 @@ pub enum Rejection {
     /// The node connected too often within the reconnect window.
     #[error("Too many reconnects")]
     TooManyReconnects(Duration),
+    /// The source address failed authentication too often; only tokens verified before are
+    /// accepted from it until the window ends.
+    #[error("Too many failed authentications")]
+    TooManyFailures(Duration),
 }
 
 impl Rejection {
     fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::TooManyReconnects(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyReconnects(_) | Self::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining | Self::Busy | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -41,7 +45,9 @@ impl Rejection {
             Self::Unauthorized => None,
             Self::Draining | Self::Busy => Some(1),
             Self::Unavailable => Some(5),
-            Self::TooManyReconnects(wait) => Some(wait.as_secs().max(1)),
+            Self::TooManyReconnects(wait) | Self::TooManyFailures(wait) => {
+                Some(wait.as_secs().max(1))
+            }
         }
     }
 }

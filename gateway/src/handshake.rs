@@ -2,16 +2,20 @@
 //!
 //! The bearer token is checked before the upgrade (401 without upgrading; 503 while the
 //! database is unreachable, the gateway is draining, or too many handshakes are in flight;
-//! 429 when the node reconnects too often). The token is never logged.
+//! 429 when the node reconnects too often, or when the source address has failed
+//! authentication too often and the token is not one verified before). The token is never
+//! logged.
 
 use crate::error::Rejection;
 use crate::metrics::Counters;
 use crate::state::GatewayState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use flotilla_shared::node_auth::{AuthError, AuthedNode};
+use flotilla_shared::rate_limit::client_address;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Bytes read from a socket at once; agents send little more than pongs.
@@ -22,10 +26,17 @@ const MAX_WRITE_BUFFER: usize = 1 << 20;
 /// The upgrade handler.
 pub(crate) async fn upgrade(
     State(state): State<GatewayState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let node = match accept(&state, &headers).await {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = client_address(
+        Some(peer.ip()),
+        forwarded,
+        state.settings.trust_forwarded_for,
+    );
+    let node = match accept(&state, &headers, ip).await {
         Ok(node) => node,
         Err(rejection) => {
             Counters::inc(&state.counters.handshakes_rejected);
@@ -49,7 +60,11 @@ pub(crate) async fn upgrade(
         })
 }
 
-async fn accept(state: &GatewayState, headers: &HeaderMap) -> Result<AuthedNode, Rejection> {
+async fn accept(
+    state: &GatewayState,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+) -> Result<AuthedNode, Rejection> {
     if state.draining.is_cancelled() {
         return Err(Rejection::Draining);
     }
@@ -61,8 +76,24 @@ async fn accept(state: &GatewayState, headers: &HeaderMap) -> Result<AuthedNode,
         .map_err(|_| Rejection::Busy)?
         .map_err(|_| Rejection::Busy)?;
     let token = bearer(headers).ok_or(Rejection::Unauthorized)?;
-    let node = state.auth.authenticate(token).await.map_err(|e| match e {
-        AuthError::Invalid => Rejection::Unauthorized,
+    let failures = &state.auth_failures;
+    // An address over its failure budget gets no more bcrypt work; its agents whose tokens
+    // were verified before keep connecting.
+    let result = match ip {
+        Some(ip) if failures.exhausted(ip) => match state.auth.authenticate_warm(token).await {
+            Ok(Some(node)) => Ok(node),
+            Ok(None) => return Err(Rejection::TooManyFailures(failures.retry_after())),
+            Err(e) => Err(e),
+        },
+        _ => state.auth.authenticate(token).await,
+    };
+    let node = result.map_err(|e| match e {
+        AuthError::Invalid => {
+            if let Some(ip) = ip {
+                let _ = failures.hit(ip);
+            }
+            Rejection::Unauthorized
+        }
         AuthError::Busy => Rejection::Busy,
         AuthError::Database(e) => {
             tracing::warn!(error = %e, "database unavailable during a handshake");
@@ -115,18 +146,18 @@ mod tests {
         let state = state("2").await;
         let held = state.handshakes.try_acquire_many(2).unwrap();
         assert!(matches!(
-            accept(&state, &with_token()).await,
+            accept(&state, &with_token(), None).await,
             Err(Rejection::Busy)
         ));
         drop(held);
         // Within the cap, a malformed token is refused without asking the database.
         assert!(matches!(
-            accept(&state, &with_token()).await,
+            accept(&state, &with_token(), None).await,
             Err(Rejection::Unauthorized)
         ));
         state.draining.cancel();
         assert!(matches!(
-            accept(&state, &with_token()).await,
+            accept(&state, &with_token(), None).await,
             Err(Rejection::Draining)
         ));
     }

@@ -49,8 +49,10 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
 use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -103,6 +105,7 @@ impl Gateway {
                 gw.reconnect_limit,
                 Duration::from_secs(gw.reconnect_window_secs),
             ),
+            auth_failures: RateLimiter::new(gw.auth_failures_per_minute, Duration::from_secs(60)),
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
             presence_stale: Default::default(),
@@ -140,8 +143,9 @@ impl Gateway {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let mut server = tokio::spawn(async move { server.await });
 
         tokio::select! {

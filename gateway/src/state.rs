@@ -5,6 +5,7 @@ use crate::reconnects::ReconnectLimiter;
 use crate::registry::Registry;
 use crate::subscriptions::Subscriptions;
 use flotilla_shared::node_auth::{AuthCounters, NodeAuthenticator};
+use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::GatewaySettings;
 use std::ops::Deref;
@@ -32,6 +33,8 @@ pub struct Shared {
     /// Caps handshakes being authenticated at once.
     pub(crate) handshakes: Semaphore,
     pub(crate) reconnects: ReconnectLimiter,
+    /// Failed authentications per source address.
+    pub(crate) auth_failures: RateLimiter,
     /// Cancelled when the drain starts: handshakes get 503 from then on.
     pub(crate) draining: CancellationToken,
     /// Every socket session (axum detaches them; the drain waits for them here).

@@ -15,6 +15,7 @@
 //! - [`db`]: Postgres pool construction and the embedded migrations.
 //! - [`redis_conn`]: a lazily connected Redis handle with per-command timeouts.
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
+//! - [`rate_limit`]: per-source-address budgets (enrollment, failed authentications).
 
 pub mod channels;
 pub mod close_codes;
@@ -25,6 +26,7 @@ pub mod healthcheck;
 pub mod node_auth;
 pub mod presence;
 pub mod protocol;
+pub mod rate_limit;
 pub mod redis_conn;
 pub mod secret;
 pub mod settings;

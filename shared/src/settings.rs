@@ -114,6 +114,11 @@ pub struct GatewaySettings {
     pub drain_pause_ms: u64,
     /// Time allowed for a drain before the process exits anyway.
     pub shutdown_grace_ms: u64,
+    /// Failed authentications allowed per source address per minute before cold (bcrypt)
+    /// verifications from it are refused with 429.
+    pub auth_failures_per_minute: u32,
+    /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
+    pub trust_forwarded_for: bool,
 }
 
 /// Token hashing and the authentication cache.
@@ -198,6 +203,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.outbound_queue", "16"),
     ("gateway.max_pending_handshakes", "256"),
     ("gateway.handshake_queue_ms", "1000"),
+    ("gateway.auth_failures_per_minute", "100"),
+    ("gateway.trust_forwarded_for", "false"),
     ("gateway.reconnect_limit", "10"),
     ("gateway.reconnect_window_secs", "60"),
     ("gateway.drain_batch", "500"),

@@ -41,6 +41,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "drain_pause_ms" => g.drain_pause_ms = value.parse().unwrap(),
             "shutdown_grace_ms" => g.shutdown_grace_ms = value.parse().unwrap(),
             "max_pending_handshakes" => g.max_pending_handshakes = value.parse().unwrap(),
+            "auth_failures_per_minute" => g.auth_failures_per_minute = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
     }

@@ -1,4 +1,5 @@
-//! Per-source-address rate limits: enrollment attempts and failed authentications.
+//! Per-source-address rate limits (enrollment attempts, failed authentications), used by the
+//! api and the gateway.
 //!
 //! Fixed windows kept in a bounded cache, so a flood of addresses cannot grow memory without
 //! limit. Over its budget, an address gets 429 with `Retry-After`.
@@ -56,13 +57,18 @@ impl RateLimiter {
     }
 }
 
-/// The api's limiters.
-#[derive(Clone)]
-pub struct Limits {
-    /// Enrollment attempts per address.
-    pub enroll: RateLimiter,
-    /// Failed node or operator authentications per address.
-    pub auth_failures: RateLimiter,
+/// The client's address: the socket peer, or the last `X-Forwarded-For` hop when the service
+/// sits behind a balancer it trusts (the hop that balancer appended).
+pub fn client_address(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
+    let forwarded = forwarded_for
+        .filter(|_| trust_forwarded_for)
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded.or(peer)
 }
 
 #[cfg(test)]
@@ -81,5 +87,18 @@ mod tests {
         assert_eq!(l.hit(a), Err(Duration::from_secs(60)));
         assert!(l.exhausted(a));
         assert!(l.hit(b).is_ok());
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_when_trusted() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let hops = Some("203.0.113.5, 198.51.100.7");
+        assert_eq!(client_address(Some(peer), hops, false), Some(peer));
+        assert_eq!(
+            client_address(Some(peer), hops, true),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        assert_eq!(client_address(Some(peer), Some("junk"), true), Some(peer));
+        assert_eq!(client_address(None, None, true), None);
     }
 }
