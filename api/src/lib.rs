@@ -27,6 +27,7 @@ pub mod sweep;
 pub use state::AppState;
 
 use anyhow::Context;
+use flotilla_shared::http_server::{self, ServeOptions};
 use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
 use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
@@ -119,17 +120,22 @@ impl Api {
         );
         let streams = self.state.shutdown.clone();
         let grace = Duration::from_millis(self.state.settings.api.shutdown_grace_ms);
+        let header_read_timeout =
+            Duration::from_millis(self.state.settings.api.header_read_timeout_ms);
         let app = routes::router(self.state);
         let signal = shutdown.clone();
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { signal.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let options = ServeOptions {
+            header_read_timeout,
+            nodelay: false,
+        };
+        let server = tokio::spawn(http_server::serve(listener, app, options, async move {
+            signal.cancelled().await
+        }));
         shutdown.cancelled().await;
         // Long-lived streams (the fleet page's events) end now so the drain can finish.
         streams.cancel();
         match tokio::time::timeout(grace, server).await {
-            Ok(joined) => joined??,
+            Ok(joined) => joined?,
             Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
         }
         sweeper.await?;

@@ -153,3 +153,50 @@ async fn no_log_line_contains_a_token_or_a_hash() {
     }
     assert!(!logs.contains("$2b$"));
 }
+
+/// A client that never finishes its request head is cut off after `api.header_read_timeout_ms`;
+/// one that stalls in its body gets 408 after `api.request_timeout_ms`; neither, even fifty at
+/// once, delays a real agent.
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_real_agents_stay_served() {
+    use flotilla_testkit::slow_client::send_and_stall;
+    use std::time::Duration;
+    let (_db, api) = common::start_with(|s| {
+        s.api.header_read_timeout_ms = 300;
+        s.api.request_timeout_ms = 500;
+    })
+    .await;
+    let (_, enroll) = api.create_environment("prod").await;
+    let (_, token) = api.enroll(&enroll, "real").await;
+
+    let head = b"GET /api/agent/config HTTP/1.1\r\nHost: flotilla\r\nX-Slow: ";
+    // An authenticated agent whose heartbeat body stops after its first bytes.
+    let body = format!(
+        "POST /api/agent/heartbeat HTTP/1.1\r\nHost: flotilla\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"pipelines\":"
+    );
+    let heads = futures_util::future::join_all((0..50).map(|_| send_and_stall(api.addr, head)));
+    let real = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        api.agent_config(&token).await.status
+    };
+    let (heads, stalled_body, real) =
+        tokio::join!(heads, send_and_stall(api.addr, body.as_bytes()), real);
+
+    assert_eq!(real, StatusCode::OK, "a real agent is served meanwhile");
+    for stalled in &heads {
+        assert!(
+            stalled.closed_after >= Duration::from_millis(300),
+            "cut off by the timeout, not before: {stalled:?}"
+        );
+        assert!(
+            stalled.answer.is_empty() || stalled.answer.starts_with("HTTP/1.1 408"),
+            "no request was served: {stalled:?}"
+        );
+    }
+    assert!(
+        stalled_body.answer.starts_with("HTTP/1.1 408"),
+        "a stalled body gets 408: {stalled_body:?}"
+    );
+    assert!(stalled_body.closed_after >= Duration::from_millis(500));
+}

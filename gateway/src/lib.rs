@@ -46,13 +46,12 @@ use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use flotilla_shared::http_server::{self, ServeOptions};
 use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
 use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -140,18 +139,21 @@ impl Gateway {
         tasks.spawn(heartbeat::run(state.clone(), background.clone()));
 
         let http_stop = CancellationToken::new();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(http_stop.clone().cancelled_owned());
-        let mut server = tokio::spawn(async move { server.await });
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(state.settings.header_read_timeout_ms),
+            nodelay: true,
+        };
+        let mut server = tokio::spawn(http_server::serve(
+            listener,
+            router(state.clone()),
+            options,
+            http_stop.clone().cancelled_owned(),
+        ));
 
         tokio::select! {
             result = &mut server => {
                 background.cancel();
-                result.context("server task")?.context("server")?;
+                result.context("server task")?;
                 return Ok(());
             }
             _ = shutdown.cancelled() => {}

@@ -536,3 +536,30 @@ async fn ten_thousand_bogus_tokens_cost_bounded_bcrypt_and_real_agents_still_con
         other => panic!("expected 429 for {cold}, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Handshakes whose request head never completes are cut off after
+/// `gateway.header_read_timeout_ms`, and real agents connect meanwhile.
+#[tokio::test]
+async fn stalled_handshakes_are_cut_off_and_real_agents_still_connect() {
+    use flotilla_testkit::slow_client::send_and_stall;
+    let t = setup(&[("header_read_timeout_ms", "300")]).await;
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let head = b"GET /api/agent/ws HTTP/1.1\r\nHost: flotilla\r\nUpgrade: websocket\r\n";
+    let stalled = futures_util::future::join_all((0..50).map(|_| send_and_stall(gw.addr, head)));
+    let real = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.connect(&t.redis, node, &token).await
+    };
+    let (stalled, (_ws, _)) = tokio::join!(stalled, real);
+    for s in &stalled {
+        assert!(
+            s.closed_after >= Duration::from_millis(300),
+            "cut off by the timeout, not before: {s:?}"
+        );
+        assert!(
+            s.answer.is_empty() || s.answer.starts_with("HTTP/1.1 408"),
+            "no handshake was answered: {s:?}"
+        );
+    }
+}

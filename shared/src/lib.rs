@@ -8,6 +8,7 @@
 //! - [`node_auth`]: node-token authentication with a warm cache that skips bcrypt.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
 //! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.
+//! - `http_server` (feature `server`): HTTP/1.1 serving with a header read timeout.
 //! - [`healthcheck`]: the `healthcheck` subcommand container health checks run.
 //! - [`close_codes`]: WebSocket close codes and what an agent should do on each.
 //! - [`channels`]: Redis channel and key names, and gateway control messages.
@@ -23,6 +24,8 @@ pub mod db;
 pub mod frames;
 pub mod fuzzing;
 pub mod healthcheck;
+#[cfg(feature = "server")]
+pub mod http_server;
 pub mod node_auth;
 pub mod presence;
 pub mod protocol;

@@ -76,6 +76,11 @@ pub struct ApiSettings {
     pub auth_failures_per_minute: u32,
     /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
     pub trust_forwarded_for: bool,
+    /// A connection whose request head has not arrived within this time is closed (slow or
+    /// idle clients).
+    pub header_read_timeout_ms: u64,
+    /// A request not answered within this time (a slow body included) gets 408.
+    pub request_timeout_ms: u64,
 }
 
 /// Settings of the gateway service.
@@ -119,6 +124,8 @@ pub struct GatewaySettings {
     pub auth_failures_per_minute: u32,
     /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
     pub trust_forwarded_for: bool,
+    /// A connection whose handshake request has not arrived within this time is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 /// Token hashing and the authentication cache.
@@ -193,6 +200,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.enroll_per_minute", "60"),
     ("api.auth_failures_per_minute", "100"),
     ("api.trust_forwarded_for", "false"),
+    ("api.header_read_timeout_ms", "30000"),
+    ("api.request_timeout_ms", "30000"),
     ("gateway.listen", "127.0.0.1:8081"),
     ("gateway.ping_interval_ms", "30000"),
     ("gateway.pong_timeout_ms", "40000"),
@@ -205,6 +214,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.handshake_queue_ms", "1000"),
     ("gateway.auth_failures_per_minute", "100"),
     ("gateway.trust_forwarded_for", "false"),
+    ("gateway.header_read_timeout_ms", "10000"),
     ("gateway.reconnect_limit", "10"),
     ("gateway.reconnect_window_secs", "60"),
     ("gateway.drain_batch", "500"),

@@ -11,6 +11,7 @@ pub mod db;
 pub mod listen;
 pub mod process;
 pub mod redis_server;
+pub mod slow_client;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;

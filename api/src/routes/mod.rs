@@ -19,12 +19,11 @@ use axum::Router;
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
 
-/// Requests taking longer than this (slow clients included) are answered 408.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The whole api.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.api.max_body_bytes;
+    // Requests taking longer than this (slow clients included) are answered 408.
+    let request_timeout = Duration::from_millis(state.settings.api.request_timeout_ms);
     Router::new()
         .merge(health::router())
         .merge(enroll::router())
@@ -43,7 +42,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
+            request_timeout,
         ))
         .with_state(state)
 }

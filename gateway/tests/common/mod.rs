@@ -42,6 +42,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "shutdown_grace_ms" => g.shutdown_grace_ms = value.parse().unwrap(),
             "max_pending_handshakes" => g.max_pending_handshakes = value.parse().unwrap(),
             "auth_failures_per_minute" => g.auth_failures_per_minute = value.parse().unwrap(),
+            "header_read_timeout_ms" => g.header_read_timeout_ms = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
     }
