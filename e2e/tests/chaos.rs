@@ -1,16 +1,18 @@
 //! Convergence under faults: K reference agents behind nginx and two gateways, operators
-//! changing things at random, while gateways are killed (`kill -9`) and drained (SIGTERM) and
-//! Redis restarts. Afterwards every agent runs exactly what the api says, every sample request
-//! has ended, presence matches the sockets, nothing panicked, and no operator request got a
-//! 5xx. The seed is printed; `FLOTILLA_CHAOS_SEED=<seed>` replays a run, and
+//! changing things at random, while gateways are killed (`kill -9`) and drained (SIGTERM),
+//! Redis restarts and Postgres becomes unreachable for a while. Afterwards every agent runs
+//! exactly what the api says, every sample request has ended, presence matches the sockets,
+//! nothing panicked, and no operator request got a 5xx except while Postgres was down. The seed is printed; `FLOTILLA_CHAOS_SEED=<seed>` replays a run, and
 //! `FLOTILLA_CHAOS_AGENTS` / `FLOTILLA_CHAOS_SECONDS` make it larger (defaults 20 and 20).
 
 use flotilla_agent::{Config, Tuning};
 use flotilla_e2e::{repo_root, Topology};
 use flotilla_shared::secret::Secret;
+use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::redis_server::RedisServer;
 use flotilla_testkit::{db, eventually};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -32,6 +34,10 @@ struct Operator {
     http: reqwest::Client,
     base: String,
     server_errors: Vec<String>,
+    /// Set while Postgres is deliberately unreachable: 5xx answers are expected then.
+    pg_down: bool,
+    /// 5xx answers while Postgres was down.
+    expected_errors: u32,
 }
 
 impl Operator {
@@ -48,22 +54,28 @@ impl Operator {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        match tokio::time::timeout(Duration::from_secs(10), req.send()).await {
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                let body = resp.json().await.unwrap_or(Value::Null);
-                if status.is_server_error() {
-                    self.server_errors
-                        .push(format!("{method} {path} → {status} {body}"));
+        let (status, body, error) =
+            match tokio::time::timeout(Duration::from_secs(10), req.send()).await {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let body = resp.json().await.unwrap_or(Value::Null);
+                    let error = status
+                        .is_server_error()
+                        .then(|| format!("{method} {path} → {status} {body}"));
+                    (status, body, error)
                 }
-                (status, body)
-            }
-            other => {
-                self.server_errors
-                    .push(format!("{method} {path} → no answer: {other:?}"));
-                (StatusCode::SERVICE_UNAVAILABLE, Value::Null)
-            }
+                other => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Value::Null,
+                    Some(format!("{method} {path} → no answer: {other:?}")),
+                ),
+            };
+        match error {
+            Some(_) if self.pg_down => self.expected_errors += 1,
+            Some(e) => self.server_errors.push(e),
+            None => {}
         }
+        (status, body)
     }
 }
 
@@ -85,7 +97,7 @@ fn tuning() -> Tuning {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_converges_after_gateway_and_redis_faults() {
+async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
     let seed: u64 = env_or("FLOTILLA_CHAOS_SEED", rand::random());
     let agents: usize = env_or("FLOTILLA_CHAOS_AGENTS", 20);
     let chaos = Duration::from_secs(env_or("FLOTILLA_CHAOS_SECONDS", 20));
@@ -98,9 +110,24 @@ async fn the_fleet_converges_after_gateway_and_redis_faults() {
         .try_init();
 
     let db = db::fresh().await;
+    // The services reach Postgres through a proxy the test can cut.
+    let (pg_target, pg_url) = {
+        let mut url = reqwest::Url::parse(&db.url).unwrap();
+        let port = url.port().unwrap_or(5432);
+        let host = url.host_str().unwrap().to_owned();
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = Proxy::start(target).await;
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        (proxy, url.to_string())
+    };
     let mut redis = RedisServer::start().await;
     let topo = Topology::start_with(
-        &db.url,
+        &pg_url,
         &redis.url(),
         ADMIN,
         &[
@@ -125,6 +152,8 @@ async fn the_fleet_converges_after_gateway_and_redis_faults() {
         http: reqwest::Client::new(),
         base: lb.clone(),
         server_errors: Vec::new(),
+        pg_down: false,
+        expected_errors: 0,
     };
     op.call(
         Method::PUT,
@@ -213,7 +242,15 @@ async fn the_fleet_converges_after_gateway_and_redis_faults() {
     let mut next_fault = Instant::now() + Duration::from_millis(rng.gen_range(500..1500));
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let mut changes = 0u32;
+    let mut pg_back: Option<Instant> = None;
+    let mut first_faults: Vec<u8> = (0..4).collect();
+    first_faults.shuffle(&mut rng);
     while started.elapsed() < chaos {
+        if pg_back.is_some_and(|at| Instant::now() >= at) {
+            pg_target.heal();
+            op.pg_down = false;
+            pg_back = None;
+        }
         let p = &pipelines[rng.gen_range(0..pipelines.len())];
         let n = &nodes[rng.gen_range(0..nodes.len())];
         match rng.gen_range(0..10) {
@@ -279,7 +316,9 @@ async fn the_fleet_converges_after_gateway_and_redis_faults() {
         changes += 1;
         if Instant::now() >= next_fault {
             let gw = rng.gen_range(1..=2u8);
-            match rng.gen_range(0..3) {
+            // Every kind of fault comes once, in random order, before any repeats.
+            let kind = first_faults.pop().unwrap_or_else(|| rng.gen_range(0..4));
+            match kind {
                 0 => {
                     topo.stop_gateway(gw, "KILL").unwrap();
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1200))).await;
@@ -291,17 +330,31 @@ async fn the_fleet_converges_after_gateway_and_redis_faults() {
                     topo.start_gateway(gw).unwrap();
                     *faults.entry("gateway SIGTERM drain + restart").or_default() += 1;
                 }
-                _ => {
+                2 => {
                     redis.restart().await;
                     *faults.entry("redis restart (data lost)").or_default() += 1;
                 }
+                _ if pg_back.is_none() => {
+                    // Operator changes go on meanwhile and get 503.
+                    pg_target.cut();
+                    op.pg_down = true;
+                    pg_back =
+                        Some(Instant::now() + Duration::from_millis(rng.gen_range(500..2500)));
+                    *faults.entry("postgres unreachable 0.5-2.5 s").or_default() += 1;
+                }
+                _ => {}
             }
             next_fault = Instant::now() + Duration::from_millis(rng.gen_range(1500..3000));
         } else {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(50..250))).await;
         }
     }
-    println!("faults: {faults:?}; operator changes: {changes}");
+    pg_target.heal();
+    op.pg_down = false;
+    println!(
+        "faults: {faults:?}; operator changes: {changes}, {} answered 5xx while Postgres was down",
+        op.expected_errors
+    );
     // A last deploy everyone must pick up, so convergence means "got the latest".
     for p in &pipelines {
         op.call(

@@ -6,6 +6,7 @@ use common::*;
 use flotilla_shared::close_codes::DRAINING;
 use flotilla_shared::presence;
 use flotilla_testkit::process::{self, Process};
+use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::redis_server::RedisServer;
 use flotilla_testkit::{db, eventually, redis_url, within};
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@ pub mod api;
 pub mod db;
 pub mod listen;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod slow_client;
 
