@@ -8,7 +8,7 @@ use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use flotilla_shared::node_auth::{AuthError, AuthedNode};
+use flotilla_shared::node_auth::{self, AuthError, AuthedNode, NodeCredentials};
 use flotilla_shared::rate_limit::client_address;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
@@ -118,28 +118,85 @@ impl FromRequestParts<AppState> for NodeCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let bearer = NodeBearer::from_request_parts(parts, state).await?;
+        let node = bearer
+            .authenticate(state, |lookup| async move {
+                let row = sqlx::query_as::<_, NodeCredentials>(
+                    "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1",
+                )
+                .bind(lookup)
+                .fetch_optional(&state.pool)
+                .await?;
+                Ok(row.map(|r| (r, ())))
+            })
+            .await?;
+        Ok(NodeCaller(node.0))
+    }
+}
+
+/// A node's bearer token, not yet checked, and where the request came from: for routes that
+/// read the node's credentials together with their own data
+/// ([`authenticate`](Self::authenticate)).
+pub struct NodeBearer {
+    token: String,
+    ip: Option<IpAddr>,
+}
+
+impl FromRequestParts<AppState> for NodeBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("Unauthorized"))?;
-        let ip = client_ip(parts, state);
+        Ok(NodeBearer {
+            token: token.to_owned(),
+            ip: client_ip(parts, state),
+        })
+    }
+}
+
+impl NodeBearer {
+    /// Authenticates the token against the credentials `read` returns for its lookup id, with
+    /// whatever else `read` fetched in the same query (`None`: no such node). The data never
+    /// leaves here unless the token is valid.
+    pub async fn authenticate<T, F, Fut>(
+        &self,
+        state: &AppState,
+        read: F,
+    ) -> Result<(AuthedNode, T), ApiError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<(NodeCredentials, T)>, sqlx::Error>>,
+    {
+        let invalid = || ApiError::Unauthorized("Unauthorized");
         let failures = &state.limits.auth_failures;
+        let failed = || {
+            if let Some(ip) = self.ip {
+                let _ = failures.hit(ip);
+            }
+            invalid()
+        };
+        let lookup = node_auth::lookup_id(&self.token).ok_or_else(failed)?;
+        let row = read(lookup.to_owned())
+            .await
+            .map_err(|e| ApiError::from(AuthError::Database(e)))?;
+        let (credentials, data) = match row {
+            Some((c, d)) => (Some(c), Some(d)),
+            None => (None, None),
+        };
         // An address over its failure budget gets no more bcrypt work; its warm (already
         // verified) agents keep working.
-        let result = if ip.is_some_and(|ip| failures.exhausted(ip)) {
-            match state.node_auth.authenticate_warm(token).await {
-                Ok(Some(node)) => Ok(node),
-                Ok(None) => return Err(ApiError::RateLimited(failures.retry_after().as_secs())),
-                Err(e) => Err(e),
-            }
-        } else {
-            state.node_auth.authenticate(token).await
-        };
-        match result {
-            Ok(node) => Ok(NodeCaller(node)),
-            Err(AuthError::Invalid) => {
-                if let Some(ip) = ip {
-                    let _ = failures.hit(ip);
-                }
-                Err(ApiError::Unauthorized("Unauthorized"))
-            }
+        let allow_cold = !self.ip.is_some_and(|ip| failures.exhausted(ip));
+        match state
+            .node_auth
+            .verify(&self.token, credentials.as_ref(), allow_cold)
+            .await
+        {
+            Ok(Some(node)) => Ok((node, data.ok_or_else(invalid)?)),
+            Ok(None) => Err(ApiError::RateLimited(failures.retry_after().as_secs())),
+            Err(AuthError::Invalid) => Err(failed()),
             Err(e) => Err(e.into()),
         }
     }

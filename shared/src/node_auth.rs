@@ -92,11 +92,23 @@ pub struct NodeAuthenticator {
     shared: Option<SharedVerifications>,
 }
 
-#[derive(sqlx::FromRow)]
-struct NodeRow {
-    id: Uuid,
-    environment_id: Uuid,
-    token_hash: String,
+/// A node's credentials as stored: what a token is checked against.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeCredentials {
+    /// The node.
+    pub id: Uuid,
+    /// Its environment.
+    pub environment_id: Uuid,
+    /// The lookup id it was read under.
+    pub token_lookup: String,
+    /// The bcrypt hash of its token's secret.
+    pub token_hash: String,
+}
+
+/// The lookup id of a well-formed node token (the indexed `nodes.token_lookup`), so a caller
+/// can read a node's credentials together with its own data in one query.
+pub fn lookup_id(token: &str) -> Option<&str> {
+    tokens::parse(NODE_PREFIX, token).map(|p| p.lookup)
 }
 
 impl NodeAuthenticator {
@@ -135,14 +147,31 @@ impl NodeAuthenticator {
 
     /// `Ok(None)`: the token is not warm and `allow_cold` is false.
     async fn lookup(&self, token: &str, allow_cold: bool) -> Result<Option<AuthedNode>, AuthError> {
-        let parsed = tokens::parse(NODE_PREFIX, token).ok_or(AuthError::Invalid)?;
-        let row = sqlx::query_as::<_, NodeRow>(
-            "SELECT id, environment_id, token_hash FROM nodes WHERE token_lookup = $1",
+        let lookup = lookup_id(token).ok_or(AuthError::Invalid)?;
+        let row = sqlx::query_as::<_, NodeCredentials>(
+            "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1",
         )
-        .bind(parsed.lookup)
+        .bind(lookup)
         .fetch_optional(&self.pool)
-        .await?
-        .ok_or(AuthError::Invalid)?;
+        .await?;
+        self.verify(token, row.as_ref(), allow_cold).await
+    }
+
+    /// Checks `token` against `row`, the credentials stored under its lookup id (`None`: no
+    /// such node), read by the caller. The same checks as [`authenticate`](Self::authenticate)
+    /// (or [`authenticate_warm`](Self::authenticate_warm) when `allow_cold` is false), minus
+    /// the read.
+    pub async fn verify(
+        &self,
+        token: &str,
+        row: Option<&NodeCredentials>,
+        allow_cold: bool,
+    ) -> Result<Option<AuthedNode>, AuthError> {
+        let parsed = tokens::parse(NODE_PREFIX, token).ok_or(AuthError::Invalid)?;
+        // A row read under another lookup id never vouches for this token.
+        let row = row
+            .filter(|r| r.token_lookup == parsed.lookup)
+            .ok_or(AuthError::Invalid)?;
         let node = AuthedNode {
             node_id: row.id,
             environment_id: row.environment_id,

@@ -1,12 +1,12 @@
 //! `GET /api/agent/config`: what the node must run, plus pending samples and actions.
 
 use crate::error::Result;
-use crate::extract::NodeCaller;
+use crate::extract::NodeBearer;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-#[allow(unused_imports)]
+use flotilla_shared::node_auth::NodeCredentials;
 use flotilla_shared::protocol::{
     ConfigResponse, PendingAction, PipelineConfig, SampleRequestConfig,
 };
@@ -18,29 +18,51 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/agent/config", get(config))
 }
 
+/// Everything a poll needs, read with the node's credentials in one round trip.
 #[derive(sqlx::FromRow)]
-struct NodeRow {
+struct PollRow {
+    #[sqlx(flatten)]
+    credentials: NodeCredentials,
     pending_action: Option<Value>,
     poll_interval_ms: i32,
+    // Deployed pipelines, as parallel arrays ordered by name; NULL when there are none.
+    pipeline_ids: Option<Vec<Uuid>>,
+    names: Option<Vec<String>>,
+    versions: Option<Vec<i32>>,
+    config_yamls: Option<Vec<String>>,
+    checksums: Option<Vec<String>>,
+    log_levels: Option<Vec<Option<String>>>,
+    samples: Option<sqlx::types::Json<Vec<SampleRequestConfig>>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct PipelineRow {
-    id: Uuid,
-    name: String,
-    version: i32,
-    config_yaml: String,
-    checksum: String,
-    log_level: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct SampleRow {
-    id: Uuid,
-    pipeline_id: Uuid,
-    component_keys: Vec<String>,
-    sample_limit: i32,
-}
+/// The poll: the node's row by its token's lookup id; the deployed pipelines of its
+/// environment whose selector its labels satisfy (none in maintenance); the pending sample
+/// requests of those pipelines.
+const POLL: &str = "
+SELECT n.id, n.environment_id, n.token_lookup, n.token_hash, n.pending_action,
+       (SELECT poll_interval_ms FROM settings) AS poll_interval_ms,
+       d.pipeline_ids, d.names, d.versions, d.config_yamls, d.checksums, d.log_levels,
+       CASE WHEN d.pipeline_ids IS NOT NULL THEN (
+         SELECT json_agg(json_build_object('requestId', r.id, 'pipelineId', r.pipeline_id,
+                                           'componentKeys', r.component_keys, 'limit', r.sample_limit)
+                         ORDER BY r.created_at)
+         FROM sample_requests r
+         WHERE r.status = 'PENDING' AND r.expires_at > now() AND r.pipeline_id = ANY(d.pipeline_ids)
+       ) END AS samples
+FROM nodes n
+LEFT JOIN LATERAL (
+  SELECT array_agg(p.id ORDER BY p.name) AS pipeline_ids,
+         array_agg(p.name ORDER BY p.name) AS names,
+         array_agg(v.version ORDER BY p.name) AS versions,
+         array_agg(v.config_yaml ORDER BY p.name) AS config_yamls,
+         array_agg(v.checksum ORDER BY p.name) AS checksums,
+         array_agg(v.log_level ORDER BY p.name) AS log_levels
+  FROM pipelines p
+  JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+  WHERE p.environment_id = n.environment_id AND NOT n.maintenance
+    AND (n.reported_labels || n.labels) @> v.node_selector
+) d ON true
+WHERE n.token_lookup = $1";
 
 #[utoipa::path(
     get,
@@ -49,74 +71,68 @@ struct SampleRow {
     responses((status = 200, body = ConfigResponse), crate::openapi::NodeErrors),
     security(("node_token" = []))
 )]
-async fn config(
-    State(state): State<AppState>,
-    NodeCaller(node): NodeCaller,
-) -> Result<Json<ConfigResponse>> {
-    let row: NodeRow = sqlx::query_as(
-        "SELECT pending_action, (SELECT poll_interval_ms FROM settings) AS poll_interval_ms FROM nodes WHERE id = $1",
-    )
-    .bind(node.node_id)
-    .fetch_one(&state.pool)
-    .await?;
-    // Deployed pipelines of the node's environment whose selector its labels satisfy;
-    // none while the node is in maintenance.
-    let pipelines: Vec<PipelineRow> = sqlx::query_as(
-        "SELECT p.id, p.name, v.version, v.config_yaml, v.checksum, v.log_level
-         FROM nodes n
-         JOIN pipelines p ON p.environment_id = n.environment_id
-         JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
-         WHERE n.id = $1 AND NOT n.maintenance AND (n.reported_labels || n.labels) @> v.node_selector
-         ORDER BY p.name",
-    )
-    .bind(node.node_id)
-    .fetch_all(&state.pool)
-    .await?;
-    let ids: Vec<Uuid> = pipelines.iter().map(|p| p.id).collect();
-    let samples: Vec<SampleRow> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT id, pipeline_id, component_keys, sample_limit FROM sample_requests
-             WHERE status = 'PENDING' AND expires_at > now() AND pipeline_id = ANY($1)
-             ORDER BY created_at",
-        )
-        .bind(&ids)
-        .fetch_all(&state.pool)
-        .await?
-    };
+async fn config(State(state): State<AppState>, bearer: NodeBearer) -> Result<Json<ConfigResponse>> {
+    // One round trip: the token is checked against the credentials in the same row.
+    let (node, row) = bearer
+        .authenticate(&state, |lookup| async {
+            let row = sqlx::query_as::<_, PollRow>(POLL)
+                .bind(lookup)
+                .fetch_optional(&state.pool)
+                .await?;
+            Ok(row.map(|r| (r.credentials.clone(), r)))
+        })
+        .await?;
     let pending_action = pending_action(&state, node.node_id, row.pending_action).await?;
+    let pipelines = pipeline_configs(
+        row.pipeline_ids.unwrap_or_default(),
+        row.names.unwrap_or_default(),
+        row.versions.unwrap_or_default(),
+        row.config_yamls.unwrap_or_default(),
+        row.checksums.unwrap_or_default(),
+        row.log_levels.unwrap_or_default(),
+    );
+    let samples = row.samples.map(|s| s.0).unwrap_or_default();
 
     Ok(Json(ConfigResponse {
-        pipelines: pipelines
-            .into_iter()
-            .map(|p| PipelineConfig {
-                pipeline_id: p.id,
-                pipeline_name: p.name,
-                version: p.version,
-                config_yaml: p.config_yaml,
-                checksum: p.checksum,
-                log_level: p.log_level,
-                secrets: None,
-                cert_files: None,
-            })
-            .collect(),
+        pipelines,
         poll_interval_ms: row.poll_interval_ms as u64,
         websocket_url: state.settings.api.public_ws_url.clone(),
         secret_backend: "BUILTIN".into(),
-        sample_requests: (!samples.is_empty()).then(|| {
-            samples
-                .into_iter()
-                .map(|s| SampleRequestConfig {
-                    request_id: s.id,
-                    pipeline_id: s.pipeline_id,
-                    component_keys: s.component_keys,
-                    limit: s.sample_limit as u32,
-                })
-                .collect()
-        }),
+        sample_requests: (!samples.is_empty()).then_some(samples),
         pending_action,
     }))
+}
+
+/// Pipeline configs from the poll's parallel arrays.
+fn pipeline_configs(
+    ids: Vec<Uuid>,
+    names: Vec<String>,
+    versions: Vec<i32>,
+    yamls: Vec<String>,
+    checksums: Vec<String>,
+    log_levels: Vec<Option<String>>,
+) -> Vec<PipelineConfig> {
+    ids.into_iter()
+        .zip(names)
+        .zip(versions)
+        .zip(yamls)
+        .zip(checksums)
+        .zip(log_levels)
+        .map(
+            |(((((pipeline_id, pipeline_name), version), config_yaml), checksum), log_level)| {
+                PipelineConfig {
+                    pipeline_id,
+                    pipeline_name,
+                    version,
+                    config_yaml,
+                    checksum,
+                    log_level,
+                    secrets: None,
+                    cert_files: None,
+                }
+            },
+        )
+        .collect()
 }
 
 /// The node's pending action. A restart is handed out once (it is consumed by this poll);
