@@ -31,6 +31,40 @@ fn clip(s: Option<String>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
+/// A heartbeat's writes. A self-update is settled by an error report or by reaching the target
+/// version; statuses of pipelines outside the node's environment are dropped by the join.
+const HEARTBEAT: &str = "
+WITH node AS (
+  UPDATE nodes SET
+    agent_version = coalesce($2, agent_version),
+    vector_version = coalesce($3, vector_version),
+    deployment_mode = coalesce($4, deployment_mode),
+    reported_labels = coalesce($5, reported_labels),
+    status = 'HEALTHY',
+    last_seen = now(),
+    last_update_error = CASE
+        WHEN $6::text IS NOT NULL THEN $6
+        WHEN pending_action->>'type' = 'self_update' AND $2 = pending_action->>'targetVersion' THEN NULL
+        ELSE last_update_error END,
+    pending_action = CASE
+        WHEN pending_action->>'type' = 'self_update'
+             AND ($6::text IS NOT NULL OR $2 = pending_action->>'targetVersion') THEN NULL
+        ELSE pending_action END
+  WHERE id = $1
+),
+gone AS (
+  DELETE FROM node_pipeline_status WHERE node_id = $1 AND NOT (pipeline_id = ANY($7))
+)
+INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
+SELECT $1, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
+FROM UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[])
+     AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
+JOIN pipelines p ON p.id = t.pipeline_id AND p.environment_id = $14
+ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
+   version = excluded.version, status = excluded.status, pid = excluded.pid,
+   uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
+   metrics = excluded.metrics, updated_at = excluded.updated_at";
+
 #[utoipa::path(
     post,
     path = "/api/agent/heartbeat",
@@ -63,35 +97,6 @@ async fn heartbeat(
     }
     let update_error = clip(hb.update_error, 4096);
 
-    let mut tx = state.pool.begin().await?;
-    // A self-update is settled by an error report or by reaching the target version.
-    sqlx::query(
-        "UPDATE nodes SET
-            agent_version = coalesce($2, agent_version),
-            vector_version = coalesce($3, vector_version),
-            deployment_mode = coalesce($4, deployment_mode),
-            reported_labels = coalesce($5, reported_labels),
-            status = 'HEALTHY',
-            last_seen = now(),
-            last_update_error = CASE
-                WHEN $6::text IS NOT NULL THEN $6
-                WHEN pending_action->>'type' = 'self_update' AND $2 = pending_action->>'targetVersion' THEN NULL
-                ELSE last_update_error END,
-            pending_action = CASE
-                WHEN pending_action->>'type' = 'self_update'
-                     AND ($6::text IS NOT NULL OR $2 = pending_action->>'targetVersion') THEN NULL
-                ELSE pending_action END
-         WHERE id = $1",
-    )
-    .bind(node.node_id)
-    .bind(clip(hb.agent_version, 128))
-    .bind(clip(hb.vector_version, 128))
-    .bind(clip(hb.deployment_mode, 64))
-    .bind(hb.labels.map(|l| serde_json::json!(l)))
-    .bind(update_error)
-    .execute(&mut *tx)
-    .await?;
-
     // Last report of a pipeline wins if an agent lists it twice.
     let statuses: BTreeMap<Uuid, &PipelineStatus> =
         hb.pipelines.iter().map(|p| (p.pipeline_id, p)).collect();
@@ -105,27 +110,15 @@ async fn heartbeat(
         .map(|p| clip(p.config_checksum.clone(), 128))
         .collect();
     let metrics: Vec<serde_json::Value> = statuses.values().map(|p| metrics(p)).collect();
-    sqlx::query(
-        "DELETE FROM node_pipeline_status WHERE node_id = $1 AND NOT (pipeline_id = ANY($2))",
-    )
-    .bind(node.node_id)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    if !ids.is_empty() {
-        // Statuses of pipelines outside the node's environment are dropped by the join.
-        sqlx::query(
-            "INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
-             SELECT $1, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
-             FROM UNNEST($2::uuid[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::jsonb[])
-                  AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
-             JOIN pipelines p ON p.id = t.pipeline_id AND p.environment_id = $9
-             ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
-                version = excluded.version, status = excluded.status, pid = excluded.pid,
-                uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
-                metrics = excluded.metrics, updated_at = excluded.updated_at",
-        )
+    // One statement, so one round trip and atomic: the node's row, then its pipeline statuses
+    // replaced by the reported ones (the DELETE and the upsert touch disjoint rows).
+    sqlx::query(HEARTBEAT)
         .bind(node.node_id)
+        .bind(clip(hb.agent_version, 128))
+        .bind(clip(hb.vector_version, 128))
+        .bind(clip(hb.deployment_mode, 64))
+        .bind(hb.labels.map(|l| serde_json::json!(l)))
+        .bind(update_error)
         .bind(&ids)
         .bind(&versions)
         .bind(&states)
@@ -134,10 +127,8 @@ async fn heartbeat(
         .bind(&checksums)
         .bind(&metrics)
         .bind(node.environment_id)
-        .execute(&mut *tx)
+        .execute(&state.pool)
         .await?;
-    }
-    tx.commit().await?;
     crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
 
     if let Some(results) = hb.sample_results {
