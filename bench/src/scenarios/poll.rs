@@ -1,11 +1,13 @@
 //! `poll`: agents polling `GET /api/agent/config` and posting heartbeats back to back.
 //!
-//! A warm-up pass polls once with every token (caches warm), then `--concurrency` workers
-//! poll for `--secs` seconds, cycling through the tokens, every `--heartbeat-every`-th request
-//! a heartbeat. No push sockets are involved, so no gateway runs.
+//! `--pipelines` pipelines selecting every node are deployed first, so each poll returns real
+//! configs. A warm-up pass polls once with every token (caches warm), then `--concurrency`
+//! workers poll for `--secs` seconds, cycling through the tokens, every `--heartbeat-every`-th
+//! request a heartbeat. No push sockets are involved, so no gateway runs.
 
 use super::{agents_or_all, fleet, machine};
 use crate::fleet::bar;
+use crate::operator::Operator;
 use crate::services;
 use crate::stats::Dist;
 use serde_json::{json, Value};
@@ -32,6 +34,9 @@ pub struct Args {
     /// Every n-th request is a heartbeat instead of a config poll.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_every: usize,
+    /// Pipelines deployed to every node before polling.
+    #[arg(long, default_value_t = 1)]
+    pub pipelines: usize,
     #[command(flatten)]
     pub common: crate::Common,
 }
@@ -50,6 +55,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let agents = agents_or_all(args.agents, &fleet);
     let api = services::api(common, &[]).await?;
     let base = format!("http://{}", api.addr);
+    let operator = Operator::new(api.addr)?;
+    for i in 0..args.pipelines {
+        let name = format!("poll-{i}-{}", uuid::Uuid::new_v4());
+        let pipeline = operator
+            .create_pipeline(fleet.environment_id, &name, json!({}))
+            .await?;
+        operator.deploy(pipeline).await?;
+    }
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(args.concurrency)
@@ -111,6 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "scenario": "poll",
         "agents": agents,
         "concurrency": args.concurrency,
+        "pipelines": args.pipelines,
         "warmup": {
             "seconds": warm_seconds,
             "statuses": warm_tally.statuses,
