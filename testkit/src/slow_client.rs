@@ -15,6 +15,21 @@ pub struct Stalled {
     pub closed_after: Duration,
 }
 
+impl Stalled {
+    /// Asserts the server closed the connection because of its `timeout`: not before it, and
+    /// without answering anything but 408.
+    pub fn assert_cut_off_by(&self, timeout: Duration) {
+        assert!(
+            self.closed_after >= timeout,
+            "cut off by the timeout, not before: {self:?}"
+        );
+        assert!(
+            self.answer.is_empty() || self.answer.starts_with("HTTP/1.1 408"),
+            "nothing but 408 was answered: {self:?}"
+        );
+    }
+}
+
 /// Connects to `addr`, sends `partial` (an unfinished request) and nothing more, and waits for
 /// the server to close the connection; panics if it is still open after [`crate::STEP`].
 pub async fn send_and_stall(addr: SocketAddr, partial: &[u8]) -> Stalled {
