@@ -9,6 +9,7 @@ use flotilla_testkit::process::{self, Process};
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::redis_server::RedisServer;
 use flotilla_testkit::{db, eventually, redis_url, within};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -427,4 +428,56 @@ async fn an_idle_socket_costs_the_gateway_a_few_kib() {
     let per_socket = (after.saturating_sub(before)) as f64 / MEASURED as f64;
     println!("gateway RSS {before} KiB -> {after} KiB: {per_socket:.2} KiB per idle socket");
     assert!(per_socket <= 4.0, "{per_socket:.2} KiB per idle socket");
+}
+
+/// Redis drops the gateway's subscription while the gateway's connection stays open and silent
+/// (no error, no end of stream): the heartbeat's probe reaches no subscriber, the gateway
+/// reconnects and resubscribes, and pushes flow again to the socket it kept.
+#[tokio::test]
+async fn a_silently_dead_subscription_is_found_by_the_probe_and_replaced() {
+    let db = db::fresh().await;
+    let direct = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&direct);
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("redis URL is host:port");
+    let proxy = Proxy::start(target).await;
+    let through_proxy = settings(
+        &db.url,
+        &format!("redis://{}", proxy.addr),
+        &[("heartbeat_interval_ms", "200")],
+    );
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let gw = gateway(through_proxy).await;
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    let first = frame("deploy");
+    publish_until_delivered(&redis, node, &first).await;
+    assert_eq!(next_text(&mut ws).await, first);
+    let connects = || gw.state.counters().pubsub_connects.load(Ordering::Relaxed);
+    let before = connects();
+
+    proxy.deafen_subscribers();
+    let channel = flotilla_shared::channels::node_channel(node);
+    let subscribers = || async {
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("NUMSUB").arg(&channel);
+        let (_, count): (String, i64) = redis.query(&cmd).await.expect("PUBSUB NUMSUB");
+        count
+    };
+    eventually(
+        "Redis dropped the subscription",
+        Duration::from_secs(3),
+        || async { (subscribers().await == 0).then_some(()) },
+    )
+    .await;
+
+    let second = frame("labels");
+    publish_until_delivered(&redis, node, &second).await;
+    assert_eq!(
+        next_text(&mut ws).await,
+        second,
+        "the same socket gets pushes again"
+    );
+    assert!(connects() > before, "the subscription was replaced");
 }

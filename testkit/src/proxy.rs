@@ -1,16 +1,24 @@
-//! A TCP proxy a test can cut, to make a server unreachable without losing its data.
+//! A TCP proxy a test can cut, to make a server unreachable without losing its data, or use to
+//! make a Redis subscription go silently deaf.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
-/// A TCP proxy that can cut every connection through it and refuse new ones, to make a server
-/// unreachable without losing its data.
+/// A TCP proxy that can cut every connection through it and refuse new ones.
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    task: tokio::task::JoinHandle<()>,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    deafen: Arc<Notify>,
+    /// Client sides of deafened connections, kept open so their owners notice nothing.
+    parked: Arc<Mutex<Vec<TcpStream>>>,
+    task: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -18,44 +26,53 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
-            Default::default();
-        let (c, k) = (cut.clone(), conns.clone());
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let deafen = Arc::new(Notify::new());
+        let parked: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, k, d, p) = (cut.clone(), conns.clone(), deafen.clone(), parked.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if c.load(std::sync::atomic::Ordering::SeqCst) {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection close at once
                 }
-                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
                 };
                 let mut conns = k.lock().unwrap();
                 conns.retain(|c| !c.is_finished());
-                conns.push(tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }));
+                conns.push(tokio::spawn(relay(inbound, outbound, d.clone(), p.clone())));
             }
         });
         Self {
             addr,
             cut,
             conns,
+            deafen,
+            parked,
             task,
         }
     }
 
     /// Drops every proxied connection and refuses new ones.
     pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(true, Ordering::SeqCst);
         for conn in self.conns.lock().unwrap().drain(..) {
             conn.abort();
         }
+        self.parked.lock().unwrap().clear();
     }
 
     /// Lets connections through again.
     pub fn heal(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Closes the server side of every connection that has sent a Redis `SUBSCRIBE` and keeps
+    /// the client side open and silent: the server drops the subscription, the client hears
+    /// nothing. Later connections pass normally.
+    pub fn deafen_subscribers(&self) {
+        self.deafen.notify_waiters();
     }
 }
 
@@ -63,5 +80,54 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
         self.task.abort();
+    }
+}
+
+/// Copies both ways until either side ends, or until deafened once the client subscribed.
+async fn relay(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    deafen: Arc<Notify>,
+    parked: Arc<Mutex<Vec<TcpStream>>>,
+) {
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let subscribed = AtomicBool::new(false);
+    let deafened = {
+        let upstream = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = in_read.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                if buf[..n]
+                    .windows(9)
+                    .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                {
+                    subscribed.store(true, Ordering::SeqCst);
+                }
+                out_write.write_all(&buf[..n]).await?;
+            }
+        };
+        let downstream = tokio::io::copy(&mut out_read, &mut in_write);
+        let deaf = async {
+            loop {
+                deafen.notified().await;
+                if subscribed.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = upstream => false,
+            _ = downstream => false,
+            () = deaf => true,
+        }
+    };
+    if deafened {
+        drop((out_read, out_write));
+        let client = in_read.reunite(in_write).expect("halves of one stream");
+        parked.lock().unwrap().push(client);
     }
 }

@@ -43,6 +43,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "max_pending_handshakes" => g.max_pending_handshakes = value.parse().unwrap(),
             "auth_failures_per_minute" => g.auth_failures_per_minute = value.parse().unwrap(),
             "header_read_timeout_ms" => g.header_read_timeout_ms = value.parse().unwrap(),
+            "heartbeat_interval_ms" => g.heartbeat_interval_ms = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
     }
