@@ -51,16 +51,18 @@ SELECT n.id, n.environment_id, n.token_lookup, n.token_hash, n.pending_action,
        ) END AS samples
 FROM nodes n
 LEFT JOIN LATERAL (
-  SELECT array_agg(p.id ORDER BY p.name) AS pipeline_ids,
-         array_agg(p.name ORDER BY p.name) AS names,
-         array_agg(v.version ORDER BY p.name) AS versions,
-         array_agg(v.config_yaml ORDER BY p.name) AS config_yamls,
-         array_agg(v.checksum ORDER BY p.name) AS checksums,
-         array_agg(v.log_level ORDER BY p.name) AS log_levels
-  FROM pipelines p
-  JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
-  WHERE p.environment_id = n.environment_id AND NOT n.maintenance
-    AND (n.reported_labels || n.labels) @> v.node_selector
+  -- Aggregated in the order of the sorted subquery (one sort for all six arrays).
+  SELECT array_agg(m.id) AS pipeline_ids, array_agg(m.name) AS names,
+         array_agg(m.version) AS versions, array_agg(m.config_yaml) AS config_yamls,
+         array_agg(m.checksum) AS checksums, array_agg(m.log_level) AS log_levels
+  FROM (
+    SELECT p.id, p.name, v.version, v.config_yaml, v.checksum, v.log_level
+    FROM pipelines p
+    JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+    WHERE p.environment_id = n.environment_id AND NOT n.maintenance
+      AND (n.reported_labels || n.labels) @> v.node_selector
+    ORDER BY p.name
+  ) m
 ) d ON true
 WHERE n.token_lookup = $1";
 
