@@ -38,6 +38,26 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
+/// A JSON body read (within the size limit) but not parsed yet, for handlers that must
+/// authenticate before they answer anything about the body.
+#[derive(Debug, Clone)]
+pub struct JsonBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(JsonBody)
+    }
+}
+
+impl JsonBody {
+    /// Parses it, with the same 400 errors as [`Json`].
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_json(&self.0)
+    }
+}
+
 /// Whether a JSON text holds a `\u0000` escape (a NUL character, which Postgres text and
 /// jsonb cannot store) rather than, say, an escaped backslash followed by "u0000".
 fn has_nul_escape(bytes: &[u8]) -> bool {
@@ -121,12 +141,10 @@ impl FromRequestParts<AppState> for NodeCaller {
         let bearer = NodeBearer::from_request_parts(parts, state).await?;
         let node = bearer
             .authenticate(state, |lookup| async move {
-                let row = sqlx::query_as::<_, NodeCredentials>(
-                    "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1",
-                )
-                .bind(lookup)
-                .fetch_optional(&state.pool)
-                .await?;
+                let row = sqlx::query_as::<_, NodeCredentials>(node_auth::CREDENTIALS)
+                    .bind(lookup)
+                    .fetch_optional(&state.pool)
+                    .await?;
                 Ok(row.map(|r| (r, ())))
             })
             .await?;
@@ -158,6 +176,15 @@ impl FromRequestParts<AppState> for NodeBearer {
 }
 
 impl NodeBearer {
+    /// For a token verified before by this process: its lookup id and the hash it was verified
+    /// against (see [`NodeAuthenticator::warm_hash`]).
+    ///
+    /// [`NodeAuthenticator::warm_hash`]: flotilla_shared::node_auth::NodeAuthenticator::warm_hash
+    pub async fn warm(&self, state: &AppState) -> Option<(String, std::sync::Arc<str>)> {
+        let (lookup, hash) = state.node_auth.warm_hash(&self.token).await?;
+        Some((lookup.to_owned(), hash))
+    }
+
     /// Authenticates the token against the credentials `read` returns for its lookup id, with
     /// whatever else `read` fetched in the same query (`None`: no such node). The data never
     /// leaves here unless the token is valid.

@@ -167,6 +167,43 @@ async fn a_warm_token_costs_no_bcrypt_and_a_rotated_hash_is_rejected_at_once() {
     assert_eq!(api.agent_config(&issued.token).await.status, StatusCode::OK);
 }
 
+/// A warm heartbeat is checked by its own write (the row must still carry the hash the token
+/// was verified against): after the hash changes under the same lookup id, nothing is written.
+#[tokio::test]
+async fn a_warm_heartbeat_writes_nothing_once_the_hash_changed() {
+    let (db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h1").await;
+    let beat = |version: &str| {
+        api.call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(json!({"agentVersion": version, "pipelines": []})),
+        )
+    };
+    assert_eq!(beat("1.0.0").await.status, StatusCode::OK);
+    assert_eq!(beat("1.0.1").await.status, StatusCode::OK); // warm now
+
+    let other = flotilla_shared::tokens::hash_secret("another-secret".into(), 4)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE nodes SET token_hash = $2 WHERE id = $1::uuid")
+        .bind(&node_id)
+        .bind(&other)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(beat("6.6.6").await.status, StatusCode::UNAUTHORIZED);
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT agent_version FROM nodes WHERE id = $1::uuid")
+            .bind(&node_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(version.as_deref(), Some("1.0.1"));
+}
+
 #[tokio::test]
 async fn a_rotated_enrollment_token_is_rejected_immediately() {
     let (_db, api) = common::start().await;

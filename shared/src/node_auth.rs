@@ -105,6 +105,10 @@ pub struct NodeCredentials {
     pub token_hash: String,
 }
 
+/// Reads a node's [`NodeCredentials`] by lookup id (`$1`).
+pub const CREDENTIALS: &str =
+    "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1";
+
 /// The lookup id of a well-formed node token (the indexed `nodes.token_lookup`), so a caller
 /// can read a node's credentials together with its own data in one query.
 pub fn lookup_id(token: &str) -> Option<&str> {
@@ -145,15 +149,23 @@ impl NodeAuthenticator {
         self.lookup(token, false).await
     }
 
+    /// For a token verified before (warm in this process): its lookup id and the bcrypt hash it
+    /// was verified against. A caller may then act in one statement on the row carrying exactly
+    /// that lookup id and hash, which proves the token as [`verify`](Self::verify) would;
+    /// revocation (row gone) and rotation (hash changed) match no row.
+    pub async fn warm_hash<'t>(&self, token: &'t str) -> Option<(&'t str, Arc<str>)> {
+        let lookup = lookup_id(token)?;
+        let hash = self.cache.get(&tokens::sha256(token)).await?;
+        Some((lookup, hash))
+    }
+
     /// `Ok(None)`: the token is not warm and `allow_cold` is false.
     async fn lookup(&self, token: &str, allow_cold: bool) -> Result<Option<AuthedNode>, AuthError> {
         let lookup = lookup_id(token).ok_or(AuthError::Invalid)?;
-        let row = sqlx::query_as::<_, NodeCredentials>(
-            "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1",
-        )
-        .bind(lookup)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS)
+            .bind(lookup)
+            .fetch_optional(&self.pool)
+            .await?;
         self.verify(token, row.as_ref(), allow_cold).await
     }
 

@@ -1,15 +1,16 @@
 //! `POST /api/agent/heartbeat`: versions, labels, pipeline statuses, update errors.
 
 use crate::error::{ApiError, Result};
-use crate::extract::{Json, NodeCaller};
+use crate::extract::{JsonBody, NodeBearer};
 use crate::routes::agent_samples;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-#[allow(unused_imports)]
+use flotilla_shared::node_auth::{AuthedNode, NodeCredentials, CREDENTIALS};
 use flotilla_shared::protocol::{Heartbeat, Ok, PipelineStatus};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 /// Heartbeat route.
@@ -31,8 +32,12 @@ fn clip(s: Option<String>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
-/// A heartbeat's writes. A self-update is settled by an error report or by reaching the target
-/// version; statuses of pipelines outside the node's environment are dropped by the join.
+/// A heartbeat's writes, on the row of the token's lookup id (`$1`) only if it still carries the
+/// hash the token was verified against (`$14`): revoked or rotated since, nothing is written and
+/// no row comes back. A self-update is settled by an error report or by reaching the target
+/// version; the node's pipeline statuses are replaced by the reported ones (the DELETE and the
+/// upsert touch disjoint rows); statuses of pipelines outside the node's environment are
+/// dropped by the join.
 const HEARTBEAT: &str = "
 WITH node AS (
   UPDATE nodes SET
@@ -50,20 +55,118 @@ WITH node AS (
         WHEN pending_action->>'type' = 'self_update'
              AND ($6::text IS NOT NULL OR $2 = pending_action->>'targetVersion') THEN NULL
         ELSE pending_action END
-  WHERE id = $1
+  WHERE token_lookup = $1 AND token_hash = $14
+  RETURNING id, environment_id
 ),
 gone AS (
-  DELETE FROM node_pipeline_status WHERE node_id = $1 AND NOT (pipeline_id = ANY($7))
+  DELETE FROM node_pipeline_status s USING node
+  WHERE s.node_id = node.id AND NOT (s.pipeline_id = ANY($7))
+),
+reported AS (
+  INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
+  SELECT node.id, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
+  FROM node,
+       UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[])
+         AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
+  JOIN pipelines p ON p.id = t.pipeline_id
+  WHERE p.environment_id = node.environment_id
+  ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
+     version = excluded.version, status = excluded.status, pid = excluded.pid,
+     uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
+     metrics = excluded.metrics, updated_at = excluded.updated_at
 )
-INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
-SELECT $1, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
-FROM UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[])
-     AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
-JOIN pipelines p ON p.id = t.pipeline_id AND p.environment_id = $14
-ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
-   version = excluded.version, status = excluded.status, pid = excluded.pid,
-   uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
-   metrics = excluded.metrics, updated_at = excluded.updated_at";
+SELECT id AS node_id, environment_id FROM node";
+
+/// What a heartbeat writes, bound once and usable for either authentication path.
+struct Report<'a> {
+    agent_version: Option<String>,
+    vector_version: Option<String>,
+    deployment_mode: Option<String>,
+    labels: Option<serde_json::Value>,
+    update_error: Option<String>,
+    ids: Vec<Uuid>,
+    versions: Vec<i32>,
+    states: Vec<&'a str>,
+    pids: Vec<Option<i64>>,
+    uptimes: Vec<Option<i64>>,
+    checksums: Vec<Option<String>>,
+    metrics: Vec<serde_json::Value>,
+}
+
+impl<'a> Report<'a> {
+    /// Validates the heartbeat and prepares its columns.
+    fn of(hb: &'a Heartbeat) -> Result<Self> {
+        if hb.pipelines.len() > MAX_PIPELINES {
+            return Err(ApiError::bad_request(
+                "Invalid request body",
+                serde_json::json!({ "path": "pipelines", "reason": "too many pipelines" }),
+            ));
+        }
+        if let Some(labels) = &hb.labels {
+            crate::selector::validate_labels("labels", &serde_json::json!(labels)).map_err(
+                |_| {
+                    ApiError::bad_request(
+                        "Invalid request body",
+                        serde_json::json!({ "path": "labels" }),
+                    )
+                },
+            )?;
+        }
+        if let Some(results) = &hb.sample_results {
+            agent_samples::validate(results, "sampleResults")?;
+        }
+        // Last report of a pipeline wins if an agent lists it twice.
+        let statuses: BTreeMap<Uuid, &PipelineStatus> =
+            hb.pipelines.iter().map(|p| (p.pipeline_id, p)).collect();
+        Ok(Report {
+            agent_version: clip(hb.agent_version.clone(), 128),
+            vector_version: clip(hb.vector_version.clone(), 128),
+            deployment_mode: clip(hb.deployment_mode.clone(), 64),
+            labels: hb.labels.as_ref().map(|l| serde_json::json!(l)),
+            update_error: clip(hb.update_error.clone(), 4096),
+            ids: statuses.keys().copied().collect(),
+            versions: statuses.values().map(|p| p.version).collect(),
+            states: statuses.values().map(|p| p.status.as_str()).collect(),
+            pids: statuses.values().map(|p| p.pid).collect(),
+            uptimes: statuses.values().map(|p| p.uptime_seconds).collect(),
+            checksums: statuses
+                .values()
+                .map(|p| clip(p.config_checksum.clone(), 128))
+                .collect(),
+            metrics: statuses.values().map(|p| metrics(p)).collect(),
+        })
+    }
+
+    /// Writes it to the node of `lookup` if that row still carries `hash`; the node, or `None`.
+    async fn write(
+        &self,
+        state: &AppState,
+        lookup: &str,
+        hash: &str,
+    ) -> Result<Option<AuthedNode>> {
+        let row: Option<(Uuid, Uuid)> = sqlx::query_as(HEARTBEAT)
+            .bind(lookup)
+            .bind(&self.agent_version)
+            .bind(&self.vector_version)
+            .bind(&self.deployment_mode)
+            .bind(&self.labels)
+            .bind(&self.update_error)
+            .bind(&self.ids)
+            .bind(&self.versions)
+            .bind(&self.states)
+            .bind(&self.pids)
+            .bind(&self.uptimes)
+            .bind(&self.checksums)
+            .bind(&self.metrics)
+            .bind(hash)
+            .fetch_optional(&state.pool)
+            .await?;
+        Ok(row.map(|(node_id, environment_id)| AuthedNode {
+            node_id,
+            environment_id,
+        }))
+    }
+}
 
 #[utoipa::path(
     post,
@@ -75,60 +178,50 @@ ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
 )]
 async fn heartbeat(
     State(state): State<AppState>,
-    NodeCaller(node): NodeCaller,
-    Json(hb): Json<Heartbeat>,
+    bearer: NodeBearer,
+    body: JsonBody,
 ) -> Result<axum::Json<Ok>> {
-    if hb.pipelines.len() > MAX_PIPELINES {
-        return Err(ApiError::bad_request(
-            "Invalid request body",
-            serde_json::json!({ "path": "pipelines", "reason": "too many pipelines" }),
-        ));
-    }
-    if let Some(labels) = &hb.labels {
-        crate::selector::validate_labels("labels", &serde_json::json!(labels)).map_err(|_| {
-            ApiError::bad_request(
-                "Invalid request body",
-                serde_json::json!({ "path": "labels" }),
-            )
-        })?;
-    }
-    if let Some(results) = &hb.sample_results {
-        agent_samples::validate(results, "sampleResults")?;
-    }
-    let update_error = clip(hb.update_error, 4096);
-
-    // Last report of a pipeline wins if an agent lists it twice.
-    let statuses: BTreeMap<Uuid, &PipelineStatus> =
-        hb.pipelines.iter().map(|p| (p.pipeline_id, p)).collect();
-    let ids: Vec<Uuid> = statuses.keys().copied().collect();
-    let versions: Vec<i32> = statuses.values().map(|p| p.version).collect();
-    let states: Vec<&str> = statuses.values().map(|p| p.status.as_str()).collect();
-    let pids: Vec<Option<i64>> = statuses.values().map(|p| p.pid).collect();
-    let uptimes: Vec<Option<i64>> = statuses.values().map(|p| p.uptime_seconds).collect();
-    let checksums: Vec<Option<String>> = statuses
-        .values()
-        .map(|p| clip(p.config_checksum.clone(), 128))
-        .collect();
-    let metrics: Vec<serde_json::Value> = statuses.values().map(|p| metrics(p)).collect();
-    // One statement, so one round trip and atomic: the node's row, then its pipeline statuses
-    // replaced by the reported ones (the DELETE and the upsert touch disjoint rows).
-    sqlx::query(HEARTBEAT)
-        .bind(node.node_id)
-        .bind(clip(hb.agent_version, 128))
-        .bind(clip(hb.vector_version, 128))
-        .bind(clip(hb.deployment_mode, 64))
-        .bind(hb.labels.map(|l| serde_json::json!(l)))
-        .bind(update_error)
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&states)
-        .bind(&pids)
-        .bind(&uptimes)
-        .bind(&checksums)
-        .bind(&metrics)
-        .bind(node.environment_id)
-        .execute(&state.pool)
-        .await?;
+    // A warm token (verified before by this process) is checked by the write itself: one
+    // round trip. Otherwise, or if the row no longer carries the hash it was verified against,
+    // the full check runs first, so an unknown token gets 401 before anything about its body.
+    let warm = match bearer.warm(&state).await {
+        Some((lookup, hash)) => {
+            let hb: Heartbeat = body.parse()?;
+            let report = Report::of(&hb)?;
+            report
+                .write(&state, &lookup, &hash)
+                .await?
+                .map(|node| (node, hb))
+        }
+        None => None,
+    };
+    let (node, hb) = match warm {
+        Some(done) => {
+            let counters = state.node_auth.counters();
+            counters.warm_hits.fetch_add(1, Ordering::Relaxed);
+            done
+        }
+        None => {
+            let pool = &state.pool;
+            let (_, credentials) = bearer
+                .authenticate(&state, |lookup| async move {
+                    let row = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS)
+                        .bind(lookup)
+                        .fetch_optional(pool)
+                        .await?;
+                    Ok(row.map(|r| (r.clone(), r)))
+                })
+                .await?;
+            let hb: Heartbeat = body.parse()?;
+            let report = Report::of(&hb)?;
+            let written = report
+                .write(&state, &credentials.token_lookup, &credentials.token_hash)
+                .await?;
+            // Revoked or rotated between the check and the write.
+            let node = written.ok_or(ApiError::Unauthorized("Unauthorized"))?;
+            (node, hb)
+        }
+    };
     crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
 
     if let Some(results) = hb.sample_results {
