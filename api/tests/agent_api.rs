@@ -397,9 +397,15 @@ async fn heartbeat_records_state_and_settles_self_updates() {
         .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
         .await
         .body;
+    let pipelines = node["pipelines"].as_array().unwrap();
+    assert_eq!(pipelines.len(), 1);
     assert_eq!(
-        node["pipelines"],
-        json!([{"pipelineId": p1, "version": 1, "status": "RUNNING"}])
+        (
+            &pipelines[0]["pipelineId"],
+            &pipelines[0]["version"],
+            &pipelines[0]["status"]
+        ),
+        (&json!(p1), &json!(1), &json!("RUNNING"))
     );
 
     // Bad status values are a 400, not a 500.
@@ -558,4 +564,42 @@ async fn a_bootstrap_environment_accepts_its_configured_enrollment_token() {
         .await
         .unwrap();
     assert_eq!(names, ["demo"]);
+}
+
+/// The log lines an agent reports for a pipeline are kept, bounded (the last 20, 1,000
+/// characters each), and shown on the node, not in the fleet listing.
+#[tokio::test]
+async fn recent_logs_are_kept_bounded_and_shown_on_the_node() {
+    let (_db, api) = common::start().await;
+    let (env_id, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h").await;
+    let p = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let mut lines: Vec<serde_json::Value> = (0..24).map(|i| json!(format!("line {i}"))).collect();
+    lines.push(json!({"level": "error", "message": "bind failed"}));
+    lines.push(json!("x".repeat(5000)));
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(json!({"pipelines": [{"pipelineId": p, "version": 1, "status": "CRASHED", "recentLogs": lines}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let node = api
+        .admin(Method::GET, &format!("/api/v1/fleet/{node_id}"), None)
+        .await
+        .body;
+    let logs = node["pipelines"][0]["recentLogs"].as_array().unwrap();
+    assert_eq!(logs.len(), 20);
+    assert_eq!(logs[0], "line 6");
+    assert_eq!(logs[18], r#"{"level":"error","message":"bind failed"}"#);
+    assert_eq!(logs[19].as_str().unwrap().len(), 1000);
+    assert_eq!(node["pipelines"][0]["status"], "CRASHED");
+
+    let fleet = api.admin(Method::GET, "/api/v1/fleet", None).await.body;
+    let listed = &fleet["nodes"][0]["pipelines"][0];
+    assert_eq!(listed["status"], "CRASHED");
+    assert!(listed.get("recentLogs").is_none(), "{listed}");
 }

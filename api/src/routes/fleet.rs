@@ -67,13 +67,24 @@ pub struct NodeView {
     connected_since: Option<DateTime<Utc>>,
 }
 
-const SELECT_NODES: &str = "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
+/// Nodes with their pipelines' statuses; `{detail}` adds fields to each pipeline.
+fn select_nodes(detail: &str) -> String {
+    format!(
+        "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
         n.vector_version, n.os, n.deployment_mode, (n.reported_labels || n.labels) AS labels, n.maintenance,
         n.pending_action, n.last_update_error, n.enrolled_at,
-        coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status)
+        coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status{detail})
                                   ORDER BY s.pipeline_id)
                   FROM node_pipeline_status s WHERE s.node_id = n.id), '[]'::json)::jsonb AS pipelines
-     FROM nodes n";
+     FROM nodes n"
+    )
+}
+
+/// One node's pipelines also carry what the agent last reported about them (the list leaves
+/// these out: with 20 log lines each they would dominate a large fleet's listing).
+const PIPELINE_DETAIL: &str =
+    ", 'configChecksum', s.config_checksum, 'uptimeSeconds', s.uptime_seconds,
+        'metrics', s.metrics, 'recentLogs', s.recent_logs, 'updatedAt', s.updated_at";
 
 /// Fills in push-channel presence for all nodes with one Redis round trip. Redis being down
 /// leaves every node shown as not connected rather than failing the page.
@@ -99,7 +110,8 @@ async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) -> Vec<NodeVi
 /// Loads nodes (optionally of one environment), presence included.
 pub async fn load_nodes(state: &AppState, environment: Option<Uuid>) -> Result<Vec<NodeView>> {
     let nodes: Vec<NodeView> = sqlx::query_as(&format!(
-        "{SELECT_NODES} WHERE $1::uuid IS NULL OR n.environment_id = $1 ORDER BY n.host, n.id"
+        "{} WHERE $1::uuid IS NULL OR n.environment_id = $1 ORDER BY n.host, n.id",
+        select_nodes("")
     ))
     .bind(environment)
     .fetch_all(&state.pool)
@@ -108,11 +120,14 @@ pub async fn load_nodes(state: &AppState, environment: Option<Uuid>) -> Result<V
 }
 
 async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
-    let node: NodeView = sqlx::query_as(&format!("{SELECT_NODES} WHERE n.id = $1"))
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(ApiError::NotFound("node"))?;
+    let node: NodeView = sqlx::query_as(&format!(
+        "{} WHERE n.id = $1",
+        select_nodes(PIPELINE_DETAIL)
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("node"))?;
     Ok(with_presence(state, vec![node]).await.remove(0))
 }
 

@@ -28,6 +28,32 @@ fn metrics(p: &PipelineStatus) -> serde_json::Value {
     })
 }
 
+/// Log lines kept per pipeline, and characters kept per line.
+const MAX_LOG_LINES: usize = 20;
+const MAX_LOG_LINE: usize = 1000;
+
+/// The last [`MAX_LOG_LINES`] reported log lines as a JSON array of strings (an entry that is
+/// not a string is kept as its JSON text); `None` when none were reported.
+fn recent_logs(p: &PipelineStatus) -> Option<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = match p.recent_logs.as_ref()? {
+        serde_json::Value::Array(lines) => lines.clone(),
+        serde_json::Value::Null => return None,
+        line => vec![line.clone()],
+    };
+    let kept = lines.len().saturating_sub(MAX_LOG_LINES);
+    let lines: Vec<serde_json::Value> = lines[kept..]
+        .iter()
+        .map(|line| {
+            let text = match line {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            serde_json::Value::String(text.chars().take(MAX_LOG_LINE).collect())
+        })
+        .collect();
+    (!lines.is_empty()).then_some(serde_json::Value::Array(lines))
+}
+
 fn clip(s: Option<String>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
@@ -63,17 +89,17 @@ gone AS (
   WHERE s.node_id = node.id AND NOT (s.pipeline_id = ANY($7))
 ),
 reported AS (
-  INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
-  SELECT node.id, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
+  INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, recent_logs, updated_at)
+  SELECT node.id, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, t.logs, now()
   FROM node,
-       UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[])
-         AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
+       UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[], $15::jsonb[])
+         AS t(pipeline_id, version, status, pid, uptime, checksum, metrics, logs)
   JOIN pipelines p ON p.id = t.pipeline_id
   WHERE p.environment_id = node.environment_id
   ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
      version = excluded.version, status = excluded.status, pid = excluded.pid,
      uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
-     metrics = excluded.metrics, updated_at = excluded.updated_at
+     metrics = excluded.metrics, recent_logs = excluded.recent_logs, updated_at = excluded.updated_at
 )
 SELECT id AS node_id, environment_id FROM node";
 
@@ -91,6 +117,7 @@ struct Report<'a> {
     uptimes: Vec<Option<i64>>,
     checksums: Vec<Option<String>>,
     metrics: Vec<serde_json::Value>,
+    logs: Vec<Option<serde_json::Value>>,
 }
 
 impl<'a> Report<'a> {
@@ -134,6 +161,7 @@ impl<'a> Report<'a> {
                 .map(|p| clip(p.config_checksum.clone(), 128))
                 .collect(),
             metrics: statuses.values().map(|p| metrics(p)).collect(),
+            logs: statuses.values().map(|p| recent_logs(p)).collect(),
         })
     }
 
@@ -159,6 +187,7 @@ impl<'a> Report<'a> {
             .bind(&self.checksums)
             .bind(&self.metrics)
             .bind(hash)
+            .bind(&self.logs)
             .fetch_optional(&state.pool)
             .await?;
         Ok(row.map(|(node_id, environment_id)| AuthedNode {
