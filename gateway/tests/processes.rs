@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use flotilla_shared::close_codes::DRAINING;
 use flotilla_shared::presence;
+use flotilla_shared::redis_conn::Redis;
 use flotilla_testkit::process::{self, Process};
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::redis_server::RedisServer;
@@ -299,19 +300,25 @@ async fn a_gateway_started_while_redis_is_down_catches_up_when_it_returns() {
     assert_eq!(next_text(&mut ws).await, f);
 }
 
-#[tokio::test]
-async fn a_socket_closed_while_redis_is_unreachable_is_released_once_it_is_back() {
+/// A fresh database, a Redis handle straight to the test Redis, a proxy to it, and an
+/// in-process gateway (with `overrides`) that reaches Redis only through the proxy.
+async fn behind_a_redis_proxy(overrides: &[(&str, &str)]) -> (db::TestDb, Redis, Proxy, Gw) {
     let db = db::fresh().await;
-    let direct = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&direct);
+    let redis = redis(&settings(&db.url, &redis_url(), &[]));
     let target = redis_url()
         .trim_start_matches("redis://")
         .parse()
         .expect("redis URL is host:port");
     let proxy = Proxy::start(target).await;
-    let through_proxy = settings(&db.url, &format!("redis://{}", proxy.addr), &[]);
-    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let through_proxy = settings(&db.url, &format!("redis://{}", proxy.addr), overrides);
     let gw = gateway(through_proxy).await;
+    (db, redis, proxy, gw)
+}
+
+#[tokio::test]
+async fn a_socket_closed_while_redis_is_unreachable_is_released_once_it_is_back() {
+    let (db, redis, proxy, gw) = behind_a_redis_proxy(&[]).await;
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
     let (mut ws, _) = gw.connect(&redis, node, &token).await;
 
     proxy.cut();
@@ -332,23 +339,10 @@ async fn a_socket_closed_while_redis_is_unreachable_is_released_once_it_is_back(
 
 #[tokio::test]
 async fn a_socket_opened_while_redis_is_unreachable_shows_once_it_is_back() {
-    let db = db::fresh().await;
-    let direct = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&direct);
-    let target = redis_url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("redis URL is host:port");
-    let proxy = Proxy::start(target).await;
     // A long liveness TTL: the key survives the outage, so only the failed claim can trigger
     // the restore.
-    let through_proxy = settings(
-        &db.url,
-        &format!("redis://{}", proxy.addr),
-        &[("liveness_ttl_ms", "30000")],
-    );
+    let (db, redis, proxy, gw) = behind_a_redis_proxy(&[("liveness_ttl_ms", "30000")]).await;
     let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
-    let gw = gateway(through_proxy).await;
     eventually(
         "the gateway is alive in Redis",
         Duration::from_secs(3),
@@ -435,21 +429,8 @@ async fn an_idle_socket_costs_the_gateway_a_few_kib() {
 /// reconnects and resubscribes, and pushes flow again to the socket it kept.
 #[tokio::test]
 async fn a_silently_dead_subscription_is_found_by_the_probe_and_replaced() {
-    let db = db::fresh().await;
-    let direct = settings(&db.url, &redis_url(), &[]);
-    let redis = redis(&direct);
-    let target = redis_url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("redis URL is host:port");
-    let proxy = Proxy::start(target).await;
-    let through_proxy = settings(
-        &db.url,
-        &format!("redis://{}", proxy.addr),
-        &[("heartbeat_interval_ms", "200")],
-    );
+    let (db, redis, proxy, gw) = behind_a_redis_proxy(&[("heartbeat_interval_ms", "200")]).await;
     let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
-    let gw = gateway(through_proxy).await;
     let (mut ws, _) = gw.connect(&redis, node, &token).await;
     let first = frame("deploy");
     publish_until_delivered(&redis, node, &first).await;
