@@ -140,6 +140,18 @@ impl Element<'_> {
             .map(drop)
     }
 
+    /// Its rendered text.
+    pub async fn text(&self) -> anyhow::Result<String> {
+        let path = format!("/element/{}/text", self.id);
+        Ok(self
+            .session
+            .command(reqwest::Method::GET, &path, None)
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// An attribute's value.
     pub async fn attr(&self, name: &str) -> anyhow::Result<Option<String>> {
         let path = format!("/element/{}/attribute/{name}", self.id);

@@ -105,8 +105,11 @@ async fn the_ws_badge_follows_the_agent_live() {
         .json()
         .await
         .unwrap();
-    let status =
-        |s: &str| json!({"pipelines": [{"pipelineId": pipeline["id"], "version": 1, "status": s}]});
+    let status = |s: &str| {
+        let logs = (s == "CRASHED")
+            .then(|| json!(["starting", "error: address 0.0.0.0:9000 already in use"]));
+        json!({"pipelines": [{"pipelineId": pipeline["id"], "version": 1, "status": s, "recentLogs": logs}]})
+    };
     for ((_, t), s) in nodes.iter().zip(["RUNNING", "CRASHED", "RUNNING"]) {
         http.post(format!("{lb}/api/agent/heartbeat"))
             .bearer_auth(t)
@@ -180,6 +183,33 @@ async fn the_ws_badge_follows_the_agent_live() {
     let out = repo_root().join("test-output");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("fleet-page.png"), &shot).unwrap();
+
+    // A pipeline's pill opens what its node last reported, recent logs included.
+    let crashed = format!(r#"tr[data-node-id="{}"] button.pill"#, nodes[1].0);
+    client.find(&crashed).await.unwrap().click().await.unwrap();
+    let logs = eventually(
+        "the crashed pipeline's logs",
+        Duration::from_secs(5),
+        || async {
+            let text = client
+                .find("#pipeline-logs")
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("already in use").then_some(text)
+        },
+    )
+    .await;
+    assert!(logs.starts_with("starting"), "{logs}");
+    client
+        .find("#pipeline button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 
     // Disconnect cleanly: the badge vanishes.
     push.close().await;
