@@ -182,15 +182,10 @@ async fn a_gateway_restart_reconnects_and_picks_up_a_deploy_made_while_disconnec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_vector_binary_is_reported_as_a_crashed_pipeline() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
-    config.vector_bin = sandbox.dir.join("no-such-vector");
-    let agent = TestAgent::start(config);
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, env, _sandbox, agent, node_id) = connected(|config, sandbox| {
+        config.vector_bin = sandbox.dir.join("no-such-vector");
+    })
+    .await;
     let pipeline = stack.deploy_new(&env, &yaml("x")).await;
     eventually(
         "the pipeline is reported CRASHED",
@@ -209,13 +204,7 @@ async fn a_missing_vector_binary_is_reported_as_a_crashed_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_pipeline_is_restarted_with_backoff() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     let pipeline = stack
         .deploy_new(&env, &format!("{}# fake_crash\n", yaml("c")))
         .await;

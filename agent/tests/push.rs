@@ -56,13 +56,7 @@ async fn a_poll_interval_push_changes_the_poll_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sample_request_completes_end_to_end() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, env, _sandbox, agent, node_id) = connected(|_, _| {}).await;
     let pipeline = stack
         .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\n")
         .await;
@@ -147,16 +141,11 @@ async fn a_sample_request_completes_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_agent_keeps_one_connection_for_many_keepalive_periods() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
-    // The gateway pings every 300 ms (pongs every 200 ms); any frame resets this deadline.
-    config.tuning.read_deadline = Duration::from_millis(700);
-    let agent = TestAgent::start(config);
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, _, _sandbox, agent, node_id) = connected(|config, _| {
+        // The gateway pings every 300 ms (pongs every 200 ms); any frame resets this deadline.
+        config.tuning.read_deadline = Duration::from_millis(700);
+    })
+    .await;
     // 4 s: over a dozen ping periods and several read deadlines.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let counters = stack.gateway().state.counters();
@@ -183,13 +172,7 @@ async fn an_idle_agent_keeps_one_connection_for_many_keepalive_periods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_node_stops_its_push_channel() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, _, _sandbox, agent, node_id) = connected(|_, _| {}).await;
     let r = stack
         .api
         .admin(Method::DELETE, &format!("/api/v1/fleet/{node_id}"), None)
@@ -252,13 +235,7 @@ async fn two_agents_sharing_a_token_take_turns_slowly_instead_of_looping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_action_restarts_every_pipeline() {
-    init_logs();
-    let stack = Stack::start().await;
-    let (env, enrollment) = stack.environment().await;
-    let sandbox = Sandbox::new();
-    let agent = TestAgent::start(TestAgent::config(&stack, &sandbox, &enrollment));
-    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
-    stack.wait_connected(&node_id).await;
+    let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     stack
         .deploy_new(&env, "sources:\n  a:\n    type: demo_logs\n")
         .await;

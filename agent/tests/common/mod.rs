@@ -427,3 +427,21 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The set-up most agent tests share: a stack, an environment, and one agent enrolled into it
+/// (its config adjusted by `tweak`) whose push channel is connected. Returns
+/// `(stack, environment id, sandbox, agent, node id)`; keep the sandbox alive while the agent runs.
+pub async fn connected(
+    tweak: impl FnOnce(&mut Config, &Sandbox),
+) -> (Stack, String, Sandbox, TestAgent, String) {
+    init_logs();
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+    let sandbox = Sandbox::new();
+    let mut config = TestAgent::config(&stack, &sandbox, &enrollment);
+    tweak(&mut config, &sandbox);
+    let agent = TestAgent::start(config);
+    let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
+    stack.wait_connected(&node_id).await;
+    (stack, env, sandbox, agent, node_id)
+}
