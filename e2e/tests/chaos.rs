@@ -1,9 +1,11 @@
 //! Convergence under faults: K reference agents behind nginx and two gateways, operators
 //! changing things at random, while gateways are killed (`kill -9`) and drained (SIGTERM),
-//! Redis restarts and Postgres becomes unreachable for a while. Afterwards every agent runs
-//! exactly what the api says, every sample request has ended, presence matches the sockets,
-//! nothing panicked, and no operator request got a 5xx except while Postgres was down. The seed is printed; `FLOTILLA_CHAOS_SEED=<seed>` replays a run, and
-//! `FLOTILLA_CHAOS_AGENTS` / `FLOTILLA_CHAOS_SECONDS` make it larger (defaults 20 and 20).
+//! Redis restarts, Postgres becomes unreachable for a while, and agents restart (dropping
+//! their connections). Afterwards every agent runs exactly what the api says, every sample
+//! request has ended, presence matches the sockets, nothing panicked, and no operator request
+//! got a 5xx except while Postgres was down. The seed is printed;
+//! `FLOTILLA_CHAOS_SEED=<seed>` replays a run, and `FLOTILLA_CHAOS_AGENTS` /
+//! `FLOTILLA_CHAOS_SECONDS` make it larger (defaults 20 and 20).
 
 use flotilla_agent::{Config, Tuning};
 use flotilla_e2e::{repo_root, Topology};
@@ -97,7 +99,7 @@ fn tuning() -> Tuning {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
+async fn the_fleet_converges_under_faults() {
     let seed: u64 = env_or("FLOTILLA_CHAOS_SEED", rand::random());
     let agents: usize = env_or("FLOTILLA_CHAOS_AGENTS", 20);
     let chaos = Duration::from_secs(env_or("FLOTILLA_CHAOS_SECONDS", 20));
@@ -179,6 +181,8 @@ async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
     let vector = repo_root().join("agent/tests/fixtures/vector");
     let stop_agents = CancellationToken::new();
     let mut data_dirs: Vec<PathBuf> = Vec::new();
+    let mut configs = Vec::new();
+    let mut stops = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..agents {
         let data = scratch.join(format!("agent-{i}"));
@@ -188,10 +192,13 @@ async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
         config.poll_interval = Duration::from_secs(1);
         config.tuning = tuning();
         data_dirs.push(data);
+        let stop = stop_agents.child_token();
         tasks.push(tokio::spawn(flotilla_agent::run(
-            config,
-            stop_agents.child_token(),
+            config.clone(),
+            stop.clone(),
         )));
+        configs.push(config);
+        stops.push(stop);
     }
     let tokens: Vec<String> =
         eventually("every agent enrolled", Duration::from_secs(30), || async {
@@ -243,7 +250,7 @@ async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let mut changes = 0u32;
     let mut pg_back: Option<Instant> = None;
-    let mut first_faults: Vec<u8> = (0..4).collect();
+    let mut first_faults: Vec<u8> = (0..5).collect();
     first_faults.shuffle(&mut rng);
     while started.elapsed() < chaos {
         if pg_back.is_some_and(|at| Instant::now() >= at) {
@@ -317,7 +324,7 @@ async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
         if Instant::now() >= next_fault {
             let gw = rng.gen_range(1..=2u8);
             // Every kind of fault comes once, in random order, before any repeats.
-            let kind = first_faults.pop().unwrap_or_else(|| rng.gen_range(0..4));
+            let kind = first_faults.pop().unwrap_or_else(|| rng.gen_range(0..5));
             match kind {
                 0 => {
                     topo.stop_gateway(gw, "KILL").unwrap();
@@ -333,6 +340,25 @@ async fn the_fleet_converges_after_gateway_redis_and_postgres_faults() {
                 2 => {
                     redis.restart().await;
                     *faults.entry("redis restart (data lost)").or_default() += 1;
+                }
+                3 => {
+                    // Agents restart: their sockets and HTTP connections drop, and they come
+                    // back from their data dirs.
+                    for _ in 0..rng.gen_range(1..=3) {
+                        let i = rng.gen_range(0..agents);
+                        stops[i].cancel();
+                        let ended = tokio::time::timeout(Duration::from_secs(10), &mut tasks[i])
+                            .await
+                            .expect("agent stops")
+                            .unwrap();
+                        assert!(ended.is_ok(), "agent ended with {ended:?}");
+                        stops[i] = stop_agents.child_token();
+                        tasks[i] =
+                            tokio::spawn(flotilla_agent::run(configs[i].clone(), stops[i].clone()));
+                    }
+                    *faults
+                        .entry("agents restarted (connections dropped)")
+                        .or_default() += 1;
                 }
                 _ if pg_back.is_none() => {
                     // Operator changes go on meanwhile and get 503.
