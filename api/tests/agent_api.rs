@@ -114,15 +114,18 @@ async fn agent_endpoints_reject_missing_wrong_and_revoked_tokens() {
         api.agent_config(&token).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let r = api
-        .call(
-            Method::POST,
-            "/api/agent/heartbeat",
-            Some(&token),
-            Some(json!({"pipelines": []})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A heartbeat, well-formed or not, from the revoked (still cached) token: 401.
+    for body in [json!({"pipelines": []}), json!({"pipelines": "nope"})] {
+        let r = api
+            .call(
+                Method::POST,
+                "/api/agent/heartbeat",
+                Some(&token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    }
 }
 
 #[tokio::test]

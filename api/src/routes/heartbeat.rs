@@ -210,18 +210,22 @@ async fn heartbeat(
     bearer: NodeBearer,
     body: JsonBody,
 ) -> Result<axum::Json<Ok>> {
-    // A warm token (verified before by this process) is checked by the write itself: one
-    // round trip. Otherwise, or if the row no longer carries the hash it was verified against,
-    // the full check runs first, so an unknown token gets 401 before anything about its body.
+    // A warm token (verified before by this process) with a valid body is checked by the write
+    // itself: one round trip. Otherwise (a cold token, a bad body, or a row that no longer
+    // carries the hash the token was verified against) the full check runs first, so a token
+    // that is not valid gets 401 before anything is said about its body.
     let warm = match bearer.warm(&state).await {
-        Some((lookup, hash)) => {
-            let hb: Heartbeat = body.parse()?;
-            let report = Report::of(&hb)?;
-            report
-                .write(&state, &lookup, &hash)
-                .await?
-                .map(|node| (node, hb))
-        }
+        Some((lookup, hash)) => match body.parse::<Heartbeat>() {
+            Ok(hb) => match Report::of(&hb) {
+                Ok(report) => report
+                    .write(&state, &lookup, &hash)
+                    .await?
+                    .map(|node| (node, hb)),
+                // A bad body is answered after the full check, as for any token.
+                Err(_) => None,
+            },
+            Err(_) => None,
+        },
         None => None,
     };
     let (node, hb) = match warm {
