@@ -35,10 +35,10 @@ const MAX_LOG_LINE: usize = 1000;
 /// The last [`MAX_LOG_LINES`] reported log lines as a JSON array of strings (an entry that is
 /// not a string is kept as its JSON text); `None` when none were reported.
 fn recent_logs(p: &PipelineStatus) -> Option<serde_json::Value> {
-    let lines: Vec<serde_json::Value> = match p.recent_logs.as_ref()? {
-        serde_json::Value::Array(lines) => lines.clone(),
+    let lines: &[serde_json::Value] = match p.recent_logs.as_ref()? {
+        serde_json::Value::Array(lines) => lines,
         serde_json::Value::Null => return None,
-        line => vec![line.clone()],
+        line => std::slice::from_ref(line),
     };
     let kept = lines.len().saturating_sub(MAX_LOG_LINES);
     let lines: Vec<serde_json::Value> = lines[kept..]
