@@ -8,7 +8,7 @@ use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use flotilla_shared::node_auth::{self, AuthError, AuthedNode, NodeCredentials};
+use flotilla_shared::node_auth::{self, AuthError, AuthedNode, BudgetedError, NodeCredentials};
 use flotilla_shared::rate_limit::client_address;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
@@ -197,35 +197,30 @@ impl NodeBearer {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<Option<(NodeCredentials, T)>, sqlx::Error>>,
     {
-        let invalid = || ApiError::Unauthorized("Unauthorized");
-        let failures = &state.limits.auth_failures;
-        let failed = || {
-            if let Some(ip) = self.ip {
-                let _ = failures.hit(ip);
-            }
-            invalid()
+        // A malformed token reads nothing and fails (and counts) in the check.
+        let row = match node_auth::lookup_id(&self.token) {
+            Some(lookup) => read(lookup.to_owned())
+                .await
+                .map_err(|e| ApiError::from(AuthError::Database(e)))?,
+            None => None,
         };
-        let lookup = node_auth::lookup_id(&self.token).ok_or_else(failed)?;
-        let row = read(lookup.to_owned())
-            .await
-            .map_err(|e| ApiError::from(AuthError::Database(e)))?;
-        let (credentials, data) = match row {
-            Some((c, d)) => (Some(c), Some(d)),
-            None => (None, None),
-        };
-        // An address over its failure budget gets no more bcrypt work; its warm (already
-        // verified) agents keep working.
-        let allow_cold = !self.ip.is_some_and(|ip| failures.exhausted(ip));
-        match state
+        let (credentials, data) = row.unzip();
+        let node = state
             .node_auth
-            .verify(&self.token, credentials.as_ref(), allow_cold)
+            .verify_budgeted(
+                &self.token,
+                credentials.as_ref(),
+                self.ip,
+                &state.limits.auth_failures,
+            )
             .await
-        {
-            Ok(Some(node)) => Ok((node, data.ok_or_else(invalid)?)),
-            Ok(None) => Err(ApiError::RateLimited(failures.retry_after().as_secs())),
-            Err(AuthError::Invalid) => Err(failed()),
-            Err(e) => Err(e.into()),
-        }
+            .map_err(|e| match e {
+                BudgetedError::OverBudget(wait) => ApiError::RateLimited(wait.as_secs()),
+                BudgetedError::Auth(e) => e.into(),
+            })?;
+        // A verified node was read with its data.
+        let data = data.ok_or(ApiError::Unauthorized("Unauthorized"))?;
+        Ok((node, data))
     }
 }
 

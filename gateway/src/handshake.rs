@@ -13,7 +13,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use flotilla_shared::node_auth::{AuthError, AuthedNode};
+use flotilla_shared::node_auth::{AuthError, AuthedNode, BudgetedError};
 use flotilla_shared::rate_limit::client_address;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -76,30 +76,19 @@ async fn accept(
         .map_err(|_| Rejection::Busy)?
         .map_err(|_| Rejection::Busy)?;
     let token = bearer(headers).ok_or(Rejection::Unauthorized)?;
-    let failures = &state.auth_failures;
-    // An address over its failure budget gets no more bcrypt work; its agents whose tokens
-    // were verified before keep connecting.
-    let result = match ip {
-        Some(ip) if failures.exhausted(ip) => match state.auth.authenticate_warm(token).await {
-            Ok(Some(node)) => Ok(node),
-            Ok(None) => return Err(Rejection::TooManyFailures(failures.retry_after())),
-            Err(e) => Err(e),
-        },
-        _ => state.auth.authenticate(token).await,
-    };
-    let node = result.map_err(|e| match e {
-        AuthError::Invalid => {
-            if let Some(ip) = ip {
-                let _ = failures.hit(ip);
+    let node = state
+        .auth
+        .authenticate_budgeted(token, ip, &state.auth_failures)
+        .await
+        .map_err(|e| match e {
+            BudgetedError::OverBudget(wait) => Rejection::TooManyFailures(wait),
+            BudgetedError::Auth(AuthError::Invalid) => Rejection::Unauthorized,
+            BudgetedError::Auth(AuthError::Busy) => Rejection::Busy,
+            BudgetedError::Auth(AuthError::Database(e)) => {
+                tracing::warn!(error = %e, "database unavailable during a handshake");
+                Rejection::Unavailable
             }
-            Rejection::Unauthorized
-        }
-        AuthError::Busy => Rejection::Busy,
-        AuthError::Database(e) => {
-            tracing::warn!(error = %e, "database unavailable during a handshake");
-            Rejection::Unavailable
-        }
-    })?;
+        })?;
     state
         .reconnects
         .check(node.node_id, tokio::time::Instant::now())

@@ -8,11 +8,13 @@
 //! again until the shared entry expires.
 
 use crate::channels::verified_token_key;
+use crate::rate_limit::RateLimiter;
 use crate::redis_conn::Redis;
 use crate::settings::AuthSettings;
 use crate::tokens::{self, NODE_PREFIX};
 use moka::future::Cache;
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,18 @@ pub enum AuthError {
     /// Postgres could not be asked.
     #[error("database unavailable")]
     Database(#[from] sqlx::Error),
+}
+
+/// Why a budgeted authentication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetedError {
+    /// The token is not valid, or it could not be checked.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The source address is over its failure budget and the token would need bcrypt; retry
+    /// after this long.
+    #[error("too many failed authentications")]
+    OverBudget(Duration),
 }
 
 /// Counters exposed as metrics and used by tests.
@@ -138,15 +152,49 @@ impl NodeAuthenticator {
 
     /// Authenticates a bearer token.
     pub async fn authenticate(&self, token: &str) -> Result<AuthedNode, AuthError> {
+        let row = self.read(token).await?;
         // With cold verification allowed, `None` cannot come back; treat it as a failure anyway.
-        self.lookup(token, true).await?.ok_or(AuthError::Invalid)
+        self.verify(token, row.as_ref(), true)
+            .await?
+            .ok_or(AuthError::Invalid)
     }
 
-    /// Like [`authenticate`](Self::authenticate) but never runs bcrypt: `Ok(None)` when the
-    /// token would need a cold verification. For callers that are over a failure budget, so
-    /// a flood of wrong secrets costs no CPU while warm agents keep working.
-    pub async fn authenticate_warm(&self, token: &str) -> Result<Option<AuthedNode>, AuthError> {
-        self.lookup(token, false).await
+    /// Authenticates a token sent from `ip`, which has a budget of failed authentications
+    /// (`failures`); see [`verify_budgeted`](Self::verify_budgeted).
+    pub async fn authenticate_budgeted(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        failures: &RateLimiter,
+    ) -> Result<AuthedNode, BudgetedError> {
+        let row = self.read(token).await.map_err(BudgetedError::Auth)?;
+        self.verify_budgeted(token, row.as_ref(), ip, failures)
+            .await
+    }
+
+    /// Like [`verify`](Self::verify), on behalf of a source address with a budget of failed
+    /// authentications: each failure counts against `ip`, and an address over its budget gets
+    /// no bcrypt work, so a flood of wrong secrets costs no CPU while its warm (already
+    /// verified) agents keep working.
+    pub async fn verify_budgeted(
+        &self,
+        token: &str,
+        row: Option<&NodeCredentials>,
+        ip: Option<IpAddr>,
+        failures: &RateLimiter,
+    ) -> Result<AuthedNode, BudgetedError> {
+        let allow_cold = !ip.is_some_and(|ip| failures.exhausted(ip));
+        match self.verify(token, row, allow_cold).await {
+            Ok(Some(node)) => Ok(node),
+            Ok(None) => Err(BudgetedError::OverBudget(failures.retry_after())),
+            Err(AuthError::Invalid) => {
+                if let Some(ip) = ip {
+                    let _ = failures.hit(ip);
+                }
+                Err(BudgetedError::Auth(AuthError::Invalid))
+            }
+            Err(e) => Err(BudgetedError::Auth(e)),
+        }
     }
 
     /// For a token verified before (warm in this process): its lookup id and the bcrypt hash it
@@ -159,20 +207,21 @@ impl NodeAuthenticator {
         Some((lookup, hash))
     }
 
-    /// `Ok(None)`: the token is not warm and `allow_cold` is false.
-    async fn lookup(&self, token: &str, allow_cold: bool) -> Result<Option<AuthedNode>, AuthError> {
-        let lookup = lookup_id(token).ok_or(AuthError::Invalid)?;
+    /// The credentials stored under the token's lookup id (`None` for a malformed token too).
+    async fn read(&self, token: &str) -> Result<Option<NodeCredentials>, AuthError> {
+        let Some(lookup) = lookup_id(token) else {
+            return Ok(None);
+        };
         let row = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS)
             .bind(lookup)
             .fetch_optional(&self.pool)
             .await?;
-        self.verify(token, row.as_ref(), allow_cold).await
+        Ok(row)
     }
 
     /// Checks `token` against `row`, the credentials stored under its lookup id (`None`: no
-    /// such node), read by the caller. The same checks as [`authenticate`](Self::authenticate)
-    /// (or [`authenticate_warm`](Self::authenticate_warm) when `allow_cold` is false), minus
-    /// the read.
+    /// such node), read by the caller: the same checks as [`authenticate`](Self::authenticate),
+    /// minus the read. `Ok(None)`: the token is not warm and `allow_cold` is false.
     pub async fn verify(
         &self,
         token: &str,
