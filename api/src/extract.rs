@@ -139,16 +139,8 @@ impl FromRequestParts<AppState> for NodeCaller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let bearer = NodeBearer::from_request_parts(parts, state).await?;
-        let node = bearer
-            .authenticate(state, |lookup| async move {
-                let row = sqlx::query_as::<_, NodeCredentials>(node_auth::CREDENTIALS)
-                    .bind(lookup)
-                    .fetch_optional(&state.pool)
-                    .await?;
-                Ok(row.map(|r| (r, ())))
-            })
-            .await?;
-        Ok(NodeCaller(node.0))
+        let (node, _) = bearer.credentials(state).await?;
+        Ok(NodeCaller(node))
     }
 }
 
@@ -183,6 +175,22 @@ impl NodeBearer {
     pub async fn warm(&self, state: &AppState) -> Option<(String, std::sync::Arc<str>)> {
         let (lookup, hash) = state.node_auth.warm_hash(&self.token).await?;
         Some((lookup.to_owned(), hash))
+    }
+
+    /// Authenticates the token against its stored credentials; returns them too.
+    pub async fn credentials(
+        &self,
+        state: &AppState,
+    ) -> Result<(AuthedNode, NodeCredentials), ApiError> {
+        let pool = &state.pool;
+        self.authenticate(state, |lookup| async move {
+            let row = sqlx::query_as::<_, NodeCredentials>(node_auth::CREDENTIALS)
+                .bind(lookup)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.map(|r| (r.clone(), r)))
+        })
+        .await
     }
 
     /// Authenticates the token against the credentials `read` returns for its lookup id, with

@@ -7,7 +7,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use flotilla_shared::node_auth::{AuthedNode, NodeCredentials, CREDENTIALS};
+use flotilla_shared::node_auth::AuthedNode;
 use flotilla_shared::protocol::{Heartbeat, Ok, PipelineStatus};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -235,16 +235,7 @@ async fn heartbeat(
             done
         }
         None => {
-            let pool = &state.pool;
-            let (_, credentials) = bearer
-                .authenticate(&state, |lookup| async move {
-                    let row = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS)
-                        .bind(lookup)
-                        .fetch_optional(pool)
-                        .await?;
-                    Ok(row.map(|r| (r.clone(), r)))
-                })
-                .await?;
+            let (_, credentials) = bearer.credentials(&state).await?;
             let hb: Heartbeat = body.parse()?;
             let report = Report::of(&hb)?;
             let written = report
