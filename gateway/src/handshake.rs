@@ -18,8 +18,8 @@ use flotilla_shared::rate_limit::client_address;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Bytes read from a socket at once; agents send little more than pongs.
-const READ_BUFFER: usize = 512;
+/// A socket's read buffer: agents send little more than pongs (6 bytes); a larger frame grows it.
+const READ_BUFFER: usize = 64;
 /// Bound on bytes buffered for a socket that cannot take them (the outbox bounds the rest).
 const MAX_WRITE_BUFFER: usize = 1 << 20;
 

@@ -3,8 +3,10 @@
 //! Presence counts only while the liveness key exists, so a crashed gateway's sockets read as
 //! gone within `liveness_ttl_ms`. A beat that finds the key missing (Redis restarted and lost
 //! its data, or the gateway stalled), or that follows a failed claim, restores the presence of
-//! every held socket; releases that failed are retried.
+//! every held socket; releases that failed are retried. After a burst of connects or closes it
+//! hands freed memory back (see [`crate::memory`]).
 
+use crate::memory::Trimmer;
 use crate::state::GatewayState;
 use flotilla_shared::channels::{gateway_alive_key, ControlMessage};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +19,14 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
         tokio::time::interval(Duration::from_millis(state.settings.heartbeat_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let seq = AtomicU64::new(0);
+    let mut trimmer = Trimmer::new(state.settings.trim_after_churn, tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = interval.tick() => beat(&state, seq.fetch_add(1, Ordering::Relaxed)).await,
+            _ = interval.tick() => {
+                beat(&state, seq.fetch_add(1, Ordering::Relaxed)).await;
+                trimmer.tick(&state).await;
+            }
         }
     }
 }

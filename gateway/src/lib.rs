@@ -30,6 +30,7 @@ pub mod error;
 mod handshake;
 pub mod heartbeat;
 mod keepalive;
+mod memory;
 pub mod metrics;
 pub mod os;
 mod outbox;

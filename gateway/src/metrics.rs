@@ -14,6 +14,10 @@ const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000]
 pub struct Counters {
     /// Sockets opened.
     pub connects: AtomicU64,
+    /// Sockets ended, for any reason.
+    pub disconnects: AtomicU64,
+    /// Times freed heap pages were handed back to the operating system.
+    pub memory_trims: AtomicU64,
     /// Handshakes answered with an error status (401, 429, 503).
     pub handshakes_rejected: AtomicU64,
     /// Frames from Redis queued for a socket this gateway holds.
@@ -71,6 +75,8 @@ impl Counters {
         line("flotilla_gateway_connections", "gauge", connections as u64);
         for (name, c) in [
             ("flotilla_gateway_connects_total", &self.connects),
+            ("flotilla_gateway_disconnects_total", &self.disconnects),
+            ("flotilla_gateway_memory_trims_total", &self.memory_trims),
             (
                 "flotilla_gateway_handshakes_rejected_total",
                 &self.handshakes_rejected,

@@ -1,4 +1,5 @@
-//! What the gateway asks of the operating system: file descriptors and termination signals.
+//! What the gateway asks of the operating system: file descriptors, termination signals and
+//! the return of freed memory.
 
 /// Raises the soft open-files limit to the hard limit (each socket is a descriptor).
 pub fn raise_nofile_limit() {
@@ -16,4 +17,18 @@ pub async fn terminated() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Hands the allocator's free heap pages back to the operating system; true if any were.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn release_free_memory() -> bool {
+    // SAFETY: malloc_trim takes no pointers; glibc walks its own free lists under its locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Other allocators return free memory on their own.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() -> bool {
+    false
 }

@@ -95,6 +95,7 @@ enum End {
 }
 
 fn count_close(counters: &Counters, end: End) {
+    Counters::inc(&counters.disconnects);
     let counter = match end {
         End::Closed(SUPERSEDED) => &counters.closed_superseded,
         End::Closed(REVOKED) => &counters.closed_revoked,

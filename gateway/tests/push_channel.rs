@@ -64,6 +64,36 @@ async fn pushes_are_forwarded_verbatim_and_control_messages_never() {
 }
 
 #[tokio::test]
+async fn freed_memory_is_handed_back_once_a_burst_of_sockets_settles() {
+    const N: usize = 30;
+    let t = setup(&[("trim_after_churn", "40"), ("heartbeat_interval_ms", "50")]).await;
+    let nodes = shared_secret_nodes(&t.db.pool, N).await;
+    let gw = gateway(t.settings.clone()).await;
+    let counters = gw.state.counters();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let mut sockets = Vec::new();
+    for (node, token) in &nodes {
+        sockets.push(gw.connect(&t.redis, *node, token).await.0);
+    }
+    // 30 connects are under the threshold of 40; the 30 closes then cross it.
+    assert_eq!(get(&counters.connects), N as u64);
+    assert_eq!(get(&counters.memory_trims), 0);
+    for ws in sockets {
+        drop(ws);
+    }
+    eventually("the closes are counted", Duration::from_secs(5), || async {
+        (get(&counters.disconnects) == N as u64).then_some(())
+    })
+    .await;
+    eventually(
+        "a trim after the closes",
+        Duration::from_secs(5),
+        || async { (get(&counters.memory_trims) == 1).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn each_socket_gets_exactly_its_own_nodes_pushes() {
     const N: usize = 100;
     let t = setup(&[]).await;

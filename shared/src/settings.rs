@@ -126,6 +126,9 @@ pub struct GatewaySettings {
     pub trust_forwarded_for: bool,
     /// A connection whose handshake request has not arrived within this time is closed.
     pub header_read_timeout_ms: u64,
+    /// Sockets opened or closed since the last trim after which the heartbeat hands freed
+    /// heap pages back to the operating system; 0 never trims.
+    pub trim_after_churn: u64,
 }
 
 /// Token hashing and the authentication cache.
@@ -215,6 +218,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.auth_failures_per_minute", "100"),
     ("gateway.trust_forwarded_for", "false"),
     ("gateway.header_read_timeout_ms", "10000"),
+    ("gateway.trim_after_churn", "1000"),
     ("gateway.reconnect_limit", "10"),
     ("gateway.reconnect_window_secs", "60"),
     ("gateway.drain_batch", "500"),

@@ -44,6 +44,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "auth_failures_per_minute" => g.auth_failures_per_minute = value.parse().unwrap(),
             "header_read_timeout_ms" => g.header_read_timeout_ms = value.parse().unwrap(),
             "heartbeat_interval_ms" => g.heartbeat_interval_ms = value.parse().unwrap(),
+            "trim_after_churn" => g.trim_after_churn = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
     }
