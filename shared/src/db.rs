@@ -2,16 +2,35 @@
 
 use crate::settings::DatabaseSettings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
 /// Builds a pool without connecting, so a service starts (and answers 503) while Postgres is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(settings.url.expose())?;
+    let ping_idle = Duration::from_millis(settings.ping_idle_ms);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        // sqlx would ping every connection it hands out: a round trip per query. A connection
+        // that answered within `ping_idle_ms` is alive; an outage or restart takes longer than
+        // that, so a connection that lived through one is still checked.
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < ping_idle {
+                    return Ok(true);
+                }
+                match conn.ping().await {
+                    Ok(()) => Ok(true),
+                    Err(error) => {
+                        tracing::info!(%error, "dropped a pooled connection that failed its ping");
+                        Ok(false)
+                    }
+                }
+            })
+        })
         .connect_lazy_with(options))
 }
 
