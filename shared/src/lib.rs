@@ -20,6 +20,7 @@
 
 pub mod channels;
 pub mod close_codes;
+pub mod credential_reads;
 pub mod db;
 pub mod frames;
 pub mod fuzzing;

@@ -1,13 +1,15 @@
 //! Node-token authentication shared by the api and the gateway.
 //!
-//! token → lookup id → one indexed row read → bcrypt only when cold. The warm cache is keyed
-//! by the token's SHA-256 and holds the bcrypt hash it was verified against; a hit counts only
-//! while the row still carries that hash, so rotation and revocation (row deleted) take effect
-//! on the very next request. Concurrent cold requests for one token share one bcrypt run, and
-//! with Redis sharing enabled a token verified anywhere in the fleet is not bcrypt-verified
-//! again until the shared entry expires.
+//! token → lookup id → one indexed row read (concurrent reads share one query, see
+//! [`crate::credential_reads`]) → bcrypt only when cold. The warm cache is keyed by the token's
+//! SHA-256 and holds the bcrypt hash it was verified against; a hit counts only while the row
+//! still carries that hash, so rotation and revocation (row deleted) take effect on the very
+//! next request. Concurrent cold requests for one token share one bcrypt run, and with Redis
+//! sharing enabled a token verified anywhere in the fleet is not bcrypt-verified again until
+//! the shared entry expires.
 
 use crate::channels::verified_token_key;
+use crate::credential_reads::CredentialReads;
 use crate::rate_limit::RateLimiter;
 use crate::redis_conn::Redis;
 use crate::settings::AuthSettings;
@@ -98,7 +100,7 @@ impl SharedVerifications {
 /// Authenticates node tokens; cheap to clone.
 #[derive(Clone)]
 pub struct NodeAuthenticator {
-    pool: PgPool,
+    reads: CredentialReads,
     cache: Cache<[u8; 32], Arc<str>>,
     bcrypt_permits: Arc<Semaphore>,
     bcrypt_wait: Duration,
@@ -133,7 +135,7 @@ impl NodeAuthenticator {
     /// Builds an authenticator over the nodes table.
     pub fn new(pool: PgPool, settings: &AuthSettings, shared: Option<SharedVerifications>) -> Self {
         Self {
-            pool,
+            reads: CredentialReads::new(pool),
             cache: Cache::builder()
                 .max_capacity(settings.cache_capacity)
                 .time_to_live(Duration::from_secs(settings.cache_ttl_secs))
@@ -212,11 +214,7 @@ impl NodeAuthenticator {
         let Some(lookup) = lookup_id(token) else {
             return Ok(None);
         };
-        let row = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS)
-            .bind(lookup)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row)
+        Ok(self.reads.read(lookup).await?)
     }
 
     /// Checks `token` against `row`, the credentials stored under its lookup id (`None`: no

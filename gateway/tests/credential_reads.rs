@@ -1,0 +1,64 @@
+//! Coalesced credential reads (`flotilla_shared::credential_reads`) against a real Postgres.
+
+mod common;
+
+use flotilla_shared::credential_reads::CredentialReads;
+use flotilla_shared::node_auth::lookup_id;
+use flotilla_testkit::within;
+use futures_util::future::join_all;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_burst_of_reads_shares_few_queries_and_each_gets_its_own_row() {
+    let db = flotilla_testkit::db::fresh().await;
+    let nodes = common::shared_secret_nodes(&db.pool, 300).await;
+    let reads = CredentialReads::new(db.pool.clone());
+    // Every node, a few of them twice, and lookup ids that do not exist.
+    let mut asks: Vec<(Option<uuid::Uuid>, String)> = nodes
+        .iter()
+        .chain(&nodes[..20])
+        .map(|(id, token)| (Some(*id), lookup_id(token).unwrap().to_owned()))
+        .collect();
+    asks.extend((0..10).map(|i| (None, format!("nosuchlookup{i:04}"))));
+
+    let answers = within(
+        "the reads",
+        join_all(asks.iter().map(|(_, lookup)| reads.read(lookup))),
+    )
+    .await;
+    for ((expected, lookup), answer) in asks.iter().zip(answers) {
+        let row = answer.expect("the read succeeds");
+        assert_eq!(row.as_ref().map(|r| r.id), *expected, "{lookup}");
+        if let Some(row) = row {
+            assert_eq!(&row.token_lookup, lookup);
+        }
+    }
+    // 330 reads queued at once take two rounds of at most 256; allow a little scheduling slack.
+    assert!(reads.rounds() <= 4, "{} queries", reads.rounds());
+
+    // A lone read later goes out at once, as its own round.
+    let before = reads.rounds();
+    let (id, token) = &nodes[0];
+    let row = within("one read", reads.read(lookup_id(token).unwrap())).await;
+    assert_eq!(row.unwrap().map(|r| r.id), Some(*id));
+    assert_eq!(reads.rounds(), before + 1);
+}
+
+#[tokio::test]
+async fn every_reader_of_a_failed_round_gets_an_error() {
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/nothing")
+        .unwrap();
+    let reads = CredentialReads::new(pool);
+    let answers = within(
+        "the reads",
+        join_all((0..20).map(|i| {
+            let reads = reads.clone();
+            async move { reads.read(&format!("lookup{i}")).await }
+        })),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+}
