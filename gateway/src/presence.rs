@@ -3,7 +3,7 @@
 
 use crate::registry::Conn;
 use crate::state::GatewayState;
-use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent, FLEET_EVENTS};
+use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent};
 use flotilla_shared::close_codes::SUPERSEDED;
 use flotilla_shared::presence::{self, Presence};
 use futures_util::StreamExt;
@@ -44,30 +44,24 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
         tracing::warn!(%node_id, "subscribing the node's channel timed out; it is subscribed on reconnect");
     }
     let me = presence_of(state, conn);
-    let mut pipe = redis::pipe();
-    match presence::claim(&state.redis, node_id, &me).await {
+    let event = fleet_event(state, node_id, true);
+    match presence::claim(&state.redis, node_id, &me, Some(&event)).await {
         // An older socket on this gateway was already closed through the registry.
         Ok(Some(previous)) if previous.gateway_id != state.id => {
             let supersede = ControlMessage::Supersede {
                 conn: me.conn_id.clone(),
             };
-            pipe.cmd("PUBLISH")
-                .arg(node_channel(node_id))
-                .arg(supersede.to_payload())
-                .ignore();
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(node_channel(node_id)).arg(supersede.to_payload());
+            if let Err(e) = state.redis.query::<()>(&cmd).await {
+                tracing::warn!(%node_id, error = %e, "could not tell the older socket's gateway");
+            }
         }
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(%node_id, error = %e, "could not record the node's presence; retrying later");
             state.presence_stale.store(true, Ordering::Relaxed);
         }
-    }
-    pipe.cmd("PUBLISH")
-        .arg(FLEET_EVENTS)
-        .arg(fleet_event(state, node_id, true))
-        .ignore();
-    if let Err(e) = state.redis.query::<()>(&pipe).await {
-        tracing::warn!(%node_id, error = %e, "could not publish the connect");
     }
 }
 
@@ -99,18 +93,9 @@ pub(crate) async fn retry_releases(state: &GatewayState) {
 
 /// Releases the presence and announces the disconnect; false when Redis could not be asked.
 async fn release(state: &GatewayState, node_id: Uuid, conn_id: Uuid) -> bool {
-    match presence::release(&state.redis, node_id, &conn_id.to_string()).await {
-        Ok(released) => {
-            if released {
-                let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(FLEET_EVENTS)
-                    .arg(fleet_event(state, node_id, false));
-                if let Err(e) = state.redis.query::<()>(&cmd).await {
-                    tracing::warn!(%node_id, error = %e, "could not publish the disconnect");
-                }
-            }
-            true
-        }
+    let event = fleet_event(state, node_id, false);
+    match presence::release(&state.redis, node_id, &conn_id.to_string(), Some(&event)).await {
+        Ok(_) => true,
         Err(e) => {
             tracing::warn!(%node_id, error = %e, "could not release the node's presence; retrying later");
             false

@@ -13,7 +13,7 @@
 //!
 //! [`lookup`] reads keys that are not passed as `KEYS`, so it needs a non-cluster Redis.
 
-use crate::channels::{gateway_alive_key, presence_key};
+use crate::channels::{gateway_alive_key, presence_key, FLEET_EVENTS};
 use crate::redis_conn::Redis;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 use std::sync::LazyLock;
@@ -47,22 +47,30 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence and returns the previous fields (nils when there was none).
+/// Sets the presence, publishes `ARGV[5]` on channel `ARGV[4]` if given, and returns the
+/// previous fields (nils when there was none).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since')
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3])
+        if ARGV[5] then
+          redis.call('PUBLISH', ARGV[4], ARGV[5])
+        end
         return prev",
     )
 });
 
-/// Deletes the presence if connection `ARGV[1]` still holds it.
+/// Deletes the presence if connection `ARGV[1]` still holds it, and then publishes `ARGV[3]`
+/// on channel `ARGV[2]` if given.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'conn') == ARGV[1] then
           redis.call('DEL', KEYS[1])
+          if ARGV[3] then
+            redis.call('PUBLISH', ARGV[2], ARGV[3])
+          end
           return 1
         end
         return 0",
@@ -136,11 +144,13 @@ pub async fn lookup(redis: &Redis, node_ids: &[Uuid]) -> RedisResult<Vec<Option<
     Ok(values.into_iter().map(parse_fields).collect())
 }
 
-/// Makes `presence` the node's connection and returns the one it replaced, if any.
+/// Makes `presence` the node's connection and returns the one it replaced, if any; `event`,
+/// if given, is published on [`FLEET_EVENTS`] in the same step (one round trip).
 pub async fn claim(
     redis: &Redis,
     node_id: Uuid,
     presence: &Presence,
+    event: Option<&str>,
 ) -> RedisResult<Option<Presence>> {
     let mut invocation = CLAIM.prepare_invoke();
     invocation
@@ -148,14 +158,26 @@ pub async fn claim(
         .arg(&presence.gateway_id)
         .arg(&presence.conn_id)
         .arg(presence.since_ms);
+    if let Some(event) = event {
+        invocation.arg(FLEET_EVENTS).arg(event);
+    }
     let previous: Value = invoke(redis, invocation).await?;
     Ok(parse_fields(previous))
 }
 
-/// Deletes the node's presence if `conn_id` still holds it; true when it did.
-pub async fn release(redis: &Redis, node_id: Uuid, conn_id: &str) -> RedisResult<bool> {
+/// Deletes the node's presence if `conn_id` still holds it; true when it did. Only then is
+/// `event`, if given, published on [`FLEET_EVENTS`], in the same step.
+pub async fn release(
+    redis: &Redis,
+    node_id: Uuid,
+    conn_id: &str,
+    event: Option<&str>,
+) -> RedisResult<bool> {
     let mut invocation = RELEASE.prepare_invoke();
     invocation.key(presence_key(node_id)).arg(conn_id);
+    if let Some(event) = event {
+        invocation.arg(FLEET_EVENTS).arg(event);
+    }
     invoke(redis, invocation).await
 }
 
@@ -206,23 +228,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_go_out_with_a_claim_and_only_with_a_release_that_took_effect() {
+        use futures_util::StreamExt;
+        let redis = redis();
+        let url = std::env::var("FLOTILLA_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let mut events = redis::Client::open(url)
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        events.subscribe(FLEET_EVENTS).await.unwrap();
+        let mut events = events.into_on_message();
+        let node = Uuid::new_v4();
+        let tag = |what: &str| format!("{what}-{node}");
+        let gw = format!("gw-{}", Uuid::new_v4().simple());
+
+        claim(&redis, node, &at(&gw, "c1", 1), Some(&tag("up")))
+            .await
+            .unwrap();
+        assert!(!release(&redis, node, "stale", Some(&tag("stale")))
+            .await
+            .unwrap());
+        assert!(release(&redis, node, "c1", Some(&tag("down")))
+            .await
+            .unwrap());
+
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+                .await
+                .expect("an event within 5 s")
+                .unwrap();
+            let payload: String = msg.get_payload().unwrap();
+            if payload.ends_with(&node.to_string()) {
+                seen.push(payload);
+            }
+        }
+        // Pub/sub keeps order on one connection: had the stale release published, it would
+        // have come second.
+        assert_eq!(seen, vec![tag("up"), tag("down")]);
+    }
+
+    #[tokio::test]
     async fn claim_returns_the_previous_holder_and_release_compares() {
         let redis = redis();
         let node = Uuid::new_v4();
         let gw = format!("gw-{}", Uuid::new_v4().simple());
-        assert_eq!(claim(&redis, node, &at(&gw, "c1", 10)).await.unwrap(), None);
         assert_eq!(
-            claim(&redis, node, &at(&gw, "c2", 20)).await.unwrap(),
+            claim(&redis, node, &at(&gw, "c1", 10), None).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            claim(&redis, node, &at(&gw, "c2", 20), None).await.unwrap(),
             Some(at(&gw, "c1", 10))
         );
         // A late release of the older connection leaves the newer one in place.
-        assert!(!release(&redis, node, "c1").await.unwrap());
+        assert!(!release(&redis, node, "c1", None).await.unwrap());
         set_alive(&redis, &gw).await;
         assert_eq!(
             lookup(&redis, &[node]).await.unwrap(),
             vec![Some(at(&gw, "c2", 20))]
         );
-        assert!(release(&redis, node, "c2").await.unwrap());
+        assert!(release(&redis, node, "c2", None).await.unwrap());
         assert_eq!(lookup(&redis, &[node]).await.unwrap(), vec![None]);
     }
 
@@ -233,8 +301,8 @@ mod tests {
         let dead = format!("gw-{}", Uuid::new_v4().simple());
         set_alive(&redis, &live).await;
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        claim(&redis, a, &at(&live, "ca", 1)).await.unwrap();
-        claim(&redis, b, &at(&dead, "cb", 2)).await.unwrap();
+        claim(&redis, a, &at(&live, "ca", 1), None).await.unwrap();
+        claim(&redis, b, &at(&dead, "cb", 2), None).await.unwrap();
         let got = lookup(&redis, &[c, a, b]).await.unwrap();
         assert_eq!(got, vec![None, Some(at(&live, "ca", 1)), None]);
         assert!(lookup(&redis, &[]).await.unwrap().is_empty());
@@ -252,8 +320,8 @@ mod tests {
         let node = Uuid::new_v4();
         assert!(restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
         assert!(restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
-        claim(&redis, node, &at("g2", "c2", 2)).await.unwrap();
+        claim(&redis, node, &at("g2", "c2", 2), None).await.unwrap();
         assert!(!restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
-        assert!(release(&redis, node, "c2").await.unwrap());
+        assert!(release(&redis, node, "c2", None).await.unwrap());
     }
 }
