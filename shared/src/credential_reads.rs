@@ -71,7 +71,8 @@ impl CredentialReads {
         }
         match rx.await {
             Ok(Ok(row)) => Ok(row),
-            // Every reader of a failed round gets the error; the first one takes it whole.
+            // Every reader of a failed round gets the error: the last to look takes it whole,
+            // the others its message.
             Ok(Err(shared)) => Err(Arc::try_unwrap(shared).unwrap_or_else(|shared| {
                 sqlx::Error::Io(std::io::Error::other(shared.to_string()))
             })),

@@ -1,10 +1,13 @@
-//! Coalesced credential reads (`flotilla_shared::credential_reads`) against a real Postgres.
+//! The gateway's Postgres access against a real Postgres: coalesced credential reads
+//! (`flotilla_shared::credential_reads`) and the pool's idle-aware ping (`flotilla_shared::db`).
 
 mod common;
 
 use flotilla_shared::credential_reads::CredentialReads;
 use flotilla_shared::node_auth::lookup_id;
-use flotilla_testkit::within;
+use flotilla_shared::secret::Secret;
+use flotilla_testkit::proxy::Proxy;
+use flotilla_testkit::{eventually, redis_url, within};
 use futures_util::future::join_all;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
@@ -61,4 +64,50 @@ async fn every_reader_of_a_failed_round_gets_an_error() {
     )
     .await;
     assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+}
+
+/// A one-connection pool reaching the database through `proxy`.
+fn pool_through(proxy: &Proxy, db_url: &str, ping_idle_ms: u64) -> sqlx::PgPool {
+    let mut settings = flotilla_testkit::settings(db_url, &redis_url()).database;
+    let (scheme_user, rest) = db_url.split_once('@').unwrap();
+    let (_, path) = rest.split_once('/').unwrap();
+    settings.url = Secret::new(format!("{scheme_user}@{}/{path}", proxy.addr));
+    settings.max_connections = 1;
+    settings.ping_idle_ms = ping_idle_ms;
+    flotilla_shared::db::pool(&settings).unwrap()
+}
+
+#[tokio::test]
+async fn a_pooled_connection_idle_past_ping_idle_ms_is_checked_before_use() {
+    let db = flotilla_testkit::db::fresh().await;
+    let postgres = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+    let proxy = Proxy::start(postgres.parse().unwrap()).await;
+    // 0: every idle connection counts as idle too long; an hour: none does.
+    let checked = pool_through(&proxy, &db.url, 0);
+    let trusted = pool_through(&proxy, &db.url, 3_600_000);
+    let select = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move { sqlx::query("SELECT 1").execute(&pool).await }
+    };
+    for pool in [&checked, &trusted] {
+        within("a first query", select(pool)).await.unwrap();
+        // Back in the pool (sqlx returns it from a task of its own).
+        eventually("the connection is idle", Duration::from_secs(5), || async {
+            (pool.num_idle() == 1).then_some(())
+        })
+        .await;
+    }
+
+    // Postgres goes away and comes back; each pool's one connection died meanwhile.
+    proxy.cut();
+    proxy.heal();
+    assert!(
+        within("a query on the trusted connection", select(&trusted))
+            .await
+            .is_err(),
+        "a connection handed out unchecked fails its query"
+    );
+    within("a query on the checked pool", select(&checked))
+        .await
+        .expect("the dead connection is pinged, dropped and replaced");
 }
