@@ -1,9 +1,10 @@
 //! Handing heap pages back to the operating system after bursts of connects and closes.
 //!
 //! A burst of handshakes frees its request heads, Redis replies and database rows between the
-//! long-lived allocations of the sockets it opened, and glibc keeps those free pages mapped:
-//! at 10k sockets that is about 9 MB, a fifth of the gateway's memory. Once a burst has settled,
-//! the heartbeat asks the allocator to return them.
+//! long-lived allocations of the sockets it opened. The allocator keeps those pages (glibc
+//! until trimmed: about 9 MB at 10k sockets, a fifth of the gateway's memory; jemalloc until
+//! its decay timer runs, which needs allocator activity an idle gateway does not have). Once a
+//! burst has settled, the heartbeat asks the allocator to return them.
 
 use crate::metrics::Counters;
 use crate::state::GatewayState;
