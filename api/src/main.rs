@@ -12,8 +12,7 @@ async fn main() -> anyhow::Result<()> {
         flotilla_shared::healthcheck::run(settings.api.listen, "/readyz").await;
     }
     flotilla_shared::telemetry::init(&settings.log);
-    let listener = tokio::net::TcpListener::bind(settings.api.listen)
-        .await
+    let listener = flotilla_shared::http_server::listen(settings.api.listen)
         .with_context(|| format!("binding api.listen {}", settings.api.listen))?;
     let api = flotilla_api::Api::build(settings).await?;
     let shutdown = CancellationToken::new();

@@ -21,8 +21,7 @@ async fn main() -> anyhow::Result<()> {
     flotilla_shared::telemetry::init(&settings.log);
     os::raise_nofile_limit();
     let listen = settings.gateway.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = flotilla_shared::http_server::listen(listen)
         .with_context(|| format!("cannot listen on `gateway.listen` {listen}"))?;
     let gateway = Gateway::build(settings).await?;
     let shutdown = CancellationToken::new();

@@ -13,14 +13,33 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+/// Connections the kernel completes before they are accepted. The default (128) overflows in
+/// a reconnect burst: the kernel then drops SYNs, and each dropped agent waits a full second
+/// to retransmit. The kernel caps this at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Pause after a failed `accept` (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Binds a listening socket on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own `bind` do: a restarted service can take its port straight back.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
@@ -92,4 +111,29 @@ pub async fn serve(
     drop(alive_rx);
     let _ = stop.send(true);
     alive.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nobody accepts: every connection has to fit in the kernel's queue. Past the queue the
+        // kernel drops the SYN and the client retries only after a second, so a connect that
+        // does not finish within half of that was dropped.
+        let connects = (0..600).map(|_| async move {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let dropped = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(dropped, 0, "{dropped} of 600 connects were dropped");
+        drop(listener);
+    }
 }
