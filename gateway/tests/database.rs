@@ -66,11 +66,17 @@ async fn every_reader_of_a_failed_round_gets_an_error() {
     assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
 }
 
+/// `postgres://user@host:port/db` as `(postgres://user, host:port, db)`.
+fn url_parts(db_url: &str) -> (&str, &str, &str) {
+    let (scheme_user, rest) = db_url.split_once('@').unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    (scheme_user, host_port, path)
+}
+
 /// A one-connection pool reaching the database through `proxy`.
 fn pool_through(proxy: &Proxy, db_url: &str, ping_idle_ms: u64) -> sqlx::PgPool {
     let mut settings = flotilla_testkit::settings(db_url, &redis_url()).database;
-    let (scheme_user, rest) = db_url.split_once('@').unwrap();
-    let (_, path) = rest.split_once('/').unwrap();
+    let (scheme_user, _, path) = url_parts(db_url);
     settings.url = Secret::new(format!("{scheme_user}@{}/{path}", proxy.addr));
     settings.max_connections = 1;
     settings.ping_idle_ms = ping_idle_ms;
@@ -80,8 +86,7 @@ fn pool_through(proxy: &Proxy, db_url: &str, ping_idle_ms: u64) -> sqlx::PgPool 
 #[tokio::test]
 async fn a_pooled_connection_idle_past_ping_idle_ms_is_checked_before_use() {
     let db = flotilla_testkit::db::fresh().await;
-    let postgres = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let proxy = Proxy::start(postgres.parse().unwrap()).await;
+    let proxy = Proxy::start(url_parts(&db.url).1.parse().unwrap()).await;
     // 0: every idle connection counts as idle too long; an hour: none does.
     let checked = pool_through(&proxy, &db.url, 0);
     let trusted = pool_through(&proxy, &db.url, 3_600_000);

@@ -7,7 +7,7 @@
 //! grows, while a lone request goes out at once, with no added wait. Rounds run in spawned
 //! tasks, so a caller that gives up cannot strand the others in its round.
 
-use crate::node_auth::NodeCredentials;
+use crate::node_auth::{NodeCredentials, CREDENTIALS_ANY};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,18 +19,19 @@ const MAX_BATCH: usize = 256;
 /// Rounds in flight at once; each holds one pooled connection.
 const MAX_READERS: usize = 4;
 
-/// The credentials of every lookup id in `$1` that exists.
-const CREDENTIALS_ANY: &str = "SELECT id, environment_id, token_lookup, token_hash FROM nodes \
-     WHERE token_lookup = ANY($1)";
-
 type Reply = Result<Option<NodeCredentials>, Arc<sqlx::Error>>;
 
 /// Coalesces concurrent credential reads; cheap to clone.
 #[derive(Clone)]
 pub struct CredentialReads {
     pool: PgPool,
-    queue: Arc<Mutex<Queue>>,
-    rounds: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    rounds: AtomicU64,
 }
 
 #[derive(Default)]
@@ -44,21 +45,20 @@ impl CredentialReads {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            queue: Arc::default(),
-            rounds: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
     /// Queries run so far.
     pub fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
+        self.shared.rounds.load(Ordering::Relaxed)
     }
 
     /// The credentials stored under `lookup`, if any.
     pub async fn read(&self, lookup: &str) -> Result<Option<NodeCredentials>, sqlx::Error> {
         let (tx, rx) = oneshot::channel();
         let start_reader = {
-            let mut queue = self.queue.lock().unwrap();
+            let mut queue = self.shared.queue.lock().unwrap();
             queue.waiting.push((lookup.to_owned(), tx));
             let start = queue.readers < MAX_READERS;
             if start {
@@ -84,7 +84,7 @@ impl CredentialReads {
     async fn serve(self) {
         loop {
             let round = {
-                let mut queue = self.queue.lock().unwrap();
+                let mut queue = self.shared.queue.lock().unwrap();
                 if queue.waiting.is_empty() {
                     // Under the lock: a request queued after this sees the free reader slot.
                     queue.readers -= 1;
@@ -98,7 +98,7 @@ impl CredentialReads {
     }
 
     async fn answer(&self, round: Vec<(String, oneshot::Sender<Reply>)>) {
-        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.shared.rounds.fetch_add(1, Ordering::Relaxed);
         let lookups: Vec<&str> = round.iter().map(|(lookup, _)| lookup.as_str()).collect();
         let rows = sqlx::query_as::<_, NodeCredentials>(CREDENTIALS_ANY)
             .bind(&lookups)

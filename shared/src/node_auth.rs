@@ -121,9 +121,19 @@ pub struct NodeCredentials {
     pub token_hash: String,
 }
 
+/// The columns of [`NodeCredentials`], selected from `nodes` by `token_lookup`; the caller
+/// completes the condition.
+macro_rules! select_credentials {
+    () => {
+        "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup"
+    };
+}
+
 /// Reads a node's [`NodeCredentials`] by lookup id (`$1`).
-pub const CREDENTIALS: &str =
-    "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = $1";
+pub const CREDENTIALS: &str = concat!(select_credentials!(), " = $1");
+
+/// Reads the [`NodeCredentials`] of every lookup id in the array `$1` that exists.
+pub const CREDENTIALS_ANY: &str = concat!(select_credentials!(), " = ANY($1)");
 
 /// The lookup id of a well-formed node token (the indexed `nodes.token_lookup`), so a caller
 /// can read a node's credentials together with its own data in one query.
