@@ -79,6 +79,7 @@ impl Api {
             .share_verifications
             .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
         let state = AppState {
+            polls: routes::agent_config::poll_reads(pool.clone()),
             node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth, shared),
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),

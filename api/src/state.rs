@@ -3,6 +3,7 @@
 use crate::fleet_events::FleetEvents;
 use crate::notify::Notifier;
 use crate::operator_auth::OperatorAuthenticator;
+use crate::routes::agent_config::PollReads;
 use flotilla_shared::node_auth::NodeAuthenticator;
 use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Settings, read-only.
     pub settings: Arc<Settings>,
+    /// Config polls' reads, coalesced.
+    pub polls: PollReads,
     /// Node-token authentication (shared with the gateway's code).
     pub node_auth: NodeAuthenticator,
     /// Operator-token authentication.

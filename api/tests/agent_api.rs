@@ -2,6 +2,7 @@
 
 mod common;
 
+use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -342,6 +343,53 @@ async fn a_node_never_sees_another_environments_config() {
         1
     );
     assert_eq!(api.agent_config(&b_node).await.body["pipelines"], json!([]));
+}
+
+#[tokio::test]
+async fn concurrent_polls_share_reads_and_each_gets_its_own_config() {
+    let (_db, api) = common::start().await;
+    let (a_env, a_token) = api.create_environment("a").await;
+    let (_, b_token) = api.create_environment("b").await;
+    let mut nodes = Vec::new();
+    for i in 0..10 {
+        nodes.push(("a", api.enroll(&a_token, &format!("a{i}")).await));
+        nodes.push(("b", api.enroll(&b_token, &format!("b{i}")).await));
+    }
+    let p = api
+        .create_pipeline(&a_env, "only-a", "a: 1\n", json!({}))
+        .await;
+    api.deploy(&p).await;
+    let (revoked_id, revoked) = nodes.pop().unwrap().1;
+    let r = api
+        .admin(Method::DELETE, &format!("/api/v1/fleet/{revoked_id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    // Each node three times at once, the revoked one among them.
+    let rounds_before = api.state.polls.rounds();
+    let asks: Vec<_> = (0..3).flat_map(|_| nodes.iter()).collect();
+    let replies = join_all(
+        asks.iter()
+            .map(|(_, (_, token))| api.agent_config(token))
+            .chain(std::iter::once(api.agent_config(&revoked))),
+    )
+    .await;
+    let (last, replies) = replies.split_last().unwrap();
+    assert_eq!(last.status, StatusCode::UNAUTHORIZED, "{}", last.text);
+    for ((env, _), r) in asks.iter().zip(replies) {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let names: Vec<&str> = r.body["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pipelineName"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = if *env == "a" { &["only-a"] } else { &[] };
+        assert_eq!(names, expected, "{env}");
+    }
+    // Every poll went through the coalesced reads.
+    let rounds = api.state.polls.rounds() - rounds_before;
+    assert!((1..=asks.len() as u64 + 1).contains(&rounds), "{rounds}");
 }
 
 #[tokio::test]

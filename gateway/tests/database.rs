@@ -1,10 +1,10 @@
 //! The gateway's Postgres access against a real Postgres: coalesced credential reads
-//! (`flotilla_shared::credential_reads`) and the pool's idle-aware ping (`flotilla_shared::db`).
+//! (`flotilla_shared::batched_reads`) and the pool's idle-aware ping (`flotilla_shared::db`).
 
 mod common;
 
-use flotilla_shared::credential_reads::CredentialReads;
-use flotilla_shared::node_auth::lookup_id;
+use flotilla_shared::batched_reads::BatchedReads;
+use flotilla_shared::node_auth::{lookup_id, NodeCredentials, CREDENTIALS_ANY};
 use flotilla_shared::secret::Secret;
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::{eventually, redis_url, within};
@@ -16,7 +16,7 @@ use std::time::Duration;
 async fn a_burst_of_reads_shares_few_queries_and_each_gets_its_own_row() {
     let db = flotilla_testkit::db::fresh().await;
     let nodes = common::shared_secret_nodes(&db.pool, 300).await;
-    let reads = CredentialReads::new(db.pool.clone());
+    let reads = BatchedReads::<NodeCredentials>::new(db.pool.clone(), CREDENTIALS_ANY);
     // Every node, a few of them twice, and lookup ids that do not exist.
     let mut asks: Vec<(Option<uuid::Uuid>, String)> = nodes
         .iter()
@@ -54,7 +54,7 @@ async fn every_reader_of_a_failed_round_gets_an_error() {
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy("postgres://postgres@127.0.0.1:1/nothing")
         .unwrap();
-    let reads = CredentialReads::new(pool);
+    let reads = BatchedReads::<NodeCredentials>::new(pool, CREDENTIALS_ANY);
     let answers = within(
         "the reads",
         join_all((0..20).map(|i| {

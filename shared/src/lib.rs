@@ -6,6 +6,7 @@
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
 //! - [`node_auth`]: node-token authentication with a warm cache that skips bcrypt.
+//! - [`batched_reads`]: concurrent reads of rows by key, coalesced into one query a round.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
 //! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.
 //! - `http_server` (feature `server`): HTTP/1.1 serving with a header read timeout.
@@ -18,9 +19,9 @@
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
 //! - [`rate_limit`]: per-source-address budgets (enrollment, failed authentications).
 
+pub mod batched_reads;
 pub mod channels;
 pub mod close_codes;
-pub mod credential_reads;
 pub mod db;
 pub mod frames;
 pub mod fuzzing;

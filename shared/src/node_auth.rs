@@ -1,15 +1,15 @@
 //! Node-token authentication shared by the api and the gateway.
 //!
 //! token → lookup id → one indexed row read (concurrent reads share one query, see
-//! [`crate::credential_reads`]) → bcrypt only when cold. The warm cache is keyed by the token's
+//! [`crate::batched_reads`]) → bcrypt only when cold. The warm cache is keyed by the token's
 //! SHA-256 and holds the bcrypt hash it was verified against; a hit counts only while the row
 //! still carries that hash, so rotation and revocation (row deleted) take effect on the very
 //! next request. Concurrent cold requests for one token share one bcrypt run, and with Redis
 //! sharing enabled a token verified anywhere in the fleet is not bcrypt-verified again until
 //! the shared entry expires.
 
+use crate::batched_reads::{BatchedReads, Keyed};
 use crate::channels::verified_token_key;
-use crate::credential_reads::CredentialReads;
 use crate::rate_limit::RateLimiter;
 use crate::redis_conn::Redis;
 use crate::settings::AuthSettings;
@@ -100,7 +100,7 @@ impl SharedVerifications {
 /// Authenticates node tokens; cheap to clone.
 #[derive(Clone)]
 pub struct NodeAuthenticator {
-    reads: CredentialReads,
+    reads: BatchedReads<NodeCredentials>,
     cache: Cache<[u8; 32], Arc<str>>,
     bcrypt_permits: Arc<Semaphore>,
     bcrypt_wait: Duration,
@@ -119,6 +119,12 @@ pub struct NodeCredentials {
     pub token_lookup: String,
     /// The bcrypt hash of its token's secret.
     pub token_hash: String,
+}
+
+impl Keyed for NodeCredentials {
+    fn key(&self) -> &str {
+        &self.token_lookup
+    }
 }
 
 /// The columns of [`NodeCredentials`], selected from `nodes` by `token_lookup`; the caller
@@ -145,7 +151,7 @@ impl NodeAuthenticator {
     /// Builds an authenticator over the nodes table.
     pub fn new(pool: PgPool, settings: &AuthSettings, shared: Option<SharedVerifications>) -> Self {
         Self {
-            reads: CredentialReads::new(pool),
+            reads: BatchedReads::new(pool, CREDENTIALS_ANY),
             cache: Cache::builder()
                 .max_capacity(settings.cache_capacity)
                 .time_to_live(Duration::from_secs(settings.cache_ttl_secs))

@@ -6,11 +6,13 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use flotilla_shared::batched_reads::{BatchedReads, Keyed};
 use flotilla_shared::node_auth::NodeCredentials;
 use flotilla_shared::protocol::{
     ConfigResponse, PendingAction, PipelineConfig, SampleRequestConfig,
 };
 use serde_json::Value;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Config route.
@@ -18,9 +20,17 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/agent/config", get(config))
 }
 
+/// Concurrent polls' reads, coalesced into one query a round.
+pub type PollReads = BatchedReads<PollRow>;
+
+/// The poll reads of an api over `pool`.
+pub fn poll_reads(pool: PgPool) -> PollReads {
+    BatchedReads::new(pool, POLL)
+}
+
 /// Everything a poll needs, read with the node's credentials in one round trip.
-#[derive(sqlx::FromRow)]
-struct PollRow {
+#[derive(Clone, sqlx::FromRow)]
+pub struct PollRow {
     #[sqlx(flatten)]
     credentials: NodeCredentials,
     pending_action: Option<Value>,
@@ -35,7 +45,13 @@ struct PollRow {
     samples: Option<sqlx::types::Json<Vec<SampleRequestConfig>>>,
 }
 
-/// The poll: the node's row by its token's lookup id; the deployed pipelines of its
+impl Keyed for PollRow {
+    fn key(&self) -> &str {
+        &self.credentials.token_lookup
+    }
+}
+
+/// The poll, for every token lookup id in the array `$1`: the node's row; the deployed pipelines of its
 /// environment whose selector its labels satisfy (none in maintenance); the pending sample
 /// requests of those pipelines.
 const POLL: &str = "
@@ -64,7 +80,7 @@ LEFT JOIN LATERAL (
     ORDER BY p.name
   ) m
 ) d ON true
-WHERE n.token_lookup = $1";
+WHERE n.token_lookup = ANY($1)";
 
 #[utoipa::path(
     get,
@@ -74,13 +90,12 @@ WHERE n.token_lookup = $1";
     security(("node_token" = []))
 )]
 async fn config(State(state): State<AppState>, bearer: NodeBearer) -> Result<Json<ConfigResponse>> {
-    // One round trip: the token is checked against the credentials in the same row.
+    // One round trip, shared with concurrent polls: the token is checked against the
+    // credentials in the same row.
+    let polls = &state.polls;
     let (node, row) = bearer
-        .authenticate(&state, |lookup| async {
-            let row = sqlx::query_as::<_, PollRow>(POLL)
-                .bind(lookup)
-                .fetch_optional(&state.pool)
-                .await?;
+        .authenticate(&state, |lookup| async move {
+            let row = polls.read(&lookup).await?;
             Ok(row.map(|r| (r.credentials.clone(), r)))
         })
         .await?;
