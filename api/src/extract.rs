@@ -182,12 +182,9 @@ impl NodeBearer {
         &self,
         state: &AppState,
     ) -> Result<(AuthedNode, NodeCredentials), ApiError> {
-        let pool = &state.pool;
+        let auth = &state.node_auth;
         self.authenticate(state, |lookup| async move {
-            let row = sqlx::query_as::<_, NodeCredentials>(node_auth::CREDENTIALS)
-                .bind(lookup)
-                .fetch_optional(pool)
-                .await?;
+            let row = auth.read_lookup(&lookup).await?;
             Ok(row.map(|r| (r.clone(), r)))
         })
         .await

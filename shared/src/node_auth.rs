@@ -127,19 +127,9 @@ impl Keyed for NodeCredentials {
     }
 }
 
-/// The columns of [`NodeCredentials`], selected from `nodes` by `token_lookup`; the caller
-/// completes the condition.
-macro_rules! select_credentials {
-    () => {
-        "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup"
-    };
-}
-
-/// Reads a node's [`NodeCredentials`] by lookup id (`$1`).
-pub const CREDENTIALS: &str = concat!(select_credentials!(), " = $1");
-
 /// Reads the [`NodeCredentials`] of every lookup id in the array `$1` that exists.
-pub const CREDENTIALS_ANY: &str = concat!(select_credentials!(), " = ANY($1)");
+pub const CREDENTIALS_ANY: &str =
+    "SELECT id, environment_id, token_lookup, token_hash FROM nodes WHERE token_lookup = ANY($1)";
 
 /// The lookup id of a well-formed node token (the indexed `nodes.token_lookup`), so a caller
 /// can read a node's credentials together with its own data in one query.
@@ -230,7 +220,12 @@ impl NodeAuthenticator {
         let Some(lookup) = lookup_id(token) else {
             return Ok(None);
         };
-        Ok(self.reads.read(lookup).await?)
+        Ok(self.read_lookup(lookup).await?)
+    }
+
+    /// The credentials stored under a lookup id, read together with concurrent requests'.
+    pub async fn read_lookup(&self, lookup: &str) -> Result<Option<NodeCredentials>, sqlx::Error> {
+        self.reads.read(lookup).await
     }
 
     /// Checks `token` against `row`, the credentials stored under its lookup id (`None`: no
