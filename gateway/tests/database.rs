@@ -63,7 +63,13 @@ async fn every_reader_of_a_failed_round_gets_an_error() {
         })),
     )
     .await;
-    assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+    // Each one an unreachable database (the api answers 503 for these), not a query error.
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))),
+        "{answers:?}"
+    );
 }
 
 /// `postgres://user@host:port/db` as `(postgres://user, host:port, db)`.

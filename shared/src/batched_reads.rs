@@ -102,10 +102,8 @@ impl<R: BatchRow> BatchedReads<R> {
         match rx.await {
             Ok(Ok(row)) => Ok(row),
             // Every reader of a failed round gets the error: the last to look takes it whole,
-            // the others its message.
-            Ok(Err(shared)) => Err(Arc::try_unwrap(shared).unwrap_or_else(|shared| {
-                sqlx::Error::Io(std::io::Error::other(shared.to_string()))
-            })),
+            // the others a copy of its kind.
+            Ok(Err(shared)) => Err(Arc::try_unwrap(shared).unwrap_or_else(|e| copy_of(&e))),
             Err(_) => Err(sqlx::Error::WorkerCrashed),
         }
     }
@@ -165,5 +163,36 @@ impl<R: BatchRow> BatchedReads<R> {
                 }
             }
         }
+    }
+}
+
+/// The same kind of error (sqlx errors cannot be cloned): an unreachable database stays an I/O
+/// or pool error, anything else becomes a protocol error with the same message.
+fn copy_of(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            sqlx::Error::Io(std::io::Error::other(e.to_string()))
+        }
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_keeps_the_kind_of_error() {
+        assert!(matches!(
+            copy_of(&sqlx::Error::PoolTimedOut),
+            sqlx::Error::PoolTimedOut
+        ));
+        let io = sqlx::Error::Io(std::io::Error::other("refused"));
+        assert!(matches!(copy_of(&io), sqlx::Error::Io(e) if e.to_string().contains("refused")));
+        let decode = sqlx::Error::ColumnNotFound("x".into());
+        assert!(matches!(copy_of(&decode), sqlx::Error::Protocol(m) if m.contains('x')));
     }
 }
