@@ -263,12 +263,7 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
 
     let c = api.agent_config(&web).await;
     assert_eq!(c.status, StatusCode::OK);
-    let names: Vec<&str> = c.body["pipelines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["pipelineName"].as_str().unwrap())
-        .collect();
+    let names = pipeline_names(&c.body);
     assert_eq!(names, ["all", "web"]);
     let p = &c.body["pipelines"][0];
     assert_eq!(p["version"], 1);
@@ -285,12 +280,7 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     );
 
     let c = api.agent_config(&db_node).await;
-    let names: Vec<&str> = c.body["pipelines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["pipelineName"].as_str().unwrap())
-        .collect();
+    let names = pipeline_names(&c.body);
     assert_eq!(names, ["all"]);
 
     // Maintenance: no pipelines, still a websocketUrl.
@@ -378,12 +368,7 @@ async fn concurrent_polls_share_reads_and_each_gets_its_own_config() {
     assert_eq!(last.status, StatusCode::UNAUTHORIZED, "{}", last.text);
     for ((env, _), r) in asks.iter().zip(replies) {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        let names: Vec<&str> = r.body["pipelines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["pipelineName"].as_str().unwrap())
-            .collect();
+        let names = pipeline_names(&r.body);
         let expected: &[&str] = if *env == "a" { &["only-a"] } else { &[] };
         assert_eq!(names, expected, "{env}");
     }
@@ -653,4 +638,14 @@ async fn recent_logs_are_kept_bounded_and_shown_on_the_node() {
     let listed = &fleet["nodes"][0]["pipelines"][0];
     assert_eq!(listed["status"], "CRASHED");
     assert!(listed.get("recentLogs").is_none(), "{listed}");
+}
+
+/// The `pipelineName`s of a config response, in order.
+fn pipeline_names(config: &serde_json::Value) -> Vec<&str> {
+    config["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pipelineName"].as_str().unwrap())
+        .collect()
 }
