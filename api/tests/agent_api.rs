@@ -372,7 +372,7 @@ async fn concurrent_polls_share_reads_and_each_gets_its_own_config() {
         let expected: &[&str] = if *env == "a" { &["only-a"] } else { &[] };
         assert_eq!(names, expected, "{env}");
     }
-    // Every poll went through the coalesced reads.
+    // The polls went through the coalesced reads, at most one round each.
     let rounds = api.state.polls.rounds() - rounds_before;
     assert!((1..=asks.len() as u64 + 1).contains(&rounds), "{rounds}");
 }

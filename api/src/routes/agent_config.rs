@@ -51,9 +51,9 @@ impl Keyed for PollRow {
     }
 }
 
-/// The poll, for every token lookup id in the array `$1`: the node's row; the deployed pipelines of its
-/// environment whose selector its labels satisfy (none in maintenance); the pending sample
-/// requests of those pipelines.
+/// The poll, for every token lookup id in the array `$1`: the node's row; the deployed
+/// pipelines of its environment whose selector its labels satisfy (none in maintenance); the
+/// pending sample requests of those pipelines.
 const POLL: &str = "
 SELECT n.id, n.environment_id, n.token_lookup, n.token_hash, n.pending_action,
        (SELECT poll_interval_ms FROM settings) AS poll_interval_ms,
