@@ -88,16 +88,6 @@ impl From<AuthError> for ApiError {
     }
 }
 
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
-}
-
 /// Human message for a unique-constraint violation, by constraint name.
 fn conflict_message(constraint: &str) -> &'static str {
     match constraint {
@@ -153,7 +143,7 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
             }
-            Self::Database(ref e) if is_unavailable(e) => {
+            Self::Database(ref e) if flotilla_shared::db::is_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,

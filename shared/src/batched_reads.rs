@@ -166,17 +166,14 @@ impl<R: BatchRow> BatchedReads<R> {
     }
 }
 
-/// The same kind of error (sqlx errors cannot be cloned): an unreachable database stays an I/O
-/// or pool error, anything else becomes a protocol error with the same message.
+/// The same kind of error (sqlx errors cannot be cloned): an outage stays an outage (see
+/// [`crate::db::is_unavailable`]), anything else keeps its message.
 fn copy_of(e: &sqlx::Error) -> sqlx::Error {
     match e {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
-        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            sqlx::Error::Io(std::io::Error::other(e.to_string()))
-        }
-        other => sqlx::Error::Protocol(other.to_string()),
+        e if crate::db::is_unavailable(e) => sqlx::Error::Io(std::io::Error::other(e.to_string())),
+        other => sqlx::Error::InvalidArgument(other.to_string()),
     }
 }
 
@@ -186,13 +183,25 @@ mod tests {
 
     #[test]
     fn a_copy_keeps_the_kind_of_error() {
+        use crate::db::is_unavailable;
         assert!(matches!(
             copy_of(&sqlx::Error::PoolTimedOut),
             sqlx::Error::PoolTimedOut
         ));
-        let io = sqlx::Error::Io(std::io::Error::other("refused"));
-        assert!(matches!(copy_of(&io), sqlx::Error::Io(e) if e.to_string().contains("refused")));
-        let decode = sqlx::Error::ColumnNotFound("x".into());
-        assert!(matches!(copy_of(&decode), sqlx::Error::Protocol(m) if m.contains('x')));
+        for outage in [
+            sqlx::Error::Io(std::io::Error::other("refused")),
+            sqlx::Error::Protocol("unexpected response".into()),
+        ] {
+            let copy = copy_of(&outage);
+            assert!(is_unavailable(&copy), "{copy}");
+            assert_eq!(
+                copy.to_string(),
+                format!("error communicating with database: {outage}")
+            );
+        }
+        let bug = sqlx::Error::ColumnNotFound("x".into());
+        let copy = copy_of(&bug);
+        assert!(!is_unavailable(&copy));
+        assert_eq!(copy.to_string(), bug.to_string());
     }
 }
