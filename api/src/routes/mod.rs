@@ -13,8 +13,11 @@ pub mod samples;
 pub mod settings;
 pub mod tokens;
 
+use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
@@ -38,11 +41,26 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(page::router())
         .merge(crate::openapi::router())
-        .fallback(|| async { crate::error::ApiError::NotFound("route") })
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn(run_to_completion))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
         .with_state(state)
+}
+
+/// Runs each request's handler in a task of its own and waits for it. A client that goes away,
+/// or the request timeout, then drops only the wait: the handler still finishes, so no
+/// transaction is abandoned halfway. (sqlx 0.8 does not roll back a `BEGIN` whose future is
+/// dropped before it completes: that connection went back to the pool inside a transaction and
+/// kept the locks of every statement later run on it.)
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            ApiError::Internal(anyhow::anyhow!("request handler failed: {e}")).into_response()
+        }
+    }
 }
