@@ -15,7 +15,8 @@ pub mod tokens;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -42,7 +43,10 @@ pub fn router(state: AppState) -> Router {
         .merge(page::router())
         .merge(crate::openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
-        .layer(middleware::from_fn(run_to_completion))
+        .layer(middleware::from_fn_with_state(
+            body_limit,
+            run_to_completion,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -51,16 +55,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Runs each request's handler in a task of its own and waits for it. A client that goes away,
-/// or the request timeout, then drops only the wait: the handler still finishes, so no
-/// transaction is abandoned halfway. (sqlx 0.8 does not roll back a `BEGIN` whose future is
-/// dropped before it completes: that connection went back to the pool inside a transaction and
-/// kept the locks of every statement later run on it.)
-async fn run_to_completion(req: Request, next: Next) -> Response {
+/// Reads the request's body, then runs its handler in a task of its own and waits for it. A
+/// client that goes away, or the request timeout, then drops only the wait: the handler still
+/// finishes, so no transaction is abandoned halfway. (sqlx 0.8 does not roll back a `BEGIN`
+/// whose future is dropped before it completes: that connection went back to the pool inside a
+/// transaction and kept the locks of every statement later run on it.) The body is read first,
+/// within the wait, so a client that stalls its body holds no task beyond the timeout.
+async fn run_to_completion(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(e) if is_too_large(&e) => return ApiError::PayloadTooLarge.into_response(),
+        Err(_) => {
+            return ApiError::bad_request("Could not read the request body", None).into_response()
+        }
+    };
+    let req = Request::from_parts(parts, Body::from(body));
     match tokio::spawn(next.run(req)).await {
         Ok(response) => response,
         Err(e) => {
             ApiError::Internal(anyhow::anyhow!("request handler failed: {e}")).into_response()
         }
     }
+}
+
+/// Whether reading a body failed because it exceeded the limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|e| e.is::<http_body_util::LengthLimitError>())
 }
