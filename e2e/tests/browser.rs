@@ -173,11 +173,13 @@ async fn the_ws_badge_follows_the_agent_live() {
     })
     .await;
     let appear = connected.elapsed();
-    let badge = client.find(&format!("{row} .ws-badge")).await.unwrap();
-    assert_eq!(
-        badge.attr("title").await.unwrap().as_deref(),
-        Some("WebSocket connected — real-time push enabled")
-    );
+    // The page re-renders its rows on live events, so the badge is looked up again each try.
+    let title = eventually("the badge's title", Duration::from_secs(5), || async {
+        let badge = client.find(&format!("{row} .ws-badge")).await.ok()?;
+        badge.attr("title").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(title, "WebSocket connected — real-time push enabled");
 
     let shot = client.screenshot().await.unwrap();
     let out = repo_root().join("test-output");
@@ -186,7 +188,10 @@ async fn the_ws_badge_follows_the_agent_live() {
 
     // A pipeline's pill opens what its node last reported, recent logs included.
     let crashed = format!(r#"tr[data-node-id="{}"] button.pill"#, nodes[1].0);
-    client.find(&crashed).await.unwrap().click().await.unwrap();
+    eventually("the pill is clicked", Duration::from_secs(5), || async {
+        client.find(&crashed).await.ok()?.click().await.ok()
+    })
+    .await;
     let logs = eventually(
         "the crashed pipeline's logs",
         Duration::from_secs(5),
