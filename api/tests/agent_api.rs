@@ -298,11 +298,7 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
 
     // A new version with the same YAML keeps the checksum; different YAML changes it.
     let r = api
-        .admin(
-            Method::PUT,
-            &format!("/api/v1/pipelines/{everywhere}"),
-            Some(json!({"configYaml": "sources: {}\n"})),
-        )
+        .update_pipeline(&everywhere, json!({"configYaml": "sources: {}\n"}))
         .await;
     assert_eq!(r.body["latestVersion"], 2);
     api.deploy(&everywhere).await;

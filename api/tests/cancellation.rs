@@ -24,11 +24,7 @@ async fn a_request_that_times_out_still_finishes_and_leaves_no_transaction_open(
         .await
         .unwrap();
     let r = api
-        .admin(
-            Method::PUT,
-            &format!("/api/v1/pipelines/{p}"),
-            Some(json!({"configYaml": "a: 2\n"})),
-        )
+        .update_pipeline(&p, json!({"configYaml": "a: 2\n"}))
         .await;
     assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT, "{}", r.text);
     lock.commit().await.unwrap();

@@ -76,10 +76,9 @@ async fn pipeline_changes_reach_nodes_matching_the_selector_before_and_after() {
     rx.assert_quiet(QUIET).await;
 
     // Version 2 moves the pipeline to the db nodes: both the old and the new nodes hear.
-    api.admin(
-        Method::PUT,
-        &format!("/api/v1/pipelines/{p}"),
-        Some(json!({"configYaml": "a: 2\n", "nodeSelector": {"role": "db"}})),
+    api.update_pipeline(
+        &p,
+        json!({"configYaml": "a: 2\n", "nodeSelector": {"role": "db"}}),
     )
     .await;
     api.deploy(&p).await;

@@ -160,6 +160,16 @@ impl ApiHandle {
         r.body["id"].as_str().unwrap().to_owned()
     }
 
+    /// Saves a new version of a pipeline (`body`: `{configYaml, logLevel?, nodeSelector?}`).
+    pub async fn update_pipeline(&self, pipeline_id: &str, body: Value) -> Reply {
+        self.admin(
+            Method::PUT,
+            &format!("/api/v1/pipelines/{pipeline_id}"),
+            Some(body),
+        )
+        .await
+    }
+
     /// Deploys the latest version of a pipeline.
     pub async fn deploy(&self, pipeline_id: &str) -> Reply {
         self.admin(
