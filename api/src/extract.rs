@@ -10,6 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use flotilla_shared::node_auth::{self, AuthError, AuthedNode, BudgetedError, NodeCredentials};
 use flotilla_shared::rate_limit::client_address;
+use flotilla_shared::tokens;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 use uuid::Uuid;
@@ -139,8 +140,7 @@ impl FromRequestParts<AppState> for NodeCaller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let bearer = NodeBearer::from_request_parts(parts, state).await?;
-        let (node, _) = bearer.credentials(state).await?;
-        Ok(NodeCaller(node))
+        Ok(NodeCaller(bearer.check(state).await?))
     }
 }
 
@@ -168,26 +168,23 @@ impl FromRequestParts<AppState> for NodeBearer {
 }
 
 impl NodeBearer {
-    /// For a token verified before by this process: its lookup id and the hash it was verified
-    /// against (see [`NodeAuthenticator::warm_hash`]).
-    ///
-    /// [`NodeAuthenticator::warm_hash`]: flotilla_shared::node_auth::NodeAuthenticator::warm_hash
-    pub async fn warm(&self, state: &AppState) -> Option<(String, std::sync::Arc<str>)> {
-        let (lookup, hash) = state.node_auth.warm_hash(&self.token).await?;
-        Some((lookup.to_owned(), hash))
+    /// For a well-formed token: its lookup id and the digest a valid token's row carries, so
+    /// a statement on the row matching both proves the token as a full check would.
+    pub fn lookup_and_digest(&self) -> Option<(&str, [u8; 32])> {
+        let lookup = node_auth::lookup_id(&self.token)?;
+        Some((lookup, tokens::node_digest(&self.token)))
     }
 
-    /// Authenticates the token against its stored credentials; returns them too.
-    pub async fn credentials(
-        &self,
-        state: &AppState,
-    ) -> Result<(AuthedNode, NodeCredentials), ApiError> {
+    /// Authenticates the token against its stored credentials.
+    pub async fn check(&self, state: &AppState) -> Result<AuthedNode, ApiError> {
         let auth = &state.node_auth;
-        self.authenticate(state, |lookup| async move {
-            let row = auth.read_lookup(&lookup).await?;
-            Ok(row.map(|r| (r.clone(), r)))
-        })
-        .await
+        let (node, ()) = self
+            .authenticate(state, |lookup| async move {
+                let row = auth.read_lookup(&lookup).await?;
+                Ok(row.map(|r| (r, ())))
+            })
+            .await?;
+        Ok(node)
     }
 
     /// Authenticates the token against the credentials `read` returns for its lookup id, with

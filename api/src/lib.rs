@@ -28,7 +28,7 @@ pub use state::AppState;
 
 use anyhow::Context;
 use flotilla_shared::http_server::{self, ServeOptions};
-use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::node_auth::NodeAuthenticator;
 use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
@@ -74,13 +74,9 @@ impl Api {
             .context("api.bootstrap_environment")?;
         }
         let redis = Redis::new(&settings.redis).context("redis.url")?;
-        let shared = settings
-            .auth
-            .share_verifications
-            .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
         let state = AppState {
             polls: routes::agent_config::poll_reads(pool.clone()),
-            node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth, shared),
+            node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth),
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 #[tokio::test]
-async fn enroll_returns_a_node_token_once_and_stores_only_a_hash() {
+async fn enroll_returns_a_node_token_once_and_stores_only_its_digest() {
     let (db, api) = common::start().await;
     let (env_id, enroll_token) = api.create_environment("prod").await;
     let r = api
@@ -25,15 +25,21 @@ async fn enroll_returns_a_node_token_once_and_stores_only_a_hash() {
     assert!(token.starts_with("vf_node_"));
     assert_eq!(r.body["environmentId"], env_id.as_str());
     assert_eq!(r.body["environmentName"], "prod");
-    let stored: Vec<(String, String)> =
-        sqlx::query_as("SELECT token_lookup, token_hash FROM nodes")
+    let stored: Vec<(String, Vec<u8>, Option<String>)> =
+        sqlx::query_as("SELECT token_lookup, token_digest, token_hash FROM nodes")
             .fetch_all(&db.pool)
             .await
             .unwrap();
     assert_eq!(stored.len(), 1);
-    assert!(stored[0].1.starts_with("$2"), "bcrypt hash stored");
+    let (lookup, digest, hash) = &stored[0];
+    assert_eq!(
+        digest.as_slice(),
+        flotilla_shared::tokens::node_digest(token),
+        "the token's SHA-256 is stored"
+    );
+    assert_eq!(*hash, None, "no bcrypt hash for a node token");
     assert!(
-        !stored[0].1.contains(token) && token.contains(&stored[0].0),
+        token.contains(lookup.as_str()),
         "lookup id embedded in token"
     );
     assert_eq!(api.agent_config(token).await.status, StatusCode::OK);
@@ -129,37 +135,36 @@ async fn agent_endpoints_reject_missing_wrong_and_revoked_tokens() {
     }
 }
 
+/// Node tokens are checked by their digest: no bcrypt on any request, in this api or a fresh
+/// one (nothing warm), and a digest replaced under the same lookup id refuses the old token
+/// on the very next request.
 #[tokio::test]
-async fn a_warm_token_costs_no_bcrypt_and_a_rotated_hash_is_rejected_at_once() {
+async fn node_tokens_cost_no_bcrypt_and_a_replaced_digest_is_rejected_at_once() {
     let (db, api) = common::start().await;
     let (_, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h1").await;
-    let counters = api.state.node_auth.counters().clone();
-    let before = counters.bcrypt_verifications.load(Ordering::SeqCst);
-    assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
-    let cold = counters.bcrypt_verifications.load(Ordering::SeqCst) - before;
-    assert!(
-        cold <= 1,
-        "cold path verifies at most once (shared verification may skip it)"
-    );
-    for _ in 0..20 {
-        assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+    let fresh = flotilla_testkit::api::spawn(api.state.settings.as_ref().clone()).await;
+    for api in [&api, &fresh] {
+        for _ in 0..10 {
+            assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+            let beat = api
+                .call(
+                    Method::POST,
+                    "/api/agent/heartbeat",
+                    Some(&token),
+                    Some(json!({"pipelines": []})),
+                )
+                .await;
+            assert_eq!(beat.status, StatusCode::OK, "{}", beat.text);
+        }
+        let bcrypt = &api.state.node_auth.counters().bcrypt_verifications;
+        assert_eq!(bcrypt.load(Ordering::SeqCst), 0, "no bcrypt run");
     }
-    assert_eq!(
-        counters.bcrypt_verifications.load(Ordering::SeqCst) - before,
-        cold,
-        "warm hits run no bcrypt"
-    );
-    assert!(counters.warm_hits.load(Ordering::SeqCst) >= 20);
 
-    // Rotate the node's credential underneath the cache: the cached hash no longer matches.
     let issued = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX);
-    let hash = flotilla_shared::tokens::hash_secret(issued.secret.clone(), 4)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE nodes SET token_hash = $2, token_lookup = $3 WHERE id = $1::uuid")
+    sqlx::query("UPDATE nodes SET token_digest = $2, token_lookup = $3 WHERE id = $1::uuid")
         .bind(&node_id)
-        .bind(&hash)
+        .bind(flotilla_shared::tokens::node_digest(&issued.token).as_slice())
         .bind(&issued.lookup)
         .execute(&db.pool)
         .await
@@ -171,10 +176,10 @@ async fn a_warm_token_costs_no_bcrypt_and_a_rotated_hash_is_rejected_at_once() {
     assert_eq!(api.agent_config(&issued.token).await.status, StatusCode::OK);
 }
 
-/// A warm heartbeat is checked by its own write (the row must still carry the hash the token
-/// was verified against): after the hash changes under the same lookup id, nothing is written.
+/// A heartbeat is checked by its own write (the row must carry the token's digest): after the
+/// digest changes under the same lookup id, nothing is written.
 #[tokio::test]
-async fn a_warm_heartbeat_writes_nothing_once_the_hash_changed() {
+async fn a_heartbeat_writes_nothing_once_the_digest_changed() {
     let (db, api) = common::start().await;
     let (_, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h1").await;
@@ -186,15 +191,12 @@ async fn a_warm_heartbeat_writes_nothing_once_the_hash_changed() {
             Some(json!({"agentVersion": version, "pipelines": []})),
         )
     };
-    assert_eq!(beat("1.0.0").await.status, StatusCode::OK);
-    assert_eq!(beat("1.0.1").await.status, StatusCode::OK); // warm now
+    assert_eq!(beat("1.0.1").await.status, StatusCode::OK);
 
-    let other = flotilla_shared::tokens::hash_secret("another-secret".into(), 4)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE nodes SET token_hash = $2 WHERE id = $1::uuid")
+    let other = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX);
+    sqlx::query("UPDATE nodes SET token_digest = $2 WHERE id = $1::uuid")
         .bind(&node_id)
-        .bind(&other)
+        .bind(flotilla_shared::tokens::node_digest(&other.token).as_slice())
         .execute(&db.pool)
         .await
         .unwrap();
@@ -206,6 +208,85 @@ async fn a_warm_heartbeat_writes_nothing_once_the_hash_changed() {
             .await
             .unwrap();
     assert_eq!(version.as_deref(), Some("1.0.1"));
+}
+
+/// A node enrolled before digests were stored keeps its bcrypt hash until its token next
+/// verifies: its first heartbeat runs bcrypt once, is written, and the digest replaces the
+/// hash; later polls and heartbeats run none. A wrong secret for such a row is refused and
+/// replaces nothing.
+#[tokio::test]
+async fn a_bcrypt_hashed_node_token_works_once_then_is_checked_by_its_digest() {
+    let (db, api) = common::start().await;
+    let (_, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h1").await;
+    let secret = token.rsplit('_').next().unwrap().to_owned();
+    let hash = flotilla_shared::tokens::hash_secret(secret, 4)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE nodes SET token_hash = $2, token_digest = NULL WHERE id = $1::uuid")
+        .bind(&node_id)
+        .bind(&hash)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let counters = api.state.node_auth.counters().clone();
+    let bcrypt = || counters.bcrypt_verifications.load(Ordering::SeqCst);
+    let beat = |token: String, version: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                "/api/agent/heartbeat",
+                Some(&token),
+                Some(json!({"agentVersion": version, "pipelines": []})),
+            )
+            .await
+        }
+    };
+
+    let wrong = format!("{}{}", &token[..token.len() - 4], "0000");
+    assert_eq!(beat(wrong, "6.6.6").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(bcrypt(), 1);
+    let still: Option<String> =
+        sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1::uuid")
+            .bind(&node_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        still.as_deref(),
+        Some(hash.as_str()),
+        "a wrong secret replaces nothing"
+    );
+
+    let r = beat(token.clone(), "2.0.0").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(bcrypt(), 2);
+    assert_eq!(counters.digests_adopted.load(Ordering::SeqCst), 1);
+    let (digest, hash, version): (Option<Vec<u8>>, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT token_digest, token_hash, agent_version FROM nodes WHERE id = $1::uuid",
+        )
+        .bind(&node_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        digest.as_deref(),
+        Some(&flotilla_shared::tokens::node_digest(&token)[..])
+    );
+    assert_eq!(hash, None);
+    assert_eq!(
+        version.as_deref(),
+        Some("2.0.0"),
+        "the heartbeat was written"
+    );
+
+    for _ in 0..5 {
+        assert_eq!(api.agent_config(&token).await.status, StatusCode::OK);
+        assert_eq!(beat(token.clone(), "2.0.0").await.status, StatusCode::OK);
+    }
+    assert_eq!(bcrypt(), 2, "checked by its digest from then on");
 }
 
 #[tokio::test]

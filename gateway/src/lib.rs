@@ -49,7 +49,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use flotilla_shared::http_server::{self, ServeOptions};
-use flotilla_shared::node_auth::{NodeAuthenticator, SharedVerifications};
+use flotilla_shared::node_auth::NodeAuthenticator;
 use flotilla_shared::rate_limit::RateLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
@@ -76,11 +76,7 @@ impl Gateway {
         let pool = flotilla_shared::db::pool(&settings.database)
             .context("invalid setting `database.url`")?;
         let redis = Redis::new(&settings.redis).context("invalid setting `redis.url`")?;
-        let shared = settings
-            .auth
-            .share_verifications
-            .then(|| SharedVerifications::new(redis.clone(), settings.auth.cache_ttl_secs));
-        let auth = NodeAuthenticator::new(pool, &settings.auth, shared);
+        let auth = NodeAuthenticator::new(pool, &settings.auth);
         let gw = settings.gateway;
         if gw.liveness_ttl_ms <= gw.heartbeat_interval_ms {
             anyhow::bail!(

@@ -101,8 +101,10 @@ impl Counters {
                 "flotilla_gateway_bcrypt_verifications_total",
                 &auth.bcrypt_verifications,
             ),
-            ("flotilla_gateway_auth_warm_hits_total", &auth.warm_hits),
-            ("flotilla_gateway_auth_shared_hits_total", &auth.shared_hits),
+            (
+                "flotilla_gateway_token_digests_adopted_total",
+                &auth.digests_adopted,
+            ),
         ] {
             line(name, "counter", Self::get(c));
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn a_burst_of_reads_shares_few_queries_and_each_gets_its_own_row() {
     let db = flotilla_testkit::db::fresh().await;
-    let nodes = common::shared_secret_nodes(&db.pool, 300).await;
+    let nodes = common::nodes(&db.pool, 300).await;
     let reads = BatchedReads::<NodeCredentials>::new(db.pool.clone(), CREDENTIALS_ANY);
     // Every node, a few of them twice, and lookup ids that do not exist.
     let mut asks: Vec<(Option<uuid::Uuid>, String)> = nodes

@@ -95,13 +95,14 @@ async fn sigterm_drains_with_1012_exits_in_time_and_logs_no_secrets() {
 
     let output = gw.output();
     assert!(output.contains("listening on"), "{output}");
-    let hash: String = sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1")
+    let digest: Vec<u8> = sqlx::query_scalar("SELECT token_digest FROM nodes WHERE id = $1")
         .bind(node)
         .fetch_one(&db.pool)
         .await
         .unwrap();
+    let digest = hex::encode(digest);
     let secret = token.rsplit('_').next().unwrap();
-    for leaked in [token.as_str(), wrong.as_str(), secret, hash.as_str()] {
+    for leaked in [token.as_str(), wrong.as_str(), secret, digest.as_str()] {
         assert!(
             !output.contains(leaked),
             "a secret is in the logs:\n{output}"
@@ -406,7 +407,7 @@ async fn an_idle_socket_costs_the_gateway_a_few_kib() {
     const MEASURED: usize = 2000;
     flotilla_gateway::os::raise_nofile_limit(); // this process holds the client ends
     let db = db::fresh().await;
-    let nodes = shared_secret_nodes(&db.pool, WARM + MEASURED).await;
+    let nodes = nodes(&db.pool, WARM + MEASURED).await;
     let keepalive = [
         ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "30000"),
         ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "40000"),

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use flotilla_shared::close_codes::REVOKED;
+use flotilla_shared::tokens;
 use flotilla_testkit::{api, db, eventually, redis_url};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -71,29 +72,80 @@ async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_
     assert_eq!(refused_status(gw.try_connect(&token).await), 401);
 }
 
+/// A node token is checked by its digest: no bcrypt in a cold gateway, a warm one, or the
+/// api.
 #[tokio::test]
-async fn a_token_the_api_verified_and_every_reconnect_skip_bcrypt_in_the_gateway() {
+async fn node_tokens_cost_no_bcrypt_in_cold_and_warm_gateways_and_the_api() {
+    let db = db::fresh().await;
+    let s = settings(&db.url, &redis_url(), &[]);
+    let redis = redis(&s);
+    let api = api::spawn(s.clone()).await;
+    let (_, enroll) = api.create_environment("prod").await;
+    let (node, token) = api.enroll(&enroll, "h1").await;
+    let node: Uuid = node.parse().unwrap();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..2 {
+        // A fresh gateway each time: nothing warm in the process.
+        let gw = gateway(s.clone()).await;
+        for _ in 0..2 {
+            let (mut ws, _) = gw.connect(&redis, node, &token).await;
+            ws.close(None).await.unwrap();
+            wait_absent(&redis, node, Duration::from_secs(1)).await;
+        }
+        assert_eq!(count(&gw.state.auth_counters().bcrypt_verifications), 0);
+    }
+    assert_eq!(api.agent_config(&token).await.status, 200);
+    let beat = api
+        .call(
+            Method::POST,
+            "/api/agent/heartbeat",
+            Some(&token),
+            Some(json!({"pipelines": []})),
+        )
+        .await;
+    assert_eq!(beat.status, 200, "{}", beat.text);
+    assert_eq!(
+        count(&api.state.node_auth.counters().bcrypt_verifications),
+        0
+    );
+}
+
+/// A token stored as a bcrypt hash (enrolled before digests) is bcrypt-verified once, by
+/// whichever service sees it first; its digest replaces the hash, and from then on neither
+/// the gateway nor the api runs bcrypt for it.
+#[tokio::test]
+async fn a_bcrypt_hashed_node_token_is_verified_once_and_rewritten_to_its_digest() {
     let db = db::fresh().await;
     let s = settings(&db.url, &redis_url(), &[]);
     let redis = redis(&s);
     let api = api::spawn(s.clone()).await;
     let gw = gateway(s).await;
-    let (_, enroll) = api.create_environment("prod").await;
-    let (node, token) = api.enroll(&enroll, "h1").await;
-    // The agent polls first; the api bcrypt-verifies its token and shares that through Redis.
-    assert_eq!(api.agent_config(&token).await.status, 200);
-
-    let node: Uuid = node.parse().unwrap();
-    let counters = gw.state.auth_counters();
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    hash_with_bcrypt(&db.pool, node, &token).await;
     let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    for _ in 0..3 {
-        let (mut ws, _) = gw.connect(&redis, node, &token).await;
-        ws.close(None).await.unwrap();
-        wait_absent(&redis, node, Duration::from_secs(1)).await;
-    }
-    assert_eq!(count(&counters.bcrypt_verifications), 0);
-    assert_eq!(count(&counters.shared_hits), 1);
-    assert_eq!(count(&counters.warm_hits), 2);
+    let gw_auth = gw.state.auth_counters();
+
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    assert_eq!(count(&gw_auth.bcrypt_verifications), 1);
+    assert_eq!(count(&gw_auth.digests_adopted), 1);
+    let (digest, hash): (Option<Vec<u8>>, Option<String>) =
+        sqlx::query_as("SELECT token_digest, token_hash FROM nodes WHERE id = $1")
+            .bind(node)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(digest.as_deref(), Some(&tokens::node_digest(&token)[..]));
+    assert_eq!(hash, None, "the bcrypt hash is gone");
+
+    ws.close(None).await.unwrap();
+    wait_absent(&redis, node, Duration::from_secs(1)).await;
+    let (_ws, _) = gw.connect(&redis, node, &token).await;
+    assert_eq!(api.agent_config(&token).await.status, 200);
+    assert_eq!(count(&gw_auth.bcrypt_verifications), 1);
+    assert_eq!(
+        count(&api.state.node_auth.counters().bcrypt_verifications),
+        0
+    );
 }
 
 /// A deploy through the api reaches agents on either of two gateways, verbatim, within 50 ms

@@ -30,14 +30,6 @@ pub fn gateway_alive_key(gateway_id: &str) -> String {
 /// Channel on which gateways announce connects and disconnects (feeds the fleet page).
 pub const FLEET_EVENTS: &str = "flotilla:fleet-events";
 
-/// Key recording that some service bcrypt-verified a token (named by a hash of its SHA-256).
-pub fn verified_token_key(token_sha256: &[u8; 32]) -> String {
-    format!(
-        "flotilla:auth:verified:{}",
-        crate::tokens::sha256_hex(token_sha256)
-    )
-}
-
 /// A gateway-internal message sharing a node channel; never forwarded to agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ctl", rename_all = "snake_case")]

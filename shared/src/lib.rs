@@ -5,7 +5,7 @@
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
-//! - [`node_auth`]: node-token authentication with a warm cache that skips bcrypt.
+//! - [`node_auth`]: node-token authentication: a row read and a digest, no cache.
 //! - [`batched_reads`]: concurrent reads of rows by key, coalesced into one query a round.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
 //! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.

@@ -74,8 +74,8 @@ pub struct ApiSettings {
     pub shutdown_grace_ms: u64,
     /// Enrollment attempts allowed per source address per minute.
     pub enroll_per_minute: u32,
-    /// Failed authentications allowed per source address per minute before cold
-    /// (bcrypt) verifications from it are refused with 429.
+    /// Failed authentications allowed per source address per minute before checks from it
+    /// that need bcrypt are refused with 429.
     pub auth_failures_per_minute: u32,
     /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
     pub trust_forwarded_for: bool,
@@ -122,8 +122,8 @@ pub struct GatewaySettings {
     pub drain_pause_ms: u64,
     /// Time allowed for a drain before the process exits anyway.
     pub shutdown_grace_ms: u64,
-    /// Failed authentications allowed per source address per minute before cold (bcrypt)
-    /// verifications from it are refused with 429.
+    /// Failed authentications allowed per source address per minute before checks from it
+    /// that need bcrypt (a node token still hashed with bcrypt) are refused with 429.
     pub auth_failures_per_minute: u32,
     /// Take the client address from `X-Forwarded-For` (set only behind a trusted balancer).
     pub trust_forwarded_for: bool,
@@ -134,21 +134,17 @@ pub struct GatewaySettings {
     pub trim_after_churn: u64,
 }
 
-/// Token hashing and the authentication cache.
+/// Token hashing and checking.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    /// bcrypt cost for new hashes (4 to 31).
+    /// bcrypt cost for new hashes of operator and enrollment tokens (4 to 31).
     pub bcrypt_cost: u32,
-    /// Entries in the warm token cache.
-    pub cache_capacity: u64,
-    /// Lifetime of a warm token cache entry.
+    /// Lifetime of a verified operator token in the api's cache (node tokens need no cache).
     pub cache_ttl_secs: u64,
     /// bcrypt verifications running at once.
     pub max_concurrent_bcrypt: usize,
     /// How long a request waits for a bcrypt slot before it is answered 503.
     pub bcrypt_queue_timeout_ms: u64,
-    /// Share verified tokens through Redis so each is bcrypt-verified once fleet-wide.
-    pub share_verifications: bool,
 }
 
 /// Logging settings.
@@ -229,11 +225,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.drain_pause_ms", "100"),
     ("gateway.shutdown_grace_ms", "30000"),
     ("auth.bcrypt_cost", "12"),
-    ("auth.cache_capacity", "100000"),
     ("auth.cache_ttl_secs", "1800"),
     ("auth.max_concurrent_bcrypt", "2"),
     ("auth.bcrypt_queue_timeout_ms", "5000"),
-    ("auth.share_verifications", "true"),
     ("log.format", "text"),
     ("log.level", "info"),
 ];
@@ -345,7 +339,6 @@ mod tests {
         assert_eq!(s.auth.bcrypt_cost, 12);
         assert_eq!(s.api.default_poll_interval_ms, 15000);
         assert_eq!(s.api.unhealthy_threshold, 3);
-        assert_eq!(s.auth.cache_capacity, 100_000);
         assert!(s.api.bootstrap_admin_token.is_none());
     }
 

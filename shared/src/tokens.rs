@@ -1,8 +1,10 @@
 //! Token formats, generation and hashing.
 //!
 //! Issued tokens are `<prefix><lookup>_<secret>`: the lookup id (16 hex) finds the row with
-//! one indexed read, the secret (48 hex) is what bcrypt protects. Only bcrypt hashes of the
-//! secret are stored.
+//! one indexed read, the secret (48 hex, 192 random bits) is what the stored hash protects.
+//! No token is stored in clear: a node token, which only the server makes, as its SHA-256
+//! ([`node_digest`]); what a person may choose or type (operator and enrollment tokens) as a
+//! bcrypt hash of the secret.
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -22,7 +24,7 @@ const SECRET_LEN: usize = 48;
 pub struct ParsedToken<'a> {
     /// Public part, indexed in the database.
     pub lookup: &'a str,
-    /// Secret part, verified against the bcrypt hash.
+    /// Secret part, verified against the stored hash.
     pub secret: &'a str,
 }
 
@@ -41,7 +43,7 @@ pub struct IssuedToken {
     pub token: String,
     /// The lookup id to store.
     pub lookup: String,
-    /// The secret (to be bcrypt-hashed by the caller).
+    /// The secret (to be hashed by the caller).
     pub secret: String,
 }
 
@@ -70,16 +72,6 @@ pub fn issue(prefix: &str) -> IssuedToken {
     }
 }
 
-/// Issues a token whose secret is given (the bench shares one secret so one hash serves all).
-pub fn issue_with_secret(prefix: &str, secret: &str) -> IssuedToken {
-    let lookup = random_hex(LOOKUP_LEN);
-    IssuedToken {
-        token: format!("{prefix}{lookup}_{secret}"),
-        lookup,
-        secret: secret.to_owned(),
-    }
-}
-
 /// Splits a token of the given prefix; `None` for anything malformed (no database work needed).
 pub fn parse<'a>(prefix: &str, token: &'a str) -> Option<ParsedToken<'a>> {
     let rest = token.strip_prefix(prefix)?;
@@ -92,6 +84,18 @@ pub fn parse<'a>(prefix: &str, token: &'a str) -> Option<ParsedToken<'a>> {
 /// SHA-256 of a token, used as a cache key so no token is kept in memory.
 pub fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The digest stored for a node token: SHA-256 of the whole token. Its 192 random bits make a
+/// slow hash pointless (no guess list to slow down), so checking one costs microseconds.
+pub fn node_digest(token: &str) -> [u8; 32] {
+    sha256(token)
+}
+
+/// Whether `token`'s digest equals the `stored` one, compared in constant time.
+pub fn node_digest_matches(token: &str, stored: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    node_digest(token).as_slice().ct_eq(stored).into()
 }
 
 /// Hex SHA-256 of arbitrary bytes.
@@ -188,6 +192,16 @@ mod tests {
             operator_parts(&t.token),
             (t.lookup.clone(), t.secret.clone())
         );
+    }
+
+    #[test]
+    fn node_digests_match_only_their_token() {
+        let t = issue(NODE_PREFIX);
+        let stored = node_digest(&t.token);
+        assert!(node_digest_matches(&t.token, &stored));
+        assert!(!node_digest_matches(&issue(NODE_PREFIX).token, &stored));
+        assert!(!node_digest_matches(&t.token, &stored[..31]));
+        assert!(!node_digest_matches(&t.token, b""));
     }
 
     #[test]

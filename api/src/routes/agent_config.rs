@@ -55,7 +55,7 @@ impl Keyed for PollRow {
 /// pipelines of its environment whose selector its labels satisfy (none in maintenance); the
 /// pending sample requests of those pipelines.
 const POLL: &str = "
-SELECT n.id, n.environment_id, n.token_lookup, n.token_hash, n.pending_action,
+SELECT n.id, n.environment_id, n.token_lookup, n.token_digest, n.token_hash, n.pending_action,
        (SELECT poll_interval_ms FROM settings) AS poll_interval_ms,
        d.pipeline_ids, d.names, d.versions, d.config_yamls, d.checksums, d.log_levels,
        CASE WHEN d.pipeline_ids IS NOT NULL THEN (

@@ -69,12 +69,9 @@ async fn enroll(
     }
 
     let issued = tokens::issue(NODE_PREFIX);
-    let token_hash = tokens::hash_secret(issued.secret.clone(), state.settings.auth.bcrypt_cost)
-        .await
-        .map_err(anyhow::Error::from)?;
     let node_id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_hash, last_seen)
+        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_digest, last_seen)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
     )
     .bind(node_id)
@@ -84,7 +81,7 @@ async fn enroll(
     .bind(agent_version)
     .bind(vector_version)
     .bind(&issued.lookup)
-    .bind(&token_hash)
+    .bind(tokens::node_digest(&issued.token).as_slice())
     .execute(&state.pool)
     .await?;
     tracing::info!(%node_id, %environment_id, host = hostname, "node enrolled");

@@ -10,7 +10,6 @@ use axum::Router;
 use flotilla_shared::node_auth::AuthedNode;
 use flotilla_shared::protocol::{Heartbeat, Ok, PipelineStatus};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 /// Heartbeat route.
@@ -58,9 +57,9 @@ fn clip(s: Option<String>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
-/// A heartbeat's writes, on the row of the token's lookup id (`$1`) only if it still carries the
-/// hash the token was verified against (`$14`): revoked or rotated since, nothing is written and
-/// no row comes back. A self-update is settled by an error report or by reaching the target
+/// A heartbeat's writes, on the row of the token's lookup id (`$1`) only if it carries the
+/// token's digest (`$14`): for a wrong, revoked or still bcrypt-hashed token nothing is written
+/// and no row comes back. A self-update is settled by an error report or by reaching the target
 /// version; the node's pipeline statuses are replaced by the reported ones (the DELETE and the
 /// upsert touch disjoint rows); statuses of pipelines outside the node's environment are
 /// dropped by the join.
@@ -81,7 +80,7 @@ WITH node AS (
         WHEN pending_action->>'type' = 'self_update'
              AND ($6::text IS NOT NULL OR $2 = pending_action->>'targetVersion') THEN NULL
         ELSE pending_action END
-  WHERE token_lookup = $1 AND token_hash = $14
+  WHERE token_lookup = $1 AND token_digest = $14
   RETURNING id, environment_id
 ),
 gone AS (
@@ -165,12 +164,12 @@ impl<'a> Report<'a> {
         })
     }
 
-    /// Writes it to the node of `lookup` if that row still carries `hash`; the node, or `None`.
+    /// Writes it to the node of `lookup` if that row carries `digest`; the node, or `None`.
     async fn write(
         &self,
         state: &AppState,
         lookup: &str,
-        hash: &str,
+        digest: &[u8; 32],
     ) -> Result<Option<AuthedNode>> {
         let row: Option<(Uuid, Uuid)> = sqlx::query_as(HEARTBEAT)
             .bind(lookup)
@@ -186,7 +185,7 @@ impl<'a> Report<'a> {
             .bind(&self.uptimes)
             .bind(&self.checksums)
             .bind(&self.metrics)
-            .bind(hash)
+            .bind(digest.as_slice())
             .bind(&self.logs)
             .fetch_optional(&state.pool)
             .await?;
@@ -210,38 +209,31 @@ async fn heartbeat(
     bearer: NodeBearer,
     body: JsonBody,
 ) -> Result<axum::Json<Ok>> {
-    // A warm token (verified before by this process) with a valid body is checked by the write
-    // itself: one round trip. Otherwise (a cold token, a bad body, or a row that no longer
-    // carries the hash the token was verified against) the full check runs first, so a token
-    // that is not valid gets 401 before anything is said about its body.
-    let warm = match bearer.warm(&state).await {
-        Some((lookup, hash)) => match body.parse::<Heartbeat>() {
-            Ok(hb) => match Report::of(&hb) {
-                Ok(report) => report
-                    .write(&state, &lookup, &hash)
-                    .await?
-                    .map(|node| (node, hb)),
-                // A bad body is answered after the full check, as for any token.
-                Err(_) => None,
-            },
+    // A valid token with a valid body is checked by the write itself: one round trip.
+    // Otherwise (a wrong, revoked or still bcrypt-hashed token, or a bad body) the full check
+    // runs first, so a token that is not valid gets 401 before anything is said about its body.
+    let parsed = body.parse::<Heartbeat>();
+    let checked = bearer.lookup_and_digest();
+    let fast = match (&checked, parsed) {
+        (Some((lookup, digest)), Ok(hb)) => match Report::of(&hb) {
+            Ok(report) => report
+                .write(&state, lookup, digest)
+                .await?
+                .map(|node| (node, hb)),
             Err(_) => None,
         },
-        None => None,
+        _ => None,
     };
-    let (node, hb) = match warm {
-        Some(done) => {
-            let counters = state.node_auth.counters();
-            counters.warm_hits.fetch_add(1, Ordering::Relaxed);
-            done
-        }
+    let (node, hb) = match fast {
+        Some(done) => done,
         None => {
-            let (_, credentials) = bearer.credentials(&state).await?;
+            bearer.check(&state).await?;
             let hb: Heartbeat = body.parse()?;
             let report = Report::of(&hb)?;
-            let written = report
-                .write(&state, &credentials.token_lookup, &credentials.token_hash)
-                .await?;
-            // Revoked or rotated between the check and the write.
+            // A verified token is well-formed, and its row now carries its digest.
+            let (lookup, digest) = checked.ok_or(ApiError::Unauthorized("Unauthorized"))?;
+            let written = report.write(&state, lookup, &digest).await?;
+            // Revoked between the check and the write.
             let node = written.ok_or(ApiError::Unauthorized("Unauthorized"))?;
             (node, hb)
         }

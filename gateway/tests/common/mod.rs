@@ -51,7 +51,8 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
     s
 }
 
-/// Inserts an environment and `n` nodes; returns `(node id, node token)` for each.
+/// Inserts an environment and `n` nodes, their tokens stored as digests like an enrolled
+/// node's, in one statement; returns `(node id, node token)` for each.
 pub async fn nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
     let env = Uuid::new_v4();
     sqlx::query(
@@ -64,50 +65,43 @@ pub async fn nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
     .execute(pool)
     .await
     .expect("insert environment");
-    let mut out = Vec::new();
-    for i in 0..n {
-        let issued = tokens::issue(NODE_PREFIX);
-        let hash = tokens::hash_secret(issued.secret.clone(), 4).await.unwrap();
-        let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO nodes (id, environment_id, host, token_lookup, token_hash) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(env)
-            .bind(format!("host-{i}"))
-            .bind(&issued.lookup)
-            .bind(hash)
-            .execute(pool)
-            .await
-            .expect("insert node");
-        out.push((id, issued.token));
-    }
-    out
-}
-
-/// Inserts `n` nodes whose tokens share one secret, so one bcrypt hash serves all (fast to
-/// create in bulk); returns `(node id, node token)` for each.
-pub async fn shared_secret_nodes(pool: &PgPool, n: usize) -> Vec<(Uuid, String)> {
-    let [(_, first)] = nodes(pool, 1).await.try_into().unwrap();
-    let secret = first.rsplit('_').next().unwrap().to_owned();
-    let issued: Vec<_> = (0..n)
-        .map(|_| tokens::issue_with_secret(NODE_PREFIX, &secret))
-        .collect();
-    let lookups: Vec<String> = issued.iter().map(|t| t.lookup.clone()).collect();
+    let issued: Vec<_> = (0..n).map(|_| tokens::issue(NODE_PREFIX)).collect();
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let hosts: Vec<String> = (0..n).map(|i| format!("host-{i}")).collect();
+    let lookups: Vec<&str> = issued.iter().map(|t| t.lookup.as_str()).collect();
+    let digests: Vec<Vec<u8>> = issued
+        .iter()
+        .map(|t| tokens::node_digest(&t.token).to_vec())
+        .collect();
     sqlx::query(
-        "INSERT INTO nodes (id, environment_id, host, token_lookup, token_hash)
-         SELECT u.id, n.environment_id, 'bulk', u.lookup, n.token_hash
-         FROM unnest($1::uuid[], $2::text[]) AS u(id, lookup), nodes n
-         WHERE n.token_lookup = $3",
+        "INSERT INTO nodes (id, environment_id, host, token_lookup, token_digest)
+         SELECT u.id, $1, u.host, u.lookup, u.digest
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[]) AS u(id, host, lookup, digest)",
     )
+    .bind(env)
     .bind(&ids)
+    .bind(&hosts)
     .bind(&lookups)
-    .bind(tokens::parse(NODE_PREFIX, &first).unwrap().lookup)
+    .bind(&digests)
     .execute(pool)
     .await
     .expect("insert nodes");
     ids.into_iter()
         .zip(issued.into_iter().map(|t| t.token))
         .collect()
+}
+
+/// Stores `token` as a node enrolled before digests were stored has it: a bcrypt hash of its
+/// secret (cost 4), no digest.
+pub async fn hash_with_bcrypt(pool: &PgPool, node: Uuid, token: &str) {
+    let secret = tokens::parse(NODE_PREFIX, token).unwrap().secret.to_owned();
+    let hash = tokens::hash_secret(secret, 4).await.unwrap();
+    sqlx::query("UPDATE nodes SET token_hash = $2, token_digest = NULL WHERE id = $1")
+        .bind(node)
+        .bind(hash)
+        .execute(pool)
+        .await
+        .expect("store a bcrypt hash");
 }
 
 /// A gateway running in-process.
