@@ -21,7 +21,7 @@ use flotilla_shared::protocol::ErrorBody;
         pipelines::deploy, pipelines::undeploy, pipelines::rollback,
         fleet::list, fleet::show, fleet::labels, fleet::maintenance, fleet::action, fleet::revoke,
         samples::request, samples::show, settings::show, settings::update,
-        tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, page::me,
+        tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, metrics::metrics, page::me,
     ),
     modifiers(&Security)
 )]

@@ -7,6 +7,7 @@ pub mod environments;
 pub mod fleet;
 pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod page;
 pub mod pipelines;
 pub mod samples;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     let request_timeout = Duration::from_millis(state.settings.api.request_timeout_ms);
     Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .merge(enroll::router())
         .merge(agent_config::router())
         .merge(heartbeat::router())
