@@ -1,14 +1,11 @@
 //! `seed`: a bench database with one environment and N nodes, and the fleet file naming them.
 //!
-//! Nodes go straight into Postgres. They share one secret, so one bcrypt hash at the
-//! configured cost serves them all, while each token stays unique through its lookup id (the
-//! caches see N distinct tokens). By default the seed also records every token as verified in
-//! Redis, exactly as a service does after its bcrypt run: that is the fleet's state after its
-//! first connection ("warm caches"), which would otherwise take N bcrypt runs to reach.
-//! Each node carries the label `bench=<index>`, so a pipeline can select a single node.
+//! Nodes go straight into Postgres, each with a token of its own stored as its digest, exactly
+//! as enrollment stores it; nothing is written to Redis, so every scenario starts from what a
+//! fleet has after any restart. Each node carries the label `bench=<index>`, so a pipeline can
+//! select a single node.
 
 use anyhow::Context;
-use flotilla_shared::channels::verified_token_key;
 use flotilla_shared::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -18,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use uuid::Uuid;
 
-/// Rows inserted (and Redis keys written) per round trip.
+/// Rows inserted per round trip.
 const BATCH: usize = 5000;
 
 /// Options of `seed`.
@@ -27,15 +24,9 @@ pub struct SeedArgs {
     /// Nodes to create.
     #[arg(long)]
     pub nodes: usize,
-    /// bcrypt cost of the shared node hash (the services' default is 12).
+    /// bcrypt cost of the enrollment token's hash (the services' default is 12).
     #[arg(long, default_value_t = 12)]
     pub bcrypt_cost: u32,
-    /// Do not record the tokens as verified in Redis (first connects then each run bcrypt).
-    #[arg(long)]
-    pub cold: bool,
-    /// Lifetime of the verification records, like `auth.cache_ttl_secs`.
-    #[arg(long, default_value_t = 1800)]
-    pub verified_ttl_secs: u64,
     #[command(flatten)]
     pub common: crate::Common,
 }
@@ -106,13 +97,9 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<serde_json::Value> {
     let mut db = PgConnection::connect(&common.database_url).await?;
     flotilla_shared::db::MIGRATOR.run(&mut db).await?;
 
-    let secret = tokens::issue(NODE_PREFIX).secret;
-    let hash_started = Instant::now();
-    let hash = bcrypt::hash(&secret, args.bcrypt_cost)?;
-    let hash_ms = hash_started.elapsed().as_secs_f64() * 1000.0;
-
     let environment_id = Uuid::new_v4();
-    let enroll = tokens::issue_with_secret(ENROLL_PREFIX, &secret);
+    let enroll = tokens::issue(ENROLL_PREFIX);
+    let hash = bcrypt::hash(&enroll.secret, args.bcrypt_cost)?;
     sqlx::query(
         "INSERT INTO environments (id, name, enrollment_token_lookup, enrollment_token_hash, enrollment_token_hint)
          VALUES ($1, $2, $3, $4, $5)",
@@ -130,16 +117,12 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<serde_json::Value> {
         environment_id,
         nodes: Vec::with_capacity(args.nodes),
     };
-    let redis = if args.cold {
-        None
-    } else {
-        Some(crate::redis_connection(&common.redis_url).await?)
-    };
-    let fingerprint = tokens::sha256_hex(hash.as_bytes());
     for start in (0..args.nodes).step_by(BATCH) {
         let end = (start + BATCH).min(args.nodes);
-        let issued: Vec<_> = (start..end)
-            .map(|_| tokens::issue_with_secret(NODE_PREFIX, &secret))
+        let issued: Vec<_> = (start..end).map(|_| tokens::issue(NODE_PREFIX)).collect();
+        let digests: Vec<Vec<u8>> = issued
+            .iter()
+            .map(|t| tokens::node_digest(&t.token).to_vec())
             .collect();
         let ids: Vec<Uuid> = issued.iter().map(|_| Uuid::new_v4()).collect();
         let hosts: Vec<String> = (start..end).map(|i| format!("bench-{i:06}")).collect();
@@ -148,31 +131,19 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<serde_json::Value> {
             .map(|i| json!({ "bench": i.to_string() }))
             .collect();
         sqlx::query(
-            "INSERT INTO nodes (id, environment_id, host, token_lookup, token_hash, labels, last_seen)
-             SELECT t.id, $1, t.host, t.lookup, $2, t.labels, now()
-             FROM unnest($3::uuid[], $4::text[], $5::text[], $6::jsonb[]) AS t(id, host, lookup, labels)",
+            "INSERT INTO nodes (id, environment_id, host, token_lookup, token_digest, labels, last_seen)
+             SELECT t.id, $1, t.host, t.lookup, t.digest, t.labels, now()
+             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])
+               AS t(id, host, lookup, digest, labels)",
         )
         .bind(environment_id)
-        .bind(&hash)
         .bind(&ids)
         .bind(&hosts)
         .bind(&lookups)
+        .bind(&digests)
         .bind(&labels)
         .execute(&mut db)
         .await?;
-        if let Some(redis) = &redis {
-            let mut pipe = redis::pipe();
-            for t in &issued {
-                pipe.cmd("SET")
-                    .arg(verified_token_key(&tokens::sha256(&t.token)))
-                    .arg(&fingerprint)
-                    .arg("EX")
-                    .arg(args.verified_ttl_secs)
-                    .ignore();
-            }
-            let mut conn = redis.clone();
-            pipe.query_async::<()>(&mut conn).await?;
-        }
         fleet.nodes.extend(
             ids.into_iter()
                 .zip(issued)
@@ -186,9 +157,6 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<serde_json::Value> {
         "scenario": "seed",
         "nodes": args.nodes,
         "environmentId": environment_id,
-        "bcryptCost": args.bcrypt_cost,
-        "bcryptHashMs": hash_ms,
-        "verifiedInRedis": !args.cold,
         "fleetFile": common.fleet,
         "elapsedMs": started.elapsed().as_millis() as u64,
     }))

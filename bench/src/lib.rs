@@ -6,13 +6,13 @@
 //! and prints a JSON summary on stdout. Progress bars go to stderr. See `BENCHMARKS.md`.
 //!
 //! # Layout
-//! - [`fleet`]: `seed` (database, nodes, verified tokens in Redis) and the fleet file.
+//! - [`fleet`]: `seed` (database, nodes and their token digests) and the fleet file.
 //! - [`services`]: starting the api and gateways, their RSS, CPU time and metrics.
 //! - [`swarm`]: the parent side of the agent processes (spawn, commands, progress).
 //! - [`agents`]: the child side: simulated agents over tokio-tungstenite.
 //! - [`operator`]: the few operator API calls the scenarios make.
 //! - [`stats`]: clocks and percentiles.
-//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `poll`.
+//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`.
 
 pub mod agents;
 pub mod fleet;

@@ -25,8 +25,13 @@ enum Command {
     Latency(scenarios::latency::Args),
     /// Kill one of two gateways; time the reconnect storm and count bcrypt runs.
     Storm(scenarios::storm::Args),
+    /// Kill a gateway, flush Redis, start a new one; time until its agents are back.
+    Restart(scenarios::restart::Args),
     /// Agents polling config and sending heartbeats; api requests/s and p99.
     Poll(scenarios::poll::Args),
+    /// Agents polling and heartbeating on their intervals for minutes; api CPU per 1,000
+    /// requests and bcrypt runs, window by window.
+    Steady(scenarios::steady::Args),
     /// (internal) a child process of simulated agents.
     #[command(hide = true)]
     Agents(agents::AgentsArgs),
@@ -52,7 +57,9 @@ fn main() -> anyhow::Result<()> {
             Command::Fanout(args) => scenarios::fanout::run(args).await,
             Command::Latency(args) => scenarios::latency::run(args).await,
             Command::Storm(args) => scenarios::storm::run(args).await,
+            Command::Restart(args) => scenarios::restart::run(args).await,
             Command::Poll(args) => scenarios::poll::run(args).await,
+            Command::Steady(args) => scenarios::steady::run(args).await,
             Command::Agents(_) => unreachable!("handled above"),
         }
     })?;

@@ -221,6 +221,20 @@ pub fn load_average() -> Vec<f64> {
         .collect()
 }
 
+/// bcrypt runs so far, summed over `services` (their metrics named `…bcrypt…`); `None` when
+/// none exposes one.
+pub async fn bcrypt_count(http: &reqwest::Client, services: &[&Service]) -> Option<f64> {
+    let mut total = None;
+    for s in services {
+        if let Ok(metrics) = s.metrics(http).await {
+            if let Some(v) = metric_sum(&metrics, "bcrypt") {
+                total = Some(total.unwrap_or(0.0) + v);
+            }
+        }
+    }
+    total
+}
+
 /// Sum of the metric lines whose name contains `needle` (e.g. `bcrypt`), if any.
 pub fn metric_sum(metrics: &HashMap<String, f64>, needle: &str) -> Option<f64> {
     let matching: Vec<f64> = metrics

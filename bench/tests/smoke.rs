@@ -1,6 +1,6 @@
 //! Every scenario at about 20 agents through the real binaries (target/debug): correctness
-//! only — no frame lost, every agent back after the storm, the JSON summary parses. No timing
-//! is asserted.
+//! only — no frame lost, every agent back after the storm and the restart, no bcrypt run for a
+//! node token, the JSON summary parses. No timing is asserted.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,43 @@ fn every_scenario_runs_at_small_n() {
     assert!(storm["agentsBackSeconds"].is_number(), "{storm}");
     assert!(storm["shownConnectedSeconds"].is_number(), "{storm}");
     assert_eq!(storm["reconnects"], 20, "{storm}");
+
+    // The restart flushes its Redis database: one of its own, apart from the other tests'.
+    let redis = std::env::var("FLOTILLA_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let own_redis = format!("{}/9", redis.trim_end_matches('/'));
+    let restart = bench(
+        &["restart", "--agents", "20", "--redis-url", &own_redis],
+        &common,
+    );
+    assert_eq!(restart["finalConnected"], 20, "{restart}");
+    assert!(restart["agentsBackSeconds"].is_number(), "{restart}");
+    assert!(restart["shownConnectedSeconds"].is_number(), "{restart}");
+    assert_eq!(restart["bcrypt"]["newGateway"], 0.0, "{restart}");
+    assert_eq!(restart["bcrypt"]["api"], 0.0, "{restart}");
+
+    let steady = bench(
+        &[
+            "steady",
+            "--agents",
+            "20",
+            "--poll-ms",
+            "200",
+            "--heartbeat-ms",
+            "500",
+            "--secs",
+            "3",
+            "--window-secs",
+            "1",
+            "--cache-ttl-secs",
+            "1",
+        ],
+        &common,
+    );
+    assert_eq!(steady["failed"], 0, "{steady}");
+    assert!(steady["requests"].as_u64().unwrap() > 0, "{steady}");
+    assert_eq!(steady["bcryptTotal"], 0.0, "{steady}");
+    assert!(steady["windows"].as_array().unwrap().len() >= 3, "{steady}");
 
     let poll = bench(
         &[

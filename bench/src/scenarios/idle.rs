@@ -1,8 +1,7 @@
 //! `idle`: N agents on G gateways; RSS per agent, idle CPU, connect rates.
 //!
-//! The first connect pass meets caches that are warm fleet-wide (verifications recorded in
-//! Redis by `seed`) but cold in the gateway; after the idle window every socket is closed and
-//! reconnected, which measures upgrades with the gateway's own cache warm.
+//! The first connect pass meets a freshly started gateway; after the idle window every socket
+//! is closed and reconnected, which measures upgrades on a gateway that has served them once.
 
 use super::{agents_or_all, fleet, machine};
 use crate::services::{self, Service};
@@ -23,7 +22,7 @@ pub struct Args {
     /// Idle window over which gateway CPU is measured, seconds.
     #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
-    /// Skip the second (warm-cache) connect pass.
+    /// Skip the second connect pass.
     #[arg(long)]
     pub no_reconnect_pass: bool,
     #[command(flatten)]

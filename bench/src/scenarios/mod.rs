@@ -4,6 +4,8 @@ pub mod fanout;
 pub mod idle;
 pub mod latency;
 pub mod poll;
+pub mod restart;
+pub mod steady;
 pub mod storm;
 
 use crate::fleet::Fleet;

@@ -1,7 +1,7 @@
 //! `poll`: agents polling `GET /api/agent/config` and posting heartbeats back to back.
 //!
 //! `--pipelines` pipelines selecting every node are deployed first, so each poll returns real
-//! configs. A warm-up pass polls once with every token (caches warm), then `--concurrency`
+//! configs. A warm-up pass polls once with every token (connections open), then `--concurrency`
 //! workers poll for `--secs` seconds, cycling through the tokens, every `--heartbeat-every`-th
 //! request a heartbeat. No push sockets are involved, so no gateway runs.
 
