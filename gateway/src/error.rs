@@ -25,8 +25,8 @@ pub enum Rejection {
     /// The node connected too often within the reconnect window.
     #[error("Too many reconnects")]
     TooManyReconnects(Duration),
-    /// The source address failed authentication too often; only tokens verified before are
-    /// accepted from it until the window ends.
+    /// The source address failed authentication too often; tokens that would need bcrypt (a
+    /// node enrolled before digests, not seen since) are refused from it until the window ends.
     #[error("Too many failed authentications")]
     TooManyFailures(Duration),
 }

@@ -3,8 +3,7 @@
 //! The bearer token is checked before the upgrade (401 without upgrading; 503 while the
 //! database is unreachable, the gateway is draining, or too many handshakes are in flight;
 //! 429 when the node reconnects too often, or when the source address has failed
-//! authentication too often and the token is not one verified before). The token is never
-//! logged.
+//! authentication too often and the token would need bcrypt). The token is never logged.
 
 use crate::error::Rejection;
 use crate::metrics::Counters;

@@ -64,7 +64,7 @@ impl GatewayState {
         &self.counters
     }
 
-    /// bcrypt and cache counters of the handshake authentication.
+    /// bcrypt and digest-adoption counters of the handshake authentication.
     pub fn auth_counters(&self) -> &AuthCounters {
         self.auth.counters()
     }
