@@ -124,6 +124,7 @@ impl Api {
         let options = ServeOptions {
             header_read_timeout,
             nodelay: false,
+            tcp_keepalive: None,
         };
         let server = tokio::spawn(http_server::serve(listener, app, options, async move {
             signal.cancelled().await

@@ -69,7 +69,9 @@ async fn signing_in_sets_an_http_only_cookie_and_shows_the_fleet() {
         .contains("frame-ancestors 'none'"));
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"data-role="admin""#));
-    assert!(html.contains("WebSocket connected — real-time push enabled"));
+    // The push badge's tooltip names the transport.
+    assert!(html.contains(r#"n.pushTransport === "sse" ? "Server-Sent Events" : "WebSocket""#));
+    assert!(html.contains(r#"" connected — real-time push enabled""#));
     let me = client()
         .get(api.url("/api/v1/me"))
         .header("cookie", &cookie)

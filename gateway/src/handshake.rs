@@ -7,6 +7,7 @@
 
 use crate::error::Rejection;
 use crate::metrics::Counters;
+use crate::session::Link;
 use crate::state::GatewayState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
@@ -29,12 +30,7 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = client_address(
-        Some(peer.ip()),
-        forwarded,
-        state.settings.trust_forwarded_for,
-    );
+    let ip = client_ip(&state, peer, &headers);
     let node = match accept(&state, &headers, ip).await {
         Ok(node) => node,
         Err(rejection) => {
@@ -55,11 +51,28 @@ pub(crate) async fn upgrade(
         .max_frame_size(max_message)
         .on_upgrade(move |ws| {
             let sessions = state.sessions.clone();
-            sessions.track_future(crate::session::run(state, node, ws))
+            sessions.track_future(crate::session::run(state, node, Link::Ws(Box::new(ws))))
         })
 }
 
-async fn accept(
+/// The client's address: the peer, or the last `X-Forwarded-For` hop behind a trusted
+/// balancer (`gateway.trust_forwarded_for`).
+pub(crate) fn client_ip(
+    state: &GatewayState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    client_address(
+        Some(peer.ip()),
+        forwarded,
+        state.settings.trust_forwarded_for,
+    )
+}
+
+/// Admits a push connection of either transport: not draining, a handshake slot, a valid
+/// token within the address's failure budget, and the node within its reconnect limit.
+pub(crate) async fn accept(
     state: &GatewayState,
     headers: &HeaderMap,
     ip: Option<IpAddr>,

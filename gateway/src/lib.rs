@@ -1,18 +1,22 @@
-//! The Flotilla gateway: holds agents' WebSockets and forwards each node's pushes from Redis.
+//! The Flotilla gateway: holds agents' push connections and forwards each node's pushes from
+//! Redis.
 //!
-//! An agent connects to `GET /api/agent/ws` with its node token; the gateway subscribes the
+//! An agent connects to `GET /api/agent/ws` (WebSocket, the older agents) or
+//! `GET /api/agent/push` (Server-Sent Events, current agents) with its node token; both are
+//! served by the same machinery, only the framing differs. The gateway subscribes the
 //! node's channel `flotilla:node:{<id>}` on its single Redis pub/sub connection, records the
 //! node's presence, and forwards every payload published there verbatim. Control messages on
 //! the same channel close the socket instead (revoked, superseded by a newer socket on any
 //! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
 //!
-//! Routes: `GET /api/agent/ws` (the push channel), `GET /healthz` (503 while draining, for load
+//! Routes: `GET /api/agent/ws` and `GET /api/agent/push` (the push channel), `GET /healthz` (503 while draining, for load
 //! balancers), `GET /metrics` (Prometheus text).
 //!
 //! # Layout
 //! - `handshake`: the upgrade route: bearer auth, handshake cap, reconnect limit.
+//! - `sse`: the SSE route, its event framing and its response body.
 //! - [`error`]: why a handshake is refused and the status for each reason.
-//! - `session`: one task per socket: outbox → socket, keepalive, closes.
+//! - `session`: one task per connection (WebSocket or SSE): outbox → agent, keepalive, closes.
 //! - `keepalive`: the ping / unsolicited pong / timeout schedule.
 //! - `outbox`: a socket's bounded frame queue and pending close.
 //! - `registry`: node id → the socket this gateway holds.
@@ -38,6 +42,7 @@ mod presence;
 mod reconnects;
 mod registry;
 mod session;
+mod sse;
 pub mod state;
 mod subscriptions;
 
@@ -60,6 +65,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Idle time before TCP keepalive probes an agent's connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Time kept back from the grace period for the steps after the drain.
 const SHUTDOWN_RESERVE: Duration = Duration::from_millis(500);
@@ -139,6 +147,8 @@ impl Gateway {
         let options = ServeOptions {
             header_read_timeout: Duration::from_millis(state.settings.header_read_timeout_ms),
             nodelay: true,
+            // SSE agents never write: a vanished one is found by a failed write or by this.
+            tcp_keepalive: Some(TCP_KEEPALIVE),
         };
         let mut server = tokio::spawn(http_server::serve(
             listener,
@@ -185,6 +195,7 @@ impl Gateway {
 fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/api/agent/ws", get(handshake::upgrade))
+        .route("/api/agent/push", get(sse::open))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

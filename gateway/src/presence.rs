@@ -18,6 +18,7 @@ fn presence_of(state: &GatewayState, conn: &Conn) -> Presence {
         gateway_id: state.id.clone(),
         conn_id: conn.id.to_string(),
         since_ms: conn.since_ms,
+        transport: conn.transport,
     }
 }
 

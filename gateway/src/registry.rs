@@ -15,6 +15,8 @@ pub(crate) struct Conn {
     pub id: Uuid,
     /// When it opened, epoch ms.
     pub since_ms: i64,
+    /// WebSocket or SSE.
+    pub transport: flotilla_shared::presence::Transport,
     /// Its outbound queue.
     pub outbox: Arc<Outbox>,
 }
@@ -77,6 +79,7 @@ mod tests {
         Conn {
             id: Uuid::new_v4(),
             since_ms: 0,
+            transport: flotilla_shared::presence::Transport::Websocket,
             outbox: Arc::new(Outbox::new(1)),
         }
     }

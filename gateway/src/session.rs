@@ -1,12 +1,14 @@
-//! One agent socket, served by one task: queued frames out, keepalive, closes on request.
+//! One agent connection, served by one task: queued frames out, keepalive, closes on request.
 //!
-//! The whole session is a single hand-written poll over the socket, its outbox and one timer,
-//! so an idle connection costs one task and no extra buffers or channels.
+//! The connection is a WebSocket or an SSE stream ([`Link`]); everything but the framing is
+//! the same for both. The whole session is a single hand-written poll over the connection, its
+//! outbox and one timer, so an idle connection costs one task and no extra buffers or channels.
 
 use crate::keepalive::{Due, Keepalive};
 use crate::metrics::Counters;
 use crate::outbox::{Next, Outbox};
 use crate::registry::Conn;
+use crate::sse::SseLink;
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -14,6 +16,7 @@ use flotilla_shared::close_codes::{
     DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
 use flotilla_shared::node_auth::AuthedNode;
+use flotilla_shared::presence::Transport;
 use futures_util::{SinkExt, StreamExt};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -27,7 +30,26 @@ use uuid::Uuid;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves an upgraded socket of `node` until it closes.
+/// An agent's push connection: only the framing differs between the two.
+pub(crate) enum Link {
+    /// An upgraded WebSocket (the older agents). Boxed, so that a stream's session is not
+    /// the size of a socket's.
+    Ws(Box<WebSocket>),
+    /// A Server-Sent Events stream (current agents, [`crate::sse`]).
+    Sse(SseLink),
+}
+
+impl Link {
+    /// The transport's name, as presence and the fleet API show it.
+    fn transport(&self) -> Transport {
+        match self {
+            Link::Ws(_) => Transport::Websocket,
+            Link::Sse(_) => Transport::Sse,
+        }
+    }
+}
+
+/// Serves an agent connection of `node` until it closes.
 ///
 /// Not an `async fn`: the socket moves into its [`Session`] here, once, and the `async move`
 /// block captures it in place; an `async fn` would also store its arguments, and an idle
@@ -35,19 +57,20 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) fn run(
     state: GatewayState,
     node: AuthedNode,
-    ws: WebSocket,
+    link: Link,
 ) -> impl Future<Output = ()> + Send {
     let node_id = node.node_id;
     let outbox = Arc::new(Outbox::new(state.settings.outbound_queue));
     let conn = Conn {
         id: Uuid::new_v4(),
         since_ms: chrono::Utc::now().timestamp_millis(),
+        transport: link.transport(),
         outbox: outbox.clone(),
     };
     // Debug level: an enabled span is allocated for the socket's whole life. Events that matter
     // at info level and above carry the node id themselves.
     let span = tracing::debug_span!("session", node_id = %node_id, conn_id = %conn.id);
-    let mut session = Session::new(state.clone(), ws, outbox);
+    let mut session = Session::new(state.clone(), link, outbox);
     async move {
         if let Some(older) = state.registry.insert(node_id, conn.clone()) {
             older.outbox.close(SUPERSEDED);
@@ -122,7 +145,7 @@ fn close_reason(code: u16) -> &'static str {
 }
 
 struct Session {
-    ws: WebSocket,
+    link: Link,
     state: GatewayState,
     outbox: Arc<Outbox>,
     keepalive: Keepalive,
@@ -133,11 +156,14 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: GatewayState, ws: WebSocket, outbox: Arc<Outbox>) -> Self {
-        let keepalive = Keepalive::new(&state.settings, Instant::now());
+    fn new(state: GatewayState, link: Link, outbox: Arc<Outbox>) -> Self {
+        let keepalive = match link {
+            Link::Ws(_) => Keepalive::websocket(&state.settings, Instant::now()),
+            Link::Sse(_) => Keepalive::sse(&state.settings, Instant::now()),
+        };
         let timer = Box::pin(tokio::time::sleep_until(keepalive.deadline()));
         Self {
-            ws,
+            link,
             state,
             outbox,
             keepalive,
@@ -153,15 +179,20 @@ impl Session {
         poll_fn(|cx| self.poll(cx)).await
     }
 
-    /// Sends a close frame and waits briefly for the agent's.
+    /// Sends a close frame and waits briefly for the agent's; ends an SSE stream (it has no
+    /// close codes: the agent reconnects with its backoff).
     async fn close(&mut self, code: u16) {
+        let ws = match &mut self.link {
+            Link::Ws(ws) => ws,
+            Link::Sse(sse) => return sse.end(),
+        };
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(close_reason(code)),
         };
         let handshake = async {
-            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(_)) = self.ws.next().await {}
+            if ws.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
             }
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
@@ -193,8 +224,13 @@ impl Session {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let ws = match &mut self.link {
+            Link::Ws(ws) => ws,
+            // An SSE agent sends nothing: the only news is that the connection went away.
+            Link::Sse(sse) => return sse.poll_gone(cx).map(|()| End::PeerGone),
+        };
         loop {
-            match self.ws.poll_next_unpin(cx) {
+            match ws.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(Message::Binary(_)))) => {
                     return Poll::Ready(End::Closed(POLICY))
                 }
@@ -210,42 +246,86 @@ impl Session {
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
-            let writable = match self.ws.poll_ready_unpin(cx) {
+            let writable = match self.link.poll_ready(cx) {
                 Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+                Poll::Ready(Err(())) => return Poll::Ready(End::PeerGone),
                 Poll::Pending => false,
             };
-            let message = if writable && self.ping_due {
+            let out = if writable && self.ping_due {
                 self.ping_due = false;
-                Message::Ping(Bytes::new())
+                Out::Ping
             } else if writable && self.pong_due {
                 self.pong_due = false;
                 self.keepalive.sent_data(Instant::now());
-                Message::Pong(Bytes::new())
+                Out::Pong
             } else {
                 match self.outbox.poll_next(cx, writable) {
                     Poll::Ready(Next::Close(code)) => return Poll::Ready(End::Closed(code)),
                     Poll::Ready(Next::Frame(frame)) => {
                         Counters::inc(&self.state.counters.pushes_delivered);
                         self.keepalive.sent_data(Instant::now());
-                        Message::Text(frame)
+                        Out::Frame(frame)
                     }
                     Poll::Pending => break,
                 }
             };
-            if self.ws.start_send_unpin(message).is_err() {
+            if self.link.start_send(out).is_err() {
                 return Poll::Ready(End::PeerGone);
             }
             self.unflushed = true;
         }
         if self.unflushed {
-            match self.ws.poll_flush_unpin(cx) {
+            match self.link.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+                Poll::Ready(Err(())) => return Poll::Ready(End::PeerGone),
                 Poll::Pending => {}
             }
         }
         Poll::Pending
+    }
+}
+
+/// What a session writes.
+enum Out {
+    Ping,
+    Pong,
+    Frame(Utf8Bytes),
+}
+
+impl Link {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        match self {
+            Link::Ws(ws) => ws.poll_ready_unpin(cx).map_err(drop),
+            Link::Sse(sse) => sse.poll_ready(cx),
+        }
+    }
+
+    fn start_send(&mut self, out: Out) -> Result<(), ()> {
+        match self {
+            Link::Ws(ws) => ws
+                .start_send_unpin(match out {
+                    Out::Ping => Message::Ping(Bytes::new()),
+                    Out::Pong => Message::Pong(Bytes::new()),
+                    Out::Frame(frame) => Message::Text(frame),
+                })
+                .map_err(drop),
+            Link::Sse(sse) => {
+                sse.send(match out {
+                    // SSE has one keepalive, a comment; its schedule never makes a pong due.
+                    Out::Ping | Out::Pong => Bytes::from_static(crate::sse::KEEPALIVE),
+                    Out::Frame(frame) => crate::sse::event(frame.as_str()),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        match self {
+            Link::Ws(ws) => ws.poll_flush_unpin(cx).map_err(drop),
+            // The body hands each chunk to the connection as it takes it.
+            Link::Sse(_) => Poll::Ready(Ok(())),
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use flotilla_shared::channels::{ControlMessage, PresenceEvent, FLEET_EVENTS};
 use flotilla_shared::close_codes::{
     DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
+use flotilla_shared::presence::Transport;
+use flotilla_testkit::sse_client::Item;
 use flotilla_testkit::{eventually, redis_url, within};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -200,6 +202,7 @@ async fn an_unreachable_database_answers_503() {
     let gw = gateway(settings(&url, &redis_url(), &[])).await;
     let token = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token;
     assert_eq!(refused_status(gw.try_connect(&token).await), 503);
+    assert_eq!(open_status(gw.try_open(&token).await), 503);
 }
 
 #[tokio::test]
@@ -578,4 +581,249 @@ async fn stalled_handshakes_are_cut_off_and_real_agents_still_connect() {
     for s in &stalled {
         s.assert_cut_off_by(Duration::from_millis(300));
     }
+}
+
+/// An SSE stream, byte for byte as current agents read it: the headers, `: connected` first,
+/// then each push as `event: <type>` and `data: <the frame>`; control messages never go out.
+#[tokio::test]
+async fn an_sse_stream_starts_connected_and_carries_each_push_as_one_event() {
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(s).await;
+    let (mut sse, me) = gw.open(&redis, node, &token).await;
+    assert_eq!(me.transport, Transport::Sse);
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache, no-transform");
+    assert_eq!(sse.headers["x-accel-buffering"], "no");
+    assert_eq!(
+        sse.next_item().await,
+        Some(Item::Comment(" connected".into()))
+    );
+
+    let deploy = frame("deploy");
+    publish(&redis, node, &deploy).await;
+    publish(&redis, node, &ControlMessage::Probe { seq: 7 }.to_payload()).await;
+    let labels = frame("labels");
+    publish(&redis, node, &labels).await;
+    for sent in [&deploy, &labels] {
+        assert_eq!(
+            sse.next_item().await,
+            Some(Item::Message {
+                kind: Some("config_changed".into()),
+                event: Some("config_changed".into()),
+                data: sent.clone(),
+            })
+        );
+    }
+    let expected = format!(
+        ": connected\n\nevent: config_changed\ndata: {deploy}\n\nevent: config_changed\ndata: {labels}\n\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&sse.raw), expected);
+}
+
+/// A stream open is refused exactly as a WebSocket handshake is: 401 for a missing, malformed,
+/// unknown, wrong or revoked token, 429 past the reconnect limit; a wrong method gets 405. An
+/// `Accept` other than `text/event-stream` is tolerated (agents send none).
+#[tokio::test]
+async fn sse_refusals_match_the_websocket_handshake() {
+    let t = setup(&[("reconnect_limit", "3")]).await;
+    let [(node, token), (other, other_token)] = t.nodes::<2>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let unknown = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token;
+    let wrong_secret = format!("{}{}", &token[..token.len() - 4], "0000");
+    for bad in ["", "garbage", unknown.as_str(), wrong_secret.as_str()] {
+        assert_eq!(open_status(gw.try_open(bad).await), 401, "token {bad:?}");
+    }
+    let http = reqwest::Client::new();
+    let bare = within("no Authorization", http.get(gw.push_url()).send()).await;
+    assert_eq!(bare.unwrap().status(), 401);
+    let post = http.post(gw.push_url()).bearer_auth(&token).send();
+    assert_eq!(within("POST", post).await.unwrap().status(), 405);
+    let json = http
+        .get(gw.push_url())
+        .bearer_auth(&other_token)
+        .header("accept", "application/json")
+        .send();
+    let json = within("Accept: application/json", json).await.unwrap();
+    assert_eq!(json.status(), 200);
+    assert_eq!(json.headers()["content-type"], "text/event-stream");
+    drop(json);
+    wait_absent(&t.redis, other, Duration::from_secs(1)).await;
+
+    let _streams = [
+        gw.open(&t.redis, node, &token).await,
+        gw.open(&t.redis, node, &token).await,
+        gw.open(&t.redis, node, &token).await,
+    ];
+    assert_eq!(open_status(gw.try_open(&token).await), 429);
+    sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(other)
+        .execute(&t.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(open_status(gw.try_open(&other_token).await), 401);
+}
+
+/// One live channel per node across gateways and transports: an SSE stream supersedes a
+/// WebSocket on another gateway and the other way round, the older one ends, and its late
+/// cleanup never erases the newer presence.
+#[tokio::test]
+async fn a_node_switching_transport_supersedes_cleanly_and_presence_follows() {
+    let t = setup(&[]).await;
+    let (s, redis) = (t.settings.clone(), t.redis.clone());
+    let [(node, token)] = t.nodes::<1>().await;
+    let (a, b) = (gateway(s.clone()).await, gateway(s).await);
+
+    let (mut ws, _) = a.connect(&redis, node, &token).await;
+    let (mut sse, on_b) = b.open(&redis, node, &token).await;
+    assert_eq!(on_b.transport, Transport::Sse);
+    assert_eq!(close_code(&mut ws).await, Some(SUPERSEDED));
+    eventually("A lets go", Duration::from_secs(2), || async {
+        (a.state.connection_count() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(presence_of(&redis, node).await, Some(on_b));
+    let f = frame("deploy");
+    publish(&redis, node, &f).await;
+    assert_eq!(sse.next_message().await, f);
+
+    let (mut ws, on_a) = a.connect(&redis, node, &token).await;
+    assert_eq!(on_a.transport, Transport::Websocket);
+    assert!(
+        sse.ends_within(Duration::from_secs(1)).await,
+        "the stream ends"
+    );
+    eventually("B lets go", Duration::from_secs(2), || async {
+        (b.state.connection_count() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(presence_of(&redis, node).await, Some(on_a));
+    let f = frame("labels");
+    publish(&redis, node, &f).await;
+    assert_eq!(next_text(&mut ws).await, f);
+}
+
+#[tokio::test]
+async fn revoke_ends_an_sse_stream_within_a_second_and_clears_presence() {
+    let t = setup(&[]).await;
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let (mut sse, _) = gw.open(&t.redis, node, &token).await;
+    publish(&t.redis, node, &ControlMessage::Revoke.to_payload()).await;
+    assert!(
+        sse.ends_within(Duration::from_secs(1)).await,
+        "the stream ends"
+    );
+    wait_absent(&t.redis, node, Duration::from_secs(1)).await;
+}
+
+/// An idle stream gets its keepalive comment every `gateway.sse_keepalive_ms` and stays up:
+/// its agent never sends anything, and silence is no reason to end it.
+#[tokio::test]
+async fn an_idle_stream_gets_keepalive_comments_and_stays_up() {
+    let t = setup(&[("sse_keepalive_ms", "100"), ("pong_timeout_ms", "300")]).await;
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let (mut sse, me) = gw.open(&t.redis, node, &token).await;
+    assert_eq!(
+        sse.next_item().await,
+        Some(Item::Comment(" connected".into()))
+    );
+    let started = tokio::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(
+            sse.next_item().await,
+            Some(Item::Comment(" keepalive".into()))
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(presence_of(&t.redis, node).await, Some(me));
+    let f = frame("deploy");
+    publish(&t.redis, node, &f).await;
+    assert_eq!(sse.next_message().await, f);
+}
+
+/// A stream whose reader stopped (its kernel buffer full) is closed as too slow, exactly as
+/// a WebSocket: the gateway keeps no more than its bounded queue for it.
+#[tokio::test]
+async fn an_sse_agent_that_does_not_read_is_closed_as_too_slow() {
+    let t = setup(&[("outbound_queue", "4")]).await;
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = within("connect", socket.connect(gw.addr)).await.unwrap();
+    let head = format!(
+        "GET /api/agent/push HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, head.as_bytes())
+        .await
+        .unwrap();
+    eventually("the stream is open", Duration::from_secs(3), || async {
+        presence_of(&t.redis, node).await
+    })
+    .await;
+    let big = format!(
+        r#"{{"type":"config_changed","reason":"deploy","pad":"{}"}}"#,
+        "x".repeat(60_000)
+    );
+    let slow = || {
+        gw.state
+            .counters()
+            .closed_slow
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..2000 {
+        if slow() > 0 {
+            break;
+        }
+        publish(&t.redis, node, &big).await;
+    }
+    eventually(
+        "the stalled stream is closed",
+        Duration::from_secs(3),
+        || async { (slow() == 1).then_some(()) },
+    )
+    .await;
+    wait_absent(&t.redis, node, Duration::from_secs(3)).await;
+    drop(stalled);
+}
+
+/// Drain ends streams like sockets, and a draining gateway refuses new ones with 503.
+#[tokio::test]
+async fn drain_ends_sse_streams_and_refuses_new_ones() {
+    let t = setup(&[("drain_batch", "1"), ("drain_pause_ms", "100")]).await;
+    let [(a, ta), (b, tb), (_, tc)] = t.nodes::<3>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let (mut sse, _) = gw.open(&t.redis, a, &ta).await;
+    let (mut ws, _) = gw.connect(&t.redis, b, &tb).await;
+    gw.shutdown.cancel();
+    assert!(
+        sse.ends_within(Duration::from_secs(2)).await,
+        "the stream ends"
+    );
+    assert_eq!(close_code(&mut ws).await, Some(DRAINING));
+    assert_eq!(open_status(gw.try_open(&tc).await), 503);
+    within("gateway exits", gw.task).await.unwrap().unwrap();
+    wait_absent(&t.redis, a, Duration::from_secs(1)).await;
+}
+
+/// 200 stream opens at once, more than the gateway authenticates concurrently: every one is
+/// answered (200 or 503), none hangs.
+#[tokio::test]
+async fn two_hundred_simultaneous_stream_opens_are_all_answered() {
+    let setup = setup(&[("max_pending_handshakes", "16")]).await;
+    let nodes = nodes(&setup.db.pool, 200).await;
+    let gw = gateway(setup.settings.clone()).await;
+    let opens = nodes.iter().map(|(_, token)| gw.try_open(token));
+    let results = within("200 opens", futures_util::future::join_all(opens)).await;
+    let mut open = 0;
+    for r in results {
+        match r {
+            Ok(_) => open += 1,
+            Err(e) => assert_eq!(open_status(Err(e)), 503),
+        }
+    }
+    assert!(open > 0, "some streams open");
 }

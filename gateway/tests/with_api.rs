@@ -148,38 +148,66 @@ async fn a_bcrypt_hashed_node_token_is_verified_once_and_rewritten_to_its_digest
     );
 }
 
-/// A deploy through the api reaches agents on either of two gateways, verbatim, within 50 ms
-/// of the call.
+/// A deploy through the api reaches a mixed fleet, WebSocket and SSE agents on either of two
+/// gateways, within 50 ms of the call; the fleet API says which transport each uses, and the
+/// config hands out both URLs.
 #[tokio::test]
-async fn a_deploy_reaches_agents_on_both_gateways_within_50_ms() {
+async fn a_deploy_reaches_websocket_and_sse_agents_on_both_gateways_within_50_ms() {
     let db = db::fresh().await;
     let s = settings(&db.url, &redis_url(), &[]);
     let redis = redis(&s);
     let api = api::spawn(s.clone()).await;
     let gw1 = gateway(s.clone()).await;
-    let gw2 = gateway(s).await;
+    let gw2 = gateway(s.clone()).await;
     let (env_id, enroll) = api.create_environment("prod").await;
-    let (a, a_token) = api.enroll(&enroll, "a").await;
-    let (b, b_token) = api.enroll(&enroll, "b").await;
-    let (mut ws_a, _) = gw1.connect(&redis, a.parse().unwrap(), &a_token).await;
-    let (mut ws_b, _) = gw2.connect(&redis, b.parse().unwrap(), &b_token).await;
+    let mut ws = Vec::new();
+    let mut sse = Vec::new();
+    for (i, gw) in [&gw1, &gw2, &gw1, &gw2].into_iter().enumerate() {
+        let (node, token) = api.enroll(&enroll, &format!("n{i}")).await;
+        let node: Uuid = node.parse().unwrap();
+        if i < 2 {
+            ws.push(gw.connect(&redis, node, &token).await.0);
+        } else {
+            sse.push(gw.open(&redis, node, &token).await.0);
+            let config = api.agent_config(&token).await;
+            assert_eq!(config.body["pushUrl"], s.api.public_push_url);
+            assert_eq!(config.body["websocketUrl"], s.api.public_ws_url);
+        }
+    }
+    let fleet = api.admin(Method::GET, "/api/v1/fleet", None).await;
+    let transports: Vec<&str> = fleet.body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pushTransport"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        transports,
+        ["websocket", "websocket", "sse", "sse"],
+        "{}",
+        fleet.text
+    );
     let pipeline = api
         .create_pipeline(&env_id, "p", "sources: {}\n", json!({}))
         .await;
 
     let called = std::time::Instant::now();
     let deployed = api.deploy(&pipeline).await;
-    assert_eq!(deployed.body["notifiedNodes"], 2, "{}", deployed.text);
-    let (fa, fb) = tokio::join!(next_text(&mut ws_a), next_text(&mut ws_b));
+    assert_eq!(deployed.body["notifiedNodes"], 4, "{}", deployed.text);
+    let over_ws = futures_util::future::join_all(ws.iter_mut().map(next_text));
+    let over_sse = futures_util::future::join_all(sse.iter_mut().map(|s| s.next_message()));
+    let (over_ws, over_sse) = tokio::join!(over_ws, over_sse);
     let elapsed = called.elapsed();
-    for f in [&fa, &fb] {
+    let frames: Vec<String> = over_ws.into_iter().chain(over_sse).collect();
+    for f in &frames {
         let v: Value = serde_json::from_str(f).unwrap();
         assert_eq!(v["type"], "config_changed");
         assert_eq!(v["pipelineId"], pipeline.as_str());
     }
-    assert_ne!(fa, fb, "each frame has its own id");
+    let ids: std::collections::BTreeSet<&str> = frames.iter().map(String::as_str).collect();
+    assert_eq!(ids.len(), 4, "each frame has its own id");
     assert!(
         elapsed < Duration::from_millis(50),
-        "deploy call to receipt on both gateways: {elapsed:?}"
+        "deploy call to receipt by all four: {elapsed:?}"
     );
 }

@@ -49,6 +49,10 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Disable Nagle's algorithm on accepted sockets (small frames go out at once).
     pub nodelay: bool,
+    /// TCP keepalive on accepted sockets: probes after this much idle time (then every 10 s,
+    /// 3 unanswered end it), so a peer that vanished without a word is found even on a
+    /// connection the server only writes to now and then.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for in-flight requests.
@@ -80,6 +84,13 @@ pub async fn serve(
         };
         if options.nodelay {
             let _ = tcp.set_nodelay(true);
+        }
+        if let Some(idle) = options.tcp_keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         }
         let service =
             router

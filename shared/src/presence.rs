@@ -1,7 +1,7 @@
 //! Which gateway holds each node's socket, kept in Redis.
 //!
-//! A node's presence is the hash at [`presence_key`] with fields `gateway`, `conn` and `since`
-//! (epoch ms). It counts only while the holding gateway's liveness key
+//! A node's presence is the hash at [`presence_key`] with fields `gateway`, `conn`, `since`
+//! (epoch ms) and `transport` (`websocket` or `sse`; absent means `websocket`). It counts only while the holding gateway's liveness key
 //! ([`gateway_alive_key`]) exists, so a crashed gateway's sockets read as gone once that key
 //! expires. Every read-modify-write is one Lua script, so it is atomic:
 //! - [`claim`]: a new socket takes the node over (newest wins) and learns who held it before;
@@ -28,6 +28,36 @@ pub struct Presence {
     pub conn_id: String,
     /// When the socket opened, Unix epoch milliseconds.
     pub since_ms: i64,
+    /// How the agent is connected.
+    pub transport: Transport,
+}
+
+/// The push transport of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `GET /api/agent/ws` (the older agents).
+    Websocket,
+    /// `GET /api/agent/push`, Server-Sent Events (current agents).
+    Sse,
+}
+
+impl Transport {
+    /// The name stored in Redis and shown by the fleet API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+
+    fn parse(stored: Option<&str>) -> Self {
+        match stored {
+            Some("sse") => Self::Sse,
+            _ => Self::Websocket,
+        }
+    }
 }
 
 /// `KEYS` = presence keys; `ARGV` = the liveness key's prefix and suffix around the gateway id.
@@ -36,7 +66,7 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
         r"
         local out = {}
         for i, key in ipairs(KEYS) do
-          local p = redis.call('HMGET', key, 'gateway', 'conn', 'since')
+          local p = redis.call('HMGET', key, 'gateway', 'conn', 'since', 'transport')
           if p[1] and p[2] and redis.call('EXISTS', ARGV[1] .. p[1] .. ARGV[2]) == 1 then
             out[i] = p
           else
@@ -47,15 +77,16 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence, publishes `ARGV[5]` on channel `ARGV[4]` if given, and returns the
+/// Sets the presence, publishes `ARGV[6]` on channel `ARGV[5]` if given, and returns the
 /// previous fields (nils when there was none).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since')
-        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3])
-        if ARGV[5] then
-          redis.call('PUBLISH', ARGV[4], ARGV[5])
+        local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since', 'transport')
+        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
+                   'transport', ARGV[4])
+        if ARGV[6] then
+          redis.call('PUBLISH', ARGV[5], ARGV[6])
         end
         return prev",
     )
@@ -85,7 +116,8 @@ static RESTORE: LazyLock<Script> = LazyLock::new(|| {
         if cur and cur ~= ARGV[2] then
           return 0
         end
-        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3])
+        redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
+                   'transport', ARGV[4])
         return 1",
     )
 });
@@ -115,14 +147,15 @@ fn alive_key_parts() -> (String, String) {
     (prefix.to_owned(), suffix.to_owned())
 }
 
-/// Parses `[gateway, conn, since]` (any of them nil) into a presence.
+/// Parses `[gateway, conn, since, transport]` (any of them nil) into a presence.
 fn parse_fields(value: Value) -> Option<Presence> {
     let fields: Vec<Option<String>> = redis::from_redis_value(&value).ok()?;
     match fields.as_slice() {
-        [Some(gateway), Some(conn), since] => Some(Presence {
+        [Some(gateway), Some(conn), since, transport] => Some(Presence {
             gateway_id: gateway.clone(),
             conn_id: conn.clone(),
             since_ms: since.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
+            transport: Transport::parse(transport.as_deref()),
         }),
         _ => None,
     }
@@ -157,7 +190,8 @@ pub async fn claim(
         .key(presence_key(node_id))
         .arg(&presence.gateway_id)
         .arg(&presence.conn_id)
-        .arg(presence.since_ms);
+        .arg(presence.since_ms)
+        .arg(presence.transport.as_str());
     if let Some(event) = event {
         invocation.arg(FLEET_EVENTS).arg(event);
     }
@@ -188,7 +222,8 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
         .key(presence_key(node_id))
         .arg(&presence.gateway_id)
         .arg(&presence.conn_id)
-        .arg(presence.since_ms);
+        .arg(presence.since_ms)
+        .arg(presence.transport.as_str());
     invoke(redis, invocation).await
 }
 
@@ -215,6 +250,7 @@ mod tests {
             gateway_id: gateway_id.into(),
             conn_id: conn_id.into(),
             since_ms,
+            transport: Transport::Websocket,
         }
     }
 
@@ -279,17 +315,18 @@ mod tests {
             claim(&redis, node, &at(&gw, "c1", 10), None).await.unwrap(),
             None
         );
+        let sse = Presence {
+            transport: Transport::Sse,
+            ..at(&gw, "c2", 20)
+        };
         assert_eq!(
-            claim(&redis, node, &at(&gw, "c2", 20), None).await.unwrap(),
+            claim(&redis, node, &sse, None).await.unwrap(),
             Some(at(&gw, "c1", 10))
         );
         // A late release of the older connection leaves the newer one in place.
         assert!(!release(&redis, node, "c1", None).await.unwrap());
         set_alive(&redis, &gw).await;
-        assert_eq!(
-            lookup(&redis, &[node]).await.unwrap(),
-            vec![Some(at(&gw, "c2", 20))]
-        );
+        assert_eq!(lookup(&redis, &[node]).await.unwrap(), vec![Some(sse)]);
         assert!(release(&redis, node, "c2", None).await.unwrap());
         assert_eq!(lookup(&redis, &[node]).await.unwrap(), vec![None]);
     }

@@ -113,8 +113,12 @@ pub struct ConfigResponse {
     pub pipelines: Vec<PipelineConfig>,
     /// Poll interval.
     pub poll_interval_ms: u64,
-    /// The push channel URL.
+    /// The push channel's WebSocket URL (the older agents).
     pub websocket_url: String,
+    /// The push channel's SSE URL, `GET /api/agent/push` (current agents use it only when its
+    /// scheme and host:port equal their own server URL's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_url: Option<String>,
     /// Always `BUILTIN`.
     pub secret_backend: String,
     /// Pending sample requests.
@@ -318,6 +322,7 @@ mod tests {
             pipelines: vec![],
             poll_interval_ms: 15000,
             websocket_url: "ws://x".into(),
+            push_url: Some("http://x/api/agent/push".into()),
             secret_backend: "BUILTIN".into(),
             sample_requests: None,
             pending_action: Some(PendingAction {
@@ -330,6 +335,7 @@ mod tests {
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["pollIntervalMs"], 15000);
         assert_eq!(v["websocketUrl"], "ws://x");
+        assert_eq!(v["pushUrl"], "http://x/api/agent/push");
         assert_eq!(v["secretBackend"], "BUILTIN");
         assert_eq!(v["pendingAction"]["type"], "restart");
         assert!(v.get("sampleRequests").is_none());

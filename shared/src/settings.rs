@@ -54,6 +54,9 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     /// The `websocketUrl` handed to agents (the gateways' public URL).
     pub public_ws_url: String,
+    /// The `pushUrl` handed to agents: the public URL of the gateways' SSE stream,
+    /// `GET /api/agent/push`, normally on the same origin as the api (agents use it only then).
+    pub public_push_url: String,
     /// An operator token with the admin role, stored hashed at start.
     pub bootstrap_admin_token: Option<Secret>,
     /// An environment created at start if missing (for demos and first runs).
@@ -99,6 +102,8 @@ pub struct GatewaySettings {
     pub pong_timeout_ms: u64,
     /// Interval between unsolicited pongs (for legacy agents' read deadline).
     pub unsolicited_pong_interval_ms: u64,
+    /// Interval between `: keepalive` comments on an SSE stream.
+    pub sse_keepalive_ms: u64,
     /// TTL of the gateway's liveness key in Redis.
     pub liveness_ttl_ms: u64,
     /// How often the liveness key is refreshed and the subscription probed.
@@ -194,6 +199,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("redis.command_timeout_ms", "2000"),
     ("api.listen", "127.0.0.1:8080"),
     ("api.public_ws_url", "ws://127.0.0.1:8081/api/agent/ws"),
+    (
+        "api.public_push_url",
+        "http://127.0.0.1:8081/api/agent/push",
+    ),
     ("api.default_poll_interval_ms", "15000"),
     ("api.unhealthy_threshold", "3"),
     ("api.health_sweep_interval_ms", "5000"),
@@ -209,6 +218,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("gateway.ping_interval_ms", "30000"),
     ("gateway.pong_timeout_ms", "40000"),
     ("gateway.unsolicited_pong_interval_ms", "20000"),
+    ("gateway.sse_keepalive_ms", "30000"),
     ("gateway.liveness_ttl_ms", "10000"),
     ("gateway.heartbeat_interval_ms", "3000"),
     ("gateway.max_message_bytes", "65536"),
@@ -305,6 +315,13 @@ impl Settings {
         let ws = &self.api.public_ws_url;
         if !(ws.starts_with("ws://") || ws.starts_with("wss://")) {
             return invalid("api.public_ws_url", "must start with ws:// or wss://");
+        }
+        let push = &self.api.public_push_url;
+        if !(push.starts_with("http://") || push.starts_with("https://")) {
+            return invalid("api.public_push_url", "must start with http:// or https://");
+        }
+        if self.gateway.sse_keepalive_ms == 0 {
+            return invalid("gateway.sse_keepalive_ms", "must be at least 1");
         }
         if self.gateway.pong_timeout_ms <= self.gateway.ping_interval_ms {
             return invalid(

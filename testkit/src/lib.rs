@@ -13,6 +13,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis_server;
 pub mod slow_client;
+pub mod sse_client;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;

@@ -81,6 +81,7 @@ fn pipeline(id: Uuid, checksum: &str) -> PipelineConfig {
 
 fn config(pipelines: Vec<PipelineConfig>) -> ConfigResponse {
     ConfigResponse {
+        push_url: None,
         pipelines,
         poll_interval_ms: 15_000,
         websocket_url: "ws://gw/api/agent/ws".into(),

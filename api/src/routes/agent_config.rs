@@ -114,6 +114,7 @@ async fn config(State(state): State<AppState>, bearer: NodeBearer) -> Result<Jso
         pipelines,
         poll_interval_ms: row.poll_interval_ms as u64,
         websocket_url: state.settings.api.public_ws_url.clone(),
+        push_url: Some(state.settings.api.public_push_url.clone()),
         secret_backend: "BUILTIN".into(),
         sample_requests: (!samples.is_empty()).then_some(samples),
         pending_action,

@@ -65,6 +65,9 @@ pub struct NodeView {
     gateway_id: Option<String>,
     #[sqlx(skip)]
     connected_since: Option<DateTime<Utc>>,
+    /// How the agent's push channel is connected (`websocket` or `sse`), while it is.
+    #[sqlx(skip)]
+    push_transport: Option<flotilla_shared::presence::Transport>,
 }
 
 /// Nodes with their pipelines' statuses; `{detail}` adds fields to each pipeline.
@@ -97,6 +100,7 @@ async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) -> Vec<NodeVi
                     node.ws_connected = true;
                     node.connected_since = DateTime::from_timestamp_millis(p.since_ms);
                     node.gateway_id = Some(p.gateway_id);
+                    node.push_transport = Some(p.transport);
                 }
             }
         }

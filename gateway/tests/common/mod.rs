@@ -9,6 +9,7 @@ use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use flotilla_shared::tokens::{self, NODE_PREFIX};
 use flotilla_testkit::db::TestDb;
+use flotilla_testkit::sse_client::{OpenError, SseClient};
 use flotilla_testkit::{eventually, within};
 use futures_util::StreamExt;
 use sqlx::PgPool;
@@ -44,6 +45,7 @@ pub fn settings(db_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Se
             "auth_failures_per_minute" => g.auth_failures_per_minute = value.parse().unwrap(),
             "header_read_timeout_ms" => g.header_read_timeout_ms = value.parse().unwrap(),
             "heartbeat_interval_ms" => g.heartbeat_interval_ms = value.parse().unwrap(),
+            "sse_keepalive_ms" => g.sse_keepalive_ms = value.parse().unwrap(),
             "trim_after_churn" => g.trim_after_churn = value.parse().unwrap(),
             other => panic!("unknown override {other}"),
         }
@@ -140,21 +142,49 @@ impl Gw {
         connect(&self.ws_url(), token).await
     }
 
+    /// The SSE push channel's URL.
+    pub fn push_url(&self) -> String {
+        format!("http://{}/api/agent/push", self.addr)
+    }
+
+    /// Opens an SSE stream with `token`; the status on refusal.
+    pub async fn try_open(&self, token: &str) -> Result<SseClient, OpenError> {
+        within("an SSE stream", SseClient::open(&self.push_url(), token)).await
+    }
+
+    /// Opens an SSE stream and waits until the node's presence names it.
+    pub async fn open(&self, redis: &Redis, node: Uuid, token: &str) -> (SseClient, Presence) {
+        let before = presence_of(redis, node).await.map(|p| p.conn_id);
+        let stream = match self.try_open(token).await {
+            Ok(stream) => stream,
+            Err(e) => panic!("the stream opens: {e:?}"),
+        };
+        (stream, self.presence_after(redis, node, before).await)
+    }
+
     /// Connects and waits until the node's presence names this socket's gateway.
     pub async fn connect(&self, redis: &Redis, node: Uuid, token: &str) -> (Ws, Presence) {
         let before = presence_of(redis, node).await.map(|p| p.conn_id);
         let ws = self.try_connect(token).await.expect("handshake succeeds");
+        (ws, self.presence_after(redis, node, before).await)
+    }
+
+    /// Waits until the node's presence is a connection of this gateway other than `before`.
+    async fn presence_after(&self, redis: &Redis, node: Uuid, before: Option<String>) -> Presence {
         let id = self.state.id().to_owned();
-        let p = eventually("presence of the new socket", Duration::from_secs(5), || {
-            let (id, before) = (id.clone(), before.clone());
-            async move {
-                presence_of(redis, node)
-                    .await
-                    .filter(|p| p.gateway_id == id && Some(&p.conn_id) != before.as_ref())
-            }
-        })
-        .await;
-        (ws, p)
+        eventually(
+            "presence of the new connection",
+            Duration::from_secs(5),
+            || {
+                let (id, before) = (id.clone(), before.clone());
+                async move {
+                    presence_of(redis, node)
+                        .await
+                        .filter(|p| p.gateway_id == id && Some(&p.conn_id) != before.as_ref())
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -178,6 +208,15 @@ pub fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
         Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(e) => panic!("expected an HTTP refusal, got {e}"),
         Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+/// The HTTP status of a refused stream open.
+pub fn open_status(result: Result<SseClient, OpenError>) -> u16 {
+    match result {
+        Err(OpenError::Status(status, _)) => status.as_u16(),
+        Err(OpenError::Request(e)) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the stream opened"),
     }
 }
 
