@@ -65,6 +65,9 @@ fn gateways_scale_behind_the_balancer() {
     // websocketUrl points at the balancer's public port.
     let api = service(&c, "api");
     assert!(env(api, "FLOTILLA__API__PUBLIC_WS_URL").contains("localhost:8000/api/agent/ws"));
+    assert!(
+        env(api, "FLOTILLA__API__PUBLIC_PUSH_URL").contains("http://localhost:8000/api/agent/push")
+    );
     assert!(env(api, "FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN").contains("FLOTILLA_ADMIN_TOKEN"));
     // Demo agents reach the balancer at the public URL from inside its network namespace.
     assert_eq!(service(&c, "demo-agent")["network_mode"], "service:lb");
@@ -91,6 +94,21 @@ fn the_balancer_routes_the_push_channel_to_gateways_and_the_rest_to_the_api() {
         ws.contains("proxy_read_timeout 1h;"),
         "long timeouts for idle sockets"
     );
+    let sse = routes
+        .split("location = /api/agent/push")
+        .nth(1)
+        .unwrap()
+        .split('}')
+        .next()
+        .unwrap();
+    for line in [
+        "proxy_pass http://flotilla_gateways;",
+        "proxy_buffering off;",
+        "proxy_read_timeout 1h;",
+        "proxy_next_upstream error timeout http_503;",
+    ] {
+        assert!(sse.contains(line), "the SSE route has `{line}`");
+    }
     let rest = routes.split("location / {").nth(1).unwrap();
     assert!(rest.contains("proxy_pass http://flotilla_api;"));
     let conf = std::fs::read_to_string(repo_root().join("deploy/nginx/compose.conf")).unwrap();

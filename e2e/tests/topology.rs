@@ -1,7 +1,8 @@
 //! The local topology from `scripts/topology` (api + two gateways + nginx with the shipped
-//! routes): a deploy through the balancer reaches agents on both gateways.
+//! routes): a deploy through the balancer reaches WebSocket and SSE agents on both gateways.
 
 use flotilla_e2e::{PushClient, Topology};
+use flotilla_testkit::sse_client::{resolve_push_url, Item, SseClient};
 use flotilla_testkit::{db, eventually, redis_url};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -31,10 +32,31 @@ async fn call(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// An agent's push connection: the older agents' WebSocket or current agents' SSE stream.
+enum Agent {
+    Ws(Box<PushClient>),
+    Sse(Box<SseClient>),
+}
+
+impl Agent {
+    async fn next_frame(&mut self) -> Value {
+        let text = match self {
+            Agent::Ws(ws) => ws.next_text().await.unwrap(),
+            Agent::Sse(sse) => sse.next_message().await,
+        };
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// A mixed fleet through the balancer: WebSocket and SSE agents (each SSE agent resolving its
+/// push URL as current agents do) land on both gateways, idle streams get their keepalives
+/// through nginx, and one deploy reaches every agent, the SSE ones within 50 ms of the call.
 #[tokio::test]
-async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
+async fn a_deploy_through_the_balancer_reaches_websocket_and_sse_agents_on_both_gateways() {
     let db = db::fresh().await;
-    let topo = Topology::start(&db.url, &redis_url(), ADMIN).expect("topology starts");
+    let keepalive = [("FLOTILLA__GATEWAY__SSE_KEEPALIVE_MS", "200")];
+    let topo =
+        Topology::start_with(&db.url, &redis_url(), ADMIN, &keepalive).expect("topology starts");
     let lb = topo.get("LB_URL").to_owned();
     let http = reqwest::Client::new();
     use reqwest::Method;
@@ -49,9 +71,8 @@ async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
     let enroll = env["enrollmentToken"].as_str().unwrap();
-    // The config tells agents to use the balancer for the push channel.
     let mut agents = Vec::new();
-    for i in 0..6 {
+    for i in 0..8 {
         let (s, node) = call(
             &http,
             Method::POST,
@@ -70,14 +91,35 @@ async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
             None,
         )
         .await;
+        // The config points both generations at the balancer.
         assert_eq!(config["websocketUrl"], topo.get("WS_URL"));
-        let push = PushClient::connect(topo.get("WS_URL"), &token)
-            .await
-            .expect("push channel through nginx");
-        agents.push((node["nodeId"].as_str().unwrap().to_owned(), push));
+        assert_eq!(config["pushUrl"], topo.get("PUSH_URL"));
+        // The balancer takes turns between the gateways: two of each kind in a row puts both
+        // kinds on both.
+        let agent = if i % 4 < 2 {
+            let push = PushClient::connect(topo.get("WS_URL"), &token).await;
+            Agent::Ws(Box::new(push.expect("WebSocket through nginx")))
+        } else {
+            let url = resolve_push_url(&lb, config["pushUrl"].as_str());
+            assert_eq!(
+                url,
+                topo.get("PUSH_URL"),
+                "pushUrl is on the agent's origin"
+            );
+            match SseClient::open(&url, &token).await {
+                Ok(stream) => Agent::Sse(Box::new(stream)),
+                Err(e) => panic!("SSE through nginx: {e:?}"),
+            }
+        };
+        agents.push((node["nodeId"].as_str().unwrap().to_owned(), agent));
     }
-    // nginx spreads the sockets over both gateways; presence shows which holds each.
-    let gateways = eventually("all six connected", Duration::from_secs(5), || async {
+    // An agent whose server hands out a pushUrl on another origin falls back to its own.
+    assert_eq!(
+        resolve_push_url(&lb, Some("https://elsewhere.example/api/agent/push")),
+        format!("{lb}/api/agent/push")
+    );
+    // nginx spreads both kinds over both gateways; presence shows which holds each, and how.
+    let shown = eventually("all eight connected", Duration::from_secs(5), || async {
         let (_, fleet) = call(
             &http,
             Method::GET,
@@ -87,18 +129,41 @@ async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
         )
         .await;
         let nodes = fleet["nodes"].as_array()?.clone();
-        nodes.iter().all(|n| n["wsConnected"] == true).then(|| {
-            nodes
-                .iter()
-                .map(|n| n["gatewayId"].as_str().unwrap().to_owned())
-                .collect::<BTreeSet<_>>()
-        })
+        nodes
+            .iter()
+            .all(|n| n["wsConnected"] == true)
+            .then_some(nodes)
     })
     .await;
-    assert_eq!(
-        gateways,
-        BTreeSet::from(["local-gw-1".to_owned(), "local-gw-2".to_owned()])
-    );
+    let held: BTreeSet<(String, String)> = shown
+        .iter()
+        .map(|n| {
+            let gateway = n["gatewayId"].as_str().unwrap().to_owned();
+            (n["pushTransport"].as_str().unwrap().to_owned(), gateway)
+        })
+        .collect();
+    for transport in ["websocket", "sse"] {
+        for gateway in ["local-gw-1", "local-gw-2"] {
+            assert!(
+                held.contains(&(transport.to_owned(), gateway.to_owned())),
+                "{transport} agents on {gateway}: {held:?}"
+            );
+        }
+    }
+
+    // Idle streams stay up behind nginx across several keepalive periods.
+    for (_, agent) in agents.iter_mut() {
+        if let Agent::Sse(sse) = agent {
+            let mut keepalives = 0;
+            while keepalives < 3 {
+                match sse.next_item().await {
+                    Some(Item::Comment(c)) if c == " keepalive" => keepalives += 1,
+                    Some(Item::Comment(_)) => {}
+                    other => panic!("expected keepalives, got {other:?}"),
+                }
+            }
+        }
+    }
 
     let (_, p) = call(
         &http,
@@ -109,6 +174,7 @@ async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
     )
     .await;
     let pipeline = p["id"].as_str().unwrap();
+    let called = std::time::Instant::now();
     let (s, deployed) = call(
         &http,
         Method::POST,
@@ -118,15 +184,27 @@ async fn a_deploy_through_the_balancer_reaches_agents_on_both_gateways() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(deployed["notifiedNodes"], 6);
-    for (_, push) in agents.iter_mut() {
-        let frame: Value = serde_json::from_str(&push.next_text().await.unwrap()).unwrap();
+    assert_eq!(deployed["notifiedNodes"], 8);
+    let receipts = futures_util::future::join_all(agents.iter_mut().map(|(_, agent)| async {
+        let frame = agent.next_frame().await;
+        (matches!(agent, Agent::Sse(_)), frame, called.elapsed())
+    }))
+    .await;
+    for (sse, frame, elapsed) in receipts {
         assert_eq!(frame["type"], "config_changed");
         assert_eq!(frame["pipelineId"], pipeline);
         assert_eq!(frame["reason"], "deploy");
+        if sse {
+            assert!(
+                elapsed < Duration::from_millis(50),
+                "deploy call to SSE receipt: {elapsed:?}"
+            );
+        }
     }
-    for (_, push) in agents {
-        push.close().await;
+    for (_, agent) in agents {
+        if let Agent::Ws(push) = agent {
+            push.close().await;
+        }
     }
     assert!(!topo.log("api.log").contains("panicked"));
 }
