@@ -9,6 +9,7 @@ use flotilla_shared::redis_conn::Redis;
 use flotilla_testkit::process::{self, Process};
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::redis_server::RedisServer;
+use flotilla_testkit::sse_client::SseClient;
 use flotilla_testkit::{db, eventually, redis_url, within};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -221,6 +222,53 @@ async fn after_a_kill_9_the_agent_is_shown_on_the_surviving_gateway() {
     assert_ne!(now.conn_id, first.conn_id);
     let f = frame("deploy");
     publish_until_delivered(&redis, node, &f).await;
+}
+
+/// The same for an SSE agent: its stream ends with the killed process, and the stream it opens
+/// on the survivor is what the fleet shows, as an SSE connection.
+#[tokio::test]
+async fn after_a_kill_9_an_sse_agent_is_shown_on_the_surviving_gateway() {
+    let db = db::fresh().await;
+    let redis = redis(&settings(&db.url, &redis_url(), &[]));
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let id = |name| [("FLOTILLA__GATEWAY__ID", name)];
+    let mut doomed = start_with(&db.url, &redis_url(), &id("doomed")).await;
+    let survivor = start_with(&db.url, &redis_url(), &id("survivor")).await;
+    let push_url = |p: &Process| format!("http://{}/api/agent/push", p.addr);
+    let token = token.as_str();
+    let open = |url: String| async move {
+        match SseClient::open(&url, token).await {
+            Ok(stream) => stream,
+            Err(e) => panic!("the stream opens: {e:?}"),
+        }
+    };
+    let mut sse = open(push_url(&doomed)).await;
+    let on = |gateway: &'static str| {
+        let redis = &redis;
+        async move {
+            presence_of(redis, node)
+                .await
+                .filter(|p| p.gateway_id == gateway)
+        }
+    };
+    eventually(
+        "presence on the doomed gateway",
+        Duration::from_secs(5),
+        || on("doomed"),
+    )
+    .await;
+
+    doomed.kill().await;
+    assert!(
+        sse.ends_within(Duration::from_secs(2)).await,
+        "the stream ends"
+    );
+    let _sse = open(push_url(&survivor)).await;
+    let now = eventually("presence on the survivor", Duration::from_secs(5), || {
+        on("survivor")
+    })
+    .await;
+    assert_eq!(now.transport, flotilla_shared::presence::Transport::Sse);
 }
 
 #[tokio::test]
