@@ -2,12 +2,14 @@
 //!
 //! The parent ([`crate::swarm`]) starts `flotilla-bench agents ...` and talks to it in JSON
 //! lines: commands on stdin, [`Event`]s on stdout. Each simulated agent is one small task
-//! over a tokio-tungstenite client with small buffers; it records every text frame it receives
+//! over a tokio-tungstenite client with small buffers, or an SSE stream ([`crate::sse`]); it
+//! records every text frame it receives
 //! (receipt time in epoch microseconds beside the frame's `sentAt` and the bench's own
 //! `benchUs` stamp) and, when told to, reconnects with the agent's backoff (full jitter from
 //! 1 s up to 30 s) to the next gateway in the list.
 
 use crate::fleet::Fleet;
+use crate::sse::SseStream;
 use crate::stats::now_us;
 use futures_util::StreamExt;
 use rand::Rng;
@@ -69,6 +71,9 @@ pub struct AgentsArgs {
     /// (the agent since ec64b8f); without it every failure doubles the backoff ceiling.
     #[arg(long)]
     pub honour_retry_after: bool,
+    /// The push transport.
+    #[arg(long, value_enum, default_value_t = crate::Transport::Websocket)]
+    pub transport: crate::Transport,
 }
 
 /// A line the child writes on stdout.
@@ -425,7 +430,18 @@ fn retryable(e: &WsError) -> bool {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn connect(ctx: &Ctx, index: usize, gateway: SocketAddr, token: &str) -> Result<Ws, WsError> {
+/// An agent's push connection.
+enum Link {
+    Ws(Box<Ws>),
+    Sse(SseStream),
+}
+
+async fn connect(
+    ctx: &Ctx,
+    index: usize,
+    gateway: SocketAddr,
+    token: &str,
+) -> Result<Link, WsError> {
     let source = Ipv4Addr::new(
         127,
         0,
@@ -438,17 +454,47 @@ async fn connect(ctx: &Ctx, index: usize, gateway: SocketAddr, token: &str) -> R
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(gateway).await?;
     stream.set_nodelay(true)?;
+    if ctx.args.transport == crate::Transport::Sse {
+        let host = gateway.to_string();
+        return SseStream::open(stream, &host, token).await.map(Link::Sse);
+    }
     let mut request = format!("ws://{gateway}/api/agent/ws").into_client_request()?;
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|e| WsError::Io(std::io::Error::other(e)))?;
     request.headers_mut().insert(header::AUTHORIZATION, bearer);
     let (ws, _): (Ws, Response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ctx.config)).await?;
-    Ok(ws)
+    Ok(Link::Ws(Box::new(ws)))
 }
 
-/// Reads until the socket closes (`false`) or the child is told to stop (`true`).
-async fn serve(ctx: &Ctx, index: usize, mut ws: Ws, stop: &CancellationToken) -> bool {
+/// Records a received frame's stamps.
+fn record(ctx: &Ctx, index: usize, text: &str) {
+    let received = now_us();
+    let stamps = serde_json::from_str::<Stamps>(text).ok();
+    let (sent_at, bench_us) = stamps.map_or((0, 0), |s| (s.sent_at, s.bench_us));
+    ctx.receipts
+        .lock()
+        .unwrap()
+        .push((index, received, sent_at, bench_us));
+}
+
+/// Reads until the connection closes (`false`) or the child is told to stop (`true`).
+async fn serve(ctx: &Ctx, index: usize, link: Link, stop: &CancellationToken) -> bool {
+    let mut ws = match link {
+        Link::Ws(ws) => ws,
+        Link::Sse(mut sse) => loop {
+            tokio::select! {
+                frame = sse.next_frame() => match frame {
+                    Some(text) => record(ctx, index, text),
+                    None => return stop.is_cancelled(),
+                },
+                _ = stop.cancelled() => {
+                    sse.close().await;
+                    return true;
+                }
+            }
+        },
+    };
     loop {
         let message = tokio::select! {
             m = ws.next() => m,
@@ -458,15 +504,7 @@ async fn serve(ctx: &Ctx, index: usize, mut ws: Ws, stop: &CancellationToken) ->
             }
         };
         match message {
-            Some(Ok(Message::Text(text))) => {
-                let received = now_us();
-                let stamps = serde_json::from_str::<Stamps>(&text).ok();
-                let (sent_at, bench_us) = stamps.map_or((0, 0), |s| (s.sent_at, s.bench_us));
-                ctx.receipts
-                    .lock()
-                    .unwrap()
-                    .push((index, received, sent_at, bench_us));
-            }
+            Some(Ok(Message::Text(text))) => record(ctx, index, &text),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return stop.is_cancelled(),
             Some(Ok(_)) => {}
         }

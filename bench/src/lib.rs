@@ -9,7 +9,8 @@
 //! - [`fleet`]: `seed` (database, nodes and their token digests) and the fleet file.
 //! - [`services`]: starting the api and gateways, their RSS, CPU time and metrics.
 //! - [`swarm`]: the parent side of the agent processes (spawn, commands, progress).
-//! - [`agents`]: the child side: simulated agents over tokio-tungstenite.
+//! - [`agents`]: the child side: simulated agents over tokio-tungstenite or [`sse`].
+//! - [`sse`]: a simulated current agent's SSE stream.
 //! - [`operator`]: the few operator API calls the scenarios make.
 //! - [`stats`]: clocks and percentiles.
 //! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`.
@@ -19,6 +20,7 @@ pub mod fleet;
 pub mod operator;
 pub mod scenarios;
 pub mod services;
+pub mod sse;
 pub mod stats;
 pub mod swarm;
 
@@ -48,10 +50,23 @@ pub struct Common {
     /// Simulated agents per child process.
     #[arg(long, default_value_t = 5000)]
     pub per_child: usize,
+    /// The agents' push transport: `websocket` (the older agents) or `sse` (current ones).
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    pub transport: Transport,
     /// Extra environment for the api and gateways, `KEY=VALUE` (repeatable), e.g.
     /// `FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES=1024` or `MALLOC_ARENA_MAX=2`.
     #[arg(long = "service-env", value_parser = parse_env_pair)]
     pub service_env: Vec<(String, String)>,
+}
+
+/// A simulated agent's push transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `GET /api/agent/ws`.
+    Websocket,
+    /// `GET /api/agent/push` (Server-Sent Events).
+    Sse,
 }
 
 fn parse_env_pair(pair: &str) -> Result<(String, String), String> {

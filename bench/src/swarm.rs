@@ -91,6 +91,9 @@ impl Swarm {
             if plan.honour_retry_after {
                 command.arg("--honour-retry-after");
             }
+            if common.transport == crate::Transport::Sse {
+                command.args(["--transport", "sse"]);
+            }
             let mut child = command.spawn().context("cannot start an agent process")?;
             let stdin = child.stdin.take().context("stdin")?;
             let stdout = child.stdout.take().context("stdout")?;

@@ -111,6 +111,55 @@ fn every_scenario_runs_at_small_n() {
     assert_eq!(latency["push"]["lost"], 0, "{latency}");
     assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
 
+    // The same through SSE streams, as current agents connect.
+    let idle = bench(
+        &[
+            "idle",
+            "--agents",
+            "20",
+            "--idle-secs",
+            "1",
+            "--transport",
+            "sse",
+        ],
+        &common,
+    );
+    assert_eq!(idle["transport"], "sse", "{idle}");
+    assert_eq!(idle["connectedAfterIdle"], 20, "{idle}");
+    assert_eq!(idle["heldByGateways"], 20, "{idle}");
+    assert_eq!(idle["warmReconnect"]["connected"], 20, "{idle}");
+    let fanout = bench(
+        &[
+            "fanout",
+            "--agents",
+            "20",
+            "--rounds",
+            "2",
+            "--transport",
+            "sse",
+        ],
+        &common,
+    );
+    assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
+    assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
+    assert_eq!(fanout["deploy"]["rounds"][0]["received"], 20, "{fanout}");
+    let latency = bench(
+        &[
+            "latency",
+            "--agents",
+            "20",
+            "--pushes",
+            "40",
+            "--deploys",
+            "5",
+            "--transport",
+            "sse",
+        ],
+        &common,
+    );
+    assert_eq!(latency["push"]["lost"], 0, "{latency}");
+    assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
+
     let storm = bench(&["storm", "--agents-per-gateway", "20"], &common);
     assert_eq!(storm["finalConnected"], 40, "{storm}");
     assert!(storm["agentsBackSeconds"].is_number(), "{storm}");

@@ -113,6 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     Ok(json!({
         "scenario": "fanout",
+        "transport": common.transport,
         "agents": agents,
         "connect": connected,
         "gatewayOnly": {

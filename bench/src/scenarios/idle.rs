@@ -110,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     swarm.shutdown().await?;
     Ok(json!({
         "scenario": "idle",
+        "transport": common.transport,
         "agents": agents,
         "gateways": gateways.len(),
         "connectedAfterIdle": still_connected,

@@ -117,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     swarm.shutdown().await?;
     Ok(json!({
         "scenario": "latency",
+        "transport": common.transport,
         "agents": agents,
         "connect": connected,
         "push": {

@@ -81,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let since_start = |t: Option<f64>| t.map(|t| t - serving);
     Ok(json!({
         "scenario": "restart",
+        "transport": common.transport,
         "agents": agents,
         "connect": connected,
         "redisFlushed": true,

@@ -79,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     swarm.shutdown().await?;
     Ok(json!({
         "scenario": "storm",
+        "transport": common.transport,
         "agentsPerGateway": per_gateway,
         "connect": connected,
         "shownConnectedBefore": shown_before,
