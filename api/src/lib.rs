@@ -125,6 +125,7 @@ impl Api {
             header_read_timeout,
             nodelay: false,
             tcp_keepalive: None,
+            raw: None,
         };
         let server = tokio::spawn(http_server::serve(listener, app, options, async move {
             signal.cancelled().await

@@ -149,6 +149,7 @@ impl Gateway {
             nodelay: true,
             // SSE agents never write: a vanished one is found by a failed write or by this.
             tcp_keepalive: Some(TCP_KEEPALIVE),
+            raw: Some(sse::raw_route(&state)),
         };
         let mut server = tokio::spawn(http_server::serve(
             listener,

@@ -8,10 +8,15 @@
 //! `gateway.sse_keepalive_ms`. These agents send nothing back and set no read deadline, so a
 //! dead stream is found by a failed write (the keepalive makes one) or by TCP keepalive.
 //!
-//! The session task writes into a one-chunk slot that the response body reads: a chunk the
-//! connection cannot take yet holds the session's writes back, so its outbox fills and a
-//! stream that stops reading is closed as too slow, exactly as a WebSocket is. When the session
-//! ends the body ends; when the connection goes away the body is dropped and the session ends.
+//! A stream opened as the first request of a connection (always, behind nginx, which opens a
+//! connection per proxied request) is served without hyper ([`raw_route`]): the gateway reads
+//! the request head itself and the session writes the events straight to the socket, with a
+//! close-delimited body, so an idle stream costs what an idle WebSocket does. A stream
+//! requested on a kept-alive connection goes through the router ([`open`]): the session writes
+//! into a one-chunk slot that hyper's response body reads. Either way a chunk the connection
+//! cannot take yet holds the session's writes back, so its outbox fills and a stream that stops
+//! reading is closed as too slow, exactly as a WebSocket is; when the session ends the stream
+//! ends, and when the connection goes away the session ends.
 
 use crate::handshake;
 use crate::metrics::Counters;
@@ -21,11 +26,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flotilla_shared::http_server::RawRoute;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The first bytes of every stream.
 const CONNECTED: &[u8] = b": connected\n\n";
@@ -46,7 +54,7 @@ pub(crate) async fn open(
             return rejection.into_response();
         }
     };
-    let (link, body) = channel();
+    let (mut link, body) = channel();
     link.send(Bytes::from_static(CONNECTED));
     let sessions = state.sessions.clone();
     tokio::spawn(sessions.track_future(crate::session::run(
@@ -54,25 +62,147 @@ pub(crate) async fn open(
         node,
         crate::session::Link::Sse(link),
     )));
-    (
-        StatusCode::OK,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, no-transform"),
-            ),
-            (
-                header::HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            ),
-        ],
-        Body::new(body),
-    )
-        .into_response()
+    (StatusCode::OK, stream_headers(), Body::new(body)).into_response()
+}
+
+/// The response headers of a stream.
+fn stream_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-transform"),
+        ),
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ]
+}
+
+/// The request line prefix of the connections served without hyper.
+const RAW_PREFIX: &[u8] = b"GET /api/agent/push";
+/// Longest request head read for a stream.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Hands connections whose first request is a stream open to [`serve_raw`].
+pub(crate) fn raw_route(state: &GatewayState) -> RawRoute {
+    let state = state.clone();
+    RawRoute {
+        prefix: RAW_PREFIX,
+        handler: Arc::new(move |tcp, peer| Box::pin(serve_raw(state.clone(), tcp, peer))),
+    }
+}
+
+/// Serves a connection whose first request opens a stream: the head is read and checked here,
+/// and refusals and the stream are written straight to the socket.
+async fn serve_raw(state: GatewayState, mut tcp: TcpStream, peer: SocketAddr) {
+    let limit = std::time::Duration::from_millis(state.settings.header_read_timeout_ms);
+    let head = match tokio::time::timeout(limit, read_head(&mut tcp)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(status)) => return write_response(&mut tcp, status.into_response()).await,
+        Err(_) => return,
+    };
+    let ip = handshake::client_ip(&state, peer, &head);
+    let node = match handshake::accept(&state, &head, ip).await {
+        Ok(node) => node,
+        Err(rejection) => {
+            Counters::inc(&state.counters.handshakes_rejected);
+            return write_response(&mut tcp, rejection.into_response()).await;
+        }
+    };
+    let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+    for (name, value) in stream_headers() {
+        let value = value.to_str().expect("ASCII header values");
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    response.push_str(std::str::from_utf8(CONNECTED).expect("ASCII"));
+    if tcp.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    let link = SseLink::Raw {
+        tcp,
+        pending: Bytes::new(),
+    };
+    let sessions = state.sessions.clone();
+    let session = crate::session::run(state, node, crate::session::Link::Sse(link));
+    sessions.track_future(session).await;
+}
+
+/// Reads a request head and checks it is `GET /api/agent/push`; its headers, or the status
+/// to refuse it with.
+async fn read_head(tcp: &mut TcpStream) -> Result<HeaderMap, StatusCode> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = tcp
+            .read(&mut chunk)
+            .await
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        if n == 0 {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut fields);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => return checked(&request),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            }
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
+/// The headers of a parsed `GET /api/agent/push` head (404 for another path, 405 for another
+/// method, as the router would answer).
+fn checked(request: &httparse::Request<'_, '_>) -> Result<HeaderMap, StatusCode> {
+    let path = request.path.unwrap_or_default();
+    if path.split('?').next() != Some("/api/agent/push") {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    if request.method != Some("GET") {
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let mut headers = HeaderMap::new();
+    for field in request.headers.iter() {
+        let name = header::HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_bytes(field.value);
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    Ok(headers)
+}
+
+/// Writes a whole response (a refusal) and closes the connection.
+async fn write_response(tcp: &mut TcpStream, response: Response) {
+    let (parts, body) = response.into_parts();
+    let body = match http_body_util::BodyExt::collect(body).await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        parts.status.as_u16(),
+        body.len()
+    );
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(&body).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// One push as an SSE event: the frame's `type` names the event (the agent reads the type from
@@ -104,7 +234,7 @@ pub(crate) fn event(frame: &str) -> Bytes {
 
 /// The slot between a session and its response body.
 #[derive(Default)]
-struct Slot {
+pub(crate) struct Slot {
     chunk: Option<Bytes>,
     /// The session is over: the body ends once the chunk is taken.
     ended: bool,
@@ -117,7 +247,7 @@ struct Slot {
 /// A new stream's session end and response body.
 fn channel() -> (SseLink, SseBody) {
     let slot = Arc::new(Mutex::new(Slot::default()));
-    (SseLink(slot.clone()), SseBody(slot))
+    (SseLink::Body(slot.clone()), SseBody(slot))
 }
 
 fn wake(waker: &mut Option<Waker>) {
@@ -127,45 +257,93 @@ fn wake(waker: &mut Option<Waker>) {
 }
 
 /// The session's end of a stream.
-pub(crate) struct SseLink(Arc<Mutex<Slot>>);
+pub(crate) enum SseLink {
+    /// The socket itself (a stream opened as a connection's first request).
+    Raw {
+        /// The agent's connection.
+        tcp: TcpStream,
+        /// What is still to be written of the last chunk.
+        pending: Bytes,
+    },
+    /// The slot hyper's response body reads.
+    Body(Arc<Mutex<Slot>>),
+}
 
 impl SseLink {
-    /// Ready to take a chunk; `Err` once the connection is gone.
-    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let mut slot = self.0.lock().unwrap();
-        if slot.gone {
-            Poll::Ready(Err(()))
-        } else if slot.chunk.is_none() {
-            Poll::Ready(Ok(()))
-        } else {
-            slot.session = Some(cx.waker().clone());
-            Poll::Pending
+    /// Ready to take a chunk (a raw stream writes what it holds first); `Err` once the
+    /// connection is gone.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        match self {
+            SseLink::Raw { tcp, pending } => {
+                while !pending.is_empty() {
+                    match Pin::new(&mut *tcp).poll_write(cx, pending) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                        Poll::Ready(Ok(n)) => bytes::Buf::advance(pending, n),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            SseLink::Body(slot) => {
+                let mut slot = slot.lock().unwrap();
+                if slot.gone {
+                    Poll::Ready(Err(()))
+                } else if slot.chunk.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    slot.session = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
         }
     }
 
-    /// Ready once the connection is gone.
-    pub(crate) fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut slot = self.0.lock().unwrap();
-        if slot.gone {
-            Poll::Ready(())
-        } else {
-            slot.session = Some(cx.waker().clone());
-            Poll::Pending
+    /// Ready once the connection is gone (anything the agent sends is read and dropped).
+    pub(crate) fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            SseLink::Raw { tcp, .. } => {
+                let mut scratch = [0u8; 64];
+                loop {
+                    let mut read = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut *tcp).poll_read(cx, &mut read) {
+                        Poll::Ready(Ok(())) if !read.filled().is_empty() => continue,
+                        Poll::Ready(_) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            SseLink::Body(slot) => {
+                let mut slot = slot.lock().unwrap();
+                if slot.gone {
+                    Poll::Ready(())
+                } else {
+                    slot.session = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
         }
     }
 
-    /// Hands a chunk to the body; call only when [`poll_ready`](Self::poll_ready) said so.
-    pub(crate) fn send(&self, chunk: Bytes) {
-        let mut slot = self.0.lock().unwrap();
-        slot.chunk = Some(chunk);
-        wake(&mut slot.body);
+    /// Takes a chunk; call only when [`poll_ready`](Self::poll_ready) said so (a raw stream
+    /// writes it on the next `poll_ready`).
+    pub(crate) fn send(&mut self, chunk: Bytes) {
+        match self {
+            SseLink::Raw { pending, .. } => *pending = chunk,
+            SseLink::Body(slot) => {
+                let mut slot = slot.lock().unwrap();
+                slot.chunk = Some(chunk);
+                wake(&mut slot.body);
+            }
+        }
     }
 
-    /// Ends the stream after the chunk in the slot.
-    pub(crate) fn end(&self) {
-        let mut slot = self.0.lock().unwrap();
-        slot.ended = true;
-        wake(&mut slot.body);
+    /// Ends the stream after what was handed over (a raw one ends when it is dropped).
+    pub(crate) fn end(&mut self) {
+        if let SseLink::Body(slot) = self {
+            let mut slot = slot.lock().unwrap();
+            slot.ended = true;
+            wake(&mut slot.body);
+        }
     }
 }
 

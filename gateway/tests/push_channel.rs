@@ -827,3 +827,78 @@ async fn two_hundred_simultaneous_stream_opens_are_all_answered() {
     }
     assert!(open > 0, "some streams open");
 }
+
+/// A stream requested on a kept-alive connection (after another request on it) is served
+/// through the router, byte for byte like one opened on a fresh connection.
+#[tokio::test]
+async fn a_stream_opened_on_a_kept_alive_connection_is_served_the_same() {
+    let t = setup(&[]).await;
+    let [(node, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let http = reqwest::Client::new();
+    let health = within(
+        "healthz",
+        http.get(format!("http://{}/healthz", gw.addr)).send(),
+    )
+    .await;
+    assert_eq!(health.unwrap().status(), 200);
+    let opened = http.get(gw.push_url()).bearer_auth(&token).send();
+    let mut response = within("the stream", opened).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let me = eventually("presence", Duration::from_secs(3), || async {
+        presence_of(&t.redis, node).await
+    })
+    .await;
+    assert_eq!(me.transport, Transport::Sse);
+    let f = frame("deploy");
+    publish(&t.redis, node, &f).await;
+    let mut got = Vec::new();
+    let expected = format!(": connected\n\nevent: config_changed\ndata: {f}\n\n");
+    while got.len() < expected.len() {
+        let chunk = within("a chunk", response.chunk()).await.unwrap().unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+/// Requests the gateway reads itself (a connection's first request starting
+/// `GET /api/agent/push`) get clear answers when they are not a stream open.
+#[tokio::test]
+async fn odd_stream_requests_get_clear_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = setup(&[]).await;
+    let [(_, token)] = t.nodes::<1>().await;
+    let gw = gateway(t.settings.clone()).await;
+    let ask = |request: String| async move {
+        let mut tcp = within("connect", tokio::net::TcpStream::connect(gw.addr))
+            .await
+            .unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = within("an answer", tcp.read(&mut answer)).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let status = |answer: &str| answer.split(' ').nth(1).unwrap_or("").to_owned();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let other_path = ask(format!("GET /api/agent/pushes HTTP/1.1\r\n{auth}\r\n")).await;
+    assert_eq!(status(&other_path), "404");
+    let garbage = ask("GET /api/agent/push \u{1}\u{2}\r\n\r\n".to_owned()).await;
+    assert_eq!(status(&garbage), "400");
+    let huge = format!(
+        "GET /api/agent/push HTTP/1.1\r\nX: {}\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(status(&ask(huge).await), "431");
+    let no_token = ask("GET /api/agent/push HTTP/1.1\r\nHost: gw\r\n\r\n".to_owned()).await;
+    assert_eq!(status(&no_token), "401");
+    let with_query = ask(format!(
+        "GET /api/agent/push?since=1 HTTP/1.1\r\n{auth}\r\n"
+    ))
+    .await;
+    assert!(
+        with_query.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{with_query}"
+    );
+}

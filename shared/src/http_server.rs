@@ -1,4 +1,5 @@
-//! Serving an axum router over HTTP/1.1 with a header read timeout.
+//! Serving an axum router over HTTP/1.1 with a header read timeout, and handing the
+//! connections of one route to the service itself ([`RawRoute`]).
 //!
 //! `axum::serve` configures no timer, so hyper applies no header timeout there and a client
 //! that sends its request head a byte at a time holds a connection forever. This server sets
@@ -14,9 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -41,8 +43,31 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Connections whose bytes start with `prefix` (a request line such as
+/// `GET /api/agent/push`) are handed, unread, to `handler` instead of hyper: for long-lived
+/// responses the service writes itself, without the buffers hyper keeps per connection. A
+/// request for the same route later on a kept-alive connection still goes to the router.
+#[derive(Clone)]
+pub struct RawRoute {
+    /// The first bytes of the connections to hand over.
+    pub prefix: &'static [u8],
+    /// Serves such a connection to its end.
+    pub handler: Arc<dyn Fn(TcpStream, SocketAddr) -> RawFuture + Send + Sync>,
+}
+
+/// What a [`RawRoute`] handler returns.
+pub type RawFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for RawRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRoute")
+            .field("prefix", &String::from_utf8_lossy(self.prefix))
+            .finish_non_exhaustive()
+    }
+}
+
 /// How connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A connection whose request head has not fully arrived this long after it started is
     /// closed (hyper answers 408 when it can).
@@ -53,6 +78,31 @@ pub struct ServeOptions {
     /// 3 unanswered end it), so a peer that vanished without a word is found even on a
     /// connection the server only writes to now and then.
     pub tcp_keepalive: Option<Duration>,
+    /// Connections handed to the service itself.
+    pub raw: Option<RawRoute>,
+}
+
+/// Whether the connection's first bytes are `prefix`, waiting at most `limit` for them;
+/// `Err` for a connection that closed or sent too little in time.
+async fn starts_with(tcp: &TcpStream, prefix: &[u8], limit: Duration) -> std::io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = vec![0u8; prefix.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !prefix.starts_with(&buf[..n]) {
+            return Ok(false);
+        }
+        if n == prefix.len() {
+            return Ok(true);
+        }
+        // Only part of the request line has arrived (rare: it comes in one segment).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for in-flight requests.
@@ -99,11 +149,24 @@ pub async fn serve(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request
                 });
-        let connection = http
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-            .with_upgrades();
         let (mut stopping, held) = (stopping.clone(), alive_rx.clone());
+        let (http, raw) = (http.clone(), options.raw.clone());
+        let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
+            if let Some(raw) = raw {
+                match starts_with(&tcp, raw.prefix, header_read_timeout).await {
+                    Ok(true) => {
+                        (raw.handler)(tcp, peer).await;
+                        drop(held);
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+            }
+            let connection = http
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+                .with_upgrades();
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
