@@ -128,9 +128,11 @@ async fn serve_raw(state: GatewayState, mut tcp: TcpStream, peer: SocketAddr) {
         tcp,
         pending: Bytes::new(),
     };
+    // A task of its own, like a WebSocket's, so nothing of this request's reading stays
+    // allocated for the stream's life.
     let sessions = state.sessions.clone();
     let session = crate::session::run(state, node, crate::session::Link::Sse(link));
-    sessions.track_future(session).await;
+    tokio::spawn(sessions.track_future(session));
 }
 
 /// Reads a request head and checks it is `GET /api/agent/push`; its headers, or the status

@@ -51,7 +51,9 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct RawRoute {
     /// The first bytes of the connections to hand over.
     pub prefix: &'static [u8],
-    /// Serves such a connection to its end.
+    /// Serves such a connection; what it returns is awaited in a task of its own (a
+    /// long-lived connection should spawn its work and return, so nothing else stays
+    /// allocated for it).
     pub handler: Arc<dyn Fn(TcpStream, SocketAddr) -> RawFuture + Send + Sync>,
 }
 
@@ -156,8 +158,11 @@ pub async fn serve(
             if let Some(raw) = raw {
                 match starts_with(&tcp, raw.prefix, header_read_timeout).await {
                     Ok(true) => {
-                        (raw.handler)(tcp, peer).await;
-                        drop(held);
+                        // A task of its own: this one is sized for a hyper connection.
+                        tokio::spawn(async move {
+                            (raw.handler)(tcp, peer).await;
+                            drop(held);
+                        });
                         return;
                     }
                     Ok(false) => {}
