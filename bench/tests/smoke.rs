@@ -86,18 +86,26 @@ fn every_scenario_runs_at_small_n() {
     let seed = bench(&["seed", "--nodes", "40", "--bcrypt-cost", "4"], &common);
     assert_eq!(seed["nodes"], 40);
 
-    let idle = bench(&["idle", "--agents", "20", "--idle-secs", "1"], &common);
-    assert_eq!(idle["connectedAfterIdle"], 20, "{idle}");
-    assert_eq!(idle["heldByGateways"], 20, "{idle}");
-    assert_eq!(idle["warmReconnect"]["connected"], 20, "{idle}");
+    // The push scenarios over both transports: the older agents' WebSocket and current
+    // agents' SSE stream.
+    for transport in ["websocket", "sse"] {
+        let over = |args: &[&str]| {
+            let mut args = args.to_vec();
+            args.extend(["--transport", transport]);
+            bench(&args, &common)
+        };
+        let idle = over(&["idle", "--agents", "20", "--idle-secs", "1"]);
+        assert_eq!(idle["transport"], transport, "{idle}");
+        assert_eq!(idle["connectedAfterIdle"], 20, "{idle}");
+        assert_eq!(idle["heldByGateways"], 20, "{idle}");
+        assert_eq!(idle["warmReconnect"]["connected"], 20, "{idle}");
 
-    let fanout = bench(&["fanout", "--agents", "20", "--rounds", "2"], &common);
-    assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
-    assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
-    assert_eq!(fanout["deploy"]["rounds"][0]["received"], 20, "{fanout}");
+        let fanout = over(&["fanout", "--agents", "20", "--rounds", "2"]);
+        assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
+        assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
+        assert_eq!(fanout["deploy"]["rounds"][0]["received"], 20, "{fanout}");
 
-    let latency = bench(
-        &[
+        let latency = over(&[
             "latency",
             "--agents",
             "20",
@@ -105,60 +113,10 @@ fn every_scenario_runs_at_small_n() {
             "40",
             "--deploys",
             "5",
-        ],
-        &common,
-    );
-    assert_eq!(latency["push"]["lost"], 0, "{latency}");
-    assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
-
-    // The same through SSE streams, as current agents connect.
-    let idle = bench(
-        &[
-            "idle",
-            "--agents",
-            "20",
-            "--idle-secs",
-            "1",
-            "--transport",
-            "sse",
-        ],
-        &common,
-    );
-    assert_eq!(idle["transport"], "sse", "{idle}");
-    assert_eq!(idle["connectedAfterIdle"], 20, "{idle}");
-    assert_eq!(idle["heldByGateways"], 20, "{idle}");
-    assert_eq!(idle["warmReconnect"]["connected"], 20, "{idle}");
-    let fanout = bench(
-        &[
-            "fanout",
-            "--agents",
-            "20",
-            "--rounds",
-            "2",
-            "--transport",
-            "sse",
-        ],
-        &common,
-    );
-    assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
-    assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
-    assert_eq!(fanout["deploy"]["rounds"][0]["received"], 20, "{fanout}");
-    let latency = bench(
-        &[
-            "latency",
-            "--agents",
-            "20",
-            "--pushes",
-            "40",
-            "--deploys",
-            "5",
-            "--transport",
-            "sse",
-        ],
-        &common,
-    );
-    assert_eq!(latency["push"]["lost"], 0, "{latency}");
-    assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
+        ]);
+        assert_eq!(latency["push"]["lost"], 0, "{latency}");
+        assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
+    }
 
     let storm = bench(&["storm", "--agents-per-gateway", "20"], &common);
     assert_eq!(storm["finalConnected"], 40, "{storm}");

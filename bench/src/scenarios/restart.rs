@@ -60,7 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     )
     .await?;
     let serving = killed.elapsed().as_secs_f64();
-    let (agents_back, shown_back) = recovery(
+    let back = recovery(
         &mut swarm,
         &operator,
         fleet.environment_id,
@@ -69,9 +69,6 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         killed,
     )
     .await?;
-    // Let stragglers finish before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (final_connected, reconnects, lost, phases) = swarm.phases().await?;
     let cpu = new.cpu_seconds()?;
     let gateway_bcrypt = bcrypt_count(&http, &[&new]).await;
     let api_bcrypt = api_bcrypt_before
@@ -86,18 +83,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "connect": connected,
         "redisFlushed": true,
         "newGatewayServingSeconds": serving,
-        "agentsBackSeconds": agents_back,
-        "agentsBackSecondsAfterStart": since_start(agents_back),
-        "shownConnectedSeconds": shown_back,
-        "shownConnectedSecondsAfterStart": since_start(shown_back),
-        "finalConnected": final_connected,
-        "reconnects": reconnects,
-        "lostForGood": lost,
-        "notConnected": {
-            "waitingForSlot": phases[0],
-            "handshaking": phases[1],
-            "backingOff": phases[2],
-        },
+        "agentsBackSeconds": back.agents,
+        "agentsBackSecondsAfterStart": since_start(back.agents),
+        "shownConnectedSeconds": back.shown,
+        "shownConnectedSecondsAfterStart": since_start(back.shown),
+        "finalConnected": back.connected,
+        "reconnects": back.reconnects,
+        "lostForGood": back.lost,
+        "notConnected": back.not_connected(),
         "newGatewayCpuSeconds": cpu,
         "bcrypt": {
             "newGateway": gateway_bcrypt,

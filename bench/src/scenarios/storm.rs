@@ -62,7 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let needed = per_gateway + (per_gateway as f64 * BACK).ceil() as usize;
     let started = Instant::now();
     victim.kill().await?;
-    let (agents_back, shown_back) = recovery(
+    let back = recovery(
         &mut swarm,
         &operator,
         fleet.environment_id,
@@ -71,9 +71,6 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         started,
     )
     .await?;
-    // Let stragglers finish before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (final_connected, reconnects, lost, phases) = swarm.phases().await?;
     let cpu_storm = survivor.cpu_seconds()? - cpu_before;
     let bcrypt_after = bcrypt_count(&http, &[&survivor, &api]).await;
     swarm.shutdown().await?;
@@ -84,25 +81,49 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "connect": connected,
         "shownConnectedBefore": shown_before,
         "killedGateway": victim.name,
-        "agentsBackSeconds": agents_back,
-        "shownConnectedSeconds": shown_back,
-        "finalConnected": final_connected,
-        "reconnects": reconnects,
-        "lostForGood": lost,
-        "notConnected": {
-            "waitingForSlot": phases[0],
-            "handshaking": phases[1],
-            "backingOff": phases[2],
-        },
+        "agentsBackSeconds": back.agents,
+        "shownConnectedSeconds": back.shown,
+        "finalConnected": back.connected,
+        "reconnects": back.reconnects,
+        "lostForGood": back.lost,
+        "notConnected": back.not_connected(),
         "survivorCpuSeconds": cpu_storm,
         "bcrypt": bcrypt_before.zip(bcrypt_after).map(|(b, a)| a - b),
         "machine": machine(),
     }))
 }
 
+/// How a swarm came back after losing its gateway.
+pub(crate) struct Recovery {
+    /// Seconds until the agents needed were connected, if they were within the limit.
+    pub agents: Option<f64>,
+    /// Seconds until as many were shown `wsConnected`, if they were.
+    pub shown: Option<f64>,
+    /// Agents connected once the stragglers had two more seconds.
+    pub connected: usize,
+    /// Reconnects made.
+    pub reconnects: usize,
+    /// Agents that gave up.
+    pub lost: usize,
+    /// Agents waiting for a handshake slot, handshaking and backing off at the end.
+    pub phases: [usize; 3],
+}
+
+impl Recovery {
+    /// The agents not connected at the end, by what they were doing.
+    pub(crate) fn not_connected(&self) -> Value {
+        json!({
+            "waitingForSlot": self.phases[0],
+            "handshaking": self.phases[1],
+            "backingOff": self.phases[2],
+        })
+    }
+}
+
 /// Seconds from `started` until `needed` agents are connected, and until as many are shown
-/// `wsConnected` (on a gateway other than `except_gateway`) by the fleet API; `None` for what
-/// did not happen within [`STORM_LIMIT`].
+/// `wsConnected` (on a gateway other than `except_gateway`) by the fleet API (`None` for what
+/// did not happen within [`STORM_LIMIT`]); then, after two more seconds for stragglers, where
+/// every agent stands.
 pub(crate) async fn recovery(
     swarm: &mut Swarm,
     operator: &Operator,
@@ -110,7 +131,7 @@ pub(crate) async fn recovery(
     except_gateway: &str,
     needed: usize,
     started: Instant,
-) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+) -> anyhow::Result<Recovery> {
     let mut agents_back = None;
     let mut shown_back = None;
     let mut last_fleet_poll = Instant::now() - Duration::from_secs(1);
@@ -127,5 +148,14 @@ pub(crate) async fn recovery(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((agents_back, shown_back))
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (connected, reconnects, lost, phases) = swarm.phases().await?;
+    Ok(Recovery {
+        agents: agents_back,
+        shown: shown_back,
+        connected,
+        reconnects,
+        lost,
+        phases,
+    })
 }
