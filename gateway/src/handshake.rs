@@ -1,4 +1,5 @@
-//! `GET /api/agent/ws`: authenticate, then upgrade.
+//! Admitting a push connection of either transport ([`admit`]), and `GET /api/agent/ws`:
+//! admit, then upgrade.
 //!
 //! The bearer token is checked before the upgrade (401 without upgrading; 503 while the
 //! database is unreachable, the gateway is draining, or too many handshakes are in flight;
@@ -30,13 +31,9 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ip = client_ip(&state, peer, &headers);
-    let node = match accept(&state, &headers, ip).await {
+    let node = match admit(&state, peer, &headers).await {
         Ok(node) => node,
-        Err(rejection) => {
-            Counters::inc(&state.counters.handshakes_rejected);
-            return rejection.into_response();
-        }
+        Err(refusal) => return refusal,
     };
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -55,13 +52,23 @@ pub(crate) async fn upgrade(
         })
 }
 
-/// The client's address: the peer, or the last `X-Forwarded-For` hop behind a trusted
-/// balancer (`gateway.trust_forwarded_for`).
-pub(crate) fn client_ip(
+/// Admits a push connection of either transport from `peer` (see [`accept`]); a refusal is
+/// counted and answered as the response to send.
+pub(crate) async fn admit(
     state: &GatewayState,
     peer: SocketAddr,
     headers: &HeaderMap,
-) -> Option<IpAddr> {
+) -> Result<AuthedNode, Response> {
+    let ip = client_ip(state, peer, headers);
+    accept(state, headers, ip).await.map_err(|rejection| {
+        Counters::inc(&state.counters.handshakes_rejected);
+        rejection.into_response()
+    })
+}
+
+/// The client's address: the peer, or the last `X-Forwarded-For` hop behind a trusted
+/// balancer (`gateway.trust_forwarded_for`).
+fn client_ip(state: &GatewayState, peer: SocketAddr, headers: &HeaderMap) -> Option<IpAddr> {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     client_address(
         Some(peer.ip()),
@@ -70,9 +77,9 @@ pub(crate) fn client_ip(
     )
 }
 
-/// Admits a push connection of either transport: not draining, a handshake slot, a valid
-/// token within the address's failure budget, and the node within its reconnect limit.
-pub(crate) async fn accept(
+/// Admits a push connection: not draining, a handshake slot, a valid token within the
+/// address's failure budget, and the node within its reconnect limit.
+async fn accept(
     state: &GatewayState,
     headers: &HeaderMap,
     ip: Option<IpAddr>,

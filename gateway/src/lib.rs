@@ -9,12 +9,14 @@
 //! the same channel close the socket instead (revoked, superseded by a newer socket on any
 //! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
 //!
-//! Routes: `GET /api/agent/ws` and `GET /api/agent/push` (the push channel), `GET /healthz` (503 while draining, for load
-//! balancers), `GET /metrics` (Prometheus text).
+//! Routes: `GET /api/agent/ws` and `GET /api/agent/push` (the push channel), `GET /healthz`
+//! (503 while draining, for load balancers), `GET /metrics` (Prometheus text).
 //!
 //! # Layout
-//! - `handshake`: the upgrade route: bearer auth, handshake cap, reconnect limit.
-//! - `sse`: the SSE route, its event framing and its response body.
+//! - `handshake`: admitting a push connection of either transport (bearer auth, handshake
+//!   cap, reconnect limit), and the WebSocket upgrade route.
+//! - `sse`: the SSE route (served by the gateway itself on a fresh connection, through the
+//!   router on a kept-alive one) and its event framing.
 //! - [`error`]: why a handshake is refused and the status for each reason.
 //! - `session`: one task per connection (WebSocket or SSE): outbox → agent, keepalive, closes.
 //! - `keepalive`: the ping / unsolicited pong / timeout schedule.

@@ -323,8 +323,8 @@ impl Link {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         match self {
             Link::Ws(ws) => ws.poll_flush_unpin(cx).map_err(drop),
-            // The body hands each chunk to the connection as it takes it.
-            Link::Sse(_) => Poll::Ready(Ok(())),
+            // Flushed once the socket (or hyper's response body) has taken the chunk.
+            Link::Sse(sse) => sse.poll_ready(cx),
         }
     }
 }

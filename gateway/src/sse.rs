@@ -19,7 +19,6 @@
 //! ends, and when the connection goes away the session ends.
 
 use crate::handshake;
-use crate::metrics::Counters;
 use crate::state::GatewayState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -46,13 +45,9 @@ pub(crate) async fn open(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let ip = handshake::client_ip(&state, peer, &headers);
-    let node = match handshake::accept(&state, &headers, ip).await {
+    let node = match handshake::admit(&state, peer, &headers).await {
         Ok(node) => node,
-        Err(rejection) => {
-            Counters::inc(&state.counters.handshakes_rejected);
-            return rejection.into_response();
-        }
+        Err(refusal) => return refusal,
     };
     let (mut link, body) = channel();
     link.send(Bytes::from_static(CONNECTED));
@@ -106,20 +101,12 @@ async fn serve_raw(state: GatewayState, mut tcp: TcpStream, peer: SocketAddr) {
         Ok(Err(status)) => return write_response(&mut tcp, status.into_response()).await,
         Err(_) => return,
     };
-    let ip = handshake::client_ip(&state, peer, &head);
-    let node = match handshake::accept(&state, &head, ip).await {
+    let node = match handshake::admit(&state, peer, &head).await {
         Ok(node) => node,
-        Err(rejection) => {
-            Counters::inc(&state.counters.handshakes_rejected);
-            return write_response(&mut tcp, rejection.into_response()).await;
-        }
+        Err(refusal) => return write_response(&mut tcp, refusal).await,
     };
-    let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-    for (name, value) in stream_headers() {
-        let value = value.to_str().expect("ASCII header values");
-        response.push_str(&format!("{name}: {value}\r\n"));
-    }
-    response.push_str("\r\n");
+    let headers = stream_headers();
+    let mut response = raw_head(StatusCode::OK, headers.iter().map(|(n, v)| (n, v)));
     response.push_str(std::str::from_utf8(CONNECTED).expect("ASCII"));
     if tcp.write_all(response.as_bytes()).await.is_err() {
         return;
@@ -190,21 +177,35 @@ async fn write_response(tcp: &mut TcpStream, response: Response) {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let reason = parts.status.canonical_reason().unwrap_or("");
+    let length = HeaderValue::from(body.len());
+    let headers = parts
+        .headers
+        .iter()
+        .chain([(&header::CONTENT_LENGTH, &length)]);
+    let head = raw_head(parts.status, headers);
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(&body).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// A response head for a connection served without hyper: the status line,
+/// `connection: close` (the body, if any, ends with the connection) and `headers`.
+fn raw_head<'a>(
+    status: StatusCode,
+    headers: impl Iterator<Item = (&'a header::HeaderName, &'a HeaderValue)>,
+) -> String {
+    let reason = status.canonical_reason().unwrap_or("");
     let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        parts.status.as_u16(),
-        body.len()
+        "HTTP/1.1 {} {reason}\r\nconnection: close\r\n",
+        status.as_u16()
     );
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         if let Ok(value) = value.to_str() {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
     }
     head.push_str("\r\n");
-    let _ = tcp.write_all(head.as_bytes()).await;
-    let _ = tcp.write_all(&body).await;
-    let _ = tcp.shutdown().await;
+    head
 }
 
 /// One push as an SSE event: the frame's `type` names the event (the agent reads the type from

@@ -57,6 +57,9 @@ pub struct RawRoute {
     pub handler: Arc<dyn Fn(TcpStream, SocketAddr) -> RawFuture + Send + Sync>,
 }
 
+/// Longest [`RawRoute::prefix`] compared (a longer one is compared on its first bytes).
+const MAX_RAW_PREFIX: usize = 64;
+
 /// What a [`RawRoute`] handler returns.
 pub type RawFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -88,9 +91,11 @@ pub struct ServeOptions {
 /// `Err` for a connection that closed or sent too little in time.
 async fn starts_with(tcp: &TcpStream, prefix: &[u8], limit: Duration) -> std::io::Result<bool> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = vec![0u8; prefix.len()];
+    // On the stack: this runs for every connection.
+    let mut space = [0u8; MAX_RAW_PREFIX];
+    let buf = &mut space[..prefix.len().min(MAX_RAW_PREFIX)];
     loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
+        let n = tokio::time::timeout_at(deadline, tcp.peek(buf))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if n == 0 {
@@ -99,7 +104,7 @@ async fn starts_with(tcp: &TcpStream, prefix: &[u8], limit: Duration) -> std::io
         if !prefix.starts_with(&buf[..n]) {
             return Ok(false);
         }
-        if n == prefix.len() {
+        if n == buf.len() {
             return Ok(true);
         }
         // Only part of the request line has arrived (rare: it comes in one segment).
