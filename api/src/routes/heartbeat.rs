@@ -214,21 +214,17 @@ async fn heartbeat(
     // runs first, so a token that is not valid gets 401 before anything is said about its body.
     let parsed = body.parse::<Heartbeat>();
     let checked = bearer.lookup_and_digest();
-    let fast = match (&checked, parsed) {
-        (Some((lookup, digest)), Ok(hb)) => match Report::of(&hb) {
-            Ok(report) => report
-                .write(&state, lookup, digest)
-                .await?
-                .map(|node| (node, hb)),
-            Err(_) => None,
-        },
-        _ => None,
-    };
-    let (node, hb) = match fast {
-        Some(done) => done,
-        None => {
+    let mut written = None;
+    if let (Some((lookup, digest)), Ok(hb)) = (&checked, &parsed) {
+        if let Ok(report) = Report::of(hb) {
+            written = report.write(&state, lookup, digest).await?;
+        }
+    }
+    let (node, hb) = match (written, parsed) {
+        (Some(node), Ok(hb)) => (node, hb),
+        (_, parsed) => {
             bearer.check(&state).await?;
-            let hb: Heartbeat = body.parse()?;
+            let hb = parsed?;
             let report = Report::of(&hb)?;
             // A verified token is well-formed, and its row now carries its digest.
             let (lookup, digest) = checked.ok_or(ApiError::Unauthorized("Unauthorized"))?;
