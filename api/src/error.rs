@@ -55,6 +55,9 @@ pub enum ApiError {
     /// A database failure; 503 when unreachable, 409 on unique violations, else 500.
     #[error("an error occurred with the database")]
     Database(#[from] sqlx::Error),
+    /// Redis could not be reached or failed: 503 (what needs it is not done).
+    #[error("redis unavailable")]
+    Redis(redis::RedisError),
     /// Anything else: 500.
     #[error("an internal error occurred")]
     Internal(#[from] anyhow::Error),
@@ -158,6 +161,20 @@ impl IntoResponse for ApiError {
             Self::Database(ref e) => {
                 tracing::error!(error = %e, "database error");
                 (StatusCode::INTERNAL_SERVER_ERROR, self.to_string(), None)
+            }
+            Self::Redis(ref e) => {
+                tracing::warn!(error = %e, "redis unavailable");
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(ErrorBody {
+                        error: "redis unavailable".into(),
+                        details: None,
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
             }
             Self::Internal(ref e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");

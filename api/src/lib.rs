@@ -8,6 +8,10 @@
 //! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
 //! - [`fleet_events`]: relaying presence and node changes to the fleet page's live stream.
+//! - [`restarts`]: restarts delivered so every agent generation can act on them.
+//! - [`node_logs`]: pipeline log lines per node, in bounded Redis rings.
+//! - [`taps`]: live taps, relayed through Redis and never stored.
+//! - [`live`]: operator streams that follow one Redis channel.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
@@ -16,13 +20,17 @@
 pub mod error;
 pub mod extract;
 pub mod fleet_events;
+pub mod live;
+pub mod node_logs;
 pub mod notify;
 pub mod openapi;
 pub mod operator_auth;
+pub mod restarts;
 pub mod routes;
 pub mod selector;
 pub mod state;
 pub mod sweep;
+pub mod taps;
 
 pub use state::AppState;
 
@@ -80,6 +88,7 @@ impl Api {
             operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),
+            live: live::LiveStreams::default(),
             limits: state::Limits {
                 enroll: RateLimiter::new(settings.api.enroll_per_minute, Duration::from_secs(60)),
                 auth_failures: RateLimiter::new(

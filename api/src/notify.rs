@@ -49,6 +49,32 @@ impl Notifier {
         self.publish(payloads.collect()).await
     }
 
+    /// Sends `messages` to one node; true when a gateway holding its push channel received
+    /// every one (Redis counts the subscribers each publish reached).
+    pub async fn deliver(&self, node: Uuid, messages: Vec<PushMessage>) -> bool {
+        if messages.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for m in &messages {
+            pipe.cmd("PUBLISH")
+                .arg(node_channel(node))
+                .arg(PushFrame::new(m.clone()).to_json());
+        }
+        let n = messages.len() as u64;
+        match self.redis.query::<Vec<i64>>(&pipe).await {
+            Ok(reached) => {
+                self.counters.published.fetch_add(n, Ordering::Relaxed);
+                reached.iter().all(|&r| r > 0)
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, count = n, "could not publish notifications");
+                false
+            }
+        }
+    }
+
     /// Sends a gateway control message to one node's channel.
     pub async fn control(&self, node: Uuid, message: &ControlMessage) -> usize {
         self.publish(vec![(node, message.to_payload())]).await

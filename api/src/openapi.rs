@@ -22,6 +22,7 @@ use flotilla_shared::protocol::ErrorBody;
         fleet::list, fleet::show, fleet::labels, fleet::maintenance, fleet::action, fleet::revoke,
         samples::request, samples::show, settings::show, settings::update,
         tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, metrics::metrics, page::me,
+        logs::ship, logs::follow, taps::start, taps::stop, taps::events, taps::agent_events,
     ),
     modifiers(&Security)
 )]

@@ -46,6 +46,22 @@ pub fn validate_labels(field: &str, value: &Value) -> Result<Map<String, Value>,
     Ok(map.clone())
 }
 
+/// The valid entries of labels an agent reports (string keys of 1 to 128 characters to
+/// string values of at most 256, at most 64 of them); the rest are skipped, so one odd label
+/// never costs the agent its request. Anything but an object gives no labels.
+pub fn reported_labels(value: &Value) -> Map<String, Value> {
+    let Some(map) = value.as_object() else {
+        return Map::new();
+    };
+    map.iter()
+        .filter(|(k, v)| {
+            !k.is_empty() && k.len() <= 128 && v.as_str().is_some_and(|s| s.len() <= 256)
+        })
+        .take(MAX_LABELS)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Nodes of `environment` matching any of `selectors` (`None` entries are skipped).
 pub async fn matching_nodes(
     db: impl PgExecutor<'_>,

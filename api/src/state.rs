@@ -33,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Live events for the fleet page.
     pub fleet_events: FleetEvents,
+    /// Slots for operators' live log and tap streams.
+    pub live: crate::live::LiveStreams,
     /// Cancelled when the api shuts down (ends long-lived streams).
     pub shutdown: CancellationToken,
 }

@@ -220,12 +220,7 @@ async fn results_for_another_environment_or_an_expired_request_are_ignored() {
 #[tokio::test]
 async fn bad_sample_bodies_are_400_and_unknown_requests_are_ignored() {
     let f = fixture(1).await;
-    for body in [
-        r#"{"results": 5}"#,
-        r#"{"results": [{"componentKey": "x"}]}"#,
-        "[]",
-        "{",
-    ] {
+    for body in [r#"{"results": 5}"#, "[]", "{"] {
         let r = f
             .api
             .raw(Method::POST, "/api/agent/samples", Some(&f.nodes[0]), body)
@@ -243,10 +238,11 @@ async fn bad_sample_bodies_are_400_and_unknown_requests_are_ignored() {
             Method::POST,
             "/api/agent/samples",
             Some(&f.nodes[0]),
-            Some(json!({"results": [{"requestId": uuid::Uuid::new_v4(), "componentKey": ""}]})),
+            Some(json!({"results": [{"componentKey": "x"}, {"requestId": uuid::Uuid::new_v4(), "componentKey": ""}]})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Results that are not ones are skipped, one by one; the request stands.
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = f
         .api
         .call(

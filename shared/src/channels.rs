@@ -27,6 +27,36 @@ pub fn gateway_alive_key(gateway_id: &str) -> String {
     format!("flotilla:gateway:{gateway_id}:alive")
 }
 
+/// List holding the last log lines of one node's pipeline.
+pub fn log_ring_key(node_id: Uuid, pipeline_id: Uuid) -> String {
+    format!("flotilla:logs:{{{node_id}}}:{pipeline_id}")
+}
+
+/// Channel carrying one node's new log lines to live viewers.
+pub fn log_channel(node_id: Uuid) -> String {
+    format!("flotilla:logs:{{{node_id}}}")
+}
+
+/// Hash describing a running live tap (node, pipeline, component); expires with the tap.
+pub fn tap_key(tap_id: Uuid) -> String {
+    format!("flotilla:tap:{{{tap_id}}}")
+}
+
+/// Number of operators watching a tap.
+pub fn tap_viewers_key(tap_id: Uuid) -> String {
+    format!("flotilla:tap:{{{tap_id}}}:viewers")
+}
+
+/// Event batches a tap received in one second (its rate limit).
+pub fn tap_rate_key(tap_id: Uuid, second: i64) -> String {
+    format!("flotilla:tap:{{{tap_id}}}:rate:{second}")
+}
+
+/// Channel carrying a tap's events (and its end) to its viewers.
+pub fn tap_channel(tap_id: Uuid) -> String {
+    format!("flotilla:tap:{{{tap_id}}}:events")
+}
+
 /// Channel on which gateways announce connects and disconnects (feeds the fleet page).
 pub const FLEET_EVENTS: &str = "flotilla:fleet-events";
 

@@ -36,7 +36,7 @@ pub enum ConfigChangeReason {
 pub enum ActionKind {
     /// Download, verify and run a new agent binary.
     SelfUpdate,
-    /// Restart all pipelines.
+    /// Restart one pipeline (`pipelineId`), or all of them.
     Restart,
     /// An action this agent does not know yet.
     #[serde(other)]
@@ -55,16 +55,16 @@ pub enum PushMessage {
     ConfigChanged {
         /// The pipeline concerned, if one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pipeline_id: Option<Uuid>,
+        pipeline_id: Option<String>,
         /// What happened.
         reason: ConfigChangeReason,
     },
     /// Tap these components and post the events to `/api/agent/samples`.
     SampleRequest {
         /// The sample request.
-        request_id: Uuid,
+        request_id: String,
         /// Its pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
         /// Components to tap.
         component_keys: Vec<String>,
         /// Events per component.
@@ -80,9 +80,29 @@ pub enum PushMessage {
         /// Self-update download URL.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         download_url: Option<String>,
-        /// Self-update SHA-256 (hex).
+        /// Self-update SHA-256: hex, or `sha256:<hex>`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checksum: Option<String>,
+        /// Self-update: optional ed25519 signature (base64) over the binary's SHA-256.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        /// Restart: the one pipeline to restart (current agents ignore a restart without it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pipeline_id: Option<String>,
+    },
+    /// Start a live tap of one component and post its events to `/api/agent/tap-events`.
+    TapStart {
+        /// The tap.
+        request_id: String,
+        /// Its pipeline.
+        pipeline_id: String,
+        /// The component to tap.
+        component_id: String,
+    },
+    /// Stop a live tap.
+    TapStop {
+        /// The tap.
+        request_id: String,
     },
     /// Poll on this interval from now on.
     PollInterval {
@@ -151,10 +171,10 @@ mod tests {
 
     #[test]
     fn every_design_frame() {
-        let p = Uuid::new_v4();
+        let p = Uuid::new_v4().to_string();
         round_trip(
             PushMessage::ConfigChanged {
-                pipeline_id: Some(p),
+                pipeline_id: Some(p.clone()),
                 reason: ConfigChangeReason::Deploy,
             },
             json!({"type":"config_changed","pipelineId":p,"reason":"deploy"}),
@@ -166,11 +186,11 @@ mod tests {
             },
             json!({"type":"config_changed","reason":"maintenance_on"}),
         );
-        let r = Uuid::new_v4();
+        let r = Uuid::new_v4().to_string();
         round_trip(
             PushMessage::SampleRequest {
-                request_id: r,
-                pipeline_id: p,
+                request_id: r.clone(),
+                pipeline_id: p.clone(),
                 component_keys: vec!["in".into()],
                 limit: 5,
             },
@@ -181,9 +201,11 @@ mod tests {
                 action: ActionKind::SelfUpdate,
                 target_version: Some("1.2.3".into()),
                 download_url: Some("https://x/agent".into()),
-                checksum: Some("ab".into()),
+                checksum: Some("sha256:ab".into()),
+                signature: Some("c2ln".into()),
+                pipeline_id: None,
             },
-            json!({"type":"action","action":"self_update","targetVersion":"1.2.3","downloadUrl":"https://x/agent","checksum":"ab"}),
+            json!({"type":"action","action":"self_update","targetVersion":"1.2.3","downloadUrl":"https://x/agent","checksum":"sha256:ab","signature":"c2ln"}),
         );
         round_trip(
             PushMessage::Action {
@@ -191,8 +213,36 @@ mod tests {
                 target_version: None,
                 download_url: None,
                 checksum: None,
+                signature: None,
+                pipeline_id: None,
             },
             json!({"type":"action","action":"restart"}),
+        );
+        // VectorFlow issues cuids: ids are opaque strings.
+        round_trip(
+            PushMessage::Action {
+                action: ActionKind::Restart,
+                target_version: None,
+                download_url: None,
+                checksum: None,
+                signature: None,
+                pipeline_id: Some("clx9k2v0b0000abcd".into()),
+            },
+            json!({"type":"action","action":"restart","pipelineId":"clx9k2v0b0000abcd"}),
+        );
+        round_trip(
+            PushMessage::TapStart {
+                request_id: r.clone(),
+                pipeline_id: p.clone(),
+                component_id: "parse".into(),
+            },
+            json!({"type":"tap_start","requestId":r,"pipelineId":p,"componentId":"parse"}),
+        );
+        round_trip(
+            PushMessage::TapStop {
+                request_id: r.clone(),
+            },
+            json!({"type":"tap_stop","requestId":r}),
         );
         round_trip(
             PushMessage::PollInterval { interval_ms: 5000 },

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use uuid::Uuid;
 
 /// Node labels: string keys to string values.
 pub type Labels = BTreeMap<String, String>;
@@ -27,6 +26,11 @@ pub struct EnrollRequest {
     /// Vector version.
     #[serde(default)]
     pub vector_version: Option<String>,
+    /// Labels the agent detected (current agents); applied at once, so pipelines bound by
+    /// selector arrive on the first poll. Entries whose value is not a string are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub labels: Option<Value>,
 }
 
 /// `POST /api/agent/enroll` response.
@@ -34,12 +38,12 @@ pub struct EnrollRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollResponse {
-    /// The new node.
-    pub node_id: Uuid,
+    /// The new node (an opaque string to agents: other servers issue other ids).
+    pub node_id: String,
     /// The node token, returned this once.
     pub node_token: String,
     /// The environment the node joined.
-    pub environment_id: Uuid,
+    pub environment_id: String,
     /// Its name.
     pub environment_name: String,
 }
@@ -49,8 +53,8 @@ pub struct EnrollResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineConfig {
-    /// Pipeline id.
-    pub pipeline_id: Uuid,
+    /// Pipeline id (opaque).
+    pub pipeline_id: String,
     /// Pipeline name.
     pub pipeline_name: String,
     /// Deployed version number.
@@ -75,10 +79,10 @@ pub struct PipelineConfig {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SampleRequestConfig {
-    /// Request id.
-    pub request_id: Uuid,
-    /// Pipeline to tap.
-    pub pipeline_id: Uuid,
+    /// Request id (opaque).
+    pub request_id: String,
+    /// Pipeline to tap (opaque).
+    pub pipeline_id: String,
     /// Components to tap.
     pub component_keys: Vec<String>,
     /// Events per component.
@@ -99,9 +103,15 @@ pub struct PendingAction {
     /// Self-update download URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
-    /// Self-update SHA-256 (hex).
+    /// Self-update SHA-256: hex, or `sha256:<hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Self-update: optional ed25519 signature (base64) over the binary's SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Restart: only this pipeline (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_id: Option<String>,
 }
 
 /// `GET /api/agent/config` response.
@@ -113,8 +123,10 @@ pub struct ConfigResponse {
     pub pipelines: Vec<PipelineConfig>,
     /// Poll interval.
     pub poll_interval_ms: u64,
-    /// The push channel's WebSocket URL (the older agents).
-    pub websocket_url: String,
+    /// The push channel's WebSocket URL (the older agents; always sent by Flotilla, absent
+    /// from servers that push only over SSE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_url: Option<String>,
     /// The push channel's SSE URL, `GET /api/agent/push` (current agents use it only when its
     /// scheme and host:port equal their own server URL's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,6 +154,8 @@ pub enum PipelineState {
     Stopped,
     /// Crashed (or could not start).
     Crashed,
+    /// Crashed ten times in quick succession; the agent backs off.
+    CrashLoop,
     /// Waiting to start.
     Pending,
 }
@@ -154,6 +168,7 @@ impl PipelineState {
             Self::Starting => "STARTING",
             Self::Stopped => "STOPPED",
             Self::Crashed => "CRASHED",
+            Self::CrashLoop => "CRASH_LOOP",
             Self::Pending => "PENDING",
         }
     }
@@ -164,8 +179,8 @@ impl PipelineState {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
-    /// Pipeline id.
-    pub pipeline_id: Uuid,
+    /// Pipeline id (opaque; ids the server does not know are skipped).
+    pub pipeline_id: String,
     /// Version running.
     pub version: i32,
     /// Process state.
@@ -228,6 +243,9 @@ pub struct Heartbeat {
     /// The last self-update failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_error: Option<String>,
+    /// The user the agent runs as (current agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_as: Option<String>,
     /// Pipeline statuses.
     #[serde(default)]
     pub pipelines: Vec<PipelineStatus>,
@@ -261,8 +279,8 @@ pub struct SchemaField {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SampleResult {
-    /// The sample request.
-    pub request_id: Uuid,
+    /// The sample request (opaque; ids the server does not know are skipped).
+    pub request_id: String,
     /// The component tapped.
     pub component_key: String,
     /// Events captured.
@@ -282,6 +300,41 @@ pub struct SampleResult {
 pub struct SamplesRequest {
     /// Results, one per component.
     pub results: Vec<SampleResult>,
+}
+
+/// One element of `POST /api/agent/logs`: new log lines of one pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct LogBatch {
+    /// The pipeline (opaque; ids the server does not know are skipped).
+    pub pipeline_id: String,
+    /// The lines, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// `POST /api/agent/tap-events`: a batch of a live tap's events, or (with `status`) its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TapEvents {
+    /// The tap (`requestId` of its `tap_start`).
+    pub request_id: String,
+    /// Its pipeline.
+    #[serde(default)]
+    pub pipeline_id: String,
+    /// Its component.
+    #[serde(default)]
+    pub component_id: String,
+    /// Events captured since the last batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Value>>,
+    /// `stopped` when the tap has ended on the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `{ok: true}` response.
@@ -321,7 +374,7 @@ mod tests {
         let c = ConfigResponse {
             pipelines: vec![],
             poll_interval_ms: 15000,
-            websocket_url: "ws://x".into(),
+            websocket_url: Some("ws://x".into()),
             push_url: Some("http://x/api/agent/push".into()),
             secret_backend: "BUILTIN".into(),
             sample_requests: None,
@@ -330,6 +383,8 @@ mod tests {
                 target_version: None,
                 download_url: None,
                 checksum: None,
+                signature: None,
+                pipeline_id: None,
             }),
         };
         let v = serde_json::to_value(&c).unwrap();

@@ -34,6 +34,8 @@ pub struct PollRow {
     #[sqlx(flatten)]
     credentials: NodeCredentials,
     pending_action: Option<Value>,
+    /// The node runs a current VectorFlow agent (see [`crate::restarts`]).
+    current_agent: bool,
     poll_interval_ms: i32,
     // Deployed pipelines, as parallel arrays ordered by name; NULL when there are none.
     pipeline_ids: Option<Vec<Uuid>>,
@@ -56,6 +58,7 @@ impl Keyed for PollRow {
 /// pending sample requests of those pipelines.
 const POLL: &str = "
 SELECT n.id, n.environment_id, n.token_lookup, n.token_digest, n.token_hash, n.pending_action,
+       n.agent_health IS NOT NULL AS current_agent,
        (SELECT poll_interval_ms FROM settings) AS poll_interval_ms,
        d.pipeline_ids, d.names, d.versions, d.config_yamls, d.checksums, d.log_levels,
        CASE WHEN d.pipeline_ids IS NOT NULL THEN (
@@ -99,7 +102,8 @@ async fn config(State(state): State<AppState>, bearer: NodeBearer) -> Result<Jso
             Ok(row.map(|r| (r.credentials.clone(), r)))
         })
         .await?;
-    let pending_action = pending_action(&state, node.node_id, row.pending_action).await?;
+    let pending_action =
+        pending_action(&state, node.node_id, row.pending_action, row.current_agent).await?;
     let pipelines = pipeline_configs(
         row.pipeline_ids.unwrap_or_default(),
         row.names.unwrap_or_default(),
@@ -113,7 +117,7 @@ async fn config(State(state): State<AppState>, bearer: NodeBearer) -> Result<Jso
     Ok(Json(ConfigResponse {
         pipelines,
         poll_interval_ms: row.poll_interval_ms as u64,
-        websocket_url: state.settings.api.public_ws_url.clone(),
+        websocket_url: Some(state.settings.api.public_ws_url.clone()),
         push_url: Some(state.settings.api.public_push_url.clone()),
         secret_backend: "BUILTIN".into(),
         sample_requests: (!samples.is_empty()).then_some(samples),
@@ -139,7 +143,7 @@ fn pipeline_configs(
         .map(
             |(((((pipeline_id, pipeline_name), version), config_yaml), checksum), log_level)| {
                 PipelineConfig {
-                    pipeline_id,
+                    pipeline_id: pipeline_id.to_string(),
                     pipeline_name,
                     version,
                     config_yaml,
@@ -153,16 +157,23 @@ fn pipeline_configs(
         .collect()
 }
 
-/// The node's pending action. A restart is handed out once (it is consumed by this poll);
-/// a self-update stays until the heartbeat reports the target version or an error.
+/// The node's pending action. A restart is handed out once (it is consumed by this poll),
+/// except to a current agent, which cannot read it there and gets pushes instead
+/// ([`crate::restarts`]); a self-update stays until the heartbeat reports the target version
+/// or an error.
 async fn pending_action(
     state: &AppState,
     node: Uuid,
     stored: Option<Value>,
+    current_agent: bool,
 ) -> Result<Option<PendingAction>> {
     let Some(value) = stored else { return Ok(None) };
     let action: Option<PendingAction> = serde_json::from_value(value).ok();
     if let Some(a) = &action {
+        if a.kind == "restart" && current_agent {
+            crate::restarts::retry_on_poll(state, node, a).await?;
+            return Ok(None);
+        }
         if a.kind == "restart" {
             let taken = sqlx::query(
                 "UPDATE nodes SET pending_action = NULL WHERE id = $1 AND pending_action->>'type' = 'restart'",

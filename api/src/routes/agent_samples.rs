@@ -7,9 +7,11 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
+use flotilla_shared::frames::PushMessage;
 use flotilla_shared::node_auth::AuthedNode;
 #[allow(unused_imports)]
 use flotilla_shared::protocol::{Ok, SampleResult, SamplesRequest};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -32,31 +34,57 @@ const MAX_EVENTS: usize = 1000;
 async fn submit(
     State(state): State<AppState>,
     NodeCaller(node): NodeCaller,
-    Json(req): Json<SamplesRequest>,
+    Json(req): Json<Value>,
 ) -> Result<axum::Json<Ok>> {
-    validate(&req.results, "results")?;
-    record(&state, node, req.results).await?;
+    let Some(Value::Array(results)) = req.get("results") else {
+        return Err(ApiError::bad_request(
+            "Invalid request body",
+            serde_json::json!({ "path": "results", "reason": "a list of results is required" }),
+        ));
+    };
+    record(&state, node, accepted(results)).await?;
     Ok(axum::Json(Ok { ok: true }))
 }
 
-/// Rejects oversized or nameless results with 400 naming the field.
-pub fn validate(results: &[SampleResult], field: &str) -> Result<()> {
-    let bad = |path: String, reason: &str| {
-        Err(ApiError::bad_request(
-            "Invalid request body",
-            serde_json::json!({ "path": path, "reason": reason }),
-        ))
-    };
-    if results.len() > MAX_RESULTS {
-        return bad(field.to_owned(), "too many results");
-    }
-    for (i, r) in results.iter().enumerate() {
-        if r.component_key.is_empty() || r.component_key.len() > 256 {
-            return bad(format!("{field}[{i}].componentKey"), "1 to 256 characters");
-        }
-        if r.events.as_ref().is_some_and(|e| e.len() > MAX_EVENTS) {
-            return bad(format!("{field}[{i}].events"), "too many events");
-        }
+/// The results that can be recorded, read one by one: a result that is not one (no request
+/// id or component key, a component key over 256 characters) is skipped, events beyond
+/// [`MAX_EVENTS`] are dropped, and at most [`MAX_RESULTS`] results are read.
+pub fn accepted(results: &[Value]) -> Vec<SampleResult> {
+    results
+        .iter()
+        .take(MAX_RESULTS)
+        .filter_map(|r| serde_json::from_value::<SampleResult>(r.clone()).ok())
+        .filter(|r| !r.component_key.is_empty() && r.component_key.len() <= 256)
+        .map(|mut r| {
+            if let Some(events) = &mut r.events {
+                events.truncate(MAX_EVENTS);
+            }
+            r
+        })
+        .collect()
+}
+
+/// Pushes the pending sample requests of `pipelines` to the node that just reported them
+/// RUNNING: requests made while a pipeline started reach it now, not at its next poll.
+pub async fn push_pending(state: &AppState, node: AuthedNode, pipelines: &[Uuid]) -> Result<()> {
+    let pending: Vec<(Uuid, Uuid, Vec<String>, i32)> = sqlx::query_as(
+        "SELECT id, pipeline_id, component_keys, sample_limit FROM sample_requests
+         WHERE status = 'PENDING' AND expires_at > now() AND environment_id = $1
+           AND pipeline_id = ANY($2)
+         ORDER BY created_at",
+    )
+    .bind(node.environment_id)
+    .bind(pipelines)
+    .fetch_all(&state.pool)
+    .await?;
+    for (request_id, pipeline_id, component_keys, limit) in pending {
+        let message = PushMessage::SampleRequest {
+            request_id: request_id.to_string(),
+            pipeline_id: pipeline_id.to_string(),
+            component_keys,
+            limit: limit as u32,
+        };
+        state.notifier.push(&[node.node_id], message).await;
     }
     Ok(())
 }
@@ -67,8 +95,11 @@ pub fn validate(results: &[SampleResult], field: &str) -> Result<()> {
 /// repeated results are no-ops (unique per request and component).
 pub async fn record(state: &AppState, node: AuthedNode, results: Vec<SampleResult>) -> Result<()> {
     let mut by_request: BTreeMap<Uuid, Vec<SampleResult>> = BTreeMap::new();
+    // A request id this server never issued (another server's, or garbage) is skipped.
     for r in results {
-        by_request.entry(r.request_id).or_default().push(r);
+        if let Ok(id) = Uuid::parse_str(&r.request_id) {
+            by_request.entry(id).or_default().push(r);
+        }
     }
     // BTreeMap order: requests are always locked in the same order, so no deadlocks.
     for (request_id, results) in by_request {

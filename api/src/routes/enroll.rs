@@ -71,8 +71,8 @@ async fn enroll(
     let issued = tokens::issue(NODE_PREFIX);
     let node_id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_digest, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
+        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_digest, reported_labels, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
     )
     .bind(node_id)
     .bind(environment_id)
@@ -82,14 +82,21 @@ async fn enroll(
     .bind(vector_version)
     .bind(&issued.lookup)
     .bind(tokens::node_digest(&issued.token).as_slice())
+    // Applied at once, so pipelines bound to them by selector arrive on the first poll.
+    .bind(serde_json::Value::Object(
+        req.labels
+            .as_ref()
+            .map(crate::selector::reported_labels)
+            .unwrap_or_default(),
+    ))
     .execute(&state.pool)
     .await?;
     tracing::info!(%node_id, %environment_id, host = hostname, "node enrolled");
     crate::fleet_events::node_changed(&state.redis, node_id, "enrolled");
     Ok(axum::Json(EnrollResponse {
-        node_id,
+        node_id: node_id.to_string(),
         node_token: issued.token,
-        environment_id,
+        environment_id: environment_id.to_string(),
         environment_name,
     }))
 }

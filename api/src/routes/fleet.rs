@@ -49,6 +49,17 @@ pub struct NodeView {
     vector_version: Option<String>,
     os: Option<String>,
     deployment_mode: Option<String>,
+    /// The user the agent runs as (current agents; detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_as: Option<String>,
+    /// The latest host metrics the agent reported (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    host_metrics: Option<Value>,
+    /// The latest agent health the agent reported (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    agent_health: Option<Value>,
     #[schema(value_type = Object)]
     labels: Value,
     #[sqlx(rename = "maintenance")]
@@ -70,11 +81,12 @@ pub struct NodeView {
     push_transport: Option<flotilla_shared::presence::Transport>,
 }
 
-/// Nodes with their pipelines' statuses; `{detail}` adds fields to each pipeline.
-fn select_nodes(detail: &str) -> String {
+/// Nodes with their pipelines' statuses; `{node}` adds the node's reported metrics (or NULLs
+/// them), `{detail}` adds fields to each pipeline.
+fn select_nodes(node: &str, detail: &str) -> String {
     format!(
         "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
-        n.vector_version, n.os, n.deployment_mode, (n.reported_labels || n.labels) AS labels, n.maintenance,
+        n.vector_version, n.os, n.deployment_mode, {node}, (n.reported_labels || n.labels) AS labels, n.maintenance,
         n.pending_action, n.last_update_error, n.enrolled_at,
         coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status{detail})
                                   ORDER BY s.pipeline_id)
@@ -83,11 +95,15 @@ fn select_nodes(detail: &str) -> String {
     )
 }
 
-/// One node's pipelines also carry what the agent last reported about them (the list leaves
-/// these out: with 20 log lines each they would dominate a large fleet's listing).
+/// One node also carries what the agent last reported about itself and each pipeline (the
+/// list leaves these out: they would dominate a large fleet's listing).
+const NODE_DETAIL: &str = "n.running_as, n.host_metrics, n.agent_health";
+const NODE_SUMMARY: &str =
+    "NULL::text AS running_as, NULL::jsonb AS host_metrics, NULL::jsonb AS agent_health";
 const PIPELINE_DETAIL: &str =
     ", 'configChecksum', s.config_checksum, 'uptimeSeconds', s.uptime_seconds,
-        'metrics', s.metrics, 'recentLogs', s.recent_logs, 'updatedAt', s.updated_at";
+        'metrics', s.metrics - 'componentMetrics', 'componentMetrics', s.metrics -> 'componentMetrics',
+        'updatedAt', s.updated_at";
 
 /// Fills in push-channel presence for all nodes with one Redis round trip. Redis being down
 /// leaves every node shown as not connected rather than failing the page.
@@ -115,7 +131,7 @@ async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) -> Vec<NodeVi
 pub async fn load_nodes(state: &AppState, environment: Option<Uuid>) -> Result<Vec<NodeView>> {
     let nodes: Vec<NodeView> = sqlx::query_as(&format!(
         "{} WHERE $1::uuid IS NULL OR n.environment_id = $1 ORDER BY n.host, n.id",
-        select_nodes("")
+        select_nodes(NODE_SUMMARY, "")
     ))
     .bind(environment)
     .fetch_all(&state.pool)
@@ -123,15 +139,33 @@ pub async fn load_nodes(state: &AppState, environment: Option<Uuid>) -> Result<V
     Ok(with_presence(state, nodes).await)
 }
 
+/// One node in detail: its reported metrics, and each pipeline's kept log lines as
+/// `recentLogs` (left out, with a warning, while Redis is unavailable).
 async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
-    let node: NodeView = sqlx::query_as(&format!(
+    let mut node: NodeView = sqlx::query_as(&format!(
         "{} WHERE n.id = $1",
-        select_nodes(PIPELINE_DETAIL)
+        select_nodes(NODE_DETAIL, PIPELINE_DETAIL)
     ))
     .bind(id)
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("node"))?;
+    if let Value::Array(pipelines) = &mut node.pipelines {
+        let ids: Vec<Uuid> = pipelines
+            .iter()
+            .filter_map(|p| p["pipelineId"].as_str()?.parse().ok())
+            .collect();
+        match crate::node_logs::read(&state.redis, id, &ids).await {
+            Ok(logs) => {
+                for (p, lines) in pipelines.iter_mut().zip(logs) {
+                    p["recentLogs"] = json!(lines);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "log lines unavailable; showing the node without them")
+            }
+        }
+    }
     Ok(with_presence(state, vec![node]).await.remove(0))
 }
 
@@ -269,9 +303,50 @@ async fn maintenance(
     Ok(axum::Json(load_node(&state, id).await?))
 }
 
-fn validate_action(a: &PendingAction) -> Result<ActionKind> {
+/// A self-update checksum as bare lower-case hex: given as hex or `sha256:<hex>` (current
+/// agents read both, older ones only hex).
+fn checksum_hex(given: Option<&str>) -> Result<String> {
+    let sum = given.unwrap_or_default();
+    let hex = sum
+        .strip_prefix("sha256:")
+        .or_else(|| sum.strip_prefix("SHA256:"))
+        .unwrap_or(sum);
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid(
+            "checksum",
+            "the SHA-256 of the binary, as hex or sha256:<hex>",
+        ));
+    }
+    Ok(hex.to_ascii_lowercase())
+}
+
+/// Checks an action and puts it in the form agents get: a restart keeps only its pipeline, a
+/// self-update its version, URL, hex checksum and signature.
+fn validate_action(a: PendingAction) -> Result<(ActionKind, PendingAction)> {
+    let clean = PendingAction {
+        kind: a.kind.clone(),
+        target_version: None,
+        download_url: None,
+        checksum: None,
+        signature: None,
+        pipeline_id: None,
+    };
     match a.kind.as_str() {
-        "restart" => Ok(ActionKind::Restart),
+        "restart" => {
+            if let Some(p) = &a.pipeline_id {
+                if Uuid::parse_str(p).is_err() {
+                    return Err(ApiError::invalid("pipelineId", "a pipeline id (UUID)"));
+                }
+            }
+            let pipeline_id = a.pipeline_id.map(|p| p.to_ascii_lowercase());
+            Ok((
+                ActionKind::Restart,
+                PendingAction {
+                    pipeline_id,
+                    ..clean
+                },
+            ))
+        }
         "self_update" => {
             let version = a.target_version.as_deref().unwrap_or_default();
             if version.is_empty() || version.len() > 128 {
@@ -287,14 +362,27 @@ fn validate_action(a: &PendingAction) -> Result<ActionKind> {
                     "an http(s) URL is required for self_update",
                 ));
             }
-            let sum = a.checksum.as_deref().unwrap_or_default();
-            if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ApiError::invalid(
-                    "checksum",
-                    "the hex SHA-256 of the binary",
-                ));
+            let checksum = checksum_hex(a.checksum.as_deref())?;
+            if let Some(sig) = &a.signature {
+                use base64::Engine;
+                let raw = base64::engine::general_purpose::STANDARD.decode(sig);
+                if raw.map(|r| r.len()) != Ok(64) {
+                    return Err(ApiError::invalid(
+                        "signature",
+                        "an ed25519 signature (64 bytes) in base64",
+                    ));
+                }
             }
-            Ok(ActionKind::SelfUpdate)
+            Ok((
+                ActionKind::SelfUpdate,
+                PendingAction {
+                    target_version: a.target_version,
+                    download_url: a.download_url,
+                    checksum: Some(checksum),
+                    signature: a.signature,
+                    ..clean
+                },
+            ))
         }
         _ => Err(ApiError::invalid("type", "self_update or restart")),
     }
@@ -306,43 +394,82 @@ fn validate_action(a: &PendingAction) -> Result<ActionKind> {
     tag = "operator",
     params(("id" = String, Path, description = "id (UUID)")),
     request_body = PendingAction,
-    responses((status = 202, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    responses((status = 202, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Conflict, crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn action(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
-    Json(mut body): Json<PendingAction>,
+    Json(body): Json<PendingAction>,
 ) -> Result<(StatusCode, axum::Json<Value>)> {
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
-    let kind = validate_action(&body)?;
-    if kind == ActionKind::Restart {
-        (body.target_version, body.download_url, body.checksum) = (None, None, None);
-    } else {
-        body.checksum = body.checksum.map(|c| c.to_ascii_lowercase());
+    let (kind, action) = validate_action(body)?;
+    let node: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT environment_id, deployment_mode, agent_health IS NOT NULL FROM nodes WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (environment, deployment_mode, current_agent) = node.ok_or(ApiError::NotFound("node"))?;
+    if kind == ActionKind::SelfUpdate
+        && deployment_mode.is_some_and(|m| m.eq_ignore_ascii_case("docker"))
+    {
+        return Err(ApiError::Conflict(
+            "the node runs in Docker (deploymentMode DOCKER), where the agent cannot replace itself: update its image instead".into(),
+        ));
     }
+    if let Some(p) = &action.pipeline_id {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = $1::uuid AND environment_id = $2)",
+        )
+        .bind(p)
+        .bind(environment)
+        .fetch_one(&state.pool)
+        .await?;
+        if !known {
+            return Err(ApiError::invalid(
+                "pipelineId",
+                "not a pipeline of the node's environment",
+            ));
+        }
+    }
+    // A current agent restarts on pushes only; the restart is kept for it only if they did
+    // not arrive (its next polls retry them).
+    let delivered = kind == ActionKind::Restart
+        && current_agent
+        && crate::restarts::push_to_current(&state, id, &action).await?;
+    let pending = (!delivered).then(|| json!(action));
     let n = sqlx::query("UPDATE nodes SET pending_action = $2 WHERE id = $1")
         .bind(id)
-        .bind(json!(body))
+        .bind(&pending)
         .execute(&state.pool)
         .await?
         .rows_affected();
     if n == 0 {
         return Err(ApiError::NotFound("node"));
     }
-    let message = PushMessage::Action {
-        action: kind,
-        target_version: body.target_version.clone(),
-        download_url: body.download_url.clone(),
-        checksum: body.checksum.clone(),
+    let notified = if delivered {
+        1
+    } else {
+        let message = PushMessage::Action {
+            action: kind,
+            target_version: action.target_version.clone(),
+            download_url: action.download_url.clone(),
+            checksum: action.checksum.clone(),
+            signature: action.signature.clone(),
+            pipeline_id: action.pipeline_id.clone(),
+        };
+        state.notifier.push(&[id], message).await
     };
-    let notified = state.notifier.push(&[id], message).await;
     node_changed(&state.redis, id, "action");
+    tracing::info!(node_id = %id, action = %action.kind, pipeline_id = ?action.pipeline_id, token_id = %op.token_id, "action requested");
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "pendingAction": body, "notifiedNodes": notified })),
+        axum::Json(
+            json!({ "pendingAction": pending, "action": action, "notifiedNodes": notified }),
+        ),
     ))
 }
 

@@ -2,13 +2,17 @@
 
 use crate::error::{ApiError, Result};
 use crate::extract::{JsonBody, NodeBearer};
+use crate::node_logs::{self, Lines};
 use crate::routes::agent_samples;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 use flotilla_shared::node_auth::AuthedNode;
-use flotilla_shared::protocol::{Heartbeat, Ok, PipelineStatus};
+#[allow(unused_imports)]
+use flotilla_shared::protocol::Heartbeat;
+use flotilla_shared::protocol::{Ok, SampleResult};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -18,43 +22,100 @@ pub fn router() -> Router<AppState> {
 }
 
 const MAX_PIPELINES: usize = 1000;
+/// Bytes of serialised JSON kept of host metrics, agent health and component metrics; a
+/// larger value is not kept (the previous one stays).
+const MAX_HOST_METRICS: usize = 16 * 1024;
+const MAX_AGENT_HEALTH: usize = 4 * 1024;
+const MAX_COMPONENT_METRICS: usize = 64 * 1024;
 
-fn metrics(p: &PipelineStatus) -> serde_json::Value {
-    serde_json::json!({
-        "eventsIn": p.events_in, "eventsOut": p.events_out, "errorsTotal": p.errors_total,
-        "bytesIn": p.bytes_in, "bytesOut": p.bytes_out, "eventsDiscarded": p.events_discarded,
-        "utilization": p.utilization,
-    })
+/// A string field's value, clipped to `max` characters; anything but a string is `None`.
+fn text(v: Option<&Value>, max: usize) -> Option<String> {
+    v?.as_str().map(|s| s.chars().take(max).collect())
 }
 
-/// Log lines kept per pipeline, and characters kept per line.
-const MAX_LOG_LINES: usize = 20;
-const MAX_LOG_LINE: usize = 1000;
+/// A JSON value if it serialises within `max` bytes.
+fn bounded(v: Option<&Value>, max: usize) -> Option<Value> {
+    let v = v.filter(|v| !v.is_null())?;
+    (serde_json::to_string(v).map_or(usize::MAX, |s| s.len()) <= max).then(|| v.clone())
+}
 
-/// The last [`MAX_LOG_LINES`] reported log lines as a JSON array of strings (an entry that is
-/// not a string is kept as its JSON text); `None` when none were reported.
-fn recent_logs(p: &PipelineStatus) -> Option<serde_json::Value> {
-    let lines: &[serde_json::Value] = match p.recent_logs.as_ref()? {
-        serde_json::Value::Array(lines) => lines,
-        serde_json::Value::Null => return None,
-        line => std::slice::from_ref(line),
-    };
-    let kept = lines.len().saturating_sub(MAX_LOG_LINES);
-    let lines: Vec<serde_json::Value> = lines[kept..]
-        .iter()
-        .map(|line| {
-            let text = match line {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            serde_json::Value::String(text.chars().take(MAX_LOG_LINE).collect())
+/// A reported status: as given when it looks like one (`CRASH_LOOP`, or one this server does
+/// not know yet), else `UNKNOWN`.
+fn status_of(v: Option<&Value>) -> String {
+    match v.and_then(Value::as_str) {
+        Some(s)
+            if (1..=32).contains(&s.len())
+                && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') =>
+        {
+            s.to_owned()
+        }
+        _ => "UNKNOWN".to_owned(),
+    }
+}
+
+/// Counters and metrics of one pipeline, numbers as given.
+fn metrics(p: &Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    for key in [
+        "eventsIn",
+        "eventsOut",
+        "errorsTotal",
+        "bytesIn",
+        "bytesOut",
+        "eventsDiscarded",
+    ] {
+        if let Some(n) = p.get(key).filter(|v| v.is_number()) {
+            m.insert(key.to_owned(), n.clone());
+        }
+    }
+    if let Some(u) = bounded(p.get("utilization"), 1024) {
+        m.insert("utilization".to_owned(), u);
+    }
+    if let Some(c) = bounded(p.get("componentMetrics"), MAX_COMPONENT_METRICS) {
+        m.insert("componentMetrics".to_owned(), c);
+    }
+    Value::Object(m)
+}
+
+/// One pipeline's reported state, read leniently: `None` (skipped) when its id is not one
+/// this server could have issued.
+struct Reported {
+    id: Uuid,
+    version: i32,
+    status: String,
+    pid: Option<i64>,
+    uptime: Option<i64>,
+    checksum: Option<String>,
+    metrics: Value,
+    recent_logs: Vec<String>,
+}
+
+impl Reported {
+    fn of(p: &Value) -> Option<Self> {
+        let p = p.as_object()?;
+        let id = Uuid::parse_str(p.get("pipelineId")?.as_str()?).ok()?;
+        let int = |k: &str| p.get(k).and_then(Value::as_i64);
+        let recent_logs = match p.get("recentLogs") {
+            Some(Value::Array(lines)) => {
+                let kept = lines.len().saturating_sub(node_logs::RING);
+                lines[kept..].iter().map(node_logs::line_of).collect()
+            }
+            Some(Value::Null) | None => Vec::new(),
+            Some(line) => vec![node_logs::line_of(line)],
+        };
+        Some(Self {
+            id,
+            version: int("version")
+                .and_then(|v| i32::try_from(v).ok())
+                .unwrap_or(0),
+            status: status_of(p.get("status")),
+            pid: int("pid"),
+            uptime: int("uptimeSeconds"),
+            checksum: text(p.get("configChecksum"), 128),
+            metrics: metrics(p),
+            recent_logs,
         })
-        .collect();
-    (!lines.is_empty()).then_some(serde_json::Value::Array(lines))
-}
-
-fn clip(s: Option<String>, max: usize) -> Option<String> {
-    s.map(|s| s.chars().take(max).collect())
+    }
 }
 
 /// A heartbeat's writes, on the row of the token's lookup id (`$1`) only if it carries the
@@ -62,7 +123,8 @@ fn clip(s: Option<String>, max: usize) -> Option<String> {
 /// and no row comes back. A self-update is settled by an error report or by reaching the target
 /// version; the node's pipeline statuses are replaced by the reported ones (the DELETE and the
 /// upsert touch disjoint rows); statuses of pipelines outside the node's environment are
-/// dropped by the join.
+/// dropped by the join. It returns the pipelines that are now RUNNING and were not before
+/// (every statement sees the rows as they were before it).
 const HEARTBEAT: &str = "
 WITH node AS (
   UPDATE nodes SET
@@ -70,6 +132,9 @@ WITH node AS (
     vector_version = coalesce($3, vector_version),
     deployment_mode = coalesce($4, deployment_mode),
     reported_labels = coalesce($5, reported_labels),
+    host_metrics = coalesce($15, host_metrics),
+    agent_health = coalesce($16, agent_health),
+    running_as = coalesce($17, running_as),
     status = 'HEALTHY',
     last_seen = now(),
     last_update_error = CASE
@@ -88,110 +153,137 @@ gone AS (
   WHERE s.node_id = node.id AND NOT (s.pipeline_id = ANY($7))
 ),
 reported AS (
-  INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, recent_logs, updated_at)
-  SELECT node.id, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, t.logs, now()
+  INSERT INTO node_pipeline_status (node_id, pipeline_id, version, status, pid, uptime_seconds, config_checksum, metrics, updated_at)
+  SELECT node.id, t.pipeline_id, t.version, t.status, t.pid, t.uptime, t.checksum, t.metrics, now()
   FROM node,
-       UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[], $15::jsonb[])
-         AS t(pipeline_id, version, status, pid, uptime, checksum, metrics, logs)
+       UNNEST($7::uuid[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::jsonb[])
+         AS t(pipeline_id, version, status, pid, uptime, checksum, metrics)
   JOIN pipelines p ON p.id = t.pipeline_id
   WHERE p.environment_id = node.environment_id
   ON CONFLICT (node_id, pipeline_id) DO UPDATE SET
      version = excluded.version, status = excluded.status, pid = excluded.pid,
      uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
-     metrics = excluded.metrics, recent_logs = excluded.recent_logs, updated_at = excluded.updated_at
+     metrics = excluded.metrics, updated_at = excluded.updated_at
+  RETURNING pipeline_id, status
 )
-SELECT id AS node_id, environment_id FROM node";
+SELECT node.id AS node_id, node.environment_id,
+       ARRAY(SELECT r.pipeline_id FROM reported r
+             WHERE r.status = 'RUNNING' AND NOT EXISTS (
+               SELECT 1 FROM node_pipeline_status b
+               WHERE b.node_id = node.id AND b.pipeline_id = r.pipeline_id AND b.status = 'RUNNING'))
+         AS started,
+       ARRAY(SELECT r.pipeline_id FROM reported r) AS kept
+FROM node";
 
-/// What a heartbeat writes, bound once and usable for either authentication path.
-struct Report<'a> {
+/// What a heartbeat wrote.
+struct Written {
+    node: AuthedNode,
+    /// Pipelines now RUNNING that were not before.
+    started: Vec<Uuid>,
+    /// Pipelines whose status was kept (those of the node's environment).
+    kept: Vec<Uuid>,
+}
+
+/// What a heartbeat writes, read leniently: each pipeline, label and sample result that is
+/// odd is skipped on its own; only a body that is not an object, or whose `pipelines` is not
+/// a list, is refused.
+struct Report {
     agent_version: Option<String>,
     vector_version: Option<String>,
     deployment_mode: Option<String>,
-    labels: Option<serde_json::Value>,
+    labels: Option<Value>,
     update_error: Option<String>,
-    ids: Vec<Uuid>,
-    versions: Vec<i32>,
-    states: Vec<&'a str>,
-    pids: Vec<Option<i64>>,
-    uptimes: Vec<Option<i64>>,
-    checksums: Vec<Option<String>>,
-    metrics: Vec<serde_json::Value>,
-    logs: Vec<Option<serde_json::Value>>,
+    host_metrics: Option<Value>,
+    agent_health: Option<Value>,
+    running_as: Option<String>,
+    pipelines: Vec<Reported>,
+    sample_results: Vec<SampleResult>,
 }
 
-impl<'a> Report<'a> {
-    /// Validates the heartbeat and prepares its columns.
-    fn of(hb: &'a Heartbeat) -> Result<Self> {
-        if hb.pipelines.len() > MAX_PIPELINES {
-            return Err(ApiError::bad_request(
-                "Invalid request body",
-                serde_json::json!({ "path": "pipelines", "reason": "too many pipelines" }),
-            ));
-        }
-        if let Some(labels) = &hb.labels {
-            crate::selector::validate_labels("labels", &serde_json::json!(labels)).map_err(
-                |_| {
-                    ApiError::bad_request(
-                        "Invalid request body",
-                        serde_json::json!({ "path": "labels" }),
-                    )
-                },
-            )?;
-        }
-        if let Some(results) = &hb.sample_results {
-            agent_samples::validate(results, "sampleResults")?;
+fn bad_shape(path: &str, reason: &str) -> ApiError {
+    ApiError::bad_request(
+        "Invalid request body",
+        serde_json::json!({ "path": path, "reason": reason }),
+    )
+}
+
+impl Report {
+    /// Reads the heartbeat.
+    fn of(body: &Value) -> Result<Self> {
+        let hb = body
+            .as_object()
+            .ok_or_else(|| bad_shape("", "a JSON object is required"))?;
+        let listed = match hb.get("pipelines") {
+            Some(Value::Array(list)) => list.as_slice(),
+            None | Some(Value::Null) => &[],
+            Some(_) => return Err(bad_shape("pipelines", "must be a list")),
+        };
+        if listed.len() > MAX_PIPELINES {
+            return Err(bad_shape("pipelines", "too many pipelines"));
         }
         // Last report of a pipeline wins if an agent lists it twice.
-        let statuses: BTreeMap<Uuid, &PipelineStatus> =
-            hb.pipelines.iter().map(|p| (p.pipeline_id, p)).collect();
+        let pipelines: BTreeMap<Uuid, Reported> = listed
+            .iter()
+            .filter_map(Reported::of)
+            .map(|p| (p.id, p))
+            .collect();
+        let sample_results = match hb.get("sampleResults") {
+            Some(Value::Array(results)) => agent_samples::accepted(results),
+            _ => Vec::new(),
+        };
         Ok(Report {
-            agent_version: clip(hb.agent_version.clone(), 128),
-            vector_version: clip(hb.vector_version.clone(), 128),
-            deployment_mode: clip(hb.deployment_mode.clone(), 64),
-            labels: hb.labels.as_ref().map(|l| serde_json::json!(l)),
-            update_error: clip(hb.update_error.clone(), 4096),
-            ids: statuses.keys().copied().collect(),
-            versions: statuses.values().map(|p| p.version).collect(),
-            states: statuses.values().map(|p| p.status.as_str()).collect(),
-            pids: statuses.values().map(|p| p.pid).collect(),
-            uptimes: statuses.values().map(|p| p.uptime_seconds).collect(),
-            checksums: statuses
-                .values()
-                .map(|p| clip(p.config_checksum.clone(), 128))
-                .collect(),
-            metrics: statuses.values().map(|p| metrics(p)).collect(),
-            logs: statuses.values().map(|p| recent_logs(p)).collect(),
+            agent_version: text(hb.get("agentVersion"), 128),
+            vector_version: text(hb.get("vectorVersion"), 128),
+            deployment_mode: text(hb.get("deploymentMode"), 64),
+            labels: hb
+                .get("labels")
+                .filter(|l| l.is_object())
+                .map(|l| Value::Object(crate::selector::reported_labels(l))),
+            update_error: text(hb.get("updateError"), 4096),
+            host_metrics: bounded(hb.get("hostMetrics"), MAX_HOST_METRICS),
+            agent_health: bounded(hb.get("agentHealth"), MAX_AGENT_HEALTH),
+            running_as: text(hb.get("runningAs"), 128),
+            pipelines: pipelines.into_values().collect(),
+            sample_results,
         })
     }
 
-    /// Writes it to the node of `lookup` if that row carries `digest`; the node, or `None`.
+    /// Writes it to the node of `lookup` if that row carries `digest`; the node and the
+    /// what was written, or `None`.
     async fn write(
         &self,
         state: &AppState,
         lookup: &str,
         digest: &[u8; 32],
-    ) -> Result<Option<AuthedNode>> {
-        let row: Option<(Uuid, Uuid)> = sqlx::query_as(HEARTBEAT)
+    ) -> Result<Option<Written>> {
+        let p = &self.pipelines;
+        let row: Option<(Uuid, Uuid, Vec<Uuid>, Vec<Uuid>)> = sqlx::query_as(HEARTBEAT)
             .bind(lookup)
             .bind(&self.agent_version)
             .bind(&self.vector_version)
             .bind(&self.deployment_mode)
             .bind(&self.labels)
             .bind(&self.update_error)
-            .bind(&self.ids)
-            .bind(&self.versions)
-            .bind(&self.states)
-            .bind(&self.pids)
-            .bind(&self.uptimes)
-            .bind(&self.checksums)
-            .bind(&self.metrics)
+            .bind(p.iter().map(|p| p.id).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.version).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.status.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.pid).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.uptime).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>())
+            .bind(p.iter().map(|p| p.metrics.clone()).collect::<Vec<_>>())
             .bind(digest.as_slice())
-            .bind(&self.logs)
+            .bind(&self.host_metrics)
+            .bind(&self.agent_health)
+            .bind(&self.running_as)
             .fetch_optional(&state.pool)
             .await?;
-        Ok(row.map(|(node_id, environment_id)| AuthedNode {
-            node_id,
-            environment_id,
+        Ok(row.map(|(node_id, environment_id, started, kept)| Written {
+            node: AuthedNode {
+                node_id,
+                environment_id,
+            },
+            started,
+            kept,
         }))
     }
 }
@@ -212,32 +304,52 @@ async fn heartbeat(
     // A valid token with a valid body is checked by the write itself: one round trip.
     // Otherwise (a wrong, revoked or still bcrypt-hashed token, or a bad body) the full check
     // runs first, so a token that is not valid gets 401 before anything is said about its body.
-    let parsed = body.parse::<Heartbeat>();
+    let parsed = body.parse::<Value>().and_then(|v| Report::of(&v));
     let checked = bearer.lookup_and_digest();
     let mut written = None;
-    if let (Some((lookup, digest)), Ok(hb)) = (&checked, &parsed) {
-        if let Ok(report) = Report::of(hb) {
-            written = report.write(&state, lookup, digest).await?;
-        }
+    if let (Some((lookup, digest)), Ok(report)) = (&checked, &parsed) {
+        written = report.write(&state, lookup, digest).await?;
     }
-    let (node, hb) = match (written, parsed) {
-        (Some(node), Ok(hb)) => (node, hb),
+    let (written, report) = match (written, parsed) {
+        (Some(written), Ok(report)) => (written, report),
         (_, parsed) => {
             bearer.check(&state).await?;
-            let hb = parsed?;
-            let report = Report::of(&hb)?;
+            let report = parsed?;
             // A verified token is well-formed, and its row now carries its digest.
             let (lookup, digest) = checked.ok_or(ApiError::Unauthorized("Unauthorized"))?;
             let written = report.write(&state, lookup, &digest).await?;
             // Revoked between the check and the write.
-            let node = written.ok_or(ApiError::Unauthorized("Unauthorized"))?;
-            (node, hb)
+            (
+                written.ok_or(ApiError::Unauthorized("Unauthorized"))?,
+                report,
+            )
         }
     };
+    let Written {
+        node,
+        started,
+        kept,
+    } = written;
     crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
 
-    if let Some(results) = hb.sample_results {
-        agent_samples::record(&state, node, results).await?;
+    let logs: Vec<Lines> = report
+        .pipelines
+        .into_iter()
+        .filter(|p| !p.recent_logs.is_empty() && kept.contains(&p.id))
+        .map(|p| Lines {
+            pipeline_id: p.id,
+            lines: p.recent_logs,
+        })
+        .collect();
+    // The heartbeat itself is recorded; lines lost to a Redis outage are only logged.
+    if let Err(e) = node_logs::append_recent(&state.redis, node.node_id, logs).await {
+        tracing::warn!(error = %e, node_id = %node.node_id, "could not keep reported log lines");
+    }
+    if !started.is_empty() {
+        agent_samples::push_pending(&state, node, &started).await?;
+    }
+    if !report.sample_results.is_empty() {
+        agent_samples::record(&state, node, report.sample_results).await?;
     }
     Ok(axum::Json(Ok { ok: true }))
 }

@@ -7,11 +7,13 @@ pub mod environments;
 pub mod fleet;
 pub mod health;
 pub mod heartbeat;
+pub mod logs;
 pub mod metrics;
 pub mod page;
 pub mod pipelines;
 pub mod samples;
 pub mod settings;
+pub mod taps;
 pub mod tokens;
 
 use crate::error::ApiError;
@@ -40,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .merge(pipelines::router())
         .merge(fleet::router())
         .merge(samples::router())
+        .merge(logs::router())
+        .merge(taps::router())
         .merge(settings::router())
         .merge(tokens::router())
         .merge(page::router())

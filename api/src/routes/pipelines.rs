@@ -352,7 +352,7 @@ async fn change_deployment(
         .push(
             &nodes,
             PushMessage::ConfigChanged {
-                pipeline_id: Some(id),
+                pipeline_id: Some(id.to_string()),
                 reason,
             },
         )
@@ -472,7 +472,7 @@ async fn remove(
         .push(
             &nodes,
             PushMessage::ConfigChanged {
-                pipeline_id: Some(id),
+                pipeline_id: Some(id.to_string()),
                 reason: ConfigChangeReason::Delete,
             },
         )

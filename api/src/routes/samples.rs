@@ -113,8 +113,8 @@ async fn request(
     .fetch_all(&state.pool)
     .await?;
     let message = PushMessage::SampleRequest {
-        request_id,
-        pipeline_id: pipeline,
+        request_id: request_id.to_string(),
+        pipeline_id: pipeline.to_string(),
         component_keys: keys,
         limit: limit as u32,
     };

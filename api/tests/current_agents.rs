@@ -1,0 +1,685 @@
+//! The current generation of VectorFlow agents (`../shared/DESIGN.md`, "Two agent
+//! generations"): every shape they send, posted as they send it, and what is stored and shown.
+//! A Redis subscription on a node's channel stands where a gateway holding its push channel
+//! would be.
+
+mod common;
+
+use flotilla_testkit::api::{ApiHandle, ADMIN_TOKEN};
+use flotilla_testkit::sse_client::{Item, SseClient};
+use flotilla_testkit::within;
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// What a gateway holding the node's push channel would receive.
+struct NodeChannel(std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>);
+
+impl NodeChannel {
+    async fn subscribe(node_id: &str) -> Self {
+        let client = redis::Client::open(flotilla_testkit::redis_url()).unwrap();
+        let mut pubsub = within("subscribe", client.get_async_pubsub())
+            .await
+            .unwrap();
+        within(
+            "subscribe",
+            pubsub.subscribe(format!("flotilla:node:{{{node_id}}}")),
+        )
+        .await
+        .unwrap();
+        Self(Box::pin(pubsub.into_on_message()))
+    }
+
+    /// The next frame pushed to the node.
+    async fn next(&mut self) -> Value {
+        let msg = within("a push", self.0.next()).await.expect("subscribed");
+        serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap()
+    }
+
+    /// The next frame of `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+}
+
+/// An environment with one enrolled node and one pipeline deployed to it.
+struct Fixture {
+    api: ApiHandle,
+    _db: flotilla_testkit::db::TestDb,
+    node_id: String,
+    token: String,
+    pipeline: String,
+    environment: String,
+}
+
+async fn fixture() -> Fixture {
+    let (db, api) = common::start().await;
+    let (environment, enroll_token) = api.create_environment("prod").await;
+    let (node_id, token) = api.enroll(&enroll_token, "h1").await;
+    let pipeline = api
+        .create_pipeline(&environment, "p", "sources: {}", json!({}))
+        .await;
+    assert_eq!(api.deploy(&pipeline).await.status, StatusCode::OK);
+    Fixture {
+        api,
+        _db: db,
+        node_id,
+        token,
+        pipeline,
+        environment,
+    }
+}
+
+impl Fixture {
+    async fn heartbeat(&self, body: Value) -> flotilla_testkit::api::Reply {
+        self.api
+            .call(
+                Method::POST,
+                "/api/agent/heartbeat",
+                Some(&self.token),
+                Some(body),
+            )
+            .await
+    }
+
+    async fn node(&self) -> Value {
+        let r = self
+            .api
+            .admin(
+                Method::GET,
+                &format!("/api/v1/fleet/{}", self.node_id),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    }
+
+    async fn action(&self, body: Value) -> flotilla_testkit::api::Reply {
+        self.api
+            .admin(
+                Method::POST,
+                &format!("/api/v1/fleet/{}/actions", self.node_id),
+                Some(body),
+            )
+            .await
+    }
+}
+
+/// A current agent's heartbeat, every field of it.
+fn current_heartbeat(pipeline: &str, status: &str) -> Value {
+    json!({
+        "agentVersion": "0.9.4", "vectorVersion": "0.47.0", "deploymentMode": "STANDALONE",
+        "runningAs": "vector",
+        "labels": {"region": "eu", "vf.io/os": "linux"},
+        "hostMetrics": {"cpuPercent": 12.5, "memoryUsedBytes": 1024, "diskFreeBytes": 2048},
+        "agentHealth": {"pollErrorsTotal": 0, "pushReconnectsTotal": 2, "heartbeatErrorsTotal": 0,
+                        "pushConnected": true, "pipelinesRunning": 1, "uptimeSeconds": 60},
+        "pipelines": [{
+            "pipelineId": pipeline, "version": 1, "status": status, "pid": 7, "uptimeSeconds": 3,
+            "eventsIn": 10, "eventsOut": 9, "errorsTotal": 1, "bytesIn": 100, "bytesOut": 90,
+            "eventsDiscarded": 0, "utilization": 0.5, "configChecksum": "abc",
+            "componentMetrics": [{"componentId": "in", "componentKind": "source", "receivedEvents": 10}]
+        }]
+    })
+}
+
+#[tokio::test]
+async fn every_field_of_a_current_heartbeat_is_kept_and_shown() {
+    let f = fixture().await;
+    let r = f
+        .heartbeat(current_heartbeat(&f.pipeline, "CRASH_LOOP"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, json!({"ok": true}));
+    let node = f.node().await;
+    // CRASH_LOOP is a pipeline's trouble, not the node's.
+    assert_eq!(node["status"], "HEALTHY");
+    assert_eq!(node["runningAs"], "vector");
+    assert_eq!(node["deploymentMode"], "STANDALONE");
+    assert_eq!(node["hostMetrics"]["cpuPercent"], 12.5);
+    assert_eq!(node["agentHealth"]["pushReconnectsTotal"], 2);
+    assert_eq!(node["labels"], json!({"region": "eu", "vf.io/os": "linux"}));
+    let p = &node["pipelines"][0];
+    assert_eq!(p["status"], "CRASH_LOOP");
+    assert_eq!(p["metrics"]["eventsIn"], 10);
+    assert_eq!(p["metrics"]["utilization"], 0.5);
+    assert_eq!(p["componentMetrics"][0]["receivedEvents"], 10);
+    // The listing leaves the reported metrics out.
+    let list = f.api.admin(Method::GET, "/api/v1/fleet", None).await.body;
+    assert!(list["nodes"][0].get("hostMetrics").is_none());
+    assert_eq!(list["nodes"][0]["pipelines"][0]["status"], "CRASH_LOOP");
+}
+
+#[tokio::test]
+async fn one_odd_element_never_costs_the_request() {
+    let f = fixture().await;
+    let r = f
+        .heartbeat(json!({
+            "agentVersion": "0.9.4",
+            "labels": {"ok": "yes", "number": 5, "": "empty key"},
+            "pipelines": [
+                {"pipelineId": "pipe-1", "version": 1, "status": "RUNNING"},
+                {"pipelineId": "clx9k2v0b0000abcdqwerty", "version": 3, "status": "RUNNING"},
+                {"pipelineId": uuid::Uuid::new_v4(), "version": 1, "status": "RUNNING"},
+                {"version": 1, "status": "RUNNING"},
+                "not even an object",
+                {"pipelineId": f.pipeline, "version": "one", "status": "HIBERNATING", "futureField": [1]}
+            ],
+            "sampleResults": [{"requestId": "clx-old-request", "componentKey": "in", "events": []},
+                              {"componentKey": "no request id"}],
+            "somethingNew": {"x": 1}
+        }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let node = f.node().await;
+    assert_eq!(node["agentVersion"], "0.9.4");
+    assert_eq!(node["labels"], json!({"ok": "yes"}));
+    let pipelines = node["pipelines"].as_array().unwrap();
+    assert_eq!(pipelines.len(), 1, "{pipelines:?}");
+    assert_eq!(pipelines[0]["pipelineId"], json!(f.pipeline));
+    // An unknown status is kept as given; a malformed version is 0.
+    assert_eq!(pipelines[0]["status"], "HIBERNATING");
+    assert_eq!(pipelines[0]["version"], 0);
+
+    // The same from the samples endpoint: foreign request ids are skipped.
+    let r = f
+        .api
+        .call(
+            Method::POST,
+            "/api/agent/samples",
+            Some(&f.token),
+            Some(json!({"results": [{"requestId": "pipe-1-sample", "componentKey": "in", "events": [{"a": 1}]},
+                                    {"requestId": uuid::Uuid::new_v4(), "componentKey": "in"},
+                                    {"requestId": 42}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Only a body that is not a heartbeat at all is refused.
+    for bad in [json!([1, 2]), json!({"pipelines": {"a": 1}}), json!("text")] {
+        let r = f.heartbeat(bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+    }
+    let r = f
+        .api
+        .call(
+            Method::POST,
+            "/api/agent/samples",
+            Some(&f.token),
+            Some(json!({"results": "none"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn enrollment_labels_apply_before_the_first_poll() {
+    let (_db, api) = common::start().await;
+    let (environment, enroll_token) = api.create_environment("prod").await;
+    let pipeline = api
+        .create_pipeline(
+            &environment,
+            "eu-only",
+            "sources: {}",
+            json!({"region": "eu"}),
+        )
+        .await;
+    api.deploy(&pipeline).await;
+    let r = api
+        .call(
+            Method::POST,
+            "/api/agent/enroll",
+            None,
+            Some(json!({"token": enroll_token, "hostname": "h", "labels": {"region": "eu", "bad": 1}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let token = r.body["nodeToken"].as_str().unwrap();
+    let config = api.agent_config(token).await.body;
+    assert_eq!(config["pipelines"][0]["pipelineId"], json!(pipeline));
+    assert!(config["pushUrl"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/agent/push"));
+}
+
+/// Reads an operator's stream until a message of `event` arrives; its data as JSON.
+async fn next_event(stream: &mut SseClient, event: &str) -> Value {
+    loop {
+        match within("a stream event", stream.next_item()).await {
+            Some(Item::Message {
+                event: Some(e),
+                data,
+                ..
+            }) if e == event => return serde_json::from_str(&data).unwrap(),
+            Some(_) => {}
+            None => panic!("the stream ended before `{event}`"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn logs_are_kept_in_a_bounded_ring_shown_and_followed() {
+    let f = fixture().await;
+    let other_env = f.api.create_environment("other").await.0;
+    let foreign = f
+        .api
+        .create_pipeline(&other_env, "x", "sources: {}", json!({}))
+        .await;
+    let post = |body: Value| {
+        let api = &f.api;
+        let token = f.token.clone();
+        async move {
+            api.call(Method::POST, "/api/agent/logs", Some(&token), Some(body))
+                .await
+        }
+    };
+    let r = post(json!([
+        {"pipelineId": f.pipeline, "lines": ["started", "listening on 0.0.0.0:9000"]},
+        {"pipelineId": foreign, "lines": ["not yours"]},
+        {"pipelineId": "pipe-1", "lines": ["from another server"]},
+        {"lines": ["no pipeline"]},
+    ]))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    f.heartbeat(current_heartbeat(&f.pipeline, "RUNNING")).await;
+    let node = f.node().await;
+    assert_eq!(
+        node["pipelines"][0]["recentLogs"],
+        json!(["started", "listening on 0.0.0.0:9000"])
+    );
+
+    // A live viewer gets the kept lines, then new ones as they come.
+    let url = f.api.url(&format!(
+        "/api/v1/fleet/{}/logs?pipelineId={}",
+        f.node_id, f.pipeline
+    ));
+    let mut viewer = within("open the log stream", SseClient::open(&url, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let kept = next_event(&mut viewer, "lines").await;
+    assert_eq!(
+        kept["lines"],
+        json!(["started", "listening on 0.0.0.0:9000"])
+    );
+    post(json!([{"pipelineId": f.pipeline, "lines": ["a new line"]}])).await;
+    let new = next_event(&mut viewer, "lines").await;
+    assert_eq!(
+        new,
+        json!({"pipelineId": f.pipeline, "lines": ["a new line"]})
+    );
+
+    // An older agent's heartbeat repeats its recent lines: only the new ones are added.
+    for lines in [json!(["a new line", "old-1"]), json!(["old-1", "old-2"])] {
+        f.heartbeat(json!({"pipelines": [{"pipelineId": f.pipeline, "version": 1, "status": "RUNNING", "recentLogs": lines}]}))
+            .await;
+    }
+    let node = f.node().await;
+    assert_eq!(
+        node["pipelines"][0]["recentLogs"],
+        json!([
+            "started",
+            "listening on 0.0.0.0:9000",
+            "a new line",
+            "old-1",
+            "old-2"
+        ])
+    );
+
+    // The ring keeps the last 500 lines, each at most 8,192 characters.
+    let many: Vec<String> = (0..700).map(|i| format!("line {i}")).collect();
+    post(json!([{"pipelineId": f.pipeline, "lines": many}])).await;
+    post(json!([{"pipelineId": f.pipeline, "lines": ["x".repeat(10_000)]}])).await;
+    let node = f.node().await;
+    let logs = node["pipelines"][0]["recentLogs"].as_array().unwrap();
+    assert_eq!(logs.len(), 500);
+    assert_eq!(logs[0], "line 201");
+    assert_eq!(logs[499].as_str().unwrap().len(), 8192);
+
+    // Not a list at all: 400. No token: 401.
+    assert_eq!(
+        post(json!({"pipelineId": f.pipeline})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = f
+        .api
+        .call(Method::POST, "/api/agent/logs", None, Some(json!([])))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
+    let f = fixture().await;
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    let r = f
+        .api
+        .admin(
+            Method::POST,
+            "/api/v1/taps",
+            Some(json!({"nodeId": f.node_id, "pipelineId": f.pipeline, "componentId": "parse"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let tap = r.body["requestId"].as_str().unwrap().to_owned();
+    let start = channel.next_of("tap_start").await;
+    assert_eq!(
+        (
+            &start["requestId"],
+            &start["pipelineId"],
+            &start["componentId"]
+        ),
+        (&json!(tap), &json!(f.pipeline), &json!("parse"))
+    );
+
+    let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
+    let mut viewer = within("open the tap", SseClient::open(&url, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let started = next_event(&mut viewer, "started").await;
+    assert_eq!(started["componentId"], "parse");
+
+    let post = |token: String, body: Value| {
+        let api = &f.api;
+        async move {
+            api.call(
+                Method::POST,
+                "/api/agent/tap-events",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let batch = json!({"requestId": tap, "pipelineId": f.pipeline, "componentId": "parse",
+                       "events": [{"message": "hello"}, {"message": "x".repeat(70_000)}]});
+    let r = post(f.token.clone(), batch.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let got = next_event(&mut viewer, "events").await;
+    assert_eq!(got["events"][0], json!({"message": "hello"}));
+    assert_eq!(got["events"][1]["flotillaTruncated"], true);
+
+    // Another node cannot post into this tap.
+    let (_, enroll_token) = f.api.create_environment("b").await;
+    let (_, stranger) = f.api.enroll(&enroll_token, "stranger").await;
+    let forged = json!({"requestId": tap, "pipelineId": f.pipeline, "componentId": "parse",
+                        "events": [{"message": "forged"}]});
+    assert_eq!(post(stranger, forged).await.status, StatusCode::OK);
+    let mine = json!({"requestId": tap, "pipelineId": f.pipeline, "componentId": "parse",
+                      "events": [{"message": "second"}]});
+    post(f.token.clone(), mine).await;
+    let got = next_event(&mut viewer, "events").await;
+    assert_eq!(got["events"], json!([{"message": "second"}]));
+
+    // More than 20 batches in a second: 429.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(post(f.token.clone(), batch.clone()).await.status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+
+    // The operator stops it: the node gets tap_stop, the viewer `stopped`.
+    let r = f
+        .api
+        .admin(Method::DELETE, &format!("/api/v1/taps/{tap}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(channel.next_of("tap_stop").await["requestId"], json!(tap));
+    let stopped = next_event(&mut viewer, "stopped").await;
+    assert_eq!(stopped["reason"], "stopped by an operator");
+    assert!(viewer.ends_within(Duration::from_secs(5)).await);
+
+    // A batch for a tap that has ended tells the agent to stop it.
+    post(f.token.clone(), json!({"requestId": tap, "events": [{}]})).await;
+    assert_eq!(channel.next_of("tap_stop").await["requestId"], json!(tap));
+    assert_eq!(
+        f.api
+            .admin(Method::DELETE, &format!("/api/v1/taps/{tap}"), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
+    let f = fixture().await;
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    let start = || async {
+        let r = f
+            .api
+            .admin(
+                Method::POST,
+                "/api/v1/taps",
+                Some(json!({"nodeId": f.node_id, "pipelineId": f.pipeline, "componentId": "in"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["requestId"].as_str().unwrap().to_owned()
+    };
+
+    let tap = start().await;
+    let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
+    let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
+    next_event(&mut viewer, "started").await;
+    f.api
+        .call(
+            Method::POST,
+            "/api/agent/tap-events",
+            Some(&f.token),
+            Some(
+                json!({"requestId": tap, "pipelineId": f.pipeline, "componentId": "in",
+                        "status": "stopped", "reason": "pipeline restarted"}),
+            ),
+        )
+        .await;
+    let stopped = next_event(&mut viewer, "stopped").await;
+    assert_eq!(stopped["reason"], "pipeline restarted");
+
+    let tap = start().await;
+    let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
+    let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
+    next_event(&mut viewer, "started").await;
+    drop(viewer);
+    loop {
+        let frame = channel.next_of("tap_stop").await;
+        if frame["requestId"] == json!(tap) {
+            break;
+        }
+    }
+
+    // Taps are for a node's own environment's pipelines.
+    let other_env = f.api.create_environment("other").await.0;
+    let foreign = f
+        .api
+        .create_pipeline(&other_env, "x", "sources: {}", json!({}))
+        .await;
+    let r = f
+        .api
+        .admin(
+            Method::POST,
+            "/api/v1/taps",
+            Some(json!({"nodeId": f.node_id, "pipelineId": foreign, "componentId": "in"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let _ = &f.environment;
+}
+
+#[tokio::test]
+async fn every_generation_gets_a_restart_it_can_act_on() {
+    let f = fixture().await;
+    // Not known as a current agent yet: the restart waits in the config (with its pipeline)
+    // and is pushed as a hint.
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    let r = f
+        .action(json!({"type": "restart", "pipelineId": f.pipeline}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let hint = channel.next_of("action").await;
+    assert_eq!(
+        (&hint["action"], &hint["pipelineId"]),
+        (&json!("restart"), &json!(f.pipeline))
+    );
+    let config = f.api.agent_config(&f.token).await.body;
+    assert_eq!(
+        config["pendingAction"],
+        json!({"type": "restart", "pipelineId": f.pipeline})
+    );
+    assert!(f
+        .api
+        .agent_config(&f.token)
+        .await
+        .body
+        .get("pendingAction")
+        .is_none());
+
+    // A current agent (its heartbeat carries agentHealth) gets one push per pipeline and no
+    // pending action it cannot read.
+    f.heartbeat(current_heartbeat(&f.pipeline, "RUNNING")).await;
+    let r = f.action(json!({"type": "restart"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.body["pendingAction"], Value::Null);
+    let push = channel.next_of("action").await;
+    assert_eq!(
+        (&push["action"], &push["pipelineId"]),
+        (&json!("restart"), &json!(f.pipeline))
+    );
+    assert!(f
+        .api
+        .agent_config(&f.token)
+        .await
+        .body
+        .get("pendingAction")
+        .is_none());
+
+    // While its push channel is down the restart is kept (never handed to it in the config)
+    // and pushed again by its polls until a gateway receives it.
+    drop(channel);
+    let r = f.action(json!({"type": "restart"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body["pendingAction"]["type"], "restart");
+    assert!(f
+        .api
+        .agent_config(&f.token)
+        .await
+        .body
+        .get("pendingAction")
+        .is_none());
+    let pending: Option<Value> =
+        sqlx::query_scalar("SELECT pending_action FROM nodes WHERE id = $1::uuid")
+            .bind(&f.node_id)
+            .fetch_one(&f.api.state.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending.unwrap()["type"], "restart");
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    assert!(f
+        .api
+        .agent_config(&f.token)
+        .await
+        .body
+        .get("pendingAction")
+        .is_none());
+    let push = channel.next_of("action").await;
+    assert_eq!(push["pipelineId"], json!(f.pipeline));
+    let pending: Option<Value> =
+        sqlx::query_scalar("SELECT pending_action FROM nodes WHERE id = $1::uuid")
+            .bind(&f.node_id)
+            .fetch_one(&f.api.state.pool)
+            .await
+            .unwrap();
+    assert!(pending.is_none());
+
+    // A pipeline of another environment, or not a pipeline id at all: 422.
+    for p in [json!(uuid::Uuid::new_v4()), json!("pipe-1")] {
+        let r = f.action(json!({"type": "restart", "pipelineId": p})).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn self_update_takes_both_checksum_forms_a_signature_and_refuses_docker() {
+    let f = fixture().await;
+    let hex = "AB".repeat(32);
+    let signature = base64_of(&[7u8; 64]);
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    let r = f
+        .action(json!({"type": "self_update", "targetVersion": "2.0.0",
+                       "downloadUrl": "https://example.com/agent", "checksum": format!("sha256:{hex}"),
+                       "signature": signature}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let push = channel.next_of("action").await;
+    assert_eq!(push["checksum"], json!(hex.to_lowercase()));
+    assert_eq!(push["signature"], json!(signature));
+    let pending = &f.api.agent_config(&f.token).await.body["pendingAction"];
+    assert_eq!(pending["checksum"], json!(hex.to_lowercase()));
+    assert_eq!(pending["signature"], json!(signature));
+
+    let bad = [
+        json!({"checksum": "sha256:abc"}),
+        json!({"checksum": hex, "signature": "not base64!"}),
+        json!({"checksum": hex, "signature": base64_of(&[1u8; 10])}),
+    ];
+    for extra in bad {
+        let mut body = json!({"type": "self_update", "targetVersion": "2.0.0", "downloadUrl": "https://example.com/agent"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = f.action(body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    }
+
+    f.heartbeat(json!({"deploymentMode": "DOCKER", "pipelines": []}))
+        .await;
+    let r = f
+        .action(json!({"type": "self_update", "targetVersion": "2.0.0",
+                       "downloadUrl": "https://example.com/agent", "checksum": hex}))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.body["error"].as_str().unwrap().contains("Docker"));
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn a_sample_made_while_a_pipeline_starts_is_pushed_when_it_runs() {
+    let f = fixture().await;
+    f.heartbeat(current_heartbeat(&f.pipeline, "STARTING"))
+        .await;
+    let r = f
+        .api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/pipelines/{}/samples", f.pipeline),
+            Some(json!({"componentKeys": ["in"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["notifiedNodes"], 0);
+    let request = r.body["requestId"].clone();
+    let mut channel = NodeChannel::subscribe(&f.node_id).await;
+    f.heartbeat(current_heartbeat(&f.pipeline, "RUNNING")).await;
+    let push = channel.next_of("sample_request").await;
+    assert_eq!(push["requestId"], request);
+    assert_eq!(push["componentKeys"], json!(["in"]));
+    // Only on the change to RUNNING, not on every heartbeat.
+    f.heartbeat(current_heartbeat(&f.pipeline, "RUNNING")).await;
+    f.action(json!({"type": "restart", "pipelineId": f.pipeline}))
+        .await;
+    assert_eq!(channel.next().await["type"], "action");
+}
