@@ -117,7 +117,7 @@ struct FollowQuery {
     tag = "operator",
     params(("id" = String, Path, description = "node id (UUID)"),
            ("pipelineId" = Option<String>, Query, description = "only this pipeline (UUID)")),
-    responses((status = 200, description = "server-sent events: `lines` `{pipelineId, lines}`, first the kept lines, then new ones as they arrive", content_type = "text/event-stream"), crate::openapi::NotFound, crate::openapi::OperatorErrors),
+    responses((status = 200, description = "server-sent events: `lines` `{pipelineId, lines}`, first the kept lines, then new ones as they arrive", content_type = "text/event-stream"), (status = 400, description = "bad query", body = flotilla_shared::protocol::ErrorBody), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 async fn follow(
