@@ -4,12 +4,15 @@
 
 use crate::client::{ApiClient, ClientError};
 use crate::config::{Config, ReExec};
+use crate::live_tap::{self, LiveTap};
+use crate::logs::{self, Logs};
+use crate::push::PushTarget;
 use crate::state::{Command, Event, Identity, PollError, State};
 use crate::supervisor::Supervisor;
 use crate::{enroll, push, samples, update};
 use anyhow::Context;
 use flotilla_shared::protocol::{PendingAction, SamplesRequest};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -48,11 +51,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Err(e) => return Err(e.into()),
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let logs = Logs::default();
     let supervisor = Supervisor::new(
         config.vector_bin.clone(),
         config.pipelines_dir(),
         config.tuning.stop_grace,
         tx.clone(),
+        logs.clone(),
     );
     supervisor
         .prepare()
@@ -61,26 +66,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         agent_version: crate::VERSION.to_owned(),
         vector_version,
         labels: config.labels.clone(),
-        deployment_mode: Some(
+        // The server refuses self-updates to DOCKER nodes: their image is what to update.
+        deployment_mode: Some(config.deployment_mode.clone().unwrap_or_else(|| {
             if Path::new("/.dockerenv").exists() {
                 "DOCKER"
             } else {
                 "STANDALONE"
             }
-            .to_owned(),
-        ),
+            .to_owned()
+        })),
     };
     let exe = config.reexec.as_ref().map(|r| r.exe.as_path());
     let previous_update = update::previous_update(&config.data_dir, exe);
     let state = State::new(
         config.tuning.clone(),
         identity,
+        config.url.clone(),
         config.poll_interval,
         previous_update,
         now(),
     );
+    let client = client.with_token(token.clone());
+    let tasks = TaskTracker::new();
+    let tasks_cancel = CancellationToken::new();
+    tasks.spawn(logs::ship(
+        client.clone(),
+        logs,
+        config.tuning.log_flush,
+        tasks_cancel.clone(),
+    ));
     let mut main = MainLoop {
-        client: client.with_token(token.clone()),
+        client,
         token,
         config,
         state,
@@ -89,8 +105,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         rx,
         push: None,
         push_cancel: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        tasks_cancel: CancellationToken::new(),
+        live_taps: HashMap::new(),
+        live_taps_cancel: CancellationToken::new(),
+        tasks,
+        tasks_cancel,
     };
     let reexec = main.run(&shutdown).await;
     main.stop().await;
@@ -126,8 +144,12 @@ struct MainLoop {
     supervisor: Supervisor,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
-    push: Option<(watch::Sender<String>, JoinHandle<()>)>,
+    push: Option<(watch::Sender<PushTarget>, JoinHandle<()>)>,
     push_cancel: CancellationToken,
+    /// The stop of each running live tap.
+    live_taps: HashMap<String, CancellationToken>,
+    /// Parent of every live tap's stop: cancelled at shutdown.
+    live_taps_cancel: CancellationToken,
     tasks: TaskTracker,
     tasks_cancel: CancellationToken,
 }
@@ -138,13 +160,16 @@ impl MainLoop {
         let mut queue: VecDeque<Event> = VecDeque::from([Event::Tick]);
         loop {
             while let Some(event) = queue.pop_front() {
-                if let Event::Exited {
-                    pipeline_id,
-                    generation,
-                    ..
-                } = &event
-                {
-                    self.supervisor.reap(*pipeline_id, *generation);
+                match &event {
+                    Event::Exited {
+                        pipeline_id,
+                        generation,
+                        ..
+                    } => self.supervisor.reap(pipeline_id, *generation),
+                    Event::LiveTapEnded { request_id } => {
+                        self.live_taps.remove(request_id);
+                    }
+                    _ => {}
                 }
                 for command in self.state.handle(event, now()) {
                     if let Command::ReExec(action) = command {
@@ -188,14 +213,14 @@ impl MainLoop {
                     Event::HeartbeatDone { ok: result.is_ok() }
                 });
             }
-            Command::ConnectPush(url) => match &self.push {
+            Command::ConnectPush(target) => match &self.push {
                 Some((sender, _)) => {
-                    tracing::info!(url = %url, "push URL changed");
-                    let _ = sender.send(url);
+                    tracing::info!(?target, "push target changed");
+                    let _ = sender.send(target);
                 }
                 None => {
-                    tracing::info!(url = %url, "starting the push channel");
-                    let (sender, receiver) = watch::channel(url);
+                    tracing::info!(?target, "starting the push channel");
+                    let (sender, receiver) = watch::channel(target);
                     let task = tokio::spawn(push::run(
                         receiver,
                         self.token.clone(),
@@ -213,7 +238,7 @@ impl MainLoop {
                 log_level,
             } => {
                 let result = self.supervisor.start(
-                    pipeline_id,
+                    &pipeline_id,
                     generation,
                     &config_yaml,
                     log_level.as_deref(),
@@ -227,15 +252,15 @@ impl MainLoop {
             Command::Stop {
                 pipeline_id,
                 generation,
-            } => self.supervisor.stop(pipeline_id, generation),
-            Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(pipeline_id),
+            } => self.supervisor.stop(&pipeline_id, generation),
+            Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(&pipeline_id),
             Command::Tap(request) => {
                 let bin = self.config.vector_bin.clone();
                 let timeout = self.config.tuning.tap_timeout;
                 self.spawn(async move {
                     let results = samples::tap_all(&bin, &request, timeout).await;
                     Event::TapDone {
-                        request_id: request.request_id,
+                        request_id: request.request_id.clone(),
                         results,
                     }
                 });
@@ -274,26 +299,79 @@ impl MainLoop {
                     Event::UpdateFinished(result)
                 });
             }
+            Command::StartLiveTap(tap) => self.start_live_tap(tap),
+            Command::StopLiveTap { request_id } => {
+                if let Some(stop) = self.live_taps.get(&request_id) {
+                    stop.cancel();
+                }
+            }
+            Command::RefuseLiveTap { tap, reason } => {
+                let client = self.client.clone();
+                self.spawn_detached(async move {
+                    let body = flotilla_shared::protocol::TapEvents {
+                        request_id: tap.request_id,
+                        pipeline_id: tap.pipeline_id,
+                        component_id: tap.component_id,
+                        events: None,
+                        status: Some("stopped".into()),
+                        reason: Some(reason),
+                    };
+                    if let Err(e) = client.tap_events(&body).await {
+                        tracing::warn!(tap = %body.request_id, error = %e, "posting a refused live tap failed");
+                    }
+                });
+            }
             Command::ReExec(_) => unreachable!("handled by the loop"),
         }
         None
     }
 
+    /// Runs a live tap in its own task; it posts its own end, even at shutdown.
+    fn start_live_tap(&mut self, tap: LiveTap) {
+        let stop = self.live_taps_cancel.child_token();
+        self.live_taps.insert(tap.request_id.clone(), stop.clone());
+        let stop = live_tap::Stop {
+            stop,
+            shutdown: self.live_taps_cancel.clone(),
+        };
+        let (client, tx) = (self.client.clone(), self.tx.clone());
+        let bin = self.config.vector_bin.clone();
+        let (flush, max) = (
+            self.config.tuning.live_tap_flush,
+            self.config.tuning.live_tap_max,
+        );
+        self.tasks.spawn(async move {
+            let request_id = tap.request_id.clone();
+            live_tap::run(tap, &bin, &client, flush, max, stop).await;
+            let _ = tx.send(Event::LiveTapEnded { request_id });
+        });
+    }
+
     /// Runs an I/O task that reports one event, cancelled at shutdown.
     fn spawn(&self, task: impl std::future::Future<Output = Event> + Send + 'static) {
         let tx = self.tx.clone();
+        self.spawn_detached(async move {
+            let _ = tx.send(task.await);
+        });
+    }
+
+    /// Runs an I/O task that reports nothing, cancelled at shutdown.
+    fn spawn_detached(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let cancel = self.tasks_cancel.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                event = task => { let _ = tx.send(event); }
+                () = task => {}
             }
         });
     }
 
-    /// Closes the push socket (1000), stops every pipeline and ends the I/O tasks.
+    /// Closes the push socket (1000), ends live taps, stops every pipeline and ends the I/O
+    /// tasks.
     async fn stop(&mut self) {
         self.push_cancel.cancel();
+        // Before the pipelines, so each tap reports the shutdown rather than a lost vector.
+        self.live_taps_cancel.cancel();
         if let Some((_, task)) = self.push.take() {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }

@@ -1,7 +1,8 @@
-//! The agent HTTP API (VectorFlow agent protocol v1) with connect and request timeouts.
+//! The agent HTTP API (VectorFlow agent protocol v1, plus the current generation's logs and
+//! tap events) with connect and request timeouts.
 
 use flotilla_shared::protocol::{
-    ConfigResponse, EnrollRequest, EnrollResponse, Heartbeat, SamplesRequest,
+    ConfigResponse, EnrollRequest, EnrollResponse, Heartbeat, LogBatch, SamplesRequest, TapEvents,
 };
 use flotilla_shared::secret::Secret;
 use reqwest::{StatusCode, Url};
@@ -108,6 +109,18 @@ impl ApiClient {
     /// `POST /api/agent/samples`.
     pub async fn samples(&self, body: &SamplesRequest) -> Result<(), ClientError> {
         let req = self.authed(self.http.post(self.url("/api/agent/samples")).json(body));
+        self.send::<serde_json::Value>(req).await.map(drop)
+    }
+
+    /// `POST /api/agent/logs`.
+    pub async fn logs(&self, body: &[LogBatch]) -> Result<(), ClientError> {
+        let req = self.authed(self.http.post(self.url("/api/agent/logs")).json(body));
+        self.send::<serde_json::Value>(req).await.map(drop)
+    }
+
+    /// `POST /api/agent/tap-events`.
+    pub async fn tap_events(&self, body: &TapEvents) -> Result<(), ClientError> {
+        let req = self.authed(self.http.post(self.url("/api/agent/tap-events")).json(body));
         self.send::<serde_json::Value>(req).await.map(drop)
     }
 

@@ -54,7 +54,8 @@ options (each also read from the environment variable shown):
   --vector-bin PATH      VF_VECTOR_BIN     the vector binary (default: vector on PATH)
   --poll-interval DUR    VF_POLL_INTERVAL  poll interval until the server sets one (default 15s; e.g. 500ms, 15s, 2m)
   --log-level LEVEL      VF_LOG_LEVEL      trace, debug, info, warn or error (default info)
-  --labels K=V,K=V       VF_LABELS         labels reported in heartbeats
+  --labels K=V,K=V       VF_LABELS         labels sent at enrollment and in heartbeats (VF_NODE_LABELS too)
+  --deployment-mode M    VF_DEPLOYMENT_MODE  STANDALONE or DOCKER, as reported (default: DOCKER when /.dockerenv exists)
   -h, --help                               show this help
   -V, --version                            show the version";
 
@@ -73,7 +74,7 @@ pub struct Tuning {
     pub push_stable_after: Duration,
     /// Upper bound of the random delay before reconnecting to a draining gateway.
     pub drain_reconnect_max: Duration,
-    /// WebSocket connect + handshake timeout.
+    /// WebSocket connect + handshake timeout; also the SSE wait for response headers.
     pub connect_timeout: Duration,
     /// HTTP request timeout (enroll, config, heartbeat, samples).
     pub http_timeout: Duration,
@@ -91,6 +92,15 @@ pub struct Tuning {
     pub download_connect_timeout: Duration,
     /// Self-update: total time limit of the download.
     pub download_timeout: Duration,
+    /// The SSE push stream is dead when no bytes (`: keepalive` included) arrived for this
+    /// long; generous, as servers send a keepalive only every 30 s.
+    pub sse_read_deadline: Duration,
+    /// How often captured pipeline log lines are shipped.
+    pub log_flush: Duration,
+    /// How often a live tap posts its captured events.
+    pub live_tap_flush: Duration,
+    /// How long a live tap runs at most.
+    pub live_tap_max: Duration,
 }
 
 impl Default for Tuning {
@@ -112,6 +122,10 @@ impl Default for Tuning {
             sample_retry: s(5),
             download_connect_timeout: s(10),
             download_timeout: s(300),
+            sse_read_deadline: s(90),
+            log_flush: s(2),
+            live_tap_flush: s(1),
+            live_tap_max: s(300),
         }
     }
 }
@@ -150,8 +164,10 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Log level for the agent's own logs.
     pub log_level: String,
-    /// Labels reported in heartbeats.
+    /// Labels sent at enrollment and in heartbeats.
     pub labels: Labels,
+    /// `STANDALONE` or `DOCKER` as reported; detected when `None`.
+    pub deployment_mode: Option<String>,
     /// Set by the binary; `None` when embedded (self-update is then refused).
     pub reexec: Option<ReExec>,
     /// Timeouts and backoffs.
@@ -169,6 +185,7 @@ impl Config {
             poll_interval: Duration::from_secs(15),
             log_level: "info".into(),
             labels: Labels::new(),
+            deployment_mode: None,
             reexec: None,
             tuning: Tuning::default(),
         }
@@ -274,12 +291,24 @@ impl Config {
             }
             config.log_level = level;
         }
-        if let Some(labels) = get("VF_LABELS") {
+        // VF_NODE_LABELS is what current VectorFlow agents read.
+        if let Some(labels) = get("VF_LABELS").or_else(|| get("VF_NODE_LABELS")) {
             config.labels = parse_labels(&labels).map_err(|why| ConfigError::Invalid {
                 name: "VF_LABELS (--labels)",
                 value: labels.clone(),
                 why,
             })?;
+        }
+        if let Some(mode) = get("VF_DEPLOYMENT_MODE") {
+            let mode = mode.trim().to_ascii_uppercase();
+            if !["STANDALONE", "DOCKER"].contains(&mode.as_str()) {
+                return Err(ConfigError::Invalid {
+                    name: "VF_DEPLOYMENT_MODE (--deployment-mode)",
+                    value: mode,
+                    why: "expected STANDALONE or DOCKER".into(),
+                });
+            }
+            config.deployment_mode = Some(mode);
         }
         Ok(Invocation::Run(Box::new(config)))
     }
@@ -294,6 +323,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("poll-interval", "VF_POLL_INTERVAL"),
     ("log-level", "VF_LOG_LEVEL"),
     ("labels", "VF_LABELS"),
+    ("deployment-mode", "VF_DEPLOYMENT_MODE"),
 ];
 
 fn parse_url(text: &str) -> Result<Url, ConfigError> {
@@ -388,8 +418,10 @@ mod tests {
                 ("VF_POLL_INTERVAL", "250ms"),
                 ("VF_LOG_LEVEL", "DEBUG"),
                 ("VF_LABELS", "region=eu, tier=edge"),
+                ("VF_DEPLOYMENT_MODE", "standalone"),
             ],
         );
+        assert_eq!(c.deployment_mode.as_deref(), Some("STANDALONE"));
         assert_eq!(c.enrollment_token.unwrap().expose(), "vf_enroll_abc");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/a"));
         assert_eq!(c.poll_interval, Duration::from_millis(250));
@@ -428,6 +460,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http"), "{e}");
+        let e = parse(&[], &[("VF_URL", "http://x"), ("VF_DEPLOYMENT_MODE", "vm")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VF_DEPLOYMENT_MODE"), "{e}");
         let e = parse(&[], &[("VF_URL", "http://x"), ("VF_POLL_INTERVAL", "soon")])
             .unwrap_err()
             .to_string();

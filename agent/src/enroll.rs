@@ -62,6 +62,10 @@ pub async fn node_token(
         os: Some(std::env::consts::OS.to_owned()),
         agent_version: Some(crate::VERSION.to_owned()),
         vector_version,
+        // Sent at enrollment (as current agents do), so label-selected pipelines arrive on
+        // the first poll.
+        labels: (!config.labels.is_empty())
+            .then(|| serde_json::to_value(&config.labels).expect("labels serialise")),
     };
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let response = loop {

@@ -1,4 +1,5 @@
-//! The push channel: a WebSocket to the gateway, reconnected forever with backoff.
+//! The push channel: a WebSocket to the gateway (or, for servers without one, a [`sse`]
+//! stream), reconnected forever with backoff.
 //!
 //! The task reports [`PushEvent`]s to the main loop and keeps no agent state. Any frame (data,
 //! ping or pong) resets the read deadline, so an idle socket that the gateway keeps alive is
@@ -8,12 +9,15 @@
 
 use crate::backoff::Backoff;
 use crate::config::Tuning;
+use crate::sse;
 use crate::state::{Event, PushEvent};
 use flotilla_shared::close_codes::{reconnect_policy, Reconnect, NORMAL};
 use flotilla_shared::frames::PushFrame;
+use flotilla_shared::protocol::ConfigResponse;
 use flotilla_shared::secret::Secret;
 use futures_util::StreamExt;
 use rand::Rng;
+use reqwest::Url;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc::UnboundedSender, watch};
@@ -59,46 +63,101 @@ fn retry_after(error: &tokio_tungstenite::tungstenite::Error) -> Option<Duration
     Some(Duration::from_secs(secs.min(300)))
 }
 
-/// Runs the push channel until `cancel` or a revocation. `url` carries the latest
-/// `websocketUrl`; a change reconnects.
+/// Where the push channel connects, and over which transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushTarget {
+    /// The WebSocket at the config's `websocketUrl`.
+    WebSocket(String),
+    /// Server-sent events at `url`; `fallback` (`VF_URL` + `/api/agent/push`) is used after
+    /// [`SSE_QUICK_FAILURES`] failures in a row that each came sooner than [`SSE_QUICK`].
+    Sse {
+        /// The stream URL.
+        url: String,
+        /// The stream URL on the agent's own server.
+        fallback: String,
+    },
+}
+
+/// SSE failures in a row after which the agent leaves `pushUrl` for its own server's stream.
+pub const SSE_QUICK_FAILURES: u32 = 3;
+/// An SSE stream that failed sooner than this counts as a quick failure.
+pub const SSE_QUICK: Duration = Duration::from_secs(5);
+
+impl PushTarget {
+    /// The push channel a config asks for: its `websocketUrl` when it has one; else SSE at
+    /// its `pushUrl` if that has the scheme and host:port of `server` (the agent's `VF_URL`),
+    /// otherwise at `server` + `/api/agent/push`, as current VectorFlow agents do.
+    pub fn from_config(config: &ConfigResponse, server: &Url) -> Self {
+        let websocket = config.websocket_url.as_deref().map(str::trim);
+        if let Some(url) = websocket.filter(|u| !u.is_empty()) {
+            return Self::WebSocket(url.to_owned());
+        }
+        let mut fallback = server.clone();
+        let prefix = fallback.path().trim_end_matches('/').to_owned();
+        fallback.set_path(&format!("{prefix}/api/agent/push"));
+        let fallback = fallback.to_string();
+        let url = config
+            .push_url
+            .as_deref()
+            .and_then(|u| Url::parse(u.trim()).ok())
+            .filter(|u| {
+                u.scheme() == server.scheme()
+                    && u.host_str() == server.host_str()
+                    && u.port_or_known_default() == server.port_or_known_default()
+            })
+            .map_or_else(|| fallback.clone(), String::from);
+        Self::Sse { url, fallback }
+    }
+}
+
+/// Runs the push channel until `cancel` or a revocation. `target` carries the latest
+/// [`PushTarget`]; a change reconnects.
 pub async fn run(
-    mut url: watch::Receiver<String>,
+    mut target: watch::Receiver<PushTarget>,
     token: Secret,
     tuning: Tuning,
     events: UnboundedSender<Event>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(tuning.push_backoff_base, tuning.push_backoff_max);
+    let mut http: Option<reqwest::Client> = None;
+    // SSE only: quick failures in a row, and whether the fallback URL took over.
+    let (mut quick_failures, mut on_fallback) = (0, false);
     loop {
-        let target = url.borrow_and_update().clone();
-        let connected = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = tokio::time::timeout(tuning.connect_timeout, connect(&target, &token)) => r,
-        };
-        let end = match connected {
-            Ok(Ok(socket)) => {
-                tracing::debug!(url = %target, "push channel open");
-                let _ = events.send(Event::Push(PushEvent::Connected));
-                let opened = Instant::now();
-                let end = session(socket, &mut url, &tuning, &events, &cancel).await;
-                let _ = events.send(Event::Push(PushEvent::Disconnected));
-                if opened.elapsed() >= tuning.push_stable_after {
-                    backoff.reset();
+        let current = target.borrow_and_update().clone();
+        let opened = Instant::now();
+        let end = match &current {
+            PushTarget::WebSocket(url) => {
+                websocket(url, &token, &tuning, &events, &mut target, &cancel).await
+            }
+            PushTarget::Sse { url, fallback } => {
+                let http = http.get_or_insert_with(|| sse::client(&tuning));
+                let stream = if on_fallback { fallback } else { url };
+                let end =
+                    sse::session(http, stream, &token, &tuning, &events, &mut target, &cancel)
+                        .await;
+                let failed = matches!(end, End::Closed(_) | End::RetryAfter(_));
+                if failed && opened.elapsed() < SSE_QUICK {
+                    quick_failures += 1;
+                    if quick_failures >= SSE_QUICK_FAILURES && !on_fallback && url != fallback {
+                        tracing::warn!(push_url = %url, fallback = %fallback, "pushUrl keeps failing; using the agent's own server");
+                        on_fallback = true;
+                    }
+                } else {
+                    quick_failures = 0;
                 }
                 end
             }
-            Ok(Err(e)) => {
-                tracing::warn!(url = %target, error = %e, "push channel connect failed");
-                retry_after(&e).map_or(End::Closed(Reconnect::WithBackoff), End::RetryAfter)
-            }
-            Err(_) => {
-                tracing::warn!(url = %target, timeout = ?tuning.connect_timeout, "push channel connect timed out");
-                End::Closed(Reconnect::WithBackoff)
-            }
         };
+        if opened.elapsed() >= tuning.push_stable_after {
+            backoff.reset();
+        }
         let delay = match end {
             End::Cancelled => return,
-            End::UrlChanged => Duration::ZERO,
+            End::UrlChanged => {
+                (quick_failures, on_fallback) = (0, false);
+                Duration::ZERO
+            }
             End::Closed(Reconnect::Never) => {
                 let _ = events.send(Event::Push(PushEvent::Revoked));
                 return;
@@ -118,7 +177,7 @@ pub async fn run(
                 delay
             }
             End::Closed(Reconnect::WithBackoff) => backoff.next_delay(),
-            // The gateway is healthy but busy: come back around when it said, spread out,
+            // The server is healthy but busy: come back around when it said, spread out,
             // without growing the backoff (which would strand agents long after the burst).
             End::RetryAfter(after) => {
                 let max = u64::try_from(after.as_millis() * 2)
@@ -131,7 +190,43 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
-            changed = url.changed() => if changed.is_err() { return },
+            changed = target.changed() => {
+                if changed.is_err() { return }
+                (quick_failures, on_fallback) = (0, false);
+            }
+        }
+    }
+}
+
+/// One WebSocket session: connect, read until it ends; reports `Connected` and
+/// `Disconnected` around an open socket.
+async fn websocket(
+    url: &str,
+    token: &Secret,
+    tuning: &Tuning,
+    events: &UnboundedSender<Event>,
+    target: &mut watch::Receiver<PushTarget>,
+    cancel: &CancellationToken,
+) -> End {
+    let connected = tokio::select! {
+        () = cancel.cancelled() => return End::Cancelled,
+        r = tokio::time::timeout(tuning.connect_timeout, connect(url, token)) => r,
+    };
+    match connected {
+        Ok(Ok(socket)) => {
+            tracing::debug!(url, "push channel open");
+            let _ = events.send(Event::Push(PushEvent::Connected));
+            let end = session(socket, target, tuning, events, cancel).await;
+            let _ = events.send(Event::Push(PushEvent::Disconnected));
+            end
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(url, error = %e, "push channel connect failed");
+            retry_after(&e).map_or(End::Closed(Reconnect::WithBackoff), End::RetryAfter)
+        }
+        Err(_) => {
+            tracing::warn!(url, timeout = ?tuning.connect_timeout, "push channel connect timed out");
+            End::Closed(Reconnect::WithBackoff)
         }
     }
 }
@@ -151,9 +246,9 @@ async fn connect(
 }
 
 /// Reads frames until the socket ends, the deadline passes, the URL changes or shutdown.
-async fn session(
+async fn session<T: Send + Sync>(
     mut socket: Socket,
-    url: &mut watch::Receiver<String>,
+    url: &mut watch::Receiver<T>,
     tuning: &Tuning,
     events: &UnboundedSender<Event>,
     cancel: &CancellationToken,
@@ -228,6 +323,72 @@ mod tests {
             response = response.header("retry-after", v);
         }
         tokio_tungstenite::tungstenite::Error::Http(Box::new(response.body(None).unwrap()))
+    }
+
+    fn target(websocket: Option<&str>, push: Option<&str>, server: &str) -> PushTarget {
+        let config = ConfigResponse {
+            pipelines: vec![],
+            poll_interval_ms: 5000,
+            websocket_url: websocket.map(Into::into),
+            push_url: push.map(Into::into),
+            secret_backend: "BUILTIN".into(),
+            sample_requests: None,
+            pending_action: None,
+        };
+        PushTarget::from_config(&config, &Url::parse(server).unwrap())
+    }
+
+    #[test]
+    fn the_push_target_follows_the_current_agents_rules() {
+        let sse = |url: &str, fallback: &str| PushTarget::Sse {
+            url: url.into(),
+            fallback: fallback.into(),
+        };
+        let own = "https://vf.example/api/agent/push";
+        // A WebSocket URL wins (Flotilla always sends one).
+        assert_eq!(
+            target(
+                Some("wss://gw.example/api/agent/ws"),
+                Some(own),
+                "https://vf.example"
+            ),
+            PushTarget::WebSocket("wss://gw.example/api/agent/ws".into())
+        );
+        // None (or empty): SSE, at pushUrl when it has the agent's scheme and host:port.
+        assert_eq!(
+            target(Some(" "), Some(own), "https://vf.example"),
+            sse(own, own)
+        );
+        assert_eq!(
+            target(
+                None,
+                Some("https://vf.example:443/other/push"),
+                "https://vf.example/"
+            ),
+            sse("https://vf.example/other/push", own)
+        );
+        // Another host, port or scheme, or none at all: the agent's own server.
+        for push in [
+            Some("https://evil.example/api/agent/push"),
+            Some("https://vf.example:8443/api/agent/push"),
+            Some("http://vf.example/api/agent/push"),
+            Some("not a url"),
+            None,
+        ] {
+            assert_eq!(
+                target(None, push, "https://vf.example"),
+                sse(own, own),
+                "{push:?}"
+            );
+        }
+        // A base path on VF_URL is kept.
+        assert_eq!(
+            target(None, None, "http://10.0.0.1:8080/vf/"),
+            sse(
+                "http://10.0.0.1:8080/vf/api/agent/push",
+                "http://10.0.0.1:8080/vf/api/agent/push"
+            )
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 use flotilla_shared::protocol::{SampleRequestConfig, SampleResult, SchemaField};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+use tokio::task::JoinHandle;
 
 /// Taps every component of a request concurrently; one result per component, errors included.
 pub async fn tap_all(
@@ -32,11 +34,64 @@ pub async fn tap(
         Err(e) => (None, Some(e)),
     };
     SampleResult {
-        request_id: request.request_id,
+        request_id: request.request_id.clone(),
         component_key: key.to_owned(),
         schema: events.as_ref().map(|e| infer_schema(e)),
         events,
         error,
+    }
+}
+
+/// A running `vector tap --outputs-of <key> --format json`: its stdout lines (one event each)
+/// and its stderr, kept for error messages. Live taps use it too.
+pub struct TapProcess {
+    child: tokio::process::Child,
+    /// The event lines.
+    pub lines: Lines<BufReader<ChildStdout>>,
+    stderr: JoinHandle<String>,
+}
+
+impl TapProcess {
+    /// Starts `vector tap` on the outputs of `key`, with `--limit` when given.
+    pub fn spawn(vector_bin: &Path, key: &str, limit: Option<u32>) -> Result<Self, String> {
+        let mut cmd = tokio::process::Command::new(vector_bin);
+        cmd.args(["tap", "--outputs-of", key]);
+        if let Some(limit) = limit {
+            cmd.args(["--limit", &limit.to_string()]);
+        }
+        let mut child = cmd
+            .args(["--format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {} tap: {e}", vector_bin.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            stderr,
+        })
+    }
+
+    /// Kills it (if still running); returns its exit status and the end of its stderr.
+    pub async fn finish(mut self) -> (Option<ExitStatus>, String) {
+        let _ = self.child.start_kill();
+        let status = self.child.wait().await.ok();
+        let stderr = tokio::time::timeout(Duration::from_secs(1), self.stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let tail: Vec<char> = stderr.trim().chars().rev().take(500).collect();
+        (status, tail.into_iter().rev().collect())
     }
 }
 
@@ -46,34 +101,11 @@ async fn run_tap(
     limit: u32,
     timeout: Duration,
 ) -> Result<Vec<Value>, String> {
-    let mut child = tokio::process::Command::new(vector_bin)
-        .args([
-            "tap",
-            "--outputs-of",
-            key,
-            "--limit",
-            &limit.to_string(),
-            "--format",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {} tap: {e}", vector_bin.display()))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+    let mut tap = TapProcess::spawn(vector_bin, key, Some(limit))?;
     let mut events = Vec::new();
-    let mut lines = BufReader::new(stdout).lines();
     let read = tokio::time::timeout(timeout, async {
         while events.len() < limit as usize {
-            match lines.next_line().await {
+            match tap.lines.next_line().await {
                 Ok(Some(line)) => {
                     if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
                         events.push(v);
@@ -85,13 +117,7 @@ async fn run_tap(
     })
     .await;
     let timed_out = read.is_err();
-    let _ = child.start_kill();
-    let status = child.wait().await.ok();
-    let stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let (status, stderr) = tap.finish().await;
     if !events.is_empty() {
         return Ok(events);
     }
@@ -102,18 +128,7 @@ async fn run_tap(
         ));
     }
     match status {
-        Some(s) if !s.success() => {
-            let tail: String = stderr
-                .trim()
-                .chars()
-                .rev()
-                .take(500)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Err(format!("vector tap failed ({s}): {tail}"))
-        }
+        Some(s) if !s.success() => Err(format!("vector tap failed ({s}): {stderr}")),
         _ => Ok(events),
     }
 }
@@ -182,8 +197,8 @@ mod tests {
     #[tokio::test]
     async fn a_missing_binary_is_a_per_component_error() {
         let request = SampleRequestConfig {
-            request_id: uuid::Uuid::new_v4(),
-            pipeline_id: uuid::Uuid::new_v4(),
+            request_id: "clxreq".into(),
+            pipeline_id: "clxpipe".into(),
             component_keys: vec!["a".into(), "b".into()],
             limit: 3,
         };

@@ -4,9 +4,11 @@
 //! [`tokio::process::Child`], stops it on request (SIGTERM, then SIGKILL after a grace period)
 //! and reports its exit as an [`Event::Exited`] over the loop's channel.
 
+use crate::logs::Logs;
 use crate::state::Event;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -14,7 +16,6 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 struct Child {
     generation: u64,
@@ -28,22 +29,25 @@ pub struct Supervisor {
     dir: PathBuf,
     grace: Duration,
     events: UnboundedSender<Event>,
-    children: HashMap<Uuid, Child>,
+    logs: Logs,
+    children: HashMap<String, Child>,
 }
 
 impl Supervisor {
-    /// A supervisor writing configs under `dir`.
+    /// A supervisor writing configs under `dir` and capturing output into `logs`.
     pub fn new(
         vector_bin: PathBuf,
         dir: PathBuf,
         grace: Duration,
         events: UnboundedSender<Event>,
+        logs: Logs,
     ) -> Self {
         Self {
             vector_bin,
             dir,
             grace,
             events,
+            logs,
             children: HashMap::new(),
         }
     }
@@ -61,15 +65,15 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Where a pipeline's config is written.
-    pub fn config_path(&self, pipeline_id: Uuid) -> PathBuf {
-        self.dir.join(format!("{pipeline_id}.yaml"))
+    /// Where a pipeline's config is written (see [`file_stem`]).
+    pub fn config_path(&self, pipeline_id: &str) -> PathBuf {
+        self.dir.join(format!("{}.yaml", file_stem(pipeline_id)))
     }
 
     /// Writes the config and starts `vector --config <file>`; returns its pid or why it could not start.
     pub fn start(
         &mut self,
-        pipeline_id: Uuid,
+        pipeline_id: &str,
         generation: u64,
         config_yaml: &str,
         log_level: Option<&str>,
@@ -81,6 +85,8 @@ impl Supervisor {
         cmd.arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(level) = log_level {
             cmd.env("VECTOR_LOG", level.to_ascii_lowercase());
@@ -89,6 +95,13 @@ impl Supervisor {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.vector_bin.display()))?;
         let pid = child.id().ok_or("the process exited at once")?;
+        if let Some(out) = child.stdout.take() {
+            self.logs.capture(pipeline_id, out);
+        }
+        if let Some(err) = child.stderr.take() {
+            self.logs.capture(pipeline_id, err);
+        }
+        let pipeline = pipeline_id.to_owned();
         let stop = CancellationToken::new();
         let events = self.events.clone();
         let grace = self.grace;
@@ -101,7 +114,7 @@ impl Supervisor {
                     match tokio::time::timeout(grace, child.wait()).await {
                         Ok(status) => status,
                         Err(_) => {
-                            tracing::warn!(pipeline = %pipeline_id, pid, "vector ignored SIGTERM; killing it");
+                            tracing::warn!(pipeline = %pipeline, pid, "vector ignored SIGTERM; killing it");
                             let _ = child.start_kill();
                             child.wait().await
                         }
@@ -110,13 +123,13 @@ impl Supervisor {
             };
             let status = describe(status);
             let _ = events.send(Event::Exited {
-                pipeline_id,
+                pipeline_id: pipeline,
                 generation,
                 status,
             });
         });
         if let Some(old) = self.children.insert(
-            pipeline_id,
+            pipeline_id.to_owned(),
             Child {
                 generation,
                 stop,
@@ -130,8 +143,8 @@ impl Supervisor {
     }
 
     /// Asks the process of this generation to stop; its exit is reported as an event.
-    pub fn stop(&mut self, pipeline_id: Uuid, generation: u64) {
-        if let Some(child) = self.children.get(&pipeline_id) {
+    pub fn stop(&mut self, pipeline_id: &str, generation: u64) {
+        if let Some(child) = self.children.get(pipeline_id) {
             if child.generation == generation {
                 child.stop.cancel();
             }
@@ -139,18 +152,18 @@ impl Supervisor {
     }
 
     /// Forgets a child whose exit was reported.
-    pub fn reap(&mut self, pipeline_id: Uuid, generation: u64) {
+    pub fn reap(&mut self, pipeline_id: &str, generation: u64) {
         if self
             .children
-            .get(&pipeline_id)
+            .get(pipeline_id)
             .is_some_and(|c| c.generation == generation)
         {
-            self.children.remove(&pipeline_id);
+            self.children.remove(pipeline_id);
         }
     }
 
     /// Deletes a pipeline's config file.
-    pub fn remove_config(&self, pipeline_id: Uuid) {
+    pub fn remove_config(&self, pipeline_id: &str) {
         let path = self.config_path(pipeline_id);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -176,6 +189,22 @@ impl Supervisor {
     }
 }
 
+/// A file name for a pipeline id, which is opaque (VectorFlow issues cuids, Flotilla UUIDs):
+/// the id itself when it is plain (`[A-Za-z0-9_-]`, at most 64 bytes), else `id-` and its
+/// SHA-256 in hex, which no plain id can equal (too long).
+pub fn file_stem(pipeline_id: &str) -> String {
+    let plain = !pipeline_id.is_empty()
+        && pipeline_id.len() <= 64
+        && pipeline_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        pipeline_id.to_owned()
+    } else {
+        format!("id-{}", hex::encode(Sha256::digest(pipeline_id.as_bytes())))
+    }
+}
+
 fn describe(status: std::io::Result<ExitStatus>) -> String {
     match status {
         Ok(s) => s.to_string(),
@@ -196,7 +225,8 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn temp_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("flotilla-sup-{}", Uuid::new_v4().simple()));
+        let d =
+            std::env::temp_dir().join(format!("flotilla-sup-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -210,8 +240,11 @@ mod tests {
             dir.clone(),
             Duration::from_secs(1),
             tx,
+            Logs::default(),
         );
-        let err = s.start(Uuid::new_v4(), 1, "sources: {}", None).unwrap_err();
+        let err = s
+            .start("clx9k2v0b0000abcd", 1, "sources: {}", None)
+            .unwrap_err();
         assert!(err.contains("no-such-vector"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -223,16 +256,41 @@ mod tests {
         let script = dir.join("vector");
         std::fs::write(
             &script,
-            "#!/bin/sh\n[ -f \"$2.crash\" ] && exit 3\nexec sleep 30\n",
+            "#!/bin/sh\necho \"starting $2\"\necho oops >&2\n[ -f \"$2.crash\" ] && exit 3\nexec sleep 30\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let mut s = Supervisor::new(script, dir.clone(), Duration::from_secs(2), tx);
-        let id = Uuid::new_v4();
+        let logs = Logs::default();
+        let mut s = Supervisor::new(
+            script,
+            dir.clone(),
+            Duration::from_secs(2),
+            tx,
+            logs.clone(),
+        );
+        let id = "clx9k2v0b0000abcd";
         let pid = s.start(id, 1, "a: 1", None).unwrap();
         assert!(pid > 0);
         assert_eq!(std::fs::read_to_string(s.config_path(id)).unwrap(), "a: 1");
+        // The output is read by its own tasks: wait for both lines.
+        let mut lines: Vec<String> = vec![];
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while lines.len() < 2 {
+                lines.extend(logs.take(10).into_iter().flat_map(|b| b.lines));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both lines captured");
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "oops".to_owned(),
+                format!("starting {}", s.config_path(id).display())
+            ]
+        );
         s.stop(id, 1);
         let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -257,5 +315,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn any_id_is_a_safe_file_name() {
+        assert_eq!(file_stem("clx9k2v0b0000abcd"), "clx9k2v0b0000abcd");
+        assert_eq!(
+            file_stem("0b9a7c1e-5f7d-4c1e-9a51-0d2f8c3e7b11"),
+            "0b9a7c1e-5f7d-4c1e-9a51-0d2f8c3e7b11"
+        );
+        for id in [
+            "../../etc/passwd",
+            "a/b",
+            "",
+            ".",
+            "x y",
+            "é",
+            &"a".repeat(65),
+        ] {
+            let stem = file_stem(id);
+            assert!(
+                stem.starts_with("id-") && stem.len() == 67,
+                "{id:?} → {stem}"
+            );
+            assert!(stem[3..].bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(file_stem("a/b"), file_stem("a/c"));
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Largest binary accepted.
 const MAX_BINARY_BYTES: usize = 512 * 1024 * 1024;
 
-/// Downloads `url`, checks its SHA-256 against `checksum` (hex) and atomically replaces `exe`.
+/// Downloads `url`, checks its SHA-256 against `checksum` (hex or `sha256:<hex>`) and
+/// atomically replaces `exe`.
 pub async fn download_and_replace(
     url: &str,
     checksum: &str,
@@ -52,10 +53,7 @@ pub async fn download_and_replace(
         body.extend_from_slice(&chunk);
     }
     let actual = hex::encode(hasher.finalize());
-    let expected = checksum
-        .trim()
-        .trim_start_matches("sha256:")
-        .to_ascii_lowercase();
+    let expected = expected_sha256(checksum);
     if actual != expected {
         return Err(format!(
             "checksum mismatch: expected {expected}, downloaded file has {actual}"
@@ -65,6 +63,16 @@ pub async fn download_and_replace(
     tokio::task::spawn_blocking(move || replace(&exe, &body))
         .await
         .map_err(|e| format!("replace task failed: {e}"))?
+}
+
+/// The SHA-256 a checksum names, as lowercase hex: servers send hex or `sha256:<hex>`.
+pub fn expected_sha256(checksum: &str) -> String {
+    let checksum = checksum.trim();
+    let hex = match checksum.split_once(':') {
+        Some((algorithm, hex)) if algorithm.eq_ignore_ascii_case("sha256") => hex,
+        _ => checksum,
+    };
+    hex.trim().to_ascii_lowercase()
 }
 
 /// Writes `data` next to `exe` (mode 0755) and renames it over `exe`.
@@ -113,12 +121,7 @@ pub fn take_attempt(data_dir: &Path) -> Option<PendingAction> {
 /// The update this process was re-executed for, checked against the binary now at `exe`.
 pub fn previous_update(data_dir: &Path, exe: Option<&Path>) -> Option<PreviousUpdate> {
     let action = take_attempt(data_dir)?;
-    let expected = action
-        .checksum
-        .as_deref()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let expected = expected_sha256(action.checksum.as_deref().unwrap_or_default());
     let error = exe.and_then(|exe| match std::fs::read(exe) {
         Ok(bytes) => {
             let actual = hex::encode(Sha256::digest(&bytes));
@@ -169,6 +172,8 @@ mod tests {
             target_version: Some("9.9.9".into()),
             download_url: Some("http://x".into()),
             checksum: Some("ab".into()),
+            signature: None,
+            pipeline_id: None,
         };
         record_attempt(&dir, &action).unwrap();
         assert_eq!(take_attempt(&dir), Some(action.clone()));
@@ -182,11 +187,25 @@ mod tests {
         let previous = previous_update(&dir, Some(&exe)).unwrap();
         assert_eq!(previous.action, good);
         assert!(previous.error.is_none());
+        // Current VectorFlow servers prefix the algorithm.
+        let prefixed = PendingAction {
+            checksum: Some(format!("sha256:{}", hex::encode(Sha256::digest(b"new")))),
+            ..action.clone()
+        };
+        record_attempt(&dir, &prefixed).unwrap();
+        assert!(previous_update(&dir, Some(&exe)).unwrap().error.is_none());
         record_attempt(&dir, &action).unwrap();
         let previous = previous_update(&dir, Some(&exe)).unwrap();
         assert!(previous.error.unwrap().contains("expected ab"));
         assert!(previous_update(&dir, Some(&exe)).is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn checksums_are_hex_or_prefixed_hex() {
+        assert_eq!(expected_sha256(" AB12 "), "ab12");
+        assert_eq!(expected_sha256("sha256:AB12"), "ab12");
+        assert_eq!(expected_sha256("SHA256: ab12"), "ab12");
     }
 
     #[tokio::test]

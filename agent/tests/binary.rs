@@ -28,6 +28,8 @@ impl AgentProcess {
             .env("VF_DATA_DIR", &sandbox.data)
             .env("VF_VECTOR_BIN", &sandbox.vector)
             .env("VF_LOG_LEVEL", "info")
+            // The tests may run in a container; the self-update under test is standalone.
+            .env("VF_DEPLOYMENT_MODE", "STANDALONE")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -1,5 +1,6 @@
 //! The push channel against the real gateway: poll interval pushes, sample requests,
-//! keepalive of an idle socket, revocation.
+//! keepalive of an idle socket, revocation, restarts, live taps, and the pipeline logs shown
+//! in the fleet view.
 
 mod common;
 
@@ -325,4 +326,156 @@ async fn a_draining_gateway_sends_the_agent_to_another_one_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     agent.stop().await;
     other.stop().await;
+}
+
+/// The pid of the pipeline whose config contains `marker`.
+fn pid_with(sandbox: &Sandbox, marker: &str) -> Option<u32> {
+    sandbox
+        .running()
+        .into_iter()
+        .find(|(_, config)| config.contains(marker))
+        .map(|(pid, _)| pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_reach_the_fleet_api_and_a_restart_of_one_pipeline_restarts_only_that_one() {
+    let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
+    let a = stack
+        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs # pa\n")
+        .await;
+    let b = stack
+        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs # pb\n")
+        .await;
+    let (pid_a, pid_b) = eventually("both pipelines run", Duration::from_secs(5), || async {
+        Some((pid_with(&sandbox, "# pa")?, pid_with(&sandbox, "# pb")?))
+    })
+    .await;
+
+    // What vector writes shows up in the fleet view, per pipeline.
+    for (id, pid) in [(&a, pid_a), (&b, pid_b)] {
+        let expected = format!("fake vector {pid} warning: this is stderr");
+        eventually(
+            "the pipeline's log lines in the fleet view",
+            Duration::from_secs(5),
+            || async {
+                let node = stack.node(&node_id).await;
+                let pipeline = node["pipelines"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["pipelineId"] == json!(id))?
+                    .clone();
+                pipeline["recentLogs"]
+                    .as_array()?
+                    .iter()
+                    .any(|l| l.as_str() == Some(expected.as_str()))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    let r = stack
+        .api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{node_id}/actions"),
+            Some(json!({ "type": "restart", "pipelineId": b })),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    eventually("pipeline b restarted", Duration::from_secs(5), || async {
+        pid_with(&sandbox, "# pb").filter(|pid| *pid != pid_b)
+    })
+    .await;
+    assert!(!alive(pid_b));
+    assert_eq!(pid_with(&sandbox, "# pa"), Some(pid_a), "a kept running");
+    agent.stop().await;
+}
+
+/// Reads server-sent events from `response` until `want` accepts one `(event, data)`.
+async fn next_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    want: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    let mut event = String::new();
+    loop {
+        while let Some(i) = buffer.find('\n') {
+            let line: String = buffer.drain(..=i).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let data: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if want(&event, &data) {
+                    return data;
+                }
+            }
+        }
+        let chunk = within("a tap event", response.chunk())
+            .await
+            .expect("tap stream")
+            .expect("tap stream still open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_started_by_an_operator_delivers_events_to_its_viewer_until_stopped() {
+    let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
+    let pipeline = stack
+        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\n")
+        .await;
+    eventually("the pipeline runs", Duration::from_secs(5), || async {
+        sandbox.running().first().map(drop)
+    })
+    .await;
+    let r = stack
+        .api
+        .admin(
+            Method::POST,
+            "/api/v1/taps",
+            Some(json!({ "nodeId": node_id, "pipelineId": pipeline, "componentId": "in" })),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.text);
+    let tap = r.body["requestId"].as_str().unwrap().to_owned();
+
+    let mut viewer = within(
+        "the tap stream",
+        reqwest::Client::new()
+            .get(stack.api.url(&format!("/api/v1/taps/{tap}/events")))
+            .bearer_auth(flotilla_testkit::api::ADMIN_TOKEN)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(viewer.status(), reqwest::StatusCode::OK);
+    let mut buffer = String::new();
+    let batch = next_event(&mut viewer, &mut buffer, |event, data| {
+        event == "events" && data["events"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let events = batch["events"].as_array().unwrap();
+    assert!(events.len() <= 20, "{batch}");
+    assert_eq!(events[0]["component"], "in");
+
+    let r = stack
+        .api
+        .admin(Method::DELETE, &format!("/api/v1/taps/{tap}"), None)
+        .await;
+    assert!(r.status.is_success(), "{}", r.text);
+    next_event(&mut viewer, &mut buffer, |event, _| event == "stopped").await;
+    // The agent's `vector tap` ends too.
+    let taps: Vec<u32> = std::fs::read_dir(&sandbox.out)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("tap-")?.parse().ok())
+        .collect();
+    assert_eq!(taps.len(), 1, "one vector tap ran");
+    eventually("the tap process ended", Duration::from_secs(5), || async {
+        (!alive(taps[0])).then_some(())
+    })
+    .await;
+    agent.stop().await;
 }

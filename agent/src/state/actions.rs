@@ -1,4 +1,4 @@
-//! Fleet actions: restart every pipeline, or self-update once per pending action.
+//! Fleet actions: restart one pipeline or all, or self-update once per pending action.
 
 use super::*;
 
@@ -31,11 +31,7 @@ impl State {
             self.handled_action = Some(action.clone());
         }
         match action.kind.as_str() {
-            "restart" => {
-                tracing::info!("restarting all pipelines (fleet action)");
-                self.restart_all(out);
-                self.changed(now);
-            }
+            "restart" => self.restart_pipelines(action.pipeline_id.as_deref(), now, out),
             "self_update" => {
                 if action.target_version.as_deref() == Some(self.identity.agent_version.as_str()) {
                     tracing::info!(version = %self.identity.agent_version, "self-update target is the running version");
@@ -57,5 +53,23 @@ impl State {
             }
             other => tracing::warn!(action = other, "ignoring an unknown fleet action"),
         }
+    }
+
+    /// Restarts one pipeline (`pipelineId` of the action) or, without one, all of them.
+    pub(super) fn restart_pipelines(
+        &mut self,
+        only: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Command>,
+    ) {
+        let restarted = self.restart(only, out);
+        match only {
+            Some(id) if restarted == 0 => {
+                tracing::warn!(pipeline = %id, "restart of a pipeline not deployed here; ignored")
+            }
+            Some(id) => tracing::info!(pipeline = %id, "restarting one pipeline (fleet action)"),
+            None => tracing::info!(count = restarted, "restarting all pipelines (fleet action)"),
+        }
+        self.changed(now);
     }
 }

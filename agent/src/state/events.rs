@@ -1,10 +1,11 @@
 //! What the main loop learns ([`Event`]) and what it must do ([`Command`]).
 
+use crate::live_tap::LiveTap;
+use crate::push::PushTarget;
 use flotilla_shared::frames::PushMessage;
 use flotilla_shared::protocol::{
     ConfigResponse, Heartbeat, PendingAction, SampleRequestConfig, SampleResult,
 };
-use uuid::Uuid;
 
 /// Something the main loop learned.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ pub enum Event {
     /// A pipeline process was started (`Ok(pid)`) or could not be (`Err(reason)`).
     Spawned {
         /// Pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
         /// Which start of it.
         generation: u64,
         /// Pid or why it failed.
@@ -32,7 +33,7 @@ pub enum Event {
     /// A pipeline process exited.
     Exited {
         /// Pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
         /// Which start of it.
         generation: u64,
         /// Exit status, for the log and the heartbeat.
@@ -41,19 +42,24 @@ pub enum Event {
     /// `vector tap` finished for every component of a sample request.
     TapDone {
         /// The request.
-        request_id: Uuid,
+        request_id: String,
         /// One result per component.
         results: Vec<SampleResult>,
     },
     /// Posting sample results finished.
     SamplesPosted {
         /// The request.
-        request_id: Uuid,
+        request_id: String,
         /// Whether the api accepted them.
         ok: bool,
     },
     /// A self-update download finished: the binary was replaced, or why not.
     UpdateFinished(Result<(), String>),
+    /// A live tap ended (its end was posted).
+    LiveTapEnded {
+        /// The tap.
+        request_id: String,
+    },
 }
 
 /// Why a poll failed.
@@ -85,12 +91,12 @@ pub enum Command {
     Poll,
     /// `POST /api/agent/heartbeat`, answered by [`Event::HeartbeatDone`].
     Heartbeat(Box<Heartbeat>),
-    /// (Re)point the push task at this URL, starting it if needed.
-    ConnectPush(String),
+    /// (Re)point the push task at this target, starting it if needed.
+    ConnectPush(PushTarget),
     /// Write the pipeline's config and start `vector`, answered by [`Event::Spawned`].
     Start {
         /// Pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
         /// Which start of it.
         generation: u64,
         /// Config to write.
@@ -101,21 +107,21 @@ pub enum Command {
     /// Stop the process of this generation; answered by [`Event::Exited`].
     Stop {
         /// Pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
         /// Which start of it.
         generation: u64,
     },
     /// Delete the pipeline's config file.
     RemoveConfig {
         /// Pipeline.
-        pipeline_id: Uuid,
+        pipeline_id: String,
     },
     /// Run `vector tap` for each component, answered by [`Event::TapDone`].
     Tap(SampleRequestConfig),
     /// `POST /api/agent/samples`, answered by [`Event::SamplesPosted`].
     PostSamples {
         /// The request.
-        request_id: Uuid,
+        request_id: String,
         /// Its results.
         results: Vec<SampleResult>,
     },
@@ -123,4 +129,18 @@ pub enum Command {
     SelfUpdate(PendingAction),
     /// Stop everything and execute the replaced binary.
     ReExec(PendingAction),
+    /// Run a live tap until stopped or timed out, answered by [`Event::LiveTapEnded`].
+    StartLiveTap(LiveTap),
+    /// Stop a live tap (it posts its end and reports [`Event::LiveTapEnded`]).
+    StopLiveTap {
+        /// The tap.
+        request_id: String,
+    },
+    /// Post the end of a live tap that was not started.
+    RefuseLiveTap {
+        /// The tap.
+        tap: LiveTap,
+        /// Why.
+        reason: String,
+    },
 }

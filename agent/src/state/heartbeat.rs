@@ -1,4 +1,4 @@
-//! The heartbeat body: versions, labels, per-pipeline status, update error, push health.
+//! The heartbeat body: versions, labels, per-pipeline status, update error.
 
 use super::*;
 
@@ -11,7 +11,7 @@ impl State {
             .filter_map(|(id, p)| {
                 let desired = p.desired.as_ref()?;
                 let mut status = PipelineStatus {
-                    pipeline_id: *id,
+                    pipeline_id: id.clone(),
                     version: desired.version,
                     status: PipelineState::Pending,
                     pid: None,
@@ -52,12 +52,6 @@ impl State {
                 Some(status)
             })
             .collect();
-        let push = match self.push {
-            PushStatus::Idle => "idle",
-            PushStatus::Connected => "connected",
-            PushStatus::Disconnected => "disconnected",
-            PushStatus::Revoked => "revoked",
-        };
         Heartbeat {
             agent_version: Some(self.identity.agent_version.clone()),
             vector_version: self.identity.vector_version.clone(),
@@ -65,7 +59,8 @@ impl State {
             labels: (!self.identity.labels.is_empty()).then(|| self.identity.labels.clone()),
             update_error: self.update_error.clone(),
             pipelines,
-            agent_health: Some(serde_json::json!({ "pushChannel": push })),
+            // No `agentHealth`: a Flotilla api takes a node that sends it for a current
+            // VectorFlow agent and then hands restarts out only as pushes.
             ..Heartbeat::default()
         }
     }

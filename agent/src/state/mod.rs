@@ -6,22 +6,25 @@
 //! [`Event::Tick`]. Tests drive it with explicit instants and never sleep.
 //!
 //! The [`State`] methods are grouped by concern: `pipelines` (desired configs, starts, stops,
-//! crash backoff), `samples` (tap once, post until accepted), `actions` (restart, self-update),
-//! `heartbeat` (the report); polls and pushes live here.
+//! crash backoff), `samples` (tap once, post until accepted), `live_taps` (which taps run),
+//! `actions` (restart, self-update), `heartbeat` (the report); polls and pushes live here.
 
 use crate::config::Tuning;
-use flotilla_shared::frames::PushMessage;
+use crate::live_tap::LiveTap;
+use crate::push::PushTarget;
+use flotilla_shared::frames::{ActionKind, PushMessage};
 use flotilla_shared::protocol::{
     ConfigResponse, Heartbeat, Labels, PendingAction, PipelineConfig, PipelineState,
     PipelineStatus, SampleRequestConfig, SampleResult,
 };
-use std::collections::{BTreeMap, HashMap};
+use reqwest::Url;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 mod actions;
 mod events;
 mod heartbeat;
+mod live_taps;
 mod pipelines;
 mod samples;
 
@@ -47,7 +50,7 @@ pub struct Identity {
     pub deployment_mode: Option<String>,
 }
 
-/// Push channel status, reported in `agentHealth`.
+/// Push channel status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushStatus {
     /// No URL yet.
@@ -74,10 +77,15 @@ pub struct State {
     /// then are older than the push and must not undo it.
     interval_pushed_at: Option<u64>,
     poll_failures: u32,
-    websocket_url: Option<String>,
+    /// The api base URL (`VF_URL`): where an SSE push channel may connect.
+    server: Url,
+    /// Where the push channel was last pointed.
+    push_target: Option<PushTarget>,
     push: PushStatus,
-    pipelines: BTreeMap<Uuid, Pipeline>,
-    samples: HashMap<Uuid, SampleJob>,
+    pipelines: BTreeMap<String, Pipeline>,
+    samples: HashMap<String, SampleJob>,
+    /// Live taps running (their `requestId`s).
+    live_taps: HashSet<String>,
     handled_action: Option<PendingAction>,
     update_in_progress: bool,
     /// Reported in heartbeats until one carrying it is accepted (the api keeps it).
@@ -89,7 +97,7 @@ pub struct State {
 }
 
 impl State {
-    /// A fresh state at `now`: the first poll is due immediately.
+    /// A fresh state at `now` for the api at `server`: the first poll is due immediately.
     ///
     /// `previous_update` is the self-update this process was re-executed for, if any: it
     /// counts as handled (so it is not downloaded again), and its error, if the replaced
@@ -97,6 +105,7 @@ impl State {
     pub fn new(
         tuning: Tuning,
         identity: Identity,
+        server: Url,
         poll_interval: Duration,
         previous_update: Option<PreviousUpdate>,
         now: Instant,
@@ -115,10 +124,12 @@ impl State {
             polls_started: 0,
             interval_pushed_at: None,
             poll_failures: 0,
-            websocket_url: None,
+            server,
+            push_target: None,
             push: PushStatus::Idle,
             pipelines: BTreeMap::new(),
             samples: HashMap::new(),
+            live_taps: HashSet::new(),
             handled_action,
             update_in_progress: false,
             update_error,
@@ -193,18 +204,18 @@ impl State {
                 pipeline_id,
                 generation,
                 result,
-            } => self.on_spawned(pipeline_id, generation, result, now, &mut out),
+            } => self.on_spawned(&pipeline_id, generation, result, now, &mut out),
             Event::Exited {
                 pipeline_id,
                 generation,
                 status,
-            } => self.on_exited(pipeline_id, generation, status, now, &mut out),
+            } => self.on_exited(&pipeline_id, generation, status, now, &mut out),
             Event::TapDone {
                 request_id,
                 results,
             } => {
                 self.samples.insert(
-                    request_id,
+                    request_id.clone(),
                     SampleJob::Posting {
                         results: results.clone(),
                         attempts: 1,
@@ -215,7 +226,10 @@ impl State {
                     results,
                 });
             }
-            Event::SamplesPosted { request_id, ok } => self.on_samples_posted(request_id, ok, now),
+            Event::SamplesPosted { request_id, ok } => self.on_samples_posted(&request_id, ok, now),
+            Event::LiveTapEnded { request_id } => {
+                self.live_taps.remove(&request_id);
+            }
             Event::UpdateFinished(result) => {
                 self.update_in_progress = false;
                 match result {
@@ -315,13 +329,10 @@ impl State {
             now + self.poll_interval
         };
 
-        let url = config.websocket_url.trim();
-        if !url.is_empty()
-            && self.websocket_url.as_deref() != Some(url)
-            && self.push != PushStatus::Revoked
-        {
-            self.websocket_url = Some(url.to_owned());
-            out.push(Command::ConnectPush(url.to_owned()));
+        let target = PushTarget::from_config(&config, &self.server);
+        if self.push_target.as_ref() != Some(&target) && self.push != PushStatus::Revoked {
+            self.push_target = Some(target.clone());
+            out.push(Command::ConnectPush(target));
         }
         self.apply_pipelines(&config.pipelines, now, out);
         for request in config.sample_requests.iter().flatten() {
@@ -344,14 +355,41 @@ impl State {
                 }
             }
             PushEvent::Revoked => {
-                tracing::error!("the gateway closed the push channel because this node was revoked; push stopped");
+                tracing::error!("the push channel was refused because this node was revoked (or its token is invalid); push stopped");
                 self.push = PushStatus::Revoked;
                 self.changed(now);
             }
             PushEvent::Message(message) => match message {
-                PushMessage::ConfigChanged { .. } | PushMessage::Action { .. } => {
+                PushMessage::ConfigChanged { .. } => self.request_poll(now),
+                PushMessage::Action {
+                    action,
+                    pipeline_id,
+                    ..
+                } => {
+                    // A VectorFlow server that pushes over SSE hands out a pipeline restart
+                    // only as this push (never in `pendingAction`); its stream is the api
+                    // itself (same origin, node token), so it is acted on. Over the
+                    // WebSocket a restart is a hint: the poll carries the authoritative one.
+                    let over_sse = matches!(self.push_target, Some(PushTarget::Sse { .. }));
+                    if let (ActionKind::Restart, Some(id), true) = (action, &pipeline_id, over_sse)
+                    {
+                        self.restart_pipelines(Some(id), now, out);
+                    }
                     self.request_poll(now)
                 }
+                PushMessage::TapStart {
+                    request_id,
+                    pipeline_id,
+                    component_id,
+                } => self.on_tap_start(
+                    LiveTap {
+                        request_id,
+                        pipeline_id,
+                        component_id,
+                    },
+                    out,
+                ),
+                PushMessage::TapStop { request_id } => self.on_tap_stop(request_id, out),
                 PushMessage::SampleRequest {
                     request_id,
                     pipeline_id,

@@ -43,14 +43,17 @@ impl State {
     ) {
         let mut changed = false;
         for config in desired {
-            let id = config.pipeline_id;
-            let p = self.pipelines.entry(id).or_insert_with(|| Pipeline {
-                desired: None,
-                generation: 0,
-                proc: Proc::Idle,
-                crashes: 0,
-                last_error: None,
-            });
+            let id = config.pipeline_id.as_str();
+            let p = self
+                .pipelines
+                .entry(id.to_owned())
+                .or_insert_with(|| Pipeline {
+                    desired: None,
+                    generation: 0,
+                    proc: Proc::Idle,
+                    crashes: 0,
+                    last_error: None,
+                });
             let new_checksum = p
                 .desired
                 .as_ref()
@@ -63,7 +66,7 @@ impl State {
                 {
                     tracing::info!(pipeline = %id, version = config.version, "config changed; restarting");
                     out.push(Command::Stop {
-                        pipeline_id: id,
+                        pipeline_id: id.to_owned(),
                         generation: p.generation,
                     });
                     p.proc = Proc::Stopping { restart: true };
@@ -93,22 +96,24 @@ impl State {
                 changed = true;
             }
         }
-        let removed: Vec<Uuid> = self
+        let removed: Vec<String> = self
             .pipelines
             .iter()
             .filter(|(id, p)| p.desired.is_some() && !desired.iter().any(|d| d.pipeline_id == **id))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id.clone())
             .collect();
         for id in removed {
             tracing::info!(pipeline = %id, "pipeline removed; stopping");
-            out.push(Command::RemoveConfig { pipeline_id: id });
+            out.push(Command::RemoveConfig {
+                pipeline_id: id.clone(),
+            });
             changed = true;
             let p = self.pipelines.get_mut(&id).expect("listed above");
             p.desired = None;
             match p.proc {
                 Proc::Running { .. } | Proc::Starting { .. } => {
                     out.push(Command::Stop {
-                        pipeline_id: id,
+                        pipeline_id: id.clone(),
                         generation: p.generation,
                     });
                     p.proc = Proc::Stopping { restart: false };
@@ -124,8 +129,8 @@ impl State {
         }
     }
 
-    pub(super) fn start(&mut self, id: Uuid, out: &mut Vec<Command>) {
-        let Some(p) = self.pipelines.get_mut(&id) else {
+    pub(super) fn start(&mut self, id: &str, out: &mut Vec<Command>) {
+        let Some(p) = self.pipelines.get_mut(id) else {
             return;
         };
         let Some(config) = &p.desired else { return };
@@ -135,7 +140,7 @@ impl State {
             version: config.version,
         };
         out.push(Command::Start {
-            pipeline_id: id,
+            pipeline_id: id.to_owned(),
             generation: p.generation,
             config_yaml: config.config_yaml.clone(),
             log_level: config.log_level.clone(),
@@ -144,7 +149,7 @@ impl State {
 
     pub(super) fn on_spawned(
         &mut self,
-        id: Uuid,
+        id: &str,
         generation: u64,
         result: Result<u32, String>,
         now: Instant,
@@ -156,7 +161,7 @@ impl State {
                 .saturating_mul(1 << crashes.min(16))
                 .min(tuning.crash_backoff_max)
         };
-        let Some(p) = self.pipelines.get_mut(&id) else {
+        let Some(p) = self.pipelines.get_mut(id) else {
             return;
         };
         if p.generation != generation {
@@ -178,14 +183,14 @@ impl State {
                 match &p.desired {
                     None => {
                         out.push(Command::Stop {
-                            pipeline_id: id,
+                            pipeline_id: id.to_owned(),
                             generation,
                         });
                         p.proc = Proc::Stopping { restart: false };
                     }
                     Some(d) if d.checksum != checksum => {
                         out.push(Command::Stop {
-                            pipeline_id: id,
+                            pipeline_id: id.to_owned(),
                             generation,
                         });
                         p.proc = Proc::Stopping { restart: true };
@@ -200,7 +205,7 @@ impl State {
                 p.last_error = Some(reason);
                 p.proc = Proc::Backoff { until: now + delay };
                 if p.desired.is_none() {
-                    self.pipelines.remove(&id);
+                    self.pipelines.remove(id);
                 }
             }
         }
@@ -209,13 +214,13 @@ impl State {
 
     pub(super) fn on_exited(
         &mut self,
-        id: Uuid,
+        id: &str,
         generation: u64,
         status: String,
         now: Instant,
         out: &mut Vec<Command>,
     ) {
-        let Some(p) = self.pipelines.get_mut(&id) else {
+        let Some(p) = self.pipelines.get_mut(id) else {
             return;
         };
         if p.generation != generation {
@@ -225,7 +230,7 @@ impl State {
             Proc::Stopping { restart } => {
                 tracing::info!(pipeline = %id, status = %status, "pipeline stopped");
                 if p.desired.is_none() {
-                    self.pipelines.remove(&id);
+                    self.pipelines.remove(id);
                 } else if restart {
                     p.crashes = 0;
                     self.start(id, out);
@@ -254,25 +259,35 @@ impl State {
 
     /// Starts pipelines whose crash backoff is over.
     pub(super) fn restart_due_pipelines(&mut self, now: Instant, out: &mut Vec<Command>) {
-        let due: Vec<Uuid> = self
+        let due: Vec<String> = self
             .pipelines
             .iter()
             .filter(|(_, p)| matches!(p.proc, Proc::Backoff { until } if until <= now))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            self.start(id, out);
+            self.start(&id, out);
         }
     }
 
-    /// Restarts every deployed pipeline (a fleet `restart`).
-    pub(super) fn restart_all(&mut self, out: &mut Vec<Command>) {
-        let ids: Vec<Uuid> = self.pipelines.keys().copied().collect();
+    /// Restarts one deployed pipeline, or every one (a fleet `restart`); returns how many.
+    pub(super) fn restart(&mut self, only: Option<&str>, out: &mut Vec<Command>) -> usize {
+        let ids: Vec<String> = match only {
+            Some(id) => self
+                .pipelines
+                .contains_key(id)
+                .then(|| id.to_owned())
+                .into_iter()
+                .collect(),
+            None => self.pipelines.keys().cloned().collect(),
+        };
+        let mut restarted = 0;
         for id in ids {
             let p = self.pipelines.get_mut(&id).expect("listed above");
             if p.desired.is_none() {
                 continue;
             }
+            restarted += 1;
             match p.proc {
                 Proc::Running { .. } | Proc::Starting { .. } => {
                     out.push(Command::Stop {
@@ -283,10 +298,11 @@ impl State {
                 }
                 Proc::Backoff { .. } | Proc::Idle => {
                     p.crashes = 0;
-                    self.start(id, out);
+                    self.start(&id, out);
                 }
                 Proc::Stopping { .. } => p.proc = Proc::Stopping { restart: true },
             }
         }
+        restarted
     }
 }

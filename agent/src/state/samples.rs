@@ -39,14 +39,15 @@ impl State {
             .get(&request.pipeline_id)
             .is_some_and(|p| p.desired.is_some());
         if running {
-            self.samples.insert(request.request_id, SampleJob::Tapping);
+            self.samples
+                .insert(request.request_id.clone(), SampleJob::Tapping);
             out.push(Command::Tap(request));
         } else {
             let results: Vec<SampleResult> = request
                 .component_keys
                 .iter()
                 .map(|key| SampleResult {
-                    request_id: request.request_id,
+                    request_id: request.request_id.clone(),
                     component_key: key.clone(),
                     events: None,
                     schema: None,
@@ -57,7 +58,7 @@ impl State {
                 })
                 .collect();
             self.samples.insert(
-                request.request_id,
+                request.request_id.clone(),
                 SampleJob::Posting {
                     results: results.clone(),
                     attempts: 1,
@@ -70,8 +71,8 @@ impl State {
         }
     }
 
-    pub(super) fn on_samples_posted(&mut self, id: Uuid, ok: bool, now: Instant) {
-        let Some(job) = self.samples.get_mut(&id) else {
+    pub(super) fn on_samples_posted(&mut self, id: &str, ok: bool, now: Instant) {
+        let Some(job) = self.samples.get_mut(id) else {
             return;
         };
         let SampleJob::Posting { results, attempts } = job else {
@@ -106,7 +107,7 @@ impl State {
                     let results = std::mem::take(results);
                     let attempts = *attempts + 1;
                     out.push(Command::PostSamples {
-                        request_id: *id,
+                        request_id: id.clone(),
                         results: results.clone(),
                     });
                     *job = SampleJob::Posting { results, attempts };

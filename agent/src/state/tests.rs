@@ -1,7 +1,12 @@
 //! The main loop's state machine, driven with explicit instants.
 
 use super::*;
+use crate::live_tap::LiveTap;
 use flotilla_shared::frames::{ActionKind, ConfigChangeReason, PushFrame};
+
+fn server() -> Url {
+    Url::parse("https://vf.example:8443/base").unwrap()
+}
 
 const MS: Duration = Duration::from_millis(1);
 const S: Duration = Duration::from_secs(1);
@@ -31,7 +36,7 @@ impl Harness {
             ..Identity::default()
         };
         Self {
-            state: State::new(tuning(), identity, 15 * S, None, t0),
+            state: State::new(tuning(), identity, server(), 15 * S, None, t0),
             t0,
             auto_ack: true,
         }
@@ -66,9 +71,9 @@ impl Harness {
     }
 }
 
-fn pipeline(id: Uuid, checksum: &str) -> PipelineConfig {
+fn pipeline(id: &str, checksum: &str) -> PipelineConfig {
     PipelineConfig {
-        pipeline_id: id,
+        pipeline_id: id.into(),
         pipeline_name: "p".into(),
         version: 1,
         config_yaml: format!("# {checksum}"),
@@ -84,7 +89,7 @@ fn config(pipelines: Vec<PipelineConfig>) -> ConfigResponse {
         push_url: None,
         pipelines,
         poll_interval_ms: 15_000,
-        websocket_url: "ws://gw/api/agent/ws".into(),
+        websocket_url: Some("ws://gw/api/agent/ws".into()),
         secret_backend: "BUILTIN".into(),
         sample_requests: None,
         pending_action: None,
@@ -95,26 +100,26 @@ fn polls(out: &[Command]) -> usize {
     out.iter().filter(|c| matches!(c, Command::Poll)).count()
 }
 
-fn starts(out: &[Command]) -> Vec<(Uuid, u64)> {
+fn starts(out: &[Command]) -> Vec<(&str, u64)> {
     out.iter()
         .filter_map(|c| match c {
             Command::Start {
                 pipeline_id,
                 generation,
                 ..
-            } => Some((*pipeline_id, *generation)),
+            } => Some((pipeline_id.as_str(), *generation)),
             _ => None,
         })
         .collect()
 }
 
-fn stops(out: &[Command]) -> Vec<(Uuid, u64)> {
+fn stops(out: &[Command]) -> Vec<(&str, u64)> {
     out.iter()
         .filter_map(|c| match c {
             Command::Stop {
                 pipeline_id,
                 generation,
-            } => Some((*pipeline_id, *generation)),
+            } => Some((pipeline_id.as_str(), *generation)),
             _ => None,
         })
         .collect()
@@ -129,11 +134,11 @@ fn heartbeat(out: &[Command]) -> Option<&Heartbeat> {
 
 #[test]
 fn first_poll_starts_push_pipelines_and_heartbeats() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (h, out) = Harness::polled(config(vec![pipeline(id, "a")]));
     assert!(out
         .iter()
-        .any(|c| matches!(c, Command::ConnectPush(u) if u == "ws://gw/api/agent/ws")));
+        .any(|c| matches!(c, Command::ConnectPush(PushTarget::WebSocket(u)) if u == "ws://gw/api/agent/ws")));
     assert_eq!(starts(&out), [(id, 1)]);
     let hb = heartbeat(&out).expect("heartbeat after every poll");
     assert_eq!(hb.pipelines[0].status, PipelineState::Starting);
@@ -169,11 +174,11 @@ fn a_failed_first_poll_retries_soon_and_push_starts_with_the_first_success() {
     assert!(!out.iter().any(|c| matches!(c, Command::ConnectPush(_))));
     h.send(Event::Tick, 40 * S);
     let mut moved = config(vec![]);
-    moved.websocket_url = "ws://elsewhere/ws".into();
+    moved.websocket_url = Some("ws://elsewhere/ws".into());
     let out = h.send(Event::PollDone(Ok(Box::new(moved))), 40 * S);
-    assert!(out
-        .iter()
-        .any(|c| matches!(c, Command::ConnectPush(u) if u == "ws://elsewhere/ws")));
+    assert!(out.iter().any(
+        |c| matches!(c, Command::ConnectPush(PushTarget::WebSocket(u)) if u == "ws://elsewhere/ws")
+    ));
 }
 
 #[test]
@@ -213,6 +218,8 @@ fn pushes_and_reconnects_poll_now_and_coalesce_with_an_in_flight_poll() {
             target_version: None,
             download_url: None,
             checksum: None,
+            signature: None,
+            pipeline_id: None,
         },
         2 * S,
     );
@@ -253,11 +260,11 @@ fn poll_interval_push_changes_the_period_and_an_older_poll_does_not_undo_it() {
 
 #[test]
 fn checksum_change_restarts_after_the_old_process_exits() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Ok(42),
         },
@@ -286,7 +293,7 @@ fn checksum_change_restarts_after_the_old_process_exits() {
     assert!(starts(&out).is_empty(), "waits for the old process to exit");
     let out = h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             status: "signal: 15".into(),
         },
@@ -295,7 +302,7 @@ fn checksum_change_restarts_after_the_old_process_exits() {
     assert_eq!(starts(&out), [(id, 2)]);
     let out = h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 2,
             result: Ok(43),
         },
@@ -305,7 +312,7 @@ fn checksum_change_restarts_after_the_old_process_exits() {
     // A late exit of an old generation is ignored.
     let out = h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             status: "x".into(),
         },
@@ -317,11 +324,11 @@ fn checksum_change_restarts_after_the_old_process_exits() {
 
 #[test]
 fn removed_pipelines_are_stopped_and_their_files_deleted() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Ok(42),
         },
@@ -336,7 +343,7 @@ fn removed_pipelines_are_stopped_and_their_files_deleted() {
     assert!(h.state.heartbeat(h.at(S)).pipelines.is_empty());
     let out = h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             status: "signal: 15".into(),
         },
@@ -348,11 +355,11 @@ fn removed_pipelines_are_stopped_and_their_files_deleted() {
 
 #[test]
 fn crashes_restart_with_growing_backoff_and_are_reported() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Ok(42),
         },
@@ -360,7 +367,7 @@ fn crashes_restart_with_growing_backoff_and_are_reported() {
     );
     let out = h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             status: "exit status: 78".into(),
         },
@@ -385,7 +392,7 @@ fn crashes_restart_with_growing_backoff_and_are_reported() {
     assert_eq!(starts(&out), [(id, 2)]);
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 2,
             result: Ok(43),
         },
@@ -393,7 +400,7 @@ fn crashes_restart_with_growing_backoff_and_are_reported() {
     );
     h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 2,
             status: "exit status: 78".into(),
         },
@@ -408,12 +415,12 @@ fn crashes_restart_with_growing_backoff_and_are_reported() {
 
 #[test]
 fn a_missing_vector_binary_is_a_crashed_pipeline_with_the_reason() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
     let reason = "cannot start /usr/bin/vector: No such file or directory (os error 2)";
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Err(reason.into()),
         },
@@ -431,7 +438,7 @@ fn a_missing_vector_binary_is_a_crashed_pipeline_with_the_reason() {
 
 #[test]
 fn heartbeats_are_debounced_and_never_overlap() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let mut h = Harness::new();
     h.auto_ack = false;
     h.send(Event::Tick, Duration::ZERO);
@@ -443,7 +450,7 @@ fn heartbeats_are_debounced_and_never_overlap() {
     // A state change while that heartbeat is in flight.
     let out = h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Ok(42),
         },
@@ -462,7 +469,7 @@ fn heartbeats_are_debounced_and_never_overlap() {
     // Two changes within the debounce window give one heartbeat.
     h.send(
         Event::Exited {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             status: "x".into(),
         },
@@ -476,12 +483,12 @@ fn heartbeats_are_debounced_and_never_overlap() {
 
 #[test]
 fn sample_requests_are_tapped_once_and_failed_posts_retried() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
-    let request_id = Uuid::new_v4();
+    let request_id = "clxreq00000001";
     let push = PushMessage::SampleRequest {
-        request_id,
-        pipeline_id: id,
+        request_id: request_id.into(),
+        pipeline_id: id.into(),
         component_keys: vec!["in".into()],
         limit: 3,
     };
@@ -492,8 +499,8 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
     assert!(h.push(push, S).is_empty(), "duplicate push");
     let mut c = config(vec![pipeline(id, "a")]);
     c.sample_requests = Some(vec![SampleRequestConfig {
-        request_id,
-        pipeline_id: id,
+        request_id: request_id.into(),
+        pipeline_id: id.into(),
         component_keys: vec!["in".into()],
         limit: 3,
     }]);
@@ -505,7 +512,7 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
     );
 
     let result = SampleResult {
-        request_id,
+        request_id: request_id.into(),
         component_key: "in".into(),
         events: Some(vec![serde_json::json!({"a":1})]),
         schema: None,
@@ -513,7 +520,7 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
     };
     let out = h.send(
         Event::TapDone {
-            request_id,
+            request_id: request_id.into(),
             results: vec![result.clone()],
         },
         2 * S,
@@ -523,7 +530,7 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
     );
     let out = h.send(
         Event::SamplesPosted {
-            request_id,
+            request_id: request_id.into(),
             ok: false,
         },
         2 * S,
@@ -535,7 +542,7 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
     );
     h.send(
         Event::SamplesPosted {
-            request_id,
+            request_id: request_id.into(),
             ok: true,
         },
         7 * S,
@@ -550,11 +557,11 @@ fn sample_requests_are_tapped_once_and_failed_posts_retried() {
 #[test]
 fn sample_requests_for_unknown_pipelines_get_error_results() {
     let (mut h, _) = Harness::polled(config(vec![]));
-    let request_id = Uuid::new_v4();
+    let request_id = "clxreq00000001";
     let out = h.push(
         PushMessage::SampleRequest {
-            request_id,
-            pipeline_id: Uuid::new_v4(),
+            request_id: request_id.into(),
+            pipeline_id: "clxnotdeployed".into(),
             component_keys: vec!["a".into(), "b".into()],
             limit: 1,
         },
@@ -578,16 +585,18 @@ fn action(kind: &str, checksum: &str) -> PendingAction {
         target_version: Some("2.0.0".into()),
         download_url: Some("http://dl/agent".into()),
         checksum: Some(checksum.into()),
+        signature: None,
+        pipeline_id: None,
     }
 }
 
 #[test]
 fn restart_action_restarts_every_pipeline_once() {
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, b) = ("clxpipea000001", "clxpipeb000001");
     let (mut h, _) = Harness::polled(config(vec![pipeline(a, "a"), pipeline(b, "b")]));
     h.send(
         Event::Spawned {
-            pipeline_id: a,
+            pipeline_id: a.into(),
             generation: 1,
             result: Ok(1),
         },
@@ -595,7 +604,7 @@ fn restart_action_restarts_every_pipeline_once() {
     );
     h.send(
         Event::Spawned {
-            pipeline_id: b,
+            pipeline_id: b.into(),
             generation: 1,
             result: Ok(2),
         },
@@ -607,13 +616,15 @@ fn restart_action_restarts_every_pipeline_once() {
         target_version: None,
         download_url: None,
         checksum: None,
+        signature: None,
+        pipeline_id: None,
     });
     h.send(Event::Push(PushEvent::Connected), S);
     let out = h.send(Event::PollDone(Ok(Box::new(c.clone()))), S);
     assert_eq!(stops(&out).len(), 2);
     let out = h.send(
         Event::Exited {
-            pipeline_id: a,
+            pipeline_id: a.into(),
             generation: 1,
             status: "signal: 15".into(),
         },
@@ -623,7 +634,7 @@ fn restart_action_restarts_every_pipeline_once() {
     // The api hands each restart out once, so a restart in a later poll is a new one.
     h.send(
         Event::Spawned {
-            pipeline_id: a,
+            pipeline_id: a.into(),
             generation: 2,
             result: Ok(3),
         },
@@ -697,7 +708,7 @@ fn a_reexecuted_agent_does_not_repeat_its_update() {
         action: action("self_update", "abc"),
         error: Some("wrong binary".into()),
     };
-    let mut state = State::new(tuning(), identity, 15 * S, Some(previous), t0);
+    let mut state = State::new(tuning(), identity, server(), 15 * S, Some(previous), t0);
     assert_eq!(state.update_error(), Some("wrong binary"));
     state.handle(Event::Tick, t0);
     let mut c = config(vec![]);
@@ -709,7 +720,7 @@ fn a_reexecuted_agent_does_not_repeat_its_update() {
         agent_version: "2.0.0".into(),
         ..Identity::default()
     };
-    let mut state = State::new(tuning(), identity, 15 * S, None, t0);
+    let mut state = State::new(tuning(), identity, server(), 15 * S, None, t0);
     state.handle(Event::Tick, t0);
     let mut c = config(vec![]);
     c.pending_action = Some(action("self_update", "abc"));
@@ -723,17 +734,20 @@ fn revocation_is_reported_and_stops_push_reconnects() {
     h.send(Event::Push(PushEvent::Revoked), S);
     assert_eq!(h.state.push_status(), PushStatus::Revoked);
     let out = h.send(Event::Tick, 2 * S);
-    assert_eq!(
-        heartbeat(&out).unwrap().agent_health,
-        Some(serde_json::json!({"pushChannel":"revoked"}))
-    );
+    // Never `agentHealth`: a Flotilla api would then send restarts only as pushes.
+    assert_eq!(heartbeat(&out).unwrap().agent_health, None);
+    let mut moved = config(vec![]);
+    moved.websocket_url = Some("ws://elsewhere/ws".into());
+    h.send(Event::Tick, 20 * S);
+    let out = h.send(Event::PollDone(Ok(Box::new(moved))), 20 * S);
+    assert!(!out.iter().any(|c| matches!(c, Command::ConnectPush(_))));
 }
 
 /// Every frame in DESIGN.md, as the agent receives it, maps to the event the loop expects.
 #[test]
 fn every_design_frame_parses_into_a_push_message() {
-    let p = Uuid::new_v4();
-    let r = Uuid::new_v4();
+    let p = "clxpipe0000001";
+    let r = "clxreq00000002";
     let cases = [
         format!(r#"{{"type":"config_changed","pipelineId":"{p}","reason":"deploy","id":"1","sentAt":1}}"#),
         r#"{"type":"config_changed","reason":"undeploy","id":"2","sentAt":1}"#.to_string(),
@@ -790,11 +804,11 @@ fn a_failed_heartbeat_is_retried() {
 
 #[test]
 fn a_new_version_with_the_same_config_is_reported_without_a_restart() {
-    let id = Uuid::new_v4();
+    let id = "clx9k2v0b0000abcd";
     let (mut h, _) = Harness::polled(config(vec![pipeline(id, "a")]));
     h.send(
         Event::Spawned {
-            pipeline_id: id,
+            pipeline_id: id.into(),
             generation: 1,
             result: Ok(42),
         },
@@ -810,4 +824,159 @@ fn a_new_version_with_the_same_config_is_reported_without_a_restart() {
         (hb.pipelines[0].version, hb.pipelines[0].pid),
         (2, Some(42))
     );
+}
+
+/// Both pipelines of `polled` running (generation 1, pids 1 and 2).
+fn two_running(config: ConfigResponse) -> (Harness, &'static str, &'static str) {
+    let (a, b) = ("clxpipea000001", "clxpipeb000001");
+    let mut c = config;
+    c.pipelines = vec![pipeline(a, "a"), pipeline(b, "b")];
+    let (mut h, _) = Harness::polled(c);
+    for (id, pid) in [(a, 1), (b, 2)] {
+        h.send(
+            Event::Spawned {
+                pipeline_id: id.into(),
+                generation: 1,
+                result: Ok(pid),
+            },
+            20 * MS,
+        );
+    }
+    (h, a, b)
+}
+
+fn restart_of(pipeline_id: Option<&str>) -> PendingAction {
+    PendingAction {
+        kind: "restart".into(),
+        target_version: None,
+        download_url: None,
+        checksum: None,
+        signature: None,
+        pipeline_id: pipeline_id.map(Into::into),
+    }
+}
+
+#[test]
+fn a_restart_with_a_pipeline_id_restarts_only_that_pipeline() {
+    let (mut h, a, b) = two_running(config(vec![]));
+    let mut c = config(vec![pipeline(a, "a"), pipeline(b, "b")]);
+    c.pending_action = Some(restart_of(Some(b)));
+    h.send(Event::Push(PushEvent::Connected), S);
+    let out = h.send(Event::PollDone(Ok(Box::new(c.clone()))), S);
+    assert_eq!(stops(&out), [(b, 1)]);
+    // One not deployed here: nothing.
+    c.pending_action = Some(restart_of(Some("clxunknown")));
+    h.send(Event::Push(PushEvent::Connected), 2 * S);
+    let out = h.send(Event::PollDone(Ok(Box::new(c))), 2 * S);
+    assert!(stops(&out).is_empty(), "{out:?}");
+}
+
+fn pushed_restart(pipeline_id: &str) -> PushMessage {
+    PushMessage::Action {
+        action: ActionKind::Restart,
+        target_version: None,
+        download_url: None,
+        checksum: None,
+        signature: None,
+        pipeline_id: Some(pipeline_id.into()),
+    }
+}
+
+#[test]
+fn a_pushed_restart_is_a_hint_over_the_websocket_and_acted_on_over_sse() {
+    let (mut h, _, b) = two_running(config(vec![]));
+    let out = h.push(pushed_restart(b), S);
+    assert!(stops(&out).is_empty(), "{out:?}");
+    assert_eq!(polls(&out), 1, "a hint to poll");
+
+    // A current VectorFlow server: no WebSocket; its stream is the api itself.
+    let mut sse = config(vec![]);
+    sse.websocket_url = None;
+    let (mut h, _, b) = two_running(sse);
+    let out = h.push(pushed_restart(b), S);
+    assert_eq!(stops(&out), [(b, 1)]);
+}
+
+#[test]
+fn without_a_websocket_url_the_push_channel_is_sse_on_the_agents_own_server() {
+    let mut c = config(vec![]);
+    c.websocket_url = None;
+    c.push_url = Some("https://vf.example:8443/base/api/agent/push".into());
+    let (_, out) = Harness::polled(c);
+    let target = out.iter().find_map(|c| match c {
+        Command::ConnectPush(t) => Some(t.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        target,
+        Some(PushTarget::Sse {
+            url: "https://vf.example:8443/base/api/agent/push".into(),
+            fallback: "https://vf.example:8443/base/api/agent/push".into(),
+        })
+    );
+}
+
+fn tap(request_id: &str, pipeline_id: &str) -> PushMessage {
+    PushMessage::TapStart {
+        request_id: request_id.into(),
+        pipeline_id: pipeline_id.into(),
+        component_id: "parse".into(),
+    }
+}
+
+#[test]
+fn live_taps_run_three_at_most_only_on_deployed_pipelines_and_stop_on_request() {
+    let (mut h, a, _) = two_running(config(vec![]));
+    let started = |out: &[Command]| {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::StartLiveTap(LiveTap { request_id, .. }) => Some(request_id.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let refused = |out: &[Command]| {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::RefuseLiveTap { tap, reason } => {
+                    Some((tap.request_id.clone(), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for t in ["t1", "t2", "t3"] {
+        assert_eq!(started(&h.push(tap(t, a), S)), [t]);
+    }
+    assert!(h.push(tap("t1", a), S).is_empty(), "a duplicate tap_start");
+    let out = h.push(tap("t4", a), S);
+    assert!(started(&out).is_empty());
+    assert!(refused(&out)[0].1.contains("3 taps"), "{out:?}");
+    let out = h.push(tap("t5", "clxnotdeployed"), S);
+    assert!(refused(&out)[0].1.contains("not deployed"), "{out:?}");
+
+    let out = h.push(
+        PushMessage::TapStop {
+            request_id: "t2".into(),
+        },
+        2 * S,
+    );
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, Command::StopLiveTap { request_id } if request_id == "t2")));
+    let out = h.push(
+        PushMessage::TapStop {
+            request_id: "nope".into(),
+        },
+        2 * S,
+    );
+    assert!(!out.iter().any(|c| matches!(c, Command::StopLiveTap { .. })));
+    h.send(
+        Event::LiveTapEnded {
+            request_id: "t2".into(),
+        },
+        3 * S,
+    );
+    assert_eq!(h.state.live_taps(), 2);
+    assert_eq!(started(&h.push(tap("t6", a), 3 * S)), ["t6"]);
 }

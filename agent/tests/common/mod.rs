@@ -287,6 +287,10 @@ pub fn fast_tuning() -> Tuning {
         sample_retry: ms(200),
         download_connect_timeout: ms(1000),
         download_timeout: ms(5000),
+        sse_read_deadline: ms(3000),
+        log_flush: ms(200),
+        live_tap_flush: ms(100),
+        live_tap_max: ms(60_000),
     }
 }
 
