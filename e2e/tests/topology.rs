@@ -208,3 +208,220 @@ async fn a_deploy_through_the_balancer_reaches_websocket_and_sse_agents_on_both_
     }
     assert!(!topo.log("api.log").contains("panicked"));
 }
+
+/// The next frame of `kind` on a current agent's stream, skipping others.
+async fn next_of(stream: &mut SseClient, kind: &str) -> Value {
+    loop {
+        let frame: Value = serde_json::from_str(&stream.next_message().await).unwrap();
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// The next `event` message of an operator's stream, as JSON.
+async fn next_event(stream: &mut SseClient, event: &str) -> Value {
+    loop {
+        match stream.next_item().await {
+            Some(Item::Message {
+                event: Some(e),
+                data,
+                ..
+            }) if e == event => return serde_json::from_str(&data).unwrap(),
+            Some(_) => {}
+            None => panic!("the stream ended before `{event}`"),
+        }
+    }
+}
+
+/// A current agent through the balancer, speaking exactly what current VectorFlow agents
+/// send: its enrollment labels bind a pipeline at once; its logs reach an operator's live
+/// view within 3 s; a live tap streams to the operator within 1 s of `tap_start`; a restart of
+/// one pipeline arrives over its SSE stream; a sample requested while the pipeline starts is
+/// pushed and completed within 2 s of the pipeline reporting RUNNING.
+#[tokio::test]
+async fn a_current_agent_ships_logs_runs_a_tap_restarts_a_pipeline_and_samples() {
+    use reqwest::Method;
+    use std::time::Instant;
+    let db = db::fresh().await;
+    let topo = Topology::start(&db.url, &redis_url(), ADMIN).expect("topology starts");
+    let lb = topo.get("LB_URL").to_owned();
+    let http = reqwest::Client::new();
+    let (_, env) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/environments"),
+        Some(ADMIN),
+        Some(json!({"name": "current"})),
+    )
+    .await;
+    let (s, p) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/pipelines"),
+        Some(ADMIN),
+        Some(
+            json!({"environmentId": env["id"], "name": "edge", "configYaml": "sources: {}\n",
+                    "nodeSelector": {"role": "edge"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let pipeline = p["id"].as_str().unwrap().to_owned();
+    call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/pipelines/{pipeline}/deploy"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let (s, node) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/agent/enroll"),
+        None,
+        Some(
+            json!({"token": env["enrollmentToken"], "hostname": "edge-1",
+                    "labels": {"role": "edge", "vf.io/os": "linux"}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let node_id = node["nodeId"].as_str().unwrap().to_owned();
+    let token = node["nodeToken"].as_str().unwrap().to_owned();
+    let agent = |method: Method, path: &str, body: Option<Value>| {
+        call(&http, method, format!("{lb}{path}"), Some(&token), body)
+    };
+    let (_, config) = agent(Method::GET, "/api/agent/config", None).await;
+    assert_eq!(config["pipelines"][0]["pipelineId"], json!(pipeline));
+    let url = resolve_push_url(&lb, config["pushUrl"].as_str());
+    let mut stream = SseClient::open(&url, &token)
+        .await
+        .expect("SSE through nginx");
+    let heartbeat = |status: &str| {
+        json!({"agentVersion": "0.9.4", "runningAs": "vector", "deploymentMode": "STANDALONE",
+               "agentHealth": {"pushConnected": true, "pipelinesRunning": 0, "uptimeSeconds": 1},
+               "hostMetrics": {"cpuPercent": 3.5},
+               "pipelines": [{"pipelineId": pipeline, "version": 1, "status": status}]})
+    };
+    let (s, _) = agent(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(heartbeat("STARTING")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Logs: shipped by the agent, seen live by an operator within 3 s.
+    let logs_url = format!("{lb}/api/v1/fleet/{node_id}/logs");
+    let mut logs = SseClient::open(&logs_url, ADMIN).await.expect("log stream");
+    let shipped = Instant::now();
+    let batch = json!([{"pipelineId": pipeline, "lines": ["vector started", "healthcheck ok"]}]);
+    let (s, _) = agent(Method::POST, "/api/agent/logs", Some(batch)).await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = next_event(&mut logs, "lines").await;
+    assert_eq!(seen["lines"], json!(["vector started", "healthcheck ok"]));
+    assert!(
+        shipped.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        shipped.elapsed()
+    );
+
+    // A sample requested while the pipeline starts is pushed once it runs.
+    let (s, sample) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/pipelines/{pipeline}/samples"),
+        Some(ADMIN),
+        Some(json!({"componentKeys": ["in"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let request = sample["requestId"].as_str().unwrap().to_owned();
+    let running = Instant::now();
+    agent(
+        Method::POST,
+        "/api/agent/heartbeat",
+        Some(heartbeat("RUNNING")),
+    )
+    .await;
+    let push = next_of(&mut stream, "sample_request").await;
+    assert_eq!(push["requestId"], json!(request));
+    let result = json!({"results": [{"requestId": request, "componentKey": "in", "events": [{"message": "hi"}]}]});
+    agent(Method::POST, "/api/agent/samples", Some(result)).await;
+    let (_, done) = call(
+        &http,
+        Method::GET,
+        format!("{lb}/api/v1/samples/{request}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(
+        running.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        running.elapsed()
+    );
+
+    // A live tap: events reach the operator within 1 s of tap_start.
+    let (s, tap) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/taps"),
+        Some(ADMIN),
+        Some(json!({"nodeId": node_id, "pipelineId": pipeline, "componentId": "in"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let tap = tap["requestId"].as_str().unwrap().to_owned();
+    let mut viewer = SseClient::open(&format!("{lb}/api/v1/taps/{tap}/events"), ADMIN)
+        .await
+        .expect("tap stream");
+    next_event(&mut viewer, "started").await;
+    let start = next_of(&mut stream, "tap_start").await;
+    let started = Instant::now();
+    assert_eq!(start["componentId"], "in");
+    let events = json!({"requestId": tap, "pipelineId": pipeline, "componentId": "in",
+                        "events": [{"message": "tapped"}]});
+    agent(Method::POST, "/api/agent/tap-events", Some(events)).await;
+    let got = next_event(&mut viewer, "events").await;
+    assert_eq!(got["events"], json!([{"message": "tapped"}]));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    call(
+        &http,
+        Method::DELETE,
+        format!("{lb}/api/v1/taps/{tap}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut stream, "tap_stop").await["requestId"],
+        json!(tap)
+    );
+
+    // Restart one pipeline: a push the agent acts on, no pending action it cannot read.
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        format!("{lb}/api/v1/fleet/{node_id}/actions"),
+        Some(ADMIN),
+        Some(json!({"type": "restart", "pipelineId": pipeline})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let restart = next_of(&mut stream, "action").await;
+    assert_eq!(
+        (&restart["action"], &restart["pipelineId"]),
+        (&json!("restart"), &json!(pipeline))
+    );
+    let (_, config) = agent(Method::GET, "/api/agent/config", None).await;
+    assert!(config.get("pendingAction").is_none(), "{config}");
+    assert!(!topo.log("api.log").contains("panicked"));
+}
