@@ -91,6 +91,18 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// `{error}` with `Retry-After: <secs>`.
+fn retry_after(status: StatusCode, error: &str, secs: u64) -> Response {
+    let body = ErrorBody {
+        error: error.to_owned(),
+        details: None,
+    };
+    let mut r = (status, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
 /// Human message for a unique-constraint violation, by constraint name.
 fn conflict_message(constraint: &str) -> &'static str {
     match constraint {
@@ -121,30 +133,18 @@ impl IntoResponse for ApiError {
                 (status, self.to_string(), None)
             }
             Self::RateLimited(secs) => {
-                let mut r = (
+                return retry_after(
                     StatusCode::TOO_MANY_REQUESTS,
-                    axum::Json(ErrorBody {
-                        error: "too many requests, retry later".into(),
-                        details: None,
-                    }),
+                    "too many requests, retry later",
+                    secs,
                 )
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                return r;
             }
             Self::Busy => {
-                let mut r = (
+                return retry_after(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(ErrorBody {
-                        error: "server busy, retry shortly".into(),
-                        details: None,
-                    }),
+                    "server busy, retry shortly",
+                    1,
                 )
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
             }
             Self::Database(ref e) if flotilla_shared::db::is_unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -164,17 +164,7 @@ impl IntoResponse for ApiError {
             }
             Self::Redis(ref e) => {
                 tracing::warn!(error = %e, "redis unavailable");
-                let mut r = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(ErrorBody {
-                        error: "redis unavailable".into(),
-                        details: None,
-                    }),
-                )
-                    .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
+                return retry_after(StatusCode::SERVICE_UNAVAILABLE, "redis unavailable", 1);
             }
             Self::Internal(ref e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");

@@ -6,7 +6,7 @@
 mod common;
 
 use flotilla_testkit::api::{ApiHandle, ADMIN_TOKEN};
-use flotilla_testkit::sse_client::{Item, SseClient};
+use flotilla_testkit::sse_client::SseClient;
 use flotilla_testkit::within;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -99,6 +99,15 @@ impl Fixture {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.body
+    }
+
+    /// The node's stored pending action.
+    async fn pending_action(&self) -> Option<Value> {
+        sqlx::query_scalar("SELECT pending_action FROM nodes WHERE id = $1::uuid")
+            .bind(&self.node_id)
+            .fetch_one(&self.api.state.pool)
+            .await
+            .unwrap()
     }
 
     async fn action(&self, body: Value) -> flotilla_testkit::api::Reply {
@@ -250,21 +259,6 @@ async fn enrollment_labels_apply_before_the_first_poll() {
         .ends_with("/api/agent/push"));
 }
 
-/// Reads an operator's stream until a message of `event` arrives; its data as JSON.
-async fn next_event(stream: &mut SseClient, event: &str) -> Value {
-    loop {
-        match within("a stream event", stream.next_item()).await {
-            Some(Item::Message {
-                event: Some(e),
-                data,
-                ..
-            }) if e == event => return serde_json::from_str(&data).unwrap(),
-            Some(_) => {}
-            None => panic!("the stream ended before `{event}`"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn logs_are_kept_in_a_bounded_ring_shown_and_followed() {
     let f = fixture().await;
@@ -304,13 +298,13 @@ async fn logs_are_kept_in_a_bounded_ring_shown_and_followed() {
     let mut viewer = within("open the log stream", SseClient::open(&url, ADMIN_TOKEN))
         .await
         .unwrap();
-    let kept = next_event(&mut viewer, "lines").await;
+    let kept = viewer.next_event("lines").await;
     assert_eq!(
         kept["lines"],
         json!(["started", "listening on 0.0.0.0:9000"])
     );
     post(json!([{"pipelineId": f.pipeline, "lines": ["a new line"]}])).await;
-    let new = next_event(&mut viewer, "lines").await;
+    let new = viewer.next_event("lines").await;
     assert_eq!(
         new,
         json!({"pipelineId": f.pipeline, "lines": ["a new line"]})
@@ -383,7 +377,7 @@ async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
     let mut viewer = within("open the tap", SseClient::open(&url, ADMIN_TOKEN))
         .await
         .unwrap();
-    let started = next_event(&mut viewer, "started").await;
+    let started = viewer.next_event("started").await;
     assert_eq!(started["componentId"], "parse");
 
     let post = |token: String, body: Value| {
@@ -402,7 +396,7 @@ async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
                        "events": [{"message": "hello"}, {"message": "x".repeat(70_000)}]});
     let r = post(f.token.clone(), batch.clone()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let got = next_event(&mut viewer, "events").await;
+    let got = viewer.next_event("events").await;
     assert_eq!(got["events"][0], json!({"message": "hello"}));
     assert_eq!(got["events"][1]["flotillaTruncated"], true);
 
@@ -415,7 +409,7 @@ async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
     let mine = json!({"requestId": tap, "pipelineId": f.pipeline, "componentId": "parse",
                       "events": [{"message": "second"}]});
     post(f.token.clone(), mine).await;
-    let got = next_event(&mut viewer, "events").await;
+    let got = viewer.next_event("events").await;
     assert_eq!(got["events"], json!([{"message": "second"}]));
 
     // More than 20 batches in a second: 429.
@@ -435,7 +429,7 @@ async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(channel.next_of("tap_stop").await["requestId"], json!(tap));
-    let stopped = next_event(&mut viewer, "stopped").await;
+    let stopped = viewer.next_event("stopped").await;
     assert_eq!(stopped["reason"], "stopped by an operator");
     assert!(viewer.ends_within(Duration::from_secs(5)).await);
 
@@ -471,7 +465,7 @@ async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
     let tap = start().await;
     let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
     let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
-    next_event(&mut viewer, "started").await;
+    viewer.next_event("started").await;
     f.api
         .call(
             Method::POST,
@@ -483,13 +477,13 @@ async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
             ),
         )
         .await;
-    let stopped = next_event(&mut viewer, "stopped").await;
+    let stopped = viewer.next_event("stopped").await;
     assert_eq!(stopped["reason"], "pipeline restarted");
 
     let tap = start().await;
     let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
     let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
-    next_event(&mut viewer, "started").await;
+    viewer.next_event("started").await;
     drop(viewer);
     loop {
         let frame = channel.next_of("tap_stop").await;
@@ -576,13 +570,7 @@ async fn every_generation_gets_a_restart_it_can_act_on() {
         .body
         .get("pendingAction")
         .is_none());
-    let pending: Option<Value> =
-        sqlx::query_scalar("SELECT pending_action FROM nodes WHERE id = $1::uuid")
-            .bind(&f.node_id)
-            .fetch_one(&f.api.state.pool)
-            .await
-            .unwrap();
-    assert_eq!(pending.unwrap()["type"], "restart");
+    assert_eq!(f.pending_action().await.unwrap()["type"], "restart");
     let mut channel = NodeChannel::subscribe(&f.node_id).await;
     assert!(f
         .api
@@ -593,13 +581,7 @@ async fn every_generation_gets_a_restart_it_can_act_on() {
         .is_none());
     let push = channel.next_of("action").await;
     assert_eq!(push["pipelineId"], json!(f.pipeline));
-    let pending: Option<Value> =
-        sqlx::query_scalar("SELECT pending_action FROM nodes WHERE id = $1::uuid")
-            .bind(&f.node_id)
-            .fetch_one(&f.api.state.pool)
-            .await
-            .unwrap();
-    assert!(pending.is_none());
+    assert!(f.pending_action().await.is_none());
 
     // A pipeline of another environment, or not a pipeline id at all: 422.
     for p in [json!(uuid::Uuid::new_v4()), json!("pipe-1")] {

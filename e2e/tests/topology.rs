@@ -219,21 +219,6 @@ async fn next_of(stream: &mut SseClient, kind: &str) -> Value {
     }
 }
 
-/// The next `event` message of an operator's stream, as JSON.
-async fn next_event(stream: &mut SseClient, event: &str) -> Value {
-    loop {
-        match stream.next_item().await {
-            Some(Item::Message {
-                event: Some(e),
-                data,
-                ..
-            }) if e == event => return serde_json::from_str(&data).unwrap(),
-            Some(_) => {}
-            None => panic!("the stream ended before `{event}`"),
-        }
-    }
-}
-
 /// A current agent through the balancer, speaking exactly what current VectorFlow agents
 /// send: its enrollment labels bind a pipeline at once; its logs reach an operator's live
 /// view within 3 s; a live tap streams to the operator within 1 s of `tap_start`; a restart of
@@ -320,7 +305,7 @@ async fn a_current_agent_ships_logs_runs_a_tap_restarts_a_pipeline_and_samples()
     let batch = json!([{"pipelineId": pipeline, "lines": ["vector started", "healthcheck ok"]}]);
     let (s, _) = agent(Method::POST, "/api/agent/logs", Some(batch)).await;
     assert_eq!(s, StatusCode::OK);
-    let seen = next_event(&mut logs, "lines").await;
+    let seen = logs.next_event("lines").await;
     assert_eq!(seen["lines"], json!(["vector started", "healthcheck ok"]));
     assert!(
         shipped.elapsed() < Duration::from_secs(3),
@@ -379,14 +364,14 @@ async fn a_current_agent_ships_logs_runs_a_tap_restarts_a_pipeline_and_samples()
     let mut viewer = SseClient::open(&format!("{lb}/api/v1/taps/{tap}/events"), ADMIN)
         .await
         .expect("tap stream");
-    next_event(&mut viewer, "started").await;
+    viewer.next_event("started").await;
     let start = next_of(&mut stream, "tap_start").await;
     let started = Instant::now();
     assert_eq!(start["componentId"], "in");
     let events = json!({"requestId": tap, "pipelineId": pipeline, "componentId": "in",
                         "events": [{"message": "tapped"}]});
     agent(Method::POST, "/api/agent/tap-events", Some(events)).await;
-    let got = next_event(&mut viewer, "events").await;
+    let got = viewer.next_event("events").await;
     assert_eq!(got["events"], json!([{"message": "tapped"}]));
     assert!(
         started.elapsed() < Duration::from_secs(1),

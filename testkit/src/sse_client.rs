@@ -114,6 +114,22 @@ impl SseClient {
         }
     }
 
+    /// The data of the next message sent as `event: <event>`, as JSON, skipping everything
+    /// else (an operator's stream names its events); panics when the stream ends first.
+    pub async fn next_event(&mut self, event: &str) -> serde_json::Value {
+        loop {
+            match self.next_item().await {
+                Some(Item::Message {
+                    event: Some(e),
+                    data,
+                    ..
+                }) if e == event => return serde_json::from_str(&data).expect("JSON data"),
+                Some(_) => {}
+                None => panic!("the stream ended before `{event}`"),
+            }
+        }
+    }
+
     /// Whether the stream ends within `limit` (comments before the end are skipped; a message
     /// is a failure).
     pub async fn ends_within(&mut self, limit: Duration) -> bool {
