@@ -12,6 +12,7 @@
 //! - [`node_logs`]: pipeline log lines per node, in bounded Redis rings.
 //! - [`taps`]: live taps, relayed through Redis and never stored.
 //! - [`live`]: operator streams that follow one Redis channel.
+//! - [`redis_rate`]: per-second budgets shared by every api, counted in Redis.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
@@ -25,6 +26,7 @@ pub mod node_logs;
 pub mod notify;
 pub mod openapi;
 pub mod operator_auth;
+pub mod redis_rate;
 pub mod restarts;
 pub mod routes;
 pub mod selector;

@@ -10,8 +10,10 @@ use uuid::Uuid;
 
 /// Lines kept per node and pipeline.
 pub const RING: usize = 500;
-/// Characters kept of one line; the rest is cut.
-pub const MAX_LINE: usize = 8192;
+/// Bytes kept of one line (cut at a character boundary); a ring holds at most 500 × 4 KiB.
+pub const MAX_LINE: usize = 4096;
+/// Lines of an older agent's heartbeat `recentLogs` read per pipeline (it sends about 20).
+pub const MAX_RECENT: usize = 100;
 /// A ring no line reached for this long is dropped.
 const RING_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -25,8 +27,8 @@ pub struct Lines {
     pub lines: Vec<String>,
 }
 
-/// A line as kept: at most [`MAX_LINE`] characters; a JSON value that is not a string is kept
-/// as its JSON text.
+/// A line as kept: at most [`MAX_LINE`] bytes; a JSON value that is not a string is kept as
+/// its JSON text.
 pub fn line_of(value: &serde_json::Value) -> String {
     let text = match value {
         serde_json::Value::String(s) => s.as_str(),
@@ -36,10 +38,11 @@ pub fn line_of(value: &serde_json::Value) -> String {
 }
 
 fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_LINE) {
-        Some((cut, _)) => text[..cut].to_owned(),
-        None => text.to_owned(),
+    let mut cut = text.len().min(MAX_LINE);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
     }
+    text[..cut].to_owned()
 }
 
 /// Appends each batch to its ring (keeping the last [`RING`] lines) and publishes it to the
@@ -96,6 +99,33 @@ pub async fn append_recent(
     append(redis, node, &fresh).await
 }
 
+/// Drops a revoked node's rings (one per pipeline of its environment). A failure is only
+/// logged: the rings expire on their own.
+pub async fn forget(state: &crate::state::AppState, node: Uuid, environment: Uuid) {
+    let pipelines: Vec<Uuid> =
+        match sqlx::query_scalar("SELECT id FROM pipelines WHERE environment_id = $1")
+            .bind(environment)
+            .fetch_all(&state.pool)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list a revoked node's log rings");
+                return;
+            }
+        };
+    if pipelines.is_empty() {
+        return;
+    }
+    let mut cmd = redis::cmd("DEL");
+    for p in pipelines {
+        cmd.arg(log_ring_key(node, p));
+    }
+    if let Err(e) = state.redis.query::<()>(&cmd).await {
+        tracing::warn!(error = %e, "could not drop a revoked node's log rings");
+    }
+}
+
 /// The largest `k` such that the last `k` lines of `tail` are the first `k` of `lines`.
 fn overlap(tail: &[String], lines: &[String]) -> usize {
     (1..=tail.len().min(lines.len()))
@@ -145,9 +175,13 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_clipped_by_characters() {
-        let long = "é".repeat(MAX_LINE + 5);
-        assert_eq!(line_of(&serde_json::json!(long)).chars().count(), MAX_LINE);
+    fn lines_are_clipped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_LINE);
+        let kept = line_of(&serde_json::json!(long));
+        assert_eq!(kept.len(), MAX_LINE);
+        assert_eq!(kept.chars().count(), MAX_LINE / 2);
+        let kept = line_of(&serde_json::json!(format!("a{long}")));
+        assert_eq!(kept.len(), MAX_LINE - 1);
         assert_eq!(line_of(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
     }
 }

@@ -7,7 +7,7 @@
 //! idempotent: whoever deletes the hash tells the agent (`tap_stop`) and the viewers.
 
 use crate::state::AppState;
-use flotilla_shared::channels::{tap_channel, tap_key, tap_rate_key, tap_viewers_key};
+use flotilla_shared::channels::{tap_channel, tap_key, tap_viewers_key};
 use flotilla_shared::frames::PushMessage;
 use flotilla_shared::redis_conn::Redis;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 /// How long a tap runs at most (the agent stops by itself after the same time).
 pub const LIFETIME: Duration = Duration::from_secs(300);
+/// How long a tap's record outlives it, so its end (by the watchdog, or the agent's own
+/// report at the same moment) still finds it; also the viewers' margin.
+pub const GRACE: Duration = Duration::from_secs(60);
 /// A tap that no viewer opened within this time ends.
 pub const FIRST_VIEWER: Duration = Duration::from_secs(30);
 /// Event batches a tap accepts per second; more get 429.
@@ -64,7 +67,7 @@ pub async fn start(state: &AppState, tap: &Tap) -> crate::error::Result<Uuid> {
         .ignore();
     pipe.cmd("PEXPIRE")
         .arg(tap_key(id))
-        .arg(LIFETIME.as_millis() as u64)
+        .arg((LIFETIME + GRACE).as_millis() as u64)
         .ignore();
     state
         .redis
@@ -88,11 +91,11 @@ pub async fn start(state: &AppState, tap: &Tap) -> crate::error::Result<Uuid> {
         let run = async {
             tokio::time::sleep(FIRST_VIEWER).await;
             if viewers(&watchdog.redis, id).await.unwrap_or(0) == 0 {
-                end(&watchdog, id, "no viewer").await;
+                let _ = end(&watchdog, id, "no viewer").await;
                 return;
             }
             tokio::time::sleep(LIFETIME.saturating_sub(FIRST_VIEWER)).await;
-            end(&watchdog, id, "expired").await;
+            let _ = end(&watchdog, id, "expired").await;
         };
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -138,17 +141,26 @@ pub async fn viewer_joined(redis: &Redis, id: Uuid) -> redis::RedisResult<()> {
     pipe.cmd("INCR").arg(tap_viewers_key(id)).ignore();
     pipe.cmd("PEXPIRE")
         .arg(tap_viewers_key(id))
-        .arg(LIFETIME.as_millis() as u64)
+        .arg((LIFETIME + GRACE).as_millis() as u64)
         .ignore();
     redis.query(&pipe).await
 }
 
 /// Counts a viewer out; the last one out ends the tap.
 pub async fn viewer_left(state: &AppState, id: Uuid) {
-    let mut cmd = redis::cmd("DECR");
-    cmd.arg(tap_viewers_key(id));
-    match state.redis.query::<i64>(&cmd).await {
-        Ok(n) if n <= 0 => end(state, id, "last viewer left").await,
+    // The count expires with the tap even when this DECR is what created it.
+    let mut pipe = redis::pipe();
+    pipe.cmd("DECR").arg(tap_viewers_key(id));
+    pipe.cmd("PEXPIRE")
+        .arg(tap_viewers_key(id))
+        .arg((LIFETIME + GRACE).as_millis() as u64)
+        .ignore();
+    match state.redis.query::<(i64,)>(&pipe).await {
+        Ok((n,)) if n <= 0 => {
+            if let Err(e) = end(state, id, "last viewer left").await {
+                tracing::warn!(error = %e, tap = %id, "could not end a tap; it ends with its lifetime");
+            }
+        }
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "could not count a tap viewer out"),
     }
@@ -156,13 +168,7 @@ pub async fn viewer_left(state: &AppState, id: Uuid) {
 
 /// Takes one event batch of the tap against its rate; false when over it.
 pub async fn admit_batch(redis: &Redis, id: Uuid) -> redis::RedisResult<bool> {
-    let second = chrono::Utc::now().timestamp();
-    let key = tap_rate_key(id, second);
-    let mut pipe = redis::pipe();
-    pipe.cmd("INCR").arg(&key);
-    pipe.cmd("EXPIRE").arg(&key).arg(2).ignore();
-    let (n,): (i64,) = redis.query(&pipe).await?;
-    Ok(n <= MAX_BATCHES_PER_SEC)
+    crate::redis_rate::admit(redis, &tap_key(id), MAX_BATCHES_PER_SEC).await
 }
 
 /// Sends a message to the tap's viewers.
@@ -173,15 +179,16 @@ pub async fn publish(redis: &Redis, id: Uuid, message: &TapMessage) -> redis::Re
     redis.query(&cmd).await
 }
 
-/// Ends the tap if it still runs: the agent gets `tap_stop`, viewers get `stopped`.
-pub async fn end(state: &AppState, id: Uuid, reason: &str) {
-    let Ok(Some(tap)) = get(&state.redis, id).await else {
-        return;
+/// Ends the tap if it still runs: the agent gets `tap_stop`, viewers get `stopped`. An error
+/// means Redis could not be asked; the tap then ends with its record's lifetime.
+pub async fn end(state: &AppState, id: Uuid, reason: &str) -> redis::RedisResult<()> {
+    let Some(tap) = get(&state.redis, id).await? else {
+        return Ok(());
     };
     let mut cmd = redis::cmd("DEL");
     cmd.arg(tap_key(id));
-    if state.redis.query::<i64>(&cmd).await.unwrap_or(0) == 0 {
-        return; // someone else ended it
+    if state.redis.query::<i64>(&cmd).await? == 0 {
+        return Ok(()); // someone else ended it
     }
     stop_on_node(state, tap.node_id, id).await;
     let stopped = TapMessage::Stopped {
@@ -191,6 +198,7 @@ pub async fn end(state: &AppState, id: Uuid, reason: &str) {
         tracing::debug!(error = %e, "could not tell tap viewers it stopped");
     }
     tracing::info!(tap = %id, node_id = %tap.node_id, reason, "tap ended");
+    Ok(())
 }
 
 /// Tells a node to stop tapping `request_id` (also for a tap this server no longer knows).

@@ -708,7 +708,7 @@ async fn recent_logs_are_kept_bounded_and_shown_on_the_node() {
     assert_eq!(logs.len(), 26);
     assert_eq!(logs[0], "line 0");
     assert_eq!(logs[24], r#"{"level":"error","message":"bind failed"}"#);
-    assert_eq!(logs[25].as_str().unwrap().len(), 5000);
+    assert_eq!(logs[25].as_str().unwrap().len(), 4096);
     assert_eq!(node["pipelines"][0]["status"], "CRASHED");
 
     let fleet = api.admin(Method::GET, "/api/v1/fleet", None).await.body;

@@ -186,6 +186,12 @@ async fn the_ws_badge_follows_the_agent_live() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("fleet-page.png"), &shot).unwrap();
 
+    // The environment's heading counts its crashed pipelines.
+    eventually("the crash count", Duration::from_secs(5), || async {
+        let text = client.find("caption").await.ok()?.text().await.ok()?;
+        text.contains("1 crashed pipeline").then_some(())
+    })
+    .await;
     // A pipeline's pill opens what its node last reported, recent logs included.
     let crashed = format!(r#"tr[data-node-id="{}"] button.pill"#, nodes[1].0);
     eventually("the pill is clicked", Duration::from_secs(5), || async {
@@ -208,6 +214,28 @@ async fn the_ws_badge_follows_the_agent_live() {
     )
     .await;
     assert!(logs.starts_with("starting"), "{logs}");
+    // New lines the agent ships follow live while the dialog is open.
+    http.post(format!("{lb}/api/agent/logs"))
+        .bearer_auth(&nodes[1].1)
+        .json(&json!([{"pipelineId": pipeline["id"], "lines": ["retrying bind in 5s"]}]))
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        "a shipped line shown live",
+        Duration::from_secs(5),
+        || async {
+            let text = client
+                .find("#pipeline-logs")
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.ends_with("retrying bind in 5s").then_some(())
+        },
+    )
+    .await;
     client
         .find("#pipeline button[type=submit]")
         .await

@@ -47,11 +47,6 @@ pub fn tap_viewers_key(tap_id: Uuid) -> String {
     format!("flotilla:tap:{{{tap_id}}}:viewers")
 }
 
-/// Event batches a tap received in one second (its rate limit).
-pub fn tap_rate_key(tap_id: Uuid, second: i64) -> String {
-    format!("flotilla:tap:{{{tap_id}}}:rate:{second}")
-}
-
 /// Channel carrying a tap's events (and its end) to its viewers.
 pub fn tap_channel(tap_id: Uuid) -> String {
     format!("flotilla:tap:{{{tap_id}}}:events")

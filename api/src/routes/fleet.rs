@@ -70,6 +70,9 @@ pub struct NodeView {
     enrolled_at: DateTime<Utc>,
     #[schema(value_type = Object)]
     pipelines: Value,
+    /// Pipelines reported `CRASHED` or `CRASH_LOOP`.
+    #[sqlx(skip)]
+    crashed_pipelines: usize,
     #[sqlx(skip)]
     ws_connected: bool,
     #[sqlx(skip)]
@@ -105,6 +108,21 @@ const PIPELINE_DETAIL: &str =
         'metrics', s.metrics - 'componentMetrics', 'componentMetrics', s.metrics -> 'componentMetrics',
         'updatedAt', s.updated_at";
 
+/// Pipeline statuses that count as crashed.
+const CRASHED: [&str; 2] = ["CRASHED", "CRASH_LOOP"];
+
+/// Counts each node's crashed pipelines.
+fn with_crash_counts(mut nodes: Vec<NodeView>) -> Vec<NodeView> {
+    for n in &mut nodes {
+        n.crashed_pipelines = n.pipelines.as_array().map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p["status"].as_str().is_some_and(|s| CRASHED.contains(&s)))
+                .count()
+        });
+    }
+    nodes
+}
+
 /// Fills in push-channel presence for all nodes with one Redis round trip. Redis being down
 /// leaves every node shown as not connected rather than failing the page.
 async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) -> Vec<NodeView> {
@@ -136,7 +154,7 @@ pub async fn load_nodes(state: &AppState, environment: Option<Uuid>) -> Result<V
     .bind(environment)
     .fetch_all(&state.pool)
     .await?;
-    Ok(with_presence(state, nodes).await)
+    Ok(with_presence(state, with_crash_counts(nodes)).await)
 }
 
 /// One node in detail: its reported metrics, and each pipeline's kept log lines as
@@ -166,7 +184,9 @@ async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
             }
         }
     }
-    Ok(with_presence(state, vec![node]).await.remove(0))
+    Ok(with_presence(state, with_crash_counts(vec![node]))
+        .await
+        .remove(0))
 }
 
 #[utoipa::path(
@@ -450,8 +470,12 @@ async fn action(
     if n == 0 {
         return Err(ApiError::NotFound("node"));
     }
+    // A current agent is not sent the older agents' restart push: it would act on it, and
+    // again on the pushes its next poll retries.
     let notified = if delivered {
         1
+    } else if kind == ActionKind::Restart && current_agent {
+        0
     } else {
         let message = PushMessage::Action {
             action: kind,
@@ -489,14 +513,15 @@ async fn revoke(
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
     // Deleting the row is the revocation: every authenticator re-reads it on each request.
-    let n = sqlx::query("DELETE FROM nodes WHERE id = $1")
-        .bind(id)
-        .execute(&state.pool)
-        .await?
-        .rows_affected();
-    if n == 0 {
+    let environment: Option<Uuid> =
+        sqlx::query_scalar("DELETE FROM nodes WHERE id = $1 RETURNING environment_id")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some(environment) = environment else {
         return Err(ApiError::NotFound("node"));
-    }
+    };
+    crate::node_logs::forget(&state, id, environment).await;
     state.notifier.control(id, &ControlMessage::Revoke).await;
     node_changed(&state.redis, id, "revoked");
     tracing::info!(node_id = %id, "node revoked");

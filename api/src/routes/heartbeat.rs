@@ -97,7 +97,7 @@ impl Reported {
         let int = |k: &str| p.get(k).and_then(Value::as_i64);
         let recent_logs = match p.get("recentLogs") {
             Some(Value::Array(lines)) => {
-                let kept = lines.len().saturating_sub(node_logs::RING);
+                let kept = lines.len().saturating_sub(node_logs::MAX_RECENT);
                 lines[kept..].iter().map(node_logs::line_of).collect()
             }
             Some(Value::Null) | None => Vec::new(),
@@ -218,12 +218,11 @@ impl Report {
             None | Some(Value::Null) => &[],
             Some(_) => return Err(bad_shape("pipelines", "must be a list")),
         };
-        if listed.len() > MAX_PIPELINES {
-            return Err(bad_shape("pipelines", "too many pipelines"));
-        }
-        // Last report of a pipeline wins if an agent lists it twice.
+        // Last report of a pipeline wins if an agent lists it twice; past the first
+        // [`MAX_PIPELINES`] the list is not read.
         let pipelines: BTreeMap<Uuid, Reported> = listed
             .iter()
+            .take(MAX_PIPELINES)
             .filter_map(Reported::of)
             .map(|p| (p.id, p))
             .collect();

@@ -29,6 +29,11 @@ pub fn router() -> Router<AppState> {
 pub const MAX_LINES: usize = 2000;
 /// Pipelines one request may name; the rest are dropped.
 pub const MAX_BATCHES: usize = 100;
+/// Log requests one node may make a second (its agent sends one every 2 s); more get 429.
+pub const MAX_REQUESTS_PER_SEC: i64 = 5;
+/// How long an operator's log stream lasts before the client must reconnect (and is
+/// authenticated again).
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// The lines of `batches` that belong to pipelines of the node's environment, per pipeline,
 /// bounded: foreign and malformed ids are skipped, each line is clipped, and at most
@@ -76,7 +81,7 @@ pub async fn accepted(
     path = "/api/agent/logs",
     tag = "agent",
     request_body = Vec<LogBatch>,
-    responses((status = 200, body = flotilla_shared::protocol::Ok), crate::openapi::BodyErrors, crate::openapi::NodeErrors, (status = 503, description = "Redis unavailable; the lines are not kept", body = flotilla_shared::protocol::ErrorBody)),
+    responses((status = 200, body = flotilla_shared::protocol::Ok), (status = 429, description = "more than 5 log requests a second from this node", body = flotilla_shared::protocol::ErrorBody), crate::openapi::BodyErrors, crate::openapi::NodeErrors, (status = 503, description = "Redis unavailable; the lines are not kept", body = flotilla_shared::protocol::ErrorBody)),
     security(("node_token" = []))
 )]
 async fn ship(
@@ -98,6 +103,13 @@ async fn ship(
             _ => None,
         })
         .collect();
+    let budget = flotilla_shared::channels::log_channel(node.node_id);
+    if !crate::redis_rate::admit(&state.redis, &budget, MAX_REQUESTS_PER_SEC)
+        .await
+        .map_err(ApiError::Redis)?
+    {
+        return Err(ApiError::RateLimited(1));
+    }
     let lines = accepted(&state, node.environment_id, batches).await?;
     node_logs::append(&state.redis, node.node_id, &lines)
         .await
@@ -149,7 +161,8 @@ async fn follow(
         .filter(|p| wanted.is_none_or(|w| w == *p))
         .collect();
     // Subscribed before the kept lines are read: a line may come twice, never not at all.
-    let live = crate::live::follow(&state, flotilla_shared::channels::log_channel(node)).await?;
+    let channel = flotilla_shared::channels::log_channel(node);
+    let live = crate::live::follow(&state, channel, STREAM_MAX_AGE).await?;
     let kept = node_logs::read(&state.redis, node, &pipelines)
         .await
         .map_err(ApiError::Redis)?;

@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use flotilla_shared::protocol::{Ok, TapEvents};
+use flotilla_shared::protocol::Ok;
+#[allow(unused_imports)]
+use flotilla_shared::protocol::TapEvents;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -106,7 +108,9 @@ async fn stop(
         .await
         .map_err(ApiError::Redis)?
         .ok_or(ApiError::NotFound("tap"))?;
-    taps::end(&state, id, "stopped by an operator").await;
+    taps::end(&state, id, "stopped by an operator")
+        .await
+        .map_err(ApiError::Redis)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -126,7 +130,13 @@ async fn events(
     op.require(Role::Editor)?;
     let id = id_of(&id, "tap")?;
     // Subscribed before the tap is looked up, so no batch falls between the two.
-    let messages = crate::live::follow(&state, flotilla_shared::channels::tap_channel(id)).await?;
+    // A viewer's stream ends with the tap at the latest, even if no one announces its end.
+    let messages = crate::live::follow(
+        &state,
+        flotilla_shared::channels::tap_channel(id),
+        taps::LIFETIME + taps::GRACE,
+    )
+    .await?;
     let tap = taps::get(&state.redis, id)
         .await
         .map_err(ApiError::Redis)?
@@ -196,19 +206,22 @@ impl Drop for Viewer {
 async fn agent_events(
     State(state): State<AppState>,
     NodeCaller(node): NodeCaller,
-    Json(body): Json<TapEvents>,
+    Json(body): Json<Value>,
 ) -> Result<axum::Json<Ok>> {
     let done = axum::Json(Ok { ok: true });
+    // Read leniently: a field of an unexpected type counts as absent.
+    let text = |k: &str| body.get(k).and_then(Value::as_str);
+    let (status, reason) = (text("status"), text("reason"));
     // A tap id this server never issued is not one of its taps: nothing to relay.
-    let Ok(id) = Uuid::parse_str(&body.request_id) else {
+    let Some(Ok(id)) = text("requestId").map(Uuid::parse_str) else {
         return Ok(done);
     };
     let tap = taps::get(&state.redis, id).await.map_err(ApiError::Redis)?;
     match tap {
         // Only the tapped node may post to its tap; others are ignored.
         Some(tap) if tap.node_id != node.node_id => {}
-        Some(_) if body.status.as_deref() == Some("stopped") => {
-            let reason = body.reason.as_deref().unwrap_or("stopped by the agent");
+        Some(_) if status == Some("stopped") => {
+            let reason = reason.unwrap_or("stopped by the agent");
             let reason: String = reason.chars().take(512).collect();
             taps::stopped_by_agent(&state, id, &reason).await;
         }
@@ -219,7 +232,10 @@ async fn agent_events(
             {
                 return Err(ApiError::RateLimited(1));
             }
-            let events = bounded(body.events.unwrap_or_default());
+            let events = match body.get("events") {
+                Some(Value::Array(events)) => bounded(events.clone()),
+                _ => Vec::new(),
+            };
             if !events.is_empty() {
                 taps::publish(&state.redis, id, &TapMessage::Events { events })
                     .await
@@ -227,7 +243,7 @@ async fn agent_events(
             }
         }
         // An ended tap the agent still runs: tell it to stop.
-        None if body.status.as_deref() != Some("stopped") => {
+        None if status != Some("stopped") => {
             taps::stop_on_node(&state, node.node_id, id).await;
         }
         None => {}
