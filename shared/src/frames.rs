@@ -146,7 +146,16 @@ impl PushFrame {
 
     /// Parses a received frame; unknown types and fields are tolerated.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        match value.get("type") {
+            // serde would read a number as a variant's index: only a string names a type.
+            Some(kind) if !kind.is_string() => Ok(Self {
+                message: PushMessage::Unknown,
+                id: value["id"].as_str().unwrap_or_default().to_owned(),
+                sent_at: value["sentAt"].as_i64().unwrap_or_default(),
+            }),
+            _ => serde_json::from_value(value),
+        }
     }
 }
 
@@ -278,10 +287,13 @@ mod tests {
         for bad in ["", "null", "[]", "{", r#"{"type":"poll_interval"}"#] {
             assert!(PushFrame::parse(bad).is_err(), "{bad}");
         }
-        // A non-string type is just another unknown type.
-        assert_eq!(
-            PushFrame::parse(r#"{"type":5}"#).unwrap().message,
-            PushMessage::Unknown
-        );
+        // A non-string type is just another unknown type, never a variant by its index.
+        for kind in ["0", "3", "5", "true", "[]", "{}"] {
+            let text = format!(r#"{{"type":{kind},"requestId":"r","intervalMs":1}}"#);
+            assert_eq!(
+                PushFrame::parse(&text).unwrap().message,
+                PushMessage::Unknown
+            );
+        }
     }
 }
