@@ -28,17 +28,6 @@ fn pushes(pipelines: &[String]) -> Vec<PushMessage> {
         .collect()
 }
 
-/// Whether the node runs a current agent (one that restarts per pushed pipeline).
-pub async fn is_current_agent(state: &AppState, node: Uuid) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT agent_health IS NOT NULL FROM nodes WHERE id = $1")
-            .bind(node)
-            .fetch_optional(&state.pool)
-            .await?
-            .unwrap_or(false),
-    )
-}
-
 /// The pipelines a restart of `restart` concerns on the node: the one it names, or every
 /// pipeline the node reports.
 async fn targets(state: &AppState, node: Uuid, restart: &PendingAction) -> Result<Vec<String>> {

@@ -182,15 +182,28 @@ pub async fn publish(redis: &Redis, id: Uuid, message: &TapMessage) -> redis::Re
 /// Ends the tap if it still runs: the agent gets `tap_stop`, viewers get `stopped`. An error
 /// means Redis could not be asked; the tap then ends with its record's lifetime.
 pub async fn end(state: &AppState, id: Uuid, reason: &str) -> redis::RedisResult<()> {
+    if let Some(tap) = remove(state, id, reason).await? {
+        stop_on_node(state, tap.node_id, id).await;
+    }
+    Ok(())
+}
+
+/// Ends a tap the agent reports stopped (no `tap_stop` is sent back).
+pub async fn stopped_by_agent(state: &AppState, id: Uuid, reason: &str) -> redis::RedisResult<()> {
+    remove(state, id, reason).await.map(drop)
+}
+
+/// Deletes the tap's record and tells its viewers why; the tap, if this call ended it (ending
+/// is idempotent: only the one whose delete removed the record goes on).
+async fn remove(state: &AppState, id: Uuid, reason: &str) -> redis::RedisResult<Option<Tap>> {
     let Some(tap) = get(&state.redis, id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let mut cmd = redis::cmd("DEL");
     cmd.arg(tap_key(id));
     if state.redis.query::<i64>(&cmd).await? == 0 {
-        return Ok(()); // someone else ended it
+        return Ok(None); // someone else ended it
     }
-    stop_on_node(state, tap.node_id, id).await;
     let stopped = TapMessage::Stopped {
         reason: reason.to_owned(),
     };
@@ -198,7 +211,7 @@ pub async fn end(state: &AppState, id: Uuid, reason: &str) -> redis::RedisResult
         tracing::debug!(error = %e, "could not tell tap viewers it stopped");
     }
     tracing::info!(tap = %id, node_id = %tap.node_id, reason, "tap ended");
-    Ok(())
+    Ok(Some(tap))
 }
 
 /// Tells a node to stop tapping `request_id` (also for a tap this server no longer knows).
@@ -212,18 +225,4 @@ pub async fn stop_on_node(state: &AppState, node: Uuid, request_id: impl ToStrin
             },
         )
         .await;
-}
-
-/// Ends a tap the agent reports stopped (no `tap_stop` is sent back).
-pub async fn stopped_by_agent(state: &AppState, id: Uuid, reason: &str) {
-    let mut cmd = redis::cmd("DEL");
-    cmd.arg(tap_key(id));
-    if state.redis.query::<i64>(&cmd).await.unwrap_or(0) == 1 {
-        let stopped = TapMessage::Stopped {
-            reason: reason.to_owned(),
-        };
-        if let Err(e) = publish(&state.redis, id, &stopped).await {
-            tracing::debug!(error = %e, "could not tell tap viewers it stopped");
-        }
-    }
 }

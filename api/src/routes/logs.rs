@@ -172,16 +172,14 @@ async fn follow(
         .filter(|(_, lines)| !lines.is_empty())
         .map(|(pipeline_id, lines)| lines_event(&Lines { pipeline_id, lines }))
         .collect();
-    let live = live
-        .take_until(state.shutdown.clone().cancelled_owned())
-        .filter_map(move |payload| {
-            let wanted = match (wanted, serde_json::from_str::<LinesOf>(&payload)) {
-                (None, _) => true,
-                (Some(w), Ok(l)) => l.pipeline_id == w,
-                (Some(_), Err(_)) => false,
-            };
-            std::future::ready(wanted.then(|| Event::default().event("lines").data(payload)))
-        });
+    let live = live.filter_map(move |payload| {
+        let wanted = match (wanted, serde_json::from_str::<LinesOf>(&payload)) {
+            (None, _) => true,
+            (Some(w), Ok(l)) => l.pipeline_id == w,
+            (Some(_), Err(_)) => false,
+        };
+        std::future::ready(wanted.then(|| Event::default().event("lines").data(payload)))
+    });
     let stream = futures_util::stream::iter(kept).chain(live).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -152,7 +152,6 @@ async fn events(
         json!({ "requestId": id, "nodeId": tap.node_id, "pipelineId": tap.pipeline_id, "componentId": tap.component_id })
             .to_string(),
     );
-    let messages = messages.take_until(state.shutdown.clone().cancelled_owned());
     // Each batch as an `events` event; the end as `stopped`, after which the stream ends.
     let follow = futures_util::stream::unfold(
         (Box::pin(messages), false),
@@ -223,7 +222,9 @@ async fn agent_events(
         Some(_) if status == Some("stopped") => {
             let reason = reason.unwrap_or("stopped by the agent");
             let reason: String = reason.chars().take(512).collect();
-            taps::stopped_by_agent(&state, id, &reason).await;
+            taps::stopped_by_agent(&state, id, &reason)
+                .await
+                .map_err(ApiError::Redis)?;
         }
         Some(_) => {
             if !taps::admit_batch(&state.redis, id)
