@@ -55,7 +55,6 @@ struct Fixture {
     node_id: String,
     token: String,
     pipeline: String,
-    environment: String,
 }
 
 async fn fixture() -> Fixture {
@@ -72,7 +71,6 @@ async fn fixture() -> Fixture {
         node_id,
         token,
         pipeline,
-        environment,
     }
 }
 
@@ -99,6 +97,33 @@ impl Fixture {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.body
+    }
+
+    async fn samples(&self, body: Value) -> flotilla_testkit::api::Reply {
+        self.api
+            .call(
+                Method::POST,
+                "/api/agent/samples",
+                Some(&self.token),
+                Some(body),
+            )
+            .await
+    }
+
+    /// Starts a tap of `component` of `pipeline` on the node.
+    async fn tap(&self, pipeline: &str, component: &str) -> flotilla_testkit::api::Reply {
+        let body =
+            json!({"nodeId": self.node_id, "pipelineId": pipeline, "componentId": component});
+        self.api
+            .admin(Method::POST, "/api/v1/taps", Some(body))
+            .await
+    }
+
+    /// Starts a tap of `component` of the fixture's pipeline; its id.
+    async fn start_tap(&self, component: &str) -> String {
+        let r = self.tap(&self.pipeline, component).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["requestId"].as_str().unwrap().to_owned()
     }
 
     /// The node's stored pending action.
@@ -210,15 +235,9 @@ async fn one_odd_element_never_costs_the_request() {
 
     // The same from the samples endpoint: foreign request ids are skipped.
     let r = f
-        .api
-        .call(
-            Method::POST,
-            "/api/agent/samples",
-            Some(&f.token),
-            Some(json!({"results": [{"requestId": "pipe-1-sample", "componentKey": "in", "events": [{"a": 1}]},
+        .samples(json!({"results": [{"requestId": "pipe-1-sample", "componentKey": "in", "events": [{"a": 1}]},
                                     {"requestId": uuid::Uuid::new_v4(), "componentKey": "in"},
-                                    {"requestId": 42}]})),
-        )
+                                    {"requestId": 42}]}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
@@ -227,15 +246,7 @@ async fn one_odd_element_never_costs_the_request() {
         let r = f.heartbeat(bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
     }
-    let r = f
-        .api
-        .call(
-            Method::POST,
-            "/api/agent/samples",
-            Some(&f.token),
-            Some(json!({"results": "none"})),
-        )
-        .await;
+    let r = f.samples(json!({"results": "none"})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
 
@@ -403,16 +414,7 @@ async fn logs_are_kept_in_a_bounded_ring_shown_and_followed() {
 async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
     let f = fixture().await;
     let mut channel = NodeChannel::subscribe(&f.node_id).await;
-    let r = f
-        .api
-        .admin(
-            Method::POST,
-            "/api/v1/taps",
-            Some(json!({"nodeId": f.node_id, "pipelineId": f.pipeline, "componentId": "parse"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let tap = r.body["requestId"].as_str().unwrap().to_owned();
+    let tap = f.start_tap("parse").await;
     let start = channel.next_of("tap_start").await;
     assert_eq!(
         (
@@ -507,20 +509,8 @@ async fn a_live_tap_relays_events_to_its_viewer_and_stops_both_ways() {
 async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
     let f = fixture().await;
     let mut channel = NodeChannel::subscribe(&f.node_id).await;
-    let start = || async {
-        let r = f
-            .api
-            .admin(
-                Method::POST,
-                "/api/v1/taps",
-                Some(json!({"nodeId": f.node_id, "pipelineId": f.pipeline, "componentId": "in"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-        r.body["requestId"].as_str().unwrap().to_owned()
-    };
 
-    let tap = start().await;
+    let tap = f.start_tap("in").await;
     let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
     let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
     viewer.next_event("started").await;
@@ -538,7 +528,7 @@ async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
     let stopped = viewer.next_event("stopped").await;
     assert_eq!(stopped["reason"], "pipeline restarted");
 
-    let tap = start().await;
+    let tap = f.start_tap("in").await;
     let url = f.api.url(&format!("/api/v1/taps/{tap}/events"));
     let mut viewer = SseClient::open(&url, ADMIN_TOKEN).await.unwrap();
     viewer.next_event("started").await;
@@ -556,16 +546,7 @@ async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
         .api
         .create_pipeline(&other_env, "x", "sources: {}", json!({}))
         .await;
-    let r = f
-        .api
-        .admin(
-            Method::POST,
-            "/api/v1/taps",
-            Some(json!({"nodeId": f.node_id, "pipelineId": foreign, "componentId": "in"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let _ = &f.environment;
+    assert_eq!(f.tap(&foreign, "in").await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -105,6 +105,11 @@ impl Session {
             .with_context(|| format!("no element matches {css}"))
     }
 
+    /// The visible text of the first element matching `css`.
+    pub async fn text_of(&self, css: &str) -> anyhow::Result<String> {
+        self.find(css).await?.text().await
+    }
+
     /// A PNG screenshot of the viewport.
     pub async fn screenshot(&self) -> anyhow::Result<Vec<u8>> {
         let data = self

@@ -188,7 +188,7 @@ async fn the_ws_badge_follows_the_agent_live() {
 
     // The environment's heading counts its crashed pipelines.
     eventually("the crash count", Duration::from_secs(5), || async {
-        let text = client.find("caption").await.ok()?.text().await.ok()?;
+        let text = client.text_of("caption").await.ok()?;
         text.contains("1 crashed pipeline").then_some(())
     })
     .await;
@@ -202,13 +202,7 @@ async fn the_ws_badge_follows_the_agent_live() {
         "the crashed pipeline's logs",
         Duration::from_secs(5),
         || async {
-            let text = client
-                .find("#pipeline-logs")
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = client.text_of("#pipeline-logs").await.ok()?;
             text.contains("already in use").then_some(text)
         },
     )
@@ -225,13 +219,7 @@ async fn the_ws_badge_follows_the_agent_live() {
         "a shipped line shown live",
         Duration::from_secs(5),
         || async {
-            let text = client
-                .find("#pipeline-logs")
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = client.text_of("#pipeline-logs").await.ok()?;
             text.ends_with("retrying bind in 5s").then_some(())
         },
     )
