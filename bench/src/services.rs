@@ -19,7 +19,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Output lines kept per service.
 const KEPT_LINES: usize = 40;
 /// The operator token the bench's api is started with.
-pub const ADMIN_TOKEN: &str = "flotilla-bench-admin-token";
+pub const ADMIN_TOKEN: &str = "bench-admin-5b7d9f1a3c5e7092b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a5";
 /// Linux clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`).
 const CLOCK_TICKS: f64 = 100.0;
 

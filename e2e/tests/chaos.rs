@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const ADMIN: &str = "chaos-admin";
+const ADMIN: &str = flotilla_testkit::api::ADMIN_TOKEN;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)

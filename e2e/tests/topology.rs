@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const ADMIN: &str = "topology-admin";
+const ADMIN: &str = flotilla_testkit::api::ADMIN_TOKEN;
 
 async fn call(
     http: &reqwest::Client,

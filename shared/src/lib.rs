@@ -5,6 +5,7 @@
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
 //! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
+//! - [`bcrypt_gate`]: the one cap on concurrent bcrypt work in a process.
 //! - [`node_auth`]: node-token authentication: a row read and a digest, no cache.
 //! - [`batched_reads`]: concurrent reads of rows by key, coalesced into one query a round.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
@@ -20,6 +21,7 @@
 //! - [`rate_limit`]: per-source-address budgets (enrollment, failed authentications).
 
 pub mod batched_reads;
+pub mod bcrypt_gate;
 pub mod channels;
 pub mod close_codes;
 pub mod db;

@@ -11,6 +11,7 @@
 //! failure budget, and the digest replaces the hash in the same step.
 
 use crate::batched_reads::{BatchedReads, Keyed};
+use crate::bcrypt_gate::BcryptGate;
 use crate::rate_limit::RateLimiter;
 use crate::settings::AuthSettings;
 use crate::tokens::{self, NODE_PREFIX};
@@ -19,7 +20,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 /// An authenticated node.
@@ -72,8 +72,7 @@ pub struct AuthCounters {
 pub struct NodeAuthenticator {
     pool: PgPool,
     reads: BatchedReads<NodeCredentials>,
-    bcrypt_permits: Arc<Semaphore>,
-    bcrypt_wait: Duration,
+    bcrypt: BcryptGate,
     counters: Arc<AuthCounters>,
 }
 
@@ -111,15 +110,25 @@ pub fn lookup_id(token: &str) -> Option<&str> {
 }
 
 impl NodeAuthenticator {
-    /// Builds an authenticator over the nodes table.
+    /// Builds an authenticator over the nodes table, with a bcrypt gate of its own.
     pub fn new(pool: PgPool, settings: &AuthSettings) -> Self {
+        Self::with_gate(pool, BcryptGate::new(settings))
+    }
+
+    /// Builds an authenticator whose bcrypt work waits at `gate` (shared with the process's
+    /// other bcrypt checks).
+    pub fn with_gate(pool: PgPool, gate: BcryptGate) -> Self {
         Self {
             reads: BatchedReads::new(pool.clone(), CREDENTIALS_ANY),
             pool,
-            bcrypt_permits: Arc::new(Semaphore::new(settings.max_concurrent_bcrypt)),
-            bcrypt_wait: Duration::from_millis(settings.bcrypt_queue_timeout_ms),
+            bcrypt: gate,
             counters: Arc::default(),
         }
+    }
+
+    /// The bcrypt gate its checks wait at.
+    pub fn bcrypt_gate(&self) -> &BcryptGate {
+        &self.bcrypt
     }
 
     /// Counters of bcrypt runs and replaced hashes.
@@ -212,10 +221,16 @@ impl NodeAuthenticator {
         secret: &str,
         row: &NodeCredentials,
     ) -> Result<(), AuthError> {
-        let _permit = tokio::time::timeout(self.bcrypt_wait, self.bcrypt_permits.acquire())
-            .await
-            .map_err(|_| AuthError::Busy)?
-            .expect("semaphore never closes");
+        let adopt = self.adopt_digest_holding_permit(token, secret, row);
+        self.bcrypt.run(adopt).await.map_err(|_| AuthError::Busy)?
+    }
+
+    async fn adopt_digest_holding_permit(
+        &self,
+        token: &str,
+        secret: &str,
+        row: &NodeCredentials,
+    ) -> Result<(), AuthError> {
         // A concurrent check of the same token (a poll, a heartbeat and a handshake arrive
         // together after an upgrade) may have stored the digest while this one waited.
         let fresh = self

@@ -87,6 +87,14 @@ pub struct ApiSettings {
     pub header_read_timeout_ms: u64,
     /// A request not answered within this time (a slow body included) gets 408.
     pub request_timeout_ms: u64,
+    /// Lifetime of a fleet-page session (server-side; sign-out ends it sooner).
+    pub session_ttl_secs: u64,
+    /// How often an operator's live stream (fleet events, logs, taps) re-checks that its
+    /// credential still stands, besides the instant revocation notice; also its keepalive.
+    pub live_recheck_ms: u64,
+    /// Hosts a self-update download URL may name although they are loopback, link-local or
+    /// private: comma-separated host names, IP addresses or CIDR blocks (empty: none).
+    pub self_update_allowed_hosts: String,
 }
 
 /// Settings of the gateway service.
@@ -214,6 +222,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.trust_forwarded_for", "false"),
     ("api.header_read_timeout_ms", "30000"),
     ("api.request_timeout_ms", "30000"),
+    ("api.session_ttl_secs", "43200"),
+    ("api.live_recheck_ms", "15000"),
+    ("api.self_update_allowed_hosts", ""),
     ("gateway.listen", "127.0.0.1:8081"),
     ("gateway.ping_interval_ms", "30000"),
     ("gateway.pong_timeout_ms", "40000"),
@@ -272,7 +283,16 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        // An empty variable (compose's `${FLOTILLA_ADMIN_TOKEN:-}`) means none.
+        if settings
+            .api
+            .bootstrap_admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
+            settings.api.bootstrap_admin_token = None;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -304,6 +324,16 @@ impl Settings {
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return invalid("database.url", "must start with postgres://");
         }
+        if let Some(t) = &self.api.bootstrap_admin_token {
+            if !crate::tokens::strong_enough_for_bootstrap(t.expose()) {
+                return invalid(
+                    "api.bootstrap_admin_token",
+                    "is too easy to guess: use a vf_op_ token or at least 32 random characters \
+                     (make one with `openssl rand -hex 32`), or leave it unset to have one \
+                     generated and printed at first start",
+                );
+            }
+        }
         if let Some(t) = &self.api.bootstrap_enrollment_token {
             if crate::tokens::parse(crate::tokens::ENROLL_PREFIX, t.expose()).is_none() {
                 return invalid(
@@ -329,14 +359,50 @@ impl Settings {
                 "must be longer than gateway.ping_interval_ms",
             );
         }
+        if self.api.session_ttl_secs == 0 {
+            return invalid("api.session_ttl_secs", "must be at least 1");
+        }
+        if self.api.live_recheck_ms == 0 {
+            return invalid("api.live_recheck_ms", "must be at least 1");
+        }
         if self.auth.max_concurrent_bcrypt == 0 {
             return invalid("auth.max_concurrent_bcrypt", "must be at least 1");
         }
         if self.gateway.outbound_queue == 0 {
             return invalid("gateway.outbound_queue", "must be at least 1");
         }
+        let hosts = self.api.self_update_allowed_hosts.split(',').map(str::trim);
+        if let Some(bad) = hosts.filter(|e| !e.is_empty()).find(|e| !allowed_host(e)) {
+            return Err(SettingsError::Invalid {
+                name: "api.self_update_allowed_hosts",
+                reason: format!("{bad:?} is not a host name, IP address or CIDR block"),
+            });
+        }
         Ok(())
     }
+}
+
+/// An entry of `api.self_update_allowed_hosts`: an IP address, a CIDR block, or a host name of
+/// dot-separated labels (ASCII letters, digits, `-`, `_`; 1 to 63 each, 253 in all). The api's
+/// `download_url` module parses entries by the same rules (a test there checks they agree).
+fn allowed_host(entry: &str) -> bool {
+    use std::net::IpAddr;
+    if let Some((ip, len)) = entry.split_once('/') {
+        let max = match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => 32,
+            Ok(IpAddr::V6(_)) => 128,
+            Err(_) => return false,
+        };
+        return len.parse::<u8>().is_ok_and(|len| len <= max);
+    }
+    entry.parse::<IpAddr>().is_ok()
+        || (entry.len() <= 253
+            && entry.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }))
 }
 
 #[cfg(test)]
@@ -348,6 +414,23 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    const STRONG: &str = "9f2c4e7a1b3d5f608e2a4c6b8d0f1e3a5c7b9d1f3e5a7c9b0d2f4e6a8c1b3d5f";
+
+    #[test]
+    fn a_weak_bootstrap_token_is_refused_and_an_empty_one_is_none() {
+        let err = Settings::load_from(
+            None,
+            env(&[("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", "flotilla-admin")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.bootstrap_admin_token"), "{err}");
+        assert!(err.contains("openssl rand -hex 32"), "{err}");
+        let s = Settings::load_from(None, env(&[("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", "")]))
+            .unwrap();
+        assert!(s.api.bootstrap_admin_token.is_none());
     }
 
     #[test]
@@ -368,7 +451,7 @@ mod tests {
                 ("FLOTILLA__REDIS__URL", "rediss://h:6380"),
                 ("FLOTILLA__API__LISTEN", "127.0.0.1:0"),
                 ("FLOTILLA__API__PUBLIC_WS_URL", "wss://lb/api/agent/ws"),
-                ("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", "boot"),
+                ("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", STRONG),
                 ("FLOTILLA__GATEWAY__LISTEN", "0.0.0.0:9000"),
                 ("FLOTILLA__GATEWAY__ID", "gw-7"),
                 ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
@@ -379,7 +462,7 @@ mod tests {
         assert_eq!(s.redis.url.expose(), "rediss://h:6380");
         assert_eq!(s.api.listen.port(), 0);
         assert_eq!(s.api.public_ws_url, "wss://lb/api/agent/ws");
-        assert_eq!(s.api.bootstrap_admin_token.unwrap().expose(), "boot");
+        assert_eq!(s.api.bootstrap_admin_token.unwrap().expose(), STRONG);
         assert_eq!(s.gateway.listen.port(), 9000);
         assert_eq!(s.gateway.id.as_deref(), Some("gw-7"));
         assert_eq!(s.auth.bcrypt_cost, 4);

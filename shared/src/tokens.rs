@@ -118,6 +118,39 @@ pub fn operator_parts(token: &str) -> (String, String) {
     }
 }
 
+/// Shortest free-form operator token accepted as the bootstrap admin token.
+pub const MIN_FREE_FORM_LEN: usize = 32;
+/// Least estimated entropy, in bits, of a free-form bootstrap admin token.
+pub const MIN_FREE_FORM_BITS: f64 = 100.0;
+
+/// Whether `token` may be the bootstrap admin token: an issued `vf_op_` token, or a free-form
+/// one of at least [`MIN_FREE_FORM_LEN`] characters whose character frequencies give at least
+/// [`MIN_FREE_FORM_BITS`] bits (what `openssl rand -hex 32` makes passes easily; a word, a
+/// repeated character or a short phrase does not). A free-form token's lookup id is only 16
+/// bits, so its strength is all that stands against guessing.
+pub fn strong_enough_for_bootstrap(token: &str) -> bool {
+    if parse(OPERATOR_PREFIX, token).is_some() {
+        return true;
+    }
+    let chars: Vec<char> = token.chars().collect();
+    if chars.len() < MIN_FREE_FORM_LEN {
+        return false;
+    }
+    let mut counts = std::collections::HashMap::<char, usize>::new();
+    for c in &chars {
+        *counts.entry(*c).or_default() += 1;
+    }
+    let n = chars.len() as f64;
+    let bits_per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits_per_char * n >= MIN_FREE_FORM_BITS
+}
+
 /// A short, safe hint of a token for display (`vf_enroll_1a2b…`).
 pub fn hint(token: &str, prefix: &str) -> String {
     let lookup: String = token
@@ -202,6 +235,24 @@ mod tests {
         assert!(!node_digest_matches(&issue(NODE_PREFIX).token, &stored));
         assert!(!node_digest_matches(&t.token, &stored[..31]));
         assert!(!node_digest_matches(&t.token, b""));
+    }
+
+    #[test]
+    fn only_strong_tokens_may_bootstrap() {
+        assert!(strong_enough_for_bootstrap(&issue(OPERATOR_PREFIX).token));
+        assert!(strong_enough_for_bootstrap(&random_hex(32)));
+        assert!(strong_enough_for_bootstrap(&random_hex(64)));
+        for weak in [
+            "",
+            "flotilla-admin",
+            "change-me",
+            "test-admin-token",
+            &"a".repeat(64),
+            &"ab".repeat(32),
+            "correct-horse-battery-staple",
+        ] {
+            assert!(!strong_enough_for_bootstrap(weak), "{weak}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 /// The bootstrap admin token every test api starts with.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-0d4f8a2c6e1b3957a8c0e2f4b6d81a3c5e7f9b2d4a6c8e0f";
 
 /// A running api.
 pub struct ApiHandle {
@@ -120,6 +120,30 @@ impl ApiHandle {
             r.body["id"].as_str().unwrap().to_owned(),
             r.body["enrollmentToken"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Issues an operator token with `role`; returns `(token id, token)`.
+    pub async fn operator_token(&self, role: &str) -> (String, String) {
+        let r = self
+            .admin(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(serde_json::json!({ "name": role, "role": role })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        (
+            r.body["id"].as_str().unwrap().to_owned(),
+            r.body["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Sets a node's operator labels.
+    pub async fn set_labels(&self, node_id: &str, labels: Value) {
+        let path = format!("/api/v1/fleet/{node_id}/labels");
+        let body = serde_json::json!({ "labels": labels });
+        let r = self.admin(Method::PUT, &path, Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     }
 
     /// Enrolls a node; returns `(node id, node token)`.
