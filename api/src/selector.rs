@@ -1,16 +1,86 @@
 //! Node selectors: which nodes run a pipeline.
 //!
 //! A selector is a JSON object of string label values; a node matches when every key/value
-//! is among its labels (the agent-reported labels overlaid with the operator's). In SQL that
-//! is JSONB containment: `labels @> selector`.
+//! is among its labels. Which labels is the pipeline version's choice ([`SelectorLabels`]):
+//! its effective labels (the agent-reported ones overlaid with the operator's), or the
+//! operator-set ones alone, which an agent cannot claim for itself. In SQL that is JSONB
+//! containment: `labels @> selector`.
 
 use crate::error::ApiError;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// SQL for a node's effective labels (operator labels override reported ones).
 pub const EFFECTIVE_LABELS: &str = "(n.reported_labels || n.labels)";
+
+/// SQL: node `n` is one pipeline version `v` is placed on (its selector holds on the labels
+/// the version matches). A macro so `concat!` can build constant statements with it.
+macro_rules! places_sql {
+    () => {
+        "(CASE WHEN v.selector_labels = 'operator' THEN n.labels
+               ELSE n.reported_labels || n.labels END) @> v.node_selector"
+    };
+}
+pub(crate) use places_sql;
+
+/// Which of a node's labels a pipeline version's selector matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectorLabels {
+    /// Reported and operator-set labels (operator-set ones win): the default.
+    #[default]
+    Any,
+    /// Operator-set labels only: a node cannot select itself by the labels it reports.
+    Operator,
+}
+
+impl SelectorLabels {
+    /// As stored in `pipeline_versions.selector_labels`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl TryFrom<String> for SelectorLabels {
+    type Error = String;
+
+    fn try_from(stored: String) -> Result<Self, String> {
+        match stored.as_str() {
+            "any" => Ok(Self::Any),
+            "operator" => Ok(Self::Operator),
+            _ => Err(format!("unknown selector_labels {stored:?}")),
+        }
+    }
+}
+
+/// Where a pipeline version runs: its selector, and the labels it matches.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Placement {
+    /// The selector (`node_selector`).
+    #[sqlx(rename = "node_selector")]
+    pub selector: Value,
+    /// The labels it matches (`selector_labels`).
+    #[sqlx(rename = "selector_labels", try_from = "String")]
+    pub labels: SelectorLabels,
+}
+
+impl Placement {
+    /// From a version's columns as an outer join gives them: `None` without a selector (no
+    /// version). A value the table's check would refuse counts as `any`, the wider match.
+    pub fn of(selector: Option<Value>, labels: Option<String>) -> Option<Self> {
+        Some(Self {
+            selector: selector?,
+            labels: labels
+                .and_then(|l| SelectorLabels::try_from(l).ok())
+                .unwrap_or_default(),
+        })
+    }
+}
 
 /// Largest number of labels on a node or keys in a selector.
 const MAX_LABELS: usize = 64;
@@ -62,24 +132,32 @@ pub fn reported_labels(value: &Value) -> Map<String, Value> {
         .collect()
 }
 
-/// Nodes of `environment` matching any of `selectors` (`None` entries are skipped).
+/// Nodes of `environment` matching any of `placements` (`None` entries are skipped).
 pub async fn matching_nodes(
     db: impl PgExecutor<'_>,
     environment: Uuid,
-    selectors: &[Option<&Value>],
+    placements: &[Option<&Placement>],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let selectors: Vec<Value> = selectors.iter().flatten().map(|v| (*v).clone()).collect();
-    if selectors.is_empty() {
+    let (operator, any): (Vec<&Placement>, Vec<&Placement>) = placements
+        .iter()
+        .flatten()
+        .partition(|p| p.labels == SelectorLabels::Operator);
+    if operator.is_empty() && any.is_empty() {
         return Ok(Vec::new());
     }
-    // `@> ANY (ARRAY …)` on the exact indexed expression lets Postgres use the GIN index.
+    let selectors =
+        |ps: Vec<&Placement>| Value::Array(ps.into_iter().map(|p| p.selector.clone()).collect());
+    // `@> ANY (ARRAY …)` on the exact indexed expressions lets Postgres use the GIN indexes
+    // (effective labels, operator labels); an empty array matches nothing.
     sqlx::query_scalar(&format!(
         "SELECT n.id FROM nodes n
          WHERE n.environment_id = $1
-           AND {EFFECTIVE_LABELS} @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))"
+           AND ({EFFECTIVE_LABELS} @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))
+                OR n.labels @> ANY (ARRAY(SELECT jsonb_array_elements($3::jsonb))))"
     ))
     .bind(environment)
-    .bind(Value::Array(selectors))
+    .bind(selectors(any))
+    .bind(selectors(operator))
     .fetch_all(db)
     .await
 }

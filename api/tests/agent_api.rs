@@ -321,14 +321,7 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     let (env_id, enroll_token) = api.create_environment("prod").await;
     let (web_id, web) = api.enroll(&enroll_token, "web").await;
     let (_, db_node) = api.enroll(&enroll_token, "db").await;
-    let r = api
-        .admin(
-            Method::PUT,
-            &format!("/api/v1/fleet/{web_id}/labels"),
-            Some(json!({"labels": {"role": "web"}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    api.set_labels(&web_id, json!({"role": "web"})).await;
 
     let everywhere = api
         .create_pipeline(&env_id, "all", "sources: {}\n", json!({}))
@@ -534,7 +527,7 @@ async fn heartbeat_records_state_and_settles_self_updates() {
 
     // A self-update is cleared by an update error (kept as lastUpdateError)...
     let sum = "a".repeat(64);
-    let action = json!({"type": "self_update", "targetVersion": "2.0.0", "downloadUrl": "http://x/agent", "checksum": sum});
+    let action = json!({"type": "self_update", "targetVersion": "2.0.0", "downloadUrl": "https://x/agent", "checksum": sum});
     assert_eq!(
         api.admin(
             Method::POST,

@@ -5,24 +5,12 @@ mod common;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn token_with_role(api: &flotilla_testkit::api::ApiHandle, role: &str) -> String {
-    let r = api
-        .admin(
-            Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"name": role, "role": role})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    r.body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn roles_are_enforced() {
     let (_db, api) = common::start().await;
     let (env_id, _) = api.create_environment("prod").await;
-    let viewer = token_with_role(&api, "viewer").await;
-    let editor = token_with_role(&api, "editor").await;
+    let viewer = api.operator_token("viewer").await.1;
+    let editor = api.operator_token("editor").await.1;
     let pipeline = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
     let deploy = format!("/api/v1/pipelines/{pipeline}/deploy");
 

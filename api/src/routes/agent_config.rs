@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::extract::NodeBearer;
+use crate::selector::places_sql;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
@@ -54,9 +55,10 @@ impl Keyed for PollRow {
 }
 
 /// The poll, for every token lookup id in the array `$1`: the node's row; the deployed
-/// pipelines of its environment whose selector its labels satisfy (none in maintenance); the
-/// pending sample requests of those pipelines.
-const POLL: &str = "
+/// pipelines of its environment placed on it ([`places_sql!`]: the selector holds on the labels
+/// the version matches; none in maintenance); the pending sample requests of those pipelines.
+const POLL: &str = concat!(
+    "
 SELECT n.id, n.environment_id, n.token_lookup, n.token_digest, n.token_hash, n.pending_action,
        n.agent_health IS NOT NULL AS current_agent,
        (SELECT poll_interval_ms FROM settings) AS poll_interval_ms,
@@ -79,11 +81,14 @@ LEFT JOIN LATERAL (
     FROM pipelines p
     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
     WHERE p.environment_id = n.environment_id AND NOT n.maintenance
-      AND (n.reported_labels || n.labels) @> v.node_selector
+      AND ",
+    places_sql!(),
+    "
     ORDER BY p.name
   ) m
 ) d ON true
-WHERE n.token_lookup = ANY($1)";
+WHERE n.token_lookup = ANY($1)"
+);
 
 #[utoipa::path(
     get,

@@ -3,6 +3,7 @@
 
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, NodeCaller};
+use crate::selector::places_sql;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
@@ -22,6 +23,8 @@ pub fn router() -> Router<AppState> {
 
 const MAX_RESULTS: usize = 1000;
 const MAX_EVENTS: usize = 1000;
+/// Characters kept of a result's `error` (an agent's tap failure, shown to viewers).
+pub const MAX_ERROR_CHARS: usize = 4096;
 
 #[utoipa::path(
     post,
@@ -48,7 +51,8 @@ async fn submit(
 
 /// The results that can be recorded, read one by one: a result that is not one (no request
 /// id or component key, a component key over 256 characters) is skipped, events beyond
-/// [`MAX_EVENTS`] are dropped, and at most [`MAX_RESULTS`] results are read.
+/// [`MAX_EVENTS`] are dropped, an error is clipped to [`MAX_ERROR_CHARS`], and at most
+/// [`MAX_RESULTS`] results are read.
 pub fn accepted(results: &[Value]) -> Vec<SampleResult> {
     results
         .iter()
@@ -59,22 +63,30 @@ pub fn accepted(results: &[Value]) -> Vec<SampleResult> {
             if let Some(events) = &mut r.events {
                 events.truncate(MAX_EVENTS);
             }
+            if let Some(error) = &mut r.error {
+                if let Some((cut, _)) = error.char_indices().nth(MAX_ERROR_CHARS) {
+                    error.truncate(cut);
+                }
+            }
             r
         })
         .collect()
 }
 
 /// Pushes the pending sample requests of `pipelines` to the node that just reported them
-/// RUNNING: requests made while a pipeline started reach it now, not at its next poll.
+/// RUNNING: requests made while a pipeline started reach it now, not at its next poll. Only
+/// pipelines placed on the node count: a report alone is the node's word.
 pub async fn push_pending(state: &AppState, node: AuthedNode, pipelines: &[Uuid]) -> Result<()> {
-    let pending: Vec<(Uuid, Uuid, Vec<String>, i32)> = sqlx::query_as(
-        "SELECT id, pipeline_id, component_keys, sample_limit FROM sample_requests
-         WHERE status = 'PENDING' AND expires_at > now() AND environment_id = $1
-           AND pipeline_id = ANY($2)
-         ORDER BY created_at",
-    )
+    let pending: Vec<(Uuid, Uuid, Vec<String>, i32)> = sqlx::query_as(&format!(
+        "SELECT r.id, r.pipeline_id, r.component_keys, r.sample_limit FROM sample_requests r
+         {PLACED}
+         WHERE r.status = 'PENDING' AND r.expires_at > now() AND r.environment_id = $1
+           AND r.pipeline_id = ANY($2)
+         ORDER BY r.created_at"
+    ))
     .bind(node.environment_id)
     .bind(pipelines)
+    .bind(node.node_id)
     .fetch_all(&state.pool)
     .await?;
     for (request_id, pipeline_id, component_keys, limit) in pending {
@@ -89,10 +101,23 @@ pub async fn push_pending(state: &AppState, node: AuthedNode, pipelines: &[Uuid]
     Ok(())
 }
 
+/// Joins sample requests `r` to the node `$3` when the request's pipeline runs there: it is
+/// deployed, placed on the node ([`places_sql!`]), and the node is not in
+/// maintenance — what the node's poll hands it.
+const PLACED: &str = concat!(
+    "
+         JOIN pipelines p ON p.id = r.pipeline_id
+         JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+         JOIN nodes n ON n.id = $3 AND n.environment_id = p.environment_id AND NOT n.maintenance
+                     AND ",
+    places_sql!()
+);
+
 /// Stores results; each sample request is locked while its results are written, so the
 /// PENDING → COMPLETED/ERROR move happens exactly once however many agents submit at once.
-/// Results for unknown, expired, finished or other-environment requests are ignored, and
-/// repeated results are no-ops (unique per request and component).
+/// Results for unknown, expired, finished or other-environment requests are ignored, as are
+/// those for a pipeline the node does not run (by placement, not by the node's own report,
+/// which it could forge); repeated results are no-ops (unique per request and component).
 pub async fn record(state: &AppState, node: AuthedNode, results: Vec<SampleResult>) -> Result<()> {
     let mut by_request: BTreeMap<Uuid, Vec<SampleResult>> = BTreeMap::new();
     // A request id this server never issued (another server's, or garbage) is skipped.
@@ -104,13 +129,15 @@ pub async fn record(state: &AppState, node: AuthedNode, results: Vec<SampleResul
     // BTreeMap order: requests are always locked in the same order, so no deadlocks.
     for (request_id, results) in by_request {
         let mut tx = state.pool.begin().await?;
-        let keys: Option<Vec<String>> = sqlx::query_scalar(
-            "SELECT component_keys FROM sample_requests
-             WHERE id = $1 AND environment_id = $2 AND status = 'PENDING' AND expires_at > now()
-             FOR UPDATE",
-        )
+        let keys: Option<Vec<String>> = sqlx::query_scalar(&format!(
+            "SELECT r.component_keys FROM sample_requests r
+             {PLACED}
+             WHERE r.id = $1 AND r.environment_id = $2 AND r.status = 'PENDING' AND r.expires_at > now()
+             FOR UPDATE OF r"
+        ))
         .bind(request_id)
         .bind(node.environment_id)
+        .bind(node.node_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(keys) = keys else { continue };

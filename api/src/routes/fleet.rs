@@ -1,6 +1,7 @@
 //! The fleet: nodes with status, pipelines and push-channel presence; labels, maintenance,
 //! actions and revocation (admin).
 
+use crate::download_url::{self, AllowList};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator, Query};
 use crate::fleet_events::node_changed;
@@ -341,8 +342,9 @@ fn checksum_hex(given: Option<&str>) -> Result<String> {
 }
 
 /// Checks an action and puts it in the form agents get: a restart keeps only its pipeline, a
-/// self-update its version, URL, hex checksum and signature.
-fn validate_action(a: PendingAction) -> Result<(ActionKind, PendingAction)> {
+/// self-update its version, URL (in canonical form, if [`download_url::check`] accepts it with
+/// `allowed`), hex checksum and signature.
+fn validate_action(a: PendingAction, allowed: &AllowList) -> Result<(ActionKind, PendingAction)> {
     let clean = PendingAction {
         kind: a.kind.clone(),
         target_version: None,
@@ -375,13 +377,8 @@ fn validate_action(a: PendingAction) -> Result<(ActionKind, PendingAction)> {
                     "required for self_update",
                 ));
             }
-            let url = a.download_url.as_deref().unwrap_or_default();
-            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
-                return Err(ApiError::invalid(
-                    "downloadUrl",
-                    "an http(s) URL is required for self_update",
-                ));
-            }
+            let url = download_url::check(a.download_url.as_deref().unwrap_or_default(), allowed)
+                .map_err(|refused| ApiError::invalid("downloadUrl", refused.to_string()))?;
             let checksum = checksum_hex(a.checksum.as_deref())?;
             if let Some(sig) = &a.signature {
                 use base64::Engine;
@@ -397,7 +394,7 @@ fn validate_action(a: PendingAction) -> Result<(ActionKind, PendingAction)> {
                 ActionKind::SelfUpdate,
                 PendingAction {
                     target_version: a.target_version,
-                    download_url: a.download_url,
+                    download_url: Some(url),
                     checksum: Some(checksum),
                     signature: a.signature,
                     ..clean
@@ -425,7 +422,10 @@ async fn action(
 ) -> Result<(StatusCode, axum::Json<Value>)> {
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
-    let (kind, action) = validate_action(body)?;
+    // Validated at start (`Settings::validate`), so this parse does not fail in practice.
+    let allowed = AllowList::parse(&state.settings.api.self_update_allowed_hosts)
+        .map_err(|e| anyhow::anyhow!("api.self_update_allowed_hosts: {e}"))?;
+    let (kind, action) = validate_action(body, &allowed)?;
     let node: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
         "SELECT environment_id, deployment_mode, agent_health IS NOT NULL FROM nodes WHERE id = $1",
     )

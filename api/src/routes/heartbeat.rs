@@ -21,22 +21,50 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/agent/heartbeat", post(heartbeat))
 }
 
-const MAX_PIPELINES: usize = 1000;
-/// Bytes of serialised JSON kept of host metrics, agent health and component metrics; a
-/// larger value is not kept (the previous one stays).
-const MAX_HOST_METRICS: usize = 16 * 1024;
-const MAX_AGENT_HEALTH: usize = 4 * 1024;
-const MAX_COMPONENT_METRICS: usize = 64 * 1024;
+// Every free-form value a heartbeat stores is capped, so an agent (or a stolen token) cannot
+// grow a node's record, and every fleet view that shows it, without bound: a string is clipped
+// and loses its control characters; a JSON value over its cap is dropped on its own (the
+// previous one stays) while the rest of the heartbeat is recorded.
 
-/// A string field's value, clipped to `max` characters; anything but a string is `None`.
+/// Pipelines read from one heartbeat.
+const MAX_PIPELINES: usize = 1000;
+/// Characters kept of `agentVersion`, `vectorVersion` and `runningAs`.
+const MAX_NAME_CHARS: usize = 128;
+/// Characters kept of `deploymentMode`.
+const MAX_MODE_CHARS: usize = 64;
+/// Characters kept of a pipeline's `configChecksum`.
+const MAX_CHECKSUM_CHARS: usize = 128;
+/// Characters kept of `updateError` (`lastUpdateError`): room for a failure class and a short
+/// reason, too little to relay what a download URL's server answered.
+pub const MAX_UPDATE_ERROR_CHARS: usize = 200;
+/// Serialised bytes kept of `hostMetrics`.
+pub const MAX_HOST_METRICS: usize = 16 * 1024;
+/// Serialised bytes kept of `agentHealth`.
+pub const MAX_AGENT_HEALTH: usize = 4 * 1024;
+/// Serialised bytes kept of a pipeline's `utilization` (a number, in practice).
+pub const MAX_UTILIZATION: usize = 1024;
+/// Serialised bytes kept of a pipeline's `componentMetrics`.
+pub const MAX_COMPONENT_METRICS: usize = 16 * 1024;
+/// Serialised bytes of `componentMetrics` kept over all pipelines of one heartbeat; past it,
+/// further pipelines keep their counters but not their component metrics.
+pub const MAX_COMPONENT_METRICS_TOTAL: usize = 256 * 1024;
+
+/// A string field's value without control characters, clipped to `max` characters; anything
+/// but a string is `None`.
 fn text(v: Option<&Value>, max: usize) -> Option<String> {
-    v?.as_str().map(|s| s.chars().take(max).collect())
+    let s = v?.as_str()?;
+    Some(s.chars().filter(|c| !c.is_control()).take(max).collect())
+}
+
+/// Bytes `v` serialises to.
+fn json_len(v: &Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
 }
 
 /// A JSON value if it serialises within `max` bytes.
 fn bounded(v: Option<&Value>, max: usize) -> Option<Value> {
     let v = v.filter(|v| !v.is_null())?;
-    (serde_json::to_string(v).map_or(usize::MAX, |s| s.len()) <= max).then(|| v.clone())
+    (json_len(v) <= max).then(|| v.clone())
 }
 
 /// A reported status: as given when it looks like one (`CRASH_LOOP`, or one this server does
@@ -68,7 +96,7 @@ fn metrics(p: &Map<String, Value>) -> Value {
             m.insert(key.to_owned(), n.clone());
         }
     }
-    if let Some(u) = bounded(p.get("utilization"), 1024) {
+    if let Some(u) = bounded(p.get("utilization"), MAX_UTILIZATION) {
         m.insert("utilization".to_owned(), u);
     }
     if let Some(c) = bounded(p.get("componentMetrics"), MAX_COMPONENT_METRICS) {
@@ -111,7 +139,7 @@ impl Reported {
             status: status_of(p.get("status")),
             pid: int("pid"),
             uptime: int("uptimeSeconds"),
-            checksum: text(p.get("configChecksum"), 128),
+            checksum: text(p.get("configChecksum"), MAX_CHECKSUM_CHARS),
             metrics: metrics(p),
             recent_logs,
         })
@@ -220,28 +248,41 @@ impl Report {
         };
         // Last report of a pipeline wins if an agent lists it twice; past the first
         // [`MAX_PIPELINES`] the list is not read.
-        let pipelines: BTreeMap<Uuid, Reported> = listed
+        let mut pipelines: BTreeMap<Uuid, Reported> = listed
             .iter()
             .take(MAX_PIPELINES)
             .filter_map(Reported::of)
             .map(|p| (p.id, p))
             .collect();
+        // One budget for all pipelines' component metrics, spent in id order.
+        let mut budget = MAX_COMPONENT_METRICS_TOTAL;
+        for p in pipelines.values_mut() {
+            if let Value::Object(m) = &mut p.metrics {
+                let size = m.get("componentMetrics").map_or(0, json_len);
+                match budget.checked_sub(size) {
+                    Some(left) => budget = left,
+                    None => {
+                        m.remove("componentMetrics");
+                    }
+                }
+            }
+        }
         let sample_results = match hb.get("sampleResults") {
             Some(Value::Array(results)) => agent_samples::accepted(results),
             _ => Vec::new(),
         };
         Ok(Report {
-            agent_version: text(hb.get("agentVersion"), 128),
-            vector_version: text(hb.get("vectorVersion"), 128),
-            deployment_mode: text(hb.get("deploymentMode"), 64),
+            agent_version: text(hb.get("agentVersion"), MAX_NAME_CHARS),
+            vector_version: text(hb.get("vectorVersion"), MAX_NAME_CHARS),
+            deployment_mode: text(hb.get("deploymentMode"), MAX_MODE_CHARS),
             labels: hb
                 .get("labels")
                 .filter(|l| l.is_object())
                 .map(|l| Value::Object(crate::selector::reported_labels(l))),
-            update_error: text(hb.get("updateError"), 4096),
+            update_error: text(hb.get("updateError"), MAX_UPDATE_ERROR_CHARS),
             host_metrics: bounded(hb.get("hostMetrics"), MAX_HOST_METRICS),
             agent_health: bounded(hb.get("agentHealth"), MAX_AGENT_HEALTH),
-            running_as: text(hb.get("runningAs"), 128),
+            running_as: text(hb.get("runningAs"), MAX_NAME_CHARS),
             pipelines: pipelines.into_values().collect(),
             sample_results,
         })

@@ -4,7 +4,7 @@
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator, OptionalJson, Query};
 use crate::operator_auth::Role;
-use crate::selector::{matching_nodes, validate_labels};
+use crate::selector::{matching_nodes, validate_labels, Placement, SelectorLabels};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -43,6 +43,9 @@ struct CreatePipeline {
     log_level: Option<String>,
     #[schema(value_type = Object)]
     node_selector: Option<Value>,
+    /// Which node labels `nodeSelector` matches: `any` (reported or operator-set; the
+    /// default) or `operator` (operator-set only, which an agent cannot claim).
+    selector_labels: Option<SelectorLabels>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -50,8 +53,12 @@ struct CreatePipeline {
 struct UpdatePipeline {
     config_yaml: String,
     log_level: Option<String>,
+    /// The new version's selector; omitted, the previous version's.
     #[schema(value_type = Object)]
     node_selector: Option<Value>,
+    /// Which node labels `nodeSelector` matches (`any` or `operator`); omitted, the previous
+    /// version's choice.
+    selector_labels: Option<SelectorLabels>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -76,6 +83,9 @@ struct PipelineRow {
     deployed_version: Option<i32>,
     #[schema(value_type = Object)]
     node_selector: Value,
+    /// Which node labels `nodeSelector` matches: `any` or `operator`.
+    #[sqlx(try_from = "String")]
+    selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -88,12 +98,14 @@ struct VersionRow {
     checksum: String,
     log_level: Option<String>,
     node_selector: Value,
+    #[sqlx(try_from = "String")]
+    selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
 }
 
 /// Shows the deployed version's selector, else the latest one's.
 const SELECT_PIPELINE: &str = "SELECT p.id, p.environment_id, p.name, p.latest_version, p.deployed_version,
-        v.node_selector, p.created_at, p.updated_at
+        v.node_selector, v.selector_labels, p.created_at, p.updated_at
      FROM pipelines p
      JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = coalesce(p.deployed_version, p.latest_version)";
 
@@ -129,18 +141,19 @@ async fn insert_version(
     version: i32,
     yaml: &str,
     log_level: &Option<String>,
-    selector: &Value,
+    placement: &Placement,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pipeline_versions (pipeline_id, version, config_yaml, checksum, log_level, node_selector)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO pipeline_versions (pipeline_id, version, config_yaml, checksum, log_level, node_selector, selector_labels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(pipeline)
     .bind(version)
     .bind(yaml)
     .bind(checksum(yaml))
     .bind(log_level)
-    .bind(selector)
+    .bind(&placement.selector)
+    .bind(placement.labels.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -189,8 +202,11 @@ async fn create(
         .bind(name)
         .execute(&mut *tx)
         .await?;
-    let selector = req.node_selector.unwrap_or_else(|| json!({}));
-    insert_version(&mut tx, id, 1, &req.config_yaml, &req.log_level, &selector).await?;
+    let placement = Placement {
+        selector: req.node_selector.unwrap_or_else(|| json!({})),
+        labels: req.selector_labels.unwrap_or_default(),
+    };
+    insert_version(&mut tx, id, 1, &req.config_yaml, &req.log_level, &placement).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(fetch(&state, id).await?)))
 }
@@ -235,7 +251,7 @@ async fn show(
     let id = id_of(&id, "pipeline")?;
     let pipeline = fetch(&state, id).await?;
     let versions: Vec<VersionRow> = sqlx::query_as(
-        "SELECT version, config_yaml, checksum, log_level, node_selector, created_at
+        "SELECT version, config_yaml, checksum, log_level, node_selector, selector_labels, created_at
          FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version",
     )
     .bind(id)
@@ -272,8 +288,8 @@ async fn update(
             .fetch_optional(&mut *tx)
             .await?;
     let latest = latest.ok_or(ApiError::NotFound("pipeline"))?;
-    let previous_selector: Value = sqlx::query_scalar(
-        "SELECT node_selector FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
+    let previous: Placement = sqlx::query_as(
+        "SELECT node_selector, selector_labels FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
     )
     .bind(id)
     .bind(latest)
@@ -285,14 +301,17 @@ async fn update(
         .bind(version)
         .execute(&mut *tx)
         .await?;
-    let selector = req.node_selector.unwrap_or(previous_selector);
+    let placement = Placement {
+        selector: req.node_selector.unwrap_or(previous.selector),
+        labels: req.selector_labels.unwrap_or(previous.labels),
+    };
     insert_version(
         &mut tx,
         id,
         version,
         &req.config_yaml,
         &req.log_level,
-        &selector,
+        &placement,
     )
     .await?;
     tx.commit().await?;
@@ -315,28 +334,29 @@ async fn change_deployment(
     target: Target,
 ) -> Result<axum::Json<Value>> {
     let mut tx = state.pool.begin().await?;
-    let current: Option<(Uuid, Option<i32>, i32, Option<Value>)> = sqlx::query_as(
-        "SELECT p.environment_id, p.deployed_version, p.latest_version, v.node_selector
+    let current: Option<(Uuid, i32, Option<Value>, Option<String>)> = sqlx::query_as(
+        "SELECT p.environment_id, p.latest_version, v.node_selector, v.selector_labels
          FROM pipelines p LEFT JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
          WHERE p.id = $1 FOR UPDATE OF p",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (environment, _, latest, before) = current.ok_or(ApiError::NotFound("pipeline"))?;
+    let (environment, latest, selector, labels) = current.ok_or(ApiError::NotFound("pipeline"))?;
+    let before = Placement::of(selector, labels);
     let (new_version, after, reason) = match target {
         Target::Undeploy => (None, None, ConfigChangeReason::Undeploy),
         Target::Version { version, reason } => {
             let version = version.unwrap_or(latest);
-            let selector: Option<Value> =
-                sqlx::query_scalar("SELECT node_selector FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2")
+            let placement: Option<Placement> =
+                sqlx::query_as("SELECT node_selector, selector_labels FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2")
                     .bind(id)
                     .bind(version)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let selector =
-                selector.ok_or_else(|| ApiError::invalid("version", "no such version"))?;
-            (Some(version), Some(selector), reason)
+            let placement =
+                placement.ok_or_else(|| ApiError::invalid("version", "no such version"))?;
+            (Some(version), Some(placement), reason)
         }
     };
     sqlx::query("UPDATE pipelines SET deployed_version = $2, updated_at = now() WHERE id = $1")
@@ -456,16 +476,17 @@ async fn remove(
 ) -> Result<StatusCode> {
     op.require(Role::Editor)?;
     let id = id_of(&id, "pipeline")?;
-    let deleted: Option<(Uuid, Option<Value>)> = sqlx::query_as(
+    // The versions are still visible to this statement (it sees the rows as they were).
+    let deleted: Option<(Uuid, Option<Value>, Option<String>)> = sqlx::query_as(
         "WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, deployed_version)
-         SELECT g.environment_id,
-                (SELECT v.node_selector FROM pipeline_versions v WHERE v.pipeline_id = $1 AND v.version = g.deployed_version)
-         FROM gone g",
+         SELECT g.environment_id, v.node_selector, v.selector_labels
+         FROM gone g LEFT JOIN pipeline_versions v ON v.pipeline_id = $1 AND v.version = g.deployed_version",
     )
     .bind(id)
     .fetch_optional(&state.pool)
     .await?;
-    let (environment, before) = deleted.ok_or(ApiError::NotFound("pipeline"))?;
+    let (environment, selector, labels) = deleted.ok_or(ApiError::NotFound("pipeline"))?;
+    let before = Placement::of(selector, labels);
     let nodes = matching_nodes(&state.pool, environment, &[before.as_ref()]).await?;
     state
         .notifier

@@ -3,6 +3,7 @@
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator};
 use crate::operator_auth::Role;
+use crate::selector::places_sql;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -50,6 +51,18 @@ struct SampleRow {
     error: Option<String>,
     created_at: DateTime<Utc>,
 }
+
+/// The nodes that report pipeline `$1` (of environment `$2`) running and that its deployed
+/// version is placed on ([`places_sql!`]), none in maintenance.
+const RUNNING_ON: &str = concat!(
+    "SELECT s.node_id FROM node_pipeline_status s
+     JOIN nodes n ON n.id = s.node_id
+     JOIN pipelines p ON p.id = s.pipeline_id
+     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+     WHERE s.pipeline_id = $1 AND s.status = 'RUNNING' AND n.environment_id = $2
+       AND NOT n.maintenance AND ",
+    places_sql!()
+);
 
 #[utoipa::path(
     post,
@@ -104,14 +117,13 @@ async fn request(
     .bind(ttl)
     .fetch_one(&state.pool)
     .await?;
-    let running: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT s.node_id FROM node_pipeline_status s JOIN nodes n ON n.id = s.node_id
-         WHERE s.pipeline_id = $1 AND s.status = 'RUNNING' AND n.environment_id = $2",
-    )
-    .bind(pipeline)
-    .bind(environment)
-    .fetch_all(&state.pool)
-    .await?;
+    // Nodes that report it running and that it is placed on: a node claiming a pipeline it
+    // was never given learns nothing of the request.
+    let running: Vec<Uuid> = sqlx::query_scalar(RUNNING_ON)
+        .bind(pipeline)
+        .bind(environment)
+        .fetch_all(&state.pool)
+        .await?;
     let message = PushMessage::SampleRequest {
         request_id: request_id.to_string(),
         pipeline_id: pipeline.to_string(),
