@@ -9,6 +9,7 @@ use crate::logs::{self, Logs};
 use crate::push::PushTarget;
 use crate::state::{Command, Event, Identity, PollError, State};
 use crate::supervisor::Supervisor;
+use crate::update::UpdateFailure;
 use crate::{enroll, push, samples, update};
 use anyhow::Context;
 use flotilla_shared::protocol::{PendingAction, SamplesRequest};
@@ -280,13 +281,13 @@ impl MainLoop {
             }
             Command::SelfUpdate(action) => {
                 let Some(target) = self.config.reexec.clone() else {
-                    return Some(Event::UpdateFinished(Err(
-                        "self-update needs the agent to run as its own binary".into(),
-                    )));
+                    return Some(Event::UpdateFinished(Err(UpdateFailure::InstallFailed
+                        .logged("self-update needs the agent to run as its own binary"))));
                 };
                 let url = action.download_url.unwrap_or_default();
                 let checksum = action.checksum.unwrap_or_default();
                 let tuning = self.config.tuning.clone();
+                let allow_http = self.config.allow_http_updates;
                 self.spawn(async move {
                     let result = update::download_and_replace(
                         &url,
@@ -294,6 +295,7 @@ impl MainLoop {
                         &target.exe,
                         tuning.download_connect_timeout,
                         tuning.download_timeout,
+                        allow_http,
                     )
                     .await;
                     Event::UpdateFinished(result)

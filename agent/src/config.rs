@@ -56,6 +56,7 @@ options (each also read from the environment variable shown):
   --log-level LEVEL      VF_LOG_LEVEL      trace, debug, info, warn or error (default info)
   --labels K=V,K=V       VF_LABELS         labels sent at enrollment and in heartbeats (VF_NODE_LABELS too)
   --deployment-mode M    VF_DEPLOYMENT_MODE  STANDALONE or DOCKER, as reported (default: DOCKER when /.dockerenv exists)
+  --allow-http-updates B VF_ALLOW_HTTP_UPDATES  true: self-updates may download over plain http (default false: https only)
   -h, --help                               show this help
   -V, --version                            show the version";
 
@@ -168,6 +169,9 @@ pub struct Config {
     pub labels: Labels,
     /// `STANDALONE` or `DOCKER` as reported; detected when `None`.
     pub deployment_mode: Option<String>,
+    /// Self-updates may download over plain http (for tests and closed labs); https only
+    /// otherwise.
+    pub allow_http_updates: bool,
     /// Set by the binary; `None` when embedded (self-update is then refused).
     pub reexec: Option<ReExec>,
     /// Timeouts and backoffs.
@@ -186,6 +190,7 @@ impl Config {
             log_level: "info".into(),
             labels: Labels::new(),
             deployment_mode: None,
+            allow_http_updates: false,
             reexec: None,
             tuning: Tuning::default(),
         }
@@ -310,6 +315,19 @@ impl Config {
             }
             config.deployment_mode = Some(mode);
         }
+        if let Some(allow) = get("VF_ALLOW_HTTP_UPDATES") {
+            config.allow_http_updates = match allow.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "VF_ALLOW_HTTP_UPDATES (--allow-http-updates)",
+                        value: allow,
+                        why: "expected true or false".into(),
+                    })
+                }
+            };
+        }
         Ok(Invocation::Run(Box::new(config)))
     }
 }
@@ -324,6 +342,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("log-level", "VF_LOG_LEVEL"),
     ("labels", "VF_LABELS"),
     ("deployment-mode", "VF_DEPLOYMENT_MODE"),
+    ("allow-http-updates", "VF_ALLOW_HTTP_UPDATES"),
 ];
 
 fn parse_url(text: &str) -> Result<Url, ConfigError> {
@@ -408,6 +427,10 @@ mod tests {
         assert_eq!(c.vector_bin, PathBuf::from("vector"));
         assert_eq!(c.poll_interval, Duration::from_secs(15));
         assert!(c.enrollment_token.is_none());
+        assert!(
+            !c.allow_http_updates,
+            "self-updates are https-only by default"
+        );
         let c = config(
             &[],
             &[
@@ -419,8 +442,10 @@ mod tests {
                 ("VF_LOG_LEVEL", "DEBUG"),
                 ("VF_LABELS", "region=eu, tier=edge"),
                 ("VF_DEPLOYMENT_MODE", "standalone"),
+                ("VF_ALLOW_HTTP_UPDATES", "TRUE"),
             ],
         );
+        assert!(c.allow_http_updates);
         assert_eq!(c.deployment_mode.as_deref(), Some("STANDALONE"));
         assert_eq!(c.enrollment_token.unwrap().expose(), "vf_enroll_abc");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/a"));
@@ -482,6 +507,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("VF_LABELS"), "{e}");
+        let e = parse(
+            &["--allow-http-updates", "maybe"],
+            &[("VF_URL", "http://x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("VF_ALLOW_HTTP_UPDATES"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Fleet actions: restart one pipeline or all, or self-update once per pending action.
 
 use super::*;
+use crate::update::UpdateFailure;
 
 /// The self-update this process was re-executed for.
 #[derive(Debug, Clone)]
@@ -8,7 +9,7 @@ pub struct PreviousUpdate {
     /// The action.
     pub action: PendingAction,
     /// Why it did not take, if the binary found in place is not the one requested.
-    pub error: Option<String>,
+    pub error: Option<UpdateFailure>,
 }
 
 impl State {
@@ -45,8 +46,8 @@ impl State {
                         out.push(Command::SelfUpdate(action));
                     }
                     _ => {
-                        self.update_error =
-                            Some("self_update action without downloadUrl or checksum".into());
+                        tracing::warn!("self_update action without downloadUrl or checksum");
+                        self.update_error = Some(UpdateFailure::InvalidAction);
                         self.changed(now);
                     }
                 }

@@ -54,7 +54,7 @@ pub enum Event {
         ok: bool,
     },
     /// A self-update download finished: the binary was replaced, or why not.
-    UpdateFinished(Result<(), String>),
+    UpdateFinished(Result<(), crate::update::UpdateFailure>),
     /// A live tap ended (its end was posted).
     LiveTapEnded {
         /// The tap.

@@ -57,7 +57,7 @@ impl State {
             vector_version: self.identity.vector_version.clone(),
             deployment_mode: self.identity.deployment_mode.clone(),
             labels: (!self.identity.labels.is_empty()).then(|| self.identity.labels.clone()),
-            update_error: self.update_error.clone(),
+            update_error: self.update_error.map(|f| f.as_str().to_owned()),
             pipelines,
             // No `agentHealth`: a Flotilla api takes a node that sends it for a current
             // VectorFlow agent and then hands restarts out only as pushes.

@@ -12,6 +12,7 @@
 use crate::config::Tuning;
 use crate::live_tap::LiveTap;
 use crate::push::PushTarget;
+use crate::update::UpdateFailure;
 use flotilla_shared::frames::{ActionKind, PushMessage};
 use flotilla_shared::protocol::{
     ConfigResponse, Heartbeat, Labels, PendingAction, PipelineConfig, PipelineState,
@@ -89,7 +90,7 @@ pub struct State {
     handled_action: Option<PendingAction>,
     update_in_progress: bool,
     /// Reported in heartbeats until one carrying it is accepted (the api keeps it).
-    update_error: Option<String>,
+    update_error: Option<UpdateFailure>,
     /// The heartbeat in flight carries `update_error`.
     update_error_in_flight: bool,
     heartbeat_due: Option<Instant>,
@@ -154,9 +155,9 @@ impl State {
         self.push
     }
 
-    /// The last self-update error.
-    pub fn update_error(&self) -> Option<&str> {
-        self.update_error.as_deref()
+    /// The last self-update failure.
+    pub fn update_error(&self) -> Option<UpdateFailure> {
+        self.update_error
     }
 
     /// When the loop must deliver the next [`Event::Tick`].
@@ -238,9 +239,9 @@ impl State {
                             out.push(Command::ReExec(action));
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "self-update failed");
-                        self.update_error = Some(e);
+                    // The update task logged the detail; the class is what is reported.
+                    Err(failure) => {
+                        self.update_error = Some(failure);
                         self.changed(now);
                     }
                 }

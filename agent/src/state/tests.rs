@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::live_tap::LiveTap;
+use crate::update::UpdateFailure;
 use flotilla_shared::frames::{ActionKind, ConfigChangeReason, PushFrame};
 
 fn server() -> Url {
@@ -583,7 +584,7 @@ fn action(kind: &str, checksum: &str) -> PendingAction {
     PendingAction {
         kind: kind.into(),
         target_version: Some("2.0.0".into()),
-        download_url: Some("http://dl/agent".into()),
+        download_url: Some("https://dl/agent".into()),
         checksum: Some(checksum.into()),
         signature: None,
         pipeline_id: None,
@@ -662,25 +663,31 @@ fn self_update_downloads_once_reexecs_on_success_and_reports_failures() {
     );
     // Failure: reported, not retried for the same action.
     let out = h.send(
-        Event::UpdateFinished(Err("checksum mismatch".into())),
+        Event::UpdateFinished(Err(UpdateFailure::ChecksumMismatch)),
         2 * S,
     );
     assert!(out.is_empty());
-    assert_eq!(h.state.update_error(), Some("checksum mismatch"));
+    assert_eq!(
+        h.state.update_error(),
+        Some(UpdateFailure::ChecksumMismatch)
+    );
     // Reported until a heartbeat carrying it is accepted (the api keeps it from then on).
     h.auto_ack = false;
     let out = h.send(Event::Tick, 3 * S);
     let reported = |out: &[Command]| heartbeat(out).unwrap().update_error.clone();
-    assert_eq!(reported(&out).as_deref(), Some("checksum mismatch"));
+    assert_eq!(reported(&out).as_deref(), Some("checksum_mismatch"));
     h.send(Event::HeartbeatDone { ok: false }, 3 * S);
-    assert_eq!(h.state.update_error(), Some("checksum mismatch"));
+    assert_eq!(
+        h.state.update_error(),
+        Some(UpdateFailure::ChecksumMismatch)
+    );
     h.send(Event::Push(PushEvent::Connected), 3 * S);
     let out = h.send(Event::PollDone(Ok(Box::new(c.clone()))), 3 * S);
     assert!(
         !out.iter().any(|c| matches!(c, Command::SelfUpdate(_))),
         "not retried"
     );
-    assert_eq!(reported(&out).as_deref(), Some("checksum mismatch"));
+    assert_eq!(reported(&out).as_deref(), Some("checksum_mismatch"));
     h.send(Event::HeartbeatDone { ok: true }, 3 * S);
     assert_eq!(h.state.update_error(), None);
     h.auto_ack = true;
@@ -698,6 +705,25 @@ fn self_update_downloads_once_reexecs_on_success_and_reports_failures() {
 }
 
 #[test]
+fn a_self_update_without_url_or_checksum_reports_its_class() {
+    let (mut h, _) = Harness::polled(config(vec![]));
+    let mut c = config(vec![]);
+    c.pending_action = Some(PendingAction {
+        download_url: None,
+        ..action("self_update", "abc")
+    });
+    h.auto_ack = false;
+    h.send(Event::Push(PushEvent::Connected), S);
+    let out = h.send(Event::PollDone(Ok(Box::new(c))), S);
+    assert!(!out.iter().any(|c| matches!(c, Command::SelfUpdate(_))));
+    assert_eq!(h.state.update_error(), Some(UpdateFailure::InvalidAction));
+    assert_eq!(
+        heartbeat(&out).unwrap().update_error.as_deref(),
+        Some("invalid_action")
+    );
+}
+
+#[test]
 fn a_reexecuted_agent_does_not_repeat_its_update() {
     let t0 = Instant::now();
     let identity = Identity {
@@ -706,10 +732,10 @@ fn a_reexecuted_agent_does_not_repeat_its_update() {
     };
     let previous = PreviousUpdate {
         action: action("self_update", "abc"),
-        error: Some("wrong binary".into()),
+        error: Some(UpdateFailure::InstallFailed),
     };
     let mut state = State::new(tuning(), identity, server(), 15 * S, Some(previous), t0);
-    assert_eq!(state.update_error(), Some("wrong binary"));
+    assert_eq!(state.update_error(), Some(UpdateFailure::InstallFailed));
     state.handle(Event::Tick, t0);
     let mut c = config(vec![]);
     c.pending_action = Some(action("self_update", "abc"));
