@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 403: the caller's role is not enough.
     #[error("this action needs the {0} role")]
     Forbidden(&'static str),
+    /// 403: a cookie-authenticated write that may have been forged by another site.
+    #[error("{0}")]
+    CrossSite(&'static str),
     /// 404: this kind of thing was not found.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -123,6 +126,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, error, details)
             }
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.to_owned(), None),
+            Self::CrossSite(m) => (StatusCode::FORBIDDEN, m.to_owned(), None),
             Self::Forbidden(_) | Self::NotFound(_) | Self::Conflict(_) | Self::PayloadTooLarge => {
                 let status = match self {
                     Self::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -1,7 +1,9 @@
-//! Request extractors: JSON bodies with uniform errors, the authenticated node, the operator.
+//! Request extractors: JSON bodies with uniform errors, the authenticated node, the operator
+//! (by bearer token or session cookie).
 
 use crate::error::ApiError;
 use crate::operator_auth::Role;
+use crate::sessions::{self, SessionKey};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
@@ -109,23 +111,6 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Name of the fleet page's HttpOnly session cookie (it holds the operator token, hex-encoded).
-pub const SESSION_COOKIE: &str = "flotilla_session";
-
-/// The operator token kept in the session cookie, if any.
-pub fn session_token(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .and_then(|(_, value)| hex::decode(value).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
 /// The node calling an agent endpoint.
@@ -255,13 +240,16 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// The operator calling an operator endpoint.
+/// The operator calling an operator endpoint: by bearer token, or by the fleet page's session
+/// cookie (then a write must also be same-origin JSON, see [`crate::same_origin`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Operator {
     /// The operator token's id.
     pub token_id: Uuid,
     /// Its role.
     pub role: Role,
+    /// The session it came through, if it came through the cookie.
+    pub session: Option<SessionKey>,
 }
 
 impl Operator {
@@ -273,6 +261,15 @@ impl Operator {
             Err(ApiError::Forbidden(role.as_str()))
         }
     }
+
+    /// Whether the credential it came with still stands (token not revoked; session not
+    /// ended or expired); for live streams, which outlast the request that authenticated.
+    pub async fn still_stands(&self, state: &AppState) -> Result<bool, sqlx::Error> {
+        match self.session {
+            Some(key) => Ok(sessions::find(&state.pool, key).await?.is_some()),
+            None => state.operator_auth.is_active(self.token_id).await,
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Operator {
@@ -282,24 +279,33 @@ impl FromRequestParts<AppState> for Operator {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = match bearer(parts) {
-            Some(t) => t.to_owned(),
-            None => session_token(parts).ok_or(ApiError::Unauthorized("Unauthorized"))?,
-        };
         let ip = client_ip(parts, state);
         let failures = &state.limits.auth_failures;
-        if ip.is_some_and(|ip| failures.exhausted(ip)) {
-            return Err(ApiError::RateLimited(failures.retry_after().as_secs()));
+        if let Some(token) = bearer(parts) {
+            let (token_id, role) = state
+                .operator_auth
+                .authenticate(token, ip, failures)
+                .await?;
+            return Ok(Operator {
+                token_id,
+                role,
+                session: None,
+            });
         }
-        match state.operator_auth.authenticate(&token).await {
-            Ok((token_id, role)) => Ok(Operator { token_id, role }),
-            Err(e) => {
-                if let (ApiError::Unauthorized(_), Some(ip)) = (&e, ip) {
-                    let _ = failures.hit(ip);
-                }
-                Err(e)
+        let key = sessions::from_cookie(parts).ok_or(ApiError::Unauthorized("Unauthorized"))?;
+        // A session check is one indexed read, never a slow hash: counted, never refused.
+        let Some(session) = sessions::find(&state.pool, key).await? else {
+            if let Some(ip) = ip {
+                let _ = failures.hit(ip);
             }
-        }
+            return Err(ApiError::Unauthorized("Unauthorized"));
+        };
+        crate::same_origin::check_cookie_write(&parts.method, &parts.headers)?;
+        Ok(Operator {
+            token_id: session.token_id,
+            role: session.role,
+            session: Some(key),
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ const BUFFER: usize = 1024;
 pub struct FleetEvents {
     tx: broadcast::Sender<Arc<str>>,
     subscribed: Arc<AtomicBool>,
+    revocations: Arc<watch::Sender<u64>>,
 }
 
 impl Default for FleetEvents {
@@ -27,9 +28,14 @@ impl Default for FleetEvents {
         Self {
             tx: broadcast::channel(BUFFER).0,
             subscribed: Arc::default(),
+            revocations: Arc::new(watch::channel(0).0),
         }
     }
 }
+
+/// The message (on the fleet events channel, never relayed to pages) that tells every api an
+/// operator credential stopped standing somewhere, so its live streams re-check theirs.
+const CREDENTIALS_REVOKED: &str = r#"{"kind":"credentials-revoked"}"#;
 
 /// The event that tells a page to reload the whole fleet.
 pub const RESYNC: &str = r#"{"kind":"resync"}"#;
@@ -38,6 +44,28 @@ impl FleetEvents {
     /// Whether the Redis subscription is currently up.
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Changes whenever an operator credential may have stopped standing (a revocation here or
+    /// on another api, or a lost subscription that may have missed one).
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    fn note_revocation(&self) {
+        self.revocations.send_modify(|n| *n += 1);
+    }
+
+    /// Tells this api's live streams at once, and every other api through Redis, that an
+    /// operator credential stopped standing. Without Redis, other apis' streams notice at
+    /// their next re-check (`api.live_recheck_ms`).
+    pub async fn credentials_revoked(&self, redis: &Redis) {
+        self.note_revocation();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(FLEET_EVENTS).arg(CREDENTIALS_REVOKED);
+        if let Err(e) = redis.query::<()>(&cmd).await {
+            tracing::warn!(error = %e, "could not announce a revocation to other apis");
+        }
     }
 
     /// A receiver of every event from now on.
@@ -64,6 +92,8 @@ impl FleetEvents {
                     delay = Duration::from_millis(100);
                     self.subscribed.store(true, Ordering::SeqCst);
                     let _ = self.tx.send(Arc::from(RESYNC));
+                    // A revocation may have been missed while unsubscribed.
+                    self.note_revocation();
                     let mut messages = pubsub.into_on_message();
                     loop {
                         tokio::select! {
@@ -71,7 +101,11 @@ impl FleetEvents {
                             msg = messages.next() => match msg {
                                 Some(msg) => {
                                     let payload: String = msg.get_payload().unwrap_or_default();
-                                    let _ = self.tx.send(Arc::from(payload));
+                                    if payload == CREDENTIALS_REVOKED {
+                                        self.note_revocation();
+                                    } else {
+                                        let _ = self.tx.send(Arc::from(payload));
+                                    }
                                 }
                                 None => break,
                             },

@@ -6,6 +6,9 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the one error type of this service, and its HTTP mapping.
 //! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
 //! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
+//! - [`sessions`]: fleet-page sessions, kept server-side behind a random cookie id.
+//! - [`same_origin`]: the forgery check on what a browser sends with the session cookie.
+//! - [`revocation`]: live operator streams end when their token or session stops standing.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
 //! - [`fleet_events`]: relaying presence and node changes to the fleet page's live stream.
 //! - [`restarts`]: restarts delivered so every agent generation can act on them.
@@ -14,10 +17,12 @@
 //! - [`live`]: operator streams that follow one Redis channel.
 //! - [`redis_rate`]: per-second budgets shared by every api, counted in Redis.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
+//! - [`download_url`]: where a self-update may send agents (https, no internal hosts).
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
+pub mod download_url;
 pub mod error;
 pub mod extract;
 pub mod fleet_events;
@@ -28,8 +33,11 @@ pub mod openapi;
 pub mod operator_auth;
 pub mod redis_rate;
 pub mod restarts;
+pub mod revocation;
 pub mod routes;
+pub mod same_origin;
 pub mod selector;
+pub mod sessions;
 pub mod state;
 pub mod sweep;
 pub mod taps;
@@ -37,6 +45,7 @@ pub mod taps;
 pub use state::AppState;
 
 use anyhow::Context;
+use flotilla_shared::bcrypt_gate::BcryptGate;
 use flotilla_shared::http_server::{self, ServeOptions};
 use flotilla_shared::node_auth::NodeAuthenticator;
 use flotilla_shared::rate_limit::RateLimiter;
@@ -66,9 +75,19 @@ impl Api {
         .bind(settings.api.default_poll_interval_ms as i32)
         .execute(&pool)
         .await?;
-        if let Some(token) = &settings.api.bootstrap_admin_token {
-            operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
-                .await?;
+        match &settings.api.bootstrap_admin_token {
+            Some(token) => {
+                operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
+                    .await?
+            }
+            None => {
+                if let Some(token) =
+                    operator_auth::ensure_first_admin(&pool, settings.auth.bcrypt_cost).await?
+                {
+                    // Printed, never logged: the one time anyone sees it.
+                    println!("{}{}", operator_auth::FIRST_ADMIN_BANNER, token.expose());
+                }
+            }
         }
         if let (Some(name), Some(token)) = (
             &settings.api.bootstrap_environment,
@@ -84,10 +103,16 @@ impl Api {
             .context("api.bootstrap_environment")?;
         }
         let redis = Redis::new(&settings.redis).context("redis.url")?;
+        // One cap on bcrypt work for node, operator and enrollment tokens alike.
+        let bcrypt = BcryptGate::new(&settings.auth);
         let state = AppState {
             polls: routes::agent_config::poll_reads(pool.clone()),
-            node_auth: NodeAuthenticator::new(pool.clone(), &settings.auth),
-            operator_auth: operator_auth::OperatorAuthenticator::new(pool.clone(), &settings.auth),
+            node_auth: NodeAuthenticator::with_gate(pool.clone(), bcrypt.clone()),
+            operator_auth: operator_auth::OperatorAuthenticator::new(
+                pool.clone(),
+                &settings.auth,
+                bcrypt,
+            ),
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),
             live: live::LiveStreams::default(),
@@ -152,6 +177,33 @@ impl Api {
         relay.await?;
         Ok(())
     }
+}
+
+/// `flotilla-api ensure-environment`: creates the environment named by
+/// `api.bootstrap_environment` with the enrollment token `api.bootstrap_enrollment_token`
+/// (or gives an existing one that token), then returns. The compose file's demo profile runs it
+/// once, so a plain `docker compose up` publishes no enrollment token.
+pub async fn ensure_environment(settings: &Settings) -> anyhow::Result<()> {
+    let (Some(name), Some(token)) = (
+        &settings.api.bootstrap_environment,
+        &settings.api.bootstrap_enrollment_token,
+    ) else {
+        anyhow::bail!(
+            "ensure-environment needs api.bootstrap_environment and \
+             api.bootstrap_enrollment_token (FLOTILLA__API__BOOTSTRAP_ENVIRONMENT, \
+             FLOTILLA__API__BOOTSTRAP_ENROLLMENT_TOKEN)"
+        );
+    };
+    let pool = flotilla_shared::db::pool(&settings.database).context("database.url")?;
+    flotilla_shared::db::MIGRATOR
+        .run(&pool)
+        .await
+        .context("running database migrations")?;
+    routes::environments::ensure_bootstrap(&pool, name, token.expose(), settings.auth.bcrypt_cost)
+        .await
+        .context("api.bootstrap_enrollment_token")?;
+    pool.close().await;
+    Ok(())
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

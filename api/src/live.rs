@@ -6,6 +6,7 @@
 //! grows the api's memory.
 
 use crate::error::{ApiError, Result};
+use crate::extract::Operator;
 use crate::state::AppState;
 use flotilla_shared::redis_conn::Redis;
 use futures_util::{Stream, StreamExt};
@@ -21,6 +22,13 @@ pub const BUFFER: usize = 256;
 /// Bytes that may wait for one viewer before its stream is ended.
 pub const BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
+/// The keepalive of an operator's live stream; it comes as often as the stream re-checks its
+/// credential (`api.live_recheck_ms`).
+pub fn keep_alive(state: &AppState) -> axum::response::sse::KeepAlive {
+    axum::response::sse::KeepAlive::new()
+        .interval(Duration::from_millis(state.settings.api.live_recheck_ms))
+}
+
 /// The slots for live streams; cheap to clone.
 #[derive(Clone)]
 pub struct LiveStreams(Arc<Semaphore>);
@@ -32,10 +40,11 @@ impl Default for LiveStreams {
 }
 
 /// Payloads published on `channel` from now on, for at most `max_age` (the client reconnects
-/// and is authenticated again), while the subscription lasts and the viewer keeps up. 503 when
-/// every slot is taken or Redis cannot be reached.
+/// and is authenticated again), while the subscription lasts, the viewer keeps up and the
+/// viewer's credential (`op`) stands. 503 when every slot is taken or Redis cannot be reached.
 pub async fn follow(
     state: &AppState,
+    op: Operator,
     channel: String,
     max_age: Duration,
 ) -> Result<impl Stream<Item = String> + Send + 'static> {
@@ -50,16 +59,18 @@ pub async fn follow(
     let waiting = Arc::new(AtomicUsize::new(0));
     let queued = waiting.clone();
     let shutdown = state.shutdown.clone();
+    let lapsed = crate::revocation::lapsed(state.clone(), op);
     tokio::spawn(async move {
         let _permit = permit; // the slot is held as long as the subscription
         let mut messages = pubsub.into_on_message();
         let deadline = tokio::time::sleep(max_age);
-        tokio::pin!(deadline);
+        tokio::pin!(deadline, lapsed);
         loop {
             let payload = tokio::select! {
                 _ = tx.closed() => break,
                 _ = shutdown.cancelled() => break,
                 _ = &mut deadline => break,
+                _ = &mut lapsed => break,
                 m = messages.next() => match m {
                     Some(m) => m.get_payload::<String>().unwrap_or_default(),
                     None => break,

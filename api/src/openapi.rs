@@ -21,7 +21,8 @@ use flotilla_shared::protocol::ErrorBody;
         pipelines::deploy, pipelines::undeploy, pipelines::rollback,
         fleet::list, fleet::show, fleet::labels, fleet::maintenance, fleet::action, fleet::revoke,
         samples::request, samples::show, settings::show, settings::update,
-        tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, metrics::metrics, page::me,
+        tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, metrics::metrics, session::me,
+        session::sign_in, session::sign_out,
         logs::ship, logs::follow, taps::start, taps::stop, taps::events, taps::agent_events,
     ),
     modifiers(&Security)
@@ -39,9 +40,7 @@ impl Modify for Security {
         components.add_security_scheme("operator_token", bearer());
         components.add_security_scheme(
             "session_cookie",
-            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
-                crate::extract::SESSION_COOKIE,
-            ))),
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::sessions::COOKIE))),
         );
     }
 }

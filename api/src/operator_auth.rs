@@ -1,11 +1,15 @@
 //! Operator tokens: roles, verification with a warm cache, and the bootstrap admin token.
 
 use crate::error::ApiError;
+use flotilla_shared::bcrypt_gate::BcryptGate;
+use flotilla_shared::rate_limit::RateLimiter;
+use flotilla_shared::secret::Secret;
 use flotilla_shared::settings::AuthSettings;
 use flotilla_shared::tokens;
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -34,7 +38,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "viewer" => Some(Self::Viewer),
             "editor" => Some(Self::Editor),
@@ -51,41 +55,74 @@ struct TokenRow {
     token_hash: String,
 }
 
+/// A verified token as the cache keeps it: its row and the hash it was verified against.
+#[derive(Clone)]
+struct Verified {
+    id: Uuid,
+    hash: Arc<str>,
+}
+
+/// Why a cold check (one that needs bcrypt) failed; cheap to share between the concurrent
+/// checks of one token that it answered.
+#[derive(Debug, Clone, Copy)]
+enum ColdFailure {
+    Invalid,
+    Busy,
+}
+
 /// Verifies operator tokens; a warm hit re-reads the row (so revocation is immediate) but
-/// runs no bcrypt.
+/// runs no bcrypt. A cold check runs bcrypt under the process's [`BcryptGate`], once for all
+/// concurrent checks of the same token, and only for an address within its failure budget.
 #[derive(Clone)]
 pub struct OperatorAuthenticator {
     pool: PgPool,
-    cache: Cache<[u8; 32], (Uuid, Arc<str>)>,
+    cache: Cache<[u8; 32], Verified>,
+    bcrypt: BcryptGate,
 }
 
 impl OperatorAuthenticator {
-    /// Builds the authenticator.
-    pub fn new(pool: PgPool, settings: &AuthSettings) -> Self {
+    /// Builds the authenticator; its bcrypt work waits at `bcrypt`.
+    pub fn new(pool: PgPool, settings: &AuthSettings, bcrypt: BcryptGate) -> Self {
         Self {
             pool,
             cache: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(settings.cache_ttl_secs))
                 .build(),
+            bcrypt,
         }
     }
 
-    /// Returns the token's id and role, or 401.
-    pub async fn authenticate(&self, token: &str) -> Result<(Uuid, Role), ApiError> {
+    /// Returns the token's id and role, or 401; a wrong token counts against `ip` in
+    /// `failures`. A token that would need bcrypt from an address over its budget gets 429:
+    /// a warm token (verified within `auth.cache_ttl_secs`) never does, so strangers sending
+    /// bogus tokens from the same address cannot lock an operator out.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        failures: &RateLimiter,
+    ) -> Result<(Uuid, Role), ApiError> {
+        let outcome = self.check(token, ip, failures).await;
+        if let (Err(ApiError::Unauthorized(_)), Some(ip)) = (&outcome, ip) {
+            let _ = failures.hit(ip);
+        }
+        outcome
+    }
+
+    async fn check(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        failures: &RateLimiter,
+    ) -> Result<(Uuid, Role), ApiError> {
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::Unauthorized("Unauthorized"));
         }
         let key = tokens::sha256(token);
-        if let Some((id, hash)) = self.cache.get(&key).await {
-            let row: Option<TokenRow> = sqlx::query_as(
-                "SELECT id, role, token_hash FROM operator_tokens WHERE id = $1 AND NOT revoked",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row.filter(|r| *r.token_hash == *hash) {
-                return Ok((row.id, role_of(&row)?));
+        if let Some(verified) = self.cache.get(&key).await {
+            if let Some(found) = self.still_valid(&verified).await? {
+                return Ok(found);
             }
             self.cache.invalidate(&key).await;
         }
@@ -96,15 +133,71 @@ impl OperatorAuthenticator {
         .bind(&lookup)
         .fetch_all(&self.pool)
         .await?;
+        if rows.is_empty() {
+            return Err(ApiError::Unauthorized("Unauthorized"));
+        }
+        if ip.is_some_and(|ip| failures.exhausted(ip)) {
+            return Err(ApiError::RateLimited(failures.retry_after().as_secs()));
+        }
+        // Concurrent checks of one token share this bcrypt run and its answer.
+        let verified = self
+            .cache
+            .try_get_with(key, self.verify_cold(secret, &rows))
+            .await
+            .map_err(|failure| match *failure {
+                ColdFailure::Invalid => ApiError::Unauthorized("Unauthorized"),
+                ColdFailure::Busy => ApiError::Busy,
+            })?;
+        let row = rows
+            .iter()
+            .find(|r| r.id == verified.id)
+            .ok_or(ApiError::Unauthorized("Unauthorized"))?;
+        Ok((row.id, role_of(row)?))
+    }
+
+    /// The row a cached verification vouches for, if it still stands.
+    async fn still_valid(&self, verified: &Verified) -> Result<Option<(Uuid, Role)>, ApiError> {
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT id, role, token_hash FROM operator_tokens WHERE id = $1 AND NOT revoked",
+        )
+        .bind(verified.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row.filter(|r| *r.token_hash == *verified.hash) {
+            Some(row) => Ok(Some((row.id, role_of(&row)?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn verify_cold(
+        &self,
+        secret: String,
+        rows: &[TokenRow],
+    ) -> Result<Verified, ColdFailure> {
         for row in rows {
-            if tokens::verify_secret(secret.clone(), row.token_hash.clone()).await {
-                self.cache
-                    .insert(key, (row.id, Arc::from(row.token_hash.as_str())))
-                    .await;
-                return Ok((row.id, role_of(&row)?));
+            let matches = self
+                .bcrypt
+                .verify(secret.clone(), row.token_hash.clone())
+                .await
+                .map_err(|_| ColdFailure::Busy)?;
+            if matches {
+                return Ok(Verified {
+                    id: row.id,
+                    hash: Arc::from(row.token_hash.as_str()),
+                });
             }
         }
-        Err(ApiError::Unauthorized("Unauthorized"))
+        Err(ColdFailure::Invalid)
+    }
+
+    /// Whether the token `id` is still valid (not revoked).
+    pub async fn is_active(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE id = $1 AND NOT revoked)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
     }
 }
 
@@ -133,6 +226,43 @@ pub async fn create_token(
         .execute(pool)
         .await?;
     Ok((id, issued.token))
+}
+
+/// What precedes the generated first admin token on the api's standard output.
+pub const FIRST_ADMIN_BANNER: &str =
+    "First admin token (shown once; sign in with it, then create your own): ";
+
+/// With no bootstrap token configured: issues an admin token if no usable one exists (a
+/// first start), and returns it to be shown once. Concurrent first starts of several apis
+/// issue one token between them.
+pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Option<Secret>> {
+    let mut tx = pool.begin().await?;
+    // Serialises first starts; released at commit.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('flotilla:first-admin'))")
+        .execute(&mut *tx)
+        .await?;
+    let any_admin: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE role = 'admin' AND NOT revoked)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if any_admin {
+        return Ok(None);
+    }
+    let issued = tokens::issue(tokens::OPERATOR_PREFIX);
+    let hash = tokens::hash_secret(issued.secret.clone(), cost).await?;
+    sqlx::query(
+        "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash)
+         VALUES ($1, 'first admin', 'admin', $2, $3)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&issued.lookup)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!("first admin token issued and printed to standard output");
+    Ok(Some(Secret::new(issued.token)))
 }
 
 /// Makes the configured bootstrap token the (single) bootstrap admin token.

@@ -1,4 +1,5 @@
-//! Background upkeep: node health and sample-request expiry, with no caller needed.
+//! Background upkeep: node health, sample-request expiry and expired sessions, with no caller
+//! needed.
 
 use crate::state::AppState;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, sqlx::Error> {
     .execute(&state.pool)
     .await?
     .rows_affected();
+    // Expired sessions already fail every check; this only keeps the table small.
+    crate::sessions::purge_expired(&state.pool).await?;
     if unreachable > 0 {
         tracing::info!(count = unreachable, "nodes marked UNREACHABLE");
     }

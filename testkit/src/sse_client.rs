@@ -72,14 +72,15 @@ const MAX_LINE: usize = 256 * 1024;
 impl SseClient {
     /// Opens `url` (`…/api/agent/push`) with a node token, as the agent does.
     pub async fn open(url: &str, token: &str) -> Result<Self, OpenError> {
-        let request = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token)
-            .header("accept", "text/event-stream")
-            .send();
+        Self::send(reqwest::Client::new().get(url).bearer_auth(token)).await
+    }
+
+    /// Opens a stream with a request of the caller's (a cookie instead of a bearer token).
+    pub async fn send(request: reqwest::RequestBuilder) -> Result<Self, OpenError> {
+        let request = request.header("accept", "text/event-stream").send();
         let response = tokio::time::timeout(HEADERS_TIMEOUT, request)
             .await
-            .unwrap_or_else(|_| panic!("no response headers from {url} within 15 s"))
+            .unwrap_or_else(|_| panic!("no response headers within 15 s"))
             .map_err(OpenError::Request)?;
         if response.status() != reqwest::StatusCode::OK {
             return Err(OpenError::Status(

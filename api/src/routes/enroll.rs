@@ -64,7 +64,10 @@ async fn enroll(
     .fetch_optional(&state.pool)
     .await?;
     let (environment_id, environment_name, hash) = env.ok_or(INVALID)?;
-    if !tokens::verify_secret(parsed.secret.to_owned(), hash).await {
+    // Under the same bcrypt cap as every other token check.
+    let bcrypt = state.node_auth.bcrypt_gate();
+    let verified = bcrypt.verify(parsed.secret.to_owned(), hash).await;
+    if !verified.map_err(|_| ApiError::Busy)? {
         return Err(INVALID);
     }
 

@@ -7,7 +7,7 @@ use crate::node_logs::{self, Lines};
 use crate::operator_auth::Role;
 use crate::state::AppState;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use axum::Router;
 use flotilla_shared::protocol::{LogBatch, Ok};
@@ -162,7 +162,7 @@ async fn follow(
         .collect();
     // Subscribed before the kept lines are read: a line may come twice, never not at all.
     let channel = flotilla_shared::channels::log_channel(node);
-    let live = crate::live::follow(&state, channel, STREAM_MAX_AGE).await?;
+    let live = crate::live::follow(&state, op, channel, STREAM_MAX_AGE).await?;
     let kept = node_logs::read(&state.redis, node, &pipelines)
         .await
         .map_err(ApiError::Redis)?;
@@ -181,7 +181,7 @@ async fn follow(
         std::future::ready(wanted.then(|| Event::default().event("lines").data(payload)))
     });
     let stream = futures_util::stream::iter(kept).chain(live).map(Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(crate::live::keep_alive(&state)))
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod page;
 pub mod pipelines;
 pub mod samples;
+pub mod session;
 pub mod settings;
 pub mod taps;
 pub mod tokens;
@@ -20,6 +21,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::X_CONTENT_TYPE_OPTIONS;
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -47,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::router())
         .merge(tokens::router())
         .merge(page::router())
+        .merge(session::router())
         .merge(crate::openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(middleware::from_fn_with_state(
@@ -58,7 +62,19 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outermost, so timeouts and body-limit answers carry it too.
+        .layer(middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// Browsers take every response for the type it declares, never sniffing JSON or text into
+/// script or HTML.
+async fn nosniff(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Reads the request's body, then runs its handler in a task of its own and waits for it. A

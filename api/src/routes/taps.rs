@@ -9,7 +9,7 @@ use crate::state::AppState;
 use crate::taps::{self, Tap, TapMessage};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use flotilla_shared::protocol::Ok;
@@ -19,7 +19,6 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Tap routes.
@@ -133,6 +132,7 @@ async fn events(
     // A viewer's stream ends with the tap at the latest, even if no one announces its end.
     let messages = crate::live::follow(
         &state,
+        op,
         flotilla_shared::channels::tap_channel(id),
         taps::LIFETIME + taps::GRACE,
     )
@@ -178,7 +178,7 @@ async fn events(
             let _ = &viewer; // counted out when the stream is dropped
             Ok(event)
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(crate::live::keep_alive(&state)))
 }
 
 /// A viewer of a tap, counted out (and the tap ended if it was the last) when dropped.

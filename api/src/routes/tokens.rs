@@ -102,5 +102,8 @@ async fn revoke(
     if n == 0 {
         return Err(ApiError::NotFound("token"));
     }
+    crate::sessions::end_all_of(&state.pool, id).await?;
+    // Its open live streams, on every api, end within a second.
+    state.fleet_events.credentials_revoked(&state.redis).await;
     Ok(StatusCode::NO_CONTENT)
 }
