@@ -118,6 +118,46 @@ impl Session {
         Ok(base64::engine::general_purpose::STANDARD.decode(data.as_str().unwrap_or_default())?)
     }
 
+    /// Runs `script` (a function body; `arguments` holds `args`) in the page and returns what
+    /// it returns.
+    pub async fn execute(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    /// Accepts the open `confirm()` or `alert()`.
+    pub async fn accept_alert(&self) -> anyhow::Result<()> {
+        self.command(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// The text of the open `alert()` or `confirm()`, if one is open.
+    pub async fn alert_text(&self) -> Option<String> {
+        let text = self
+            .command(reqwest::Method::GET, "/alert/text", None)
+            .await
+            .ok()?;
+        text.as_str().map(str::to_owned)
+    }
+
+    /// The browser console's messages since the last call (Chromium's log, which needs the
+    /// `goog:loggingPrefs` capability `{"browser": "ALL"}`): `{level, message, source}` each.
+    pub async fn browser_log(&self) -> anyhow::Result<Vec<Value>> {
+        let log = self
+            .command(
+                reqwest::Method::POST,
+                "/se/log",
+                Some(json!({ "type": "browser" })),
+            )
+            .await?;
+        Ok(log.as_array().cloned().unwrap_or_default())
+    }
+
     /// Ends the session (closes the browser).
     pub async fn close(self) -> anyhow::Result<()> {
         self.command(reqwest::Method::DELETE, "", None)

@@ -1,5 +1,6 @@
 //! The fleet page in real headless Chromium: sign in, watch the WS badge appear and vanish
-//! without reloading as an agent connects and disconnects through the balancer.
+//! without reloading as an agent connects and disconnects through the balancer, act on nodes
+//! from the page, and never trip the page's content security policy.
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
 
 use flotilla_e2e::webdriver::Session;
@@ -9,7 +10,8 @@ use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "browser-admin";
+/// Strong enough to be a bootstrap admin token (`openssl rand -hex 32` makes such).
+const ADMIN: &str = "browser-admin-5c1e9a7d3b2f4e6a8c0d1f3b5a7e9c2d4f6b8a0e1c3d5f7a";
 
 struct Driver(Child);
 
@@ -49,6 +51,26 @@ async fn start_chromedriver() -> (Driver, String) {
     )
     .await;
     (driver, format!("http://127.0.0.1:{port}"))
+}
+
+/// What the browser's console said about the content security policy since the last look.
+async fn csp_violations(client: &Session) -> Vec<String> {
+    client
+        .browser_log()
+        .await
+        .expect("the browser's log")
+        .iter()
+        .filter_map(|entry| entry["message"].as_str())
+        .filter(|m| m.contains("Content Security Policy"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fails the test with what the page said, if it put up an alert (a failed action does).
+async fn no_alert(client: &Session) {
+    if let Some(text) = client.alert_text().await {
+        panic!("the page alerted: {text}");
+    }
 }
 
 async fn badge_shown(client: &Session, node_id: &str) -> bool {
@@ -131,12 +153,22 @@ async fn the_ws_badge_follows_the_agent_live() {
         "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1280,720"]
-    }});
+    }, "goog:loggingPrefs": {"browser": "ALL"}, "unhandledPromptBehavior": "ignore"});
     let client = Session::new(&webdriver, caps)
         .await
         .expect("a Chromium session");
 
     client.goto(&lb).await.unwrap();
+    // The sign-in page loads its styles from /assets/ and nothing trips its policy.
+    let styled = client
+        .execute(
+            "return getComputedStyle(document.querySelector('main')).borderRadius",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(styled, "12px", "the sign-in page's stylesheet applies");
+    assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     client
         .find("#token")
         .await
@@ -245,5 +277,82 @@ async fn the_ws_badge_follows_the_agent_live() {
         appear < Duration::from_secs(2) && vanish < Duration::from_secs(2),
         "live within 2 s: {appear:?} / {vanish:?}"
     );
+
+    // Actions from the page are cookie-authenticated writes, sent as same-origin JSON.
+    let edge2 = format!(r#"tr[data-node-id="{}"]"#, nodes[1].0);
+    eventually("Maintenance is clicked", Duration::from_secs(5), || async {
+        let button = client
+            .find(&format!("{edge2} td.actions button"))
+            .await
+            .ok()?;
+        (button.text().await.ok()? == "Maintenance").then_some(())?;
+        button.click().await.ok()
+    })
+    .await;
+    // A failed action alerts; looking for the alert after the element catches one that opened
+    // meanwhile.
+    eventually("edge-2 in maintenance", Duration::from_secs(5), || async {
+        let status = client.text_of(&format!("{edge2} .pill")).await;
+        no_alert(&client).await;
+        (status.ok()? == "MAINTENANCE").then_some(())
+    })
+    .await;
+    let ingest = format!(r#"tr[data-node-id="{}"]"#, nodes[2].0);
+    eventually("Revoke is clicked", Duration::from_secs(5), || async {
+        client
+            .find(&format!("{ingest} button.danger"))
+            .await
+            .ok()?
+            .click()
+            .await
+            .ok()
+    })
+    .await;
+    let asked = client.alert_text().await.expect("a confirmation");
+    assert!(asked.starts_with("Revoke ingest-1.example.net?"), "{asked}");
+    client.accept_alert().await.unwrap();
+    eventually("ingest-1's row gone", Duration::from_secs(5), || async {
+        let rows = client.find_all(&ingest).await;
+        no_alert(&client).await;
+        rows.ok()?.is_empty().then_some(())
+    })
+    .await;
+    let said = client
+        .execute(
+            "return document.getElementById('status').textContent",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(said, "Revoke sent to ingest-1.example.net");
+
+    // The fleet page's styles applied, and nothing it did tripped its policy.
+    let styled = client
+        .execute(
+            "return getComputedStyle(document.querySelector('section')).borderRadius",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(styled, "10px", "the fleet page's stylesheet applies");
+    assert_eq!(csp_violations(&client).await, Vec::<String>::new());
+    // The check sees violations: a style attribute set from script is one.
+    client
+        .execute(
+            "document.body.setAttribute('style', 'color: red')",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    let seen = eventually(
+        "the deliberate violation logged",
+        Duration::from_secs(5),
+        || async {
+            let seen = csp_violations(&client).await;
+            (!seen.is_empty()).then_some(seen)
+        },
+    )
+    .await;
+    assert!(seen[0].contains("style-src"), "{seen:?}");
     client.close().await.unwrap();
 }

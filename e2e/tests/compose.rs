@@ -1,6 +1,10 @@
-//! The compose file's routing and scaling rules, checked by parsing what ships.
+//! The compose file's routing, scaling and safe defaults, checked by parsing what ships; and
+//! its demo-setup service, run as compose runs it.
 
-use flotilla_e2e::repo_root;
+use flotilla_e2e::{bin_dir, repo_root};
+use flotilla_testkit::api::ADMIN_TOKEN;
+use flotilla_testkit::{db, redis_url, within};
+use serde_json::json;
 use serde_norway::Value;
 
 fn compose() -> Value {
@@ -18,10 +22,240 @@ fn env<'a>(svc: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} set"))
 }
 
+/// What compose makes of a value when the operator sets no variable: `${VAR:-default}` and
+/// `${VAR-default}` become their default, `${VAR}` becomes empty.
+fn with_defaults(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = start + rest[start..].find('}').expect("a closing brace");
+        let inner = &rest[start + 2..end];
+        if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
+            out.push_str(default);
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn defaults_are_read_as_compose_reads_them() {
+    assert_eq!(with_defaults("${A:-x}:${B-y}:${C}:8000"), "x:y::8000");
+    assert_eq!(with_defaults("plain"), "plain");
+}
+
+fn services(c: &Value) -> impl Iterator<Item = (&str, &Value)> {
+    c["services"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap(), v))
+}
+
+/// Every `(key, string value)` pair anywhere under `v` (anchored blocks and merges included).
+fn pairs<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                if let (Some(k), Some(s)) = (k.as_str(), v.as_str()) {
+                    out.push((k, s));
+                }
+                pairs(v, out);
+            }
+        }
+        Value::Sequence(s) => s.iter().for_each(|v| pairs(v, out)),
+        Value::Tagged(t) => pairs(&t.value, out),
+        _ => {}
+    }
+}
+
+fn mentions_demo_environment(v: &Value) -> bool {
+    let mut found = Vec::new();
+    pairs(v, &mut found);
+    found.iter().any(|(k, s)| {
+        k.contains("BOOTSTRAP_ENVIRONMENT")
+            || k.contains("BOOTSTRAP_ENROLLMENT_TOKEN")
+            || s.contains("vf_enroll_")
+    })
+}
+
+#[test]
+fn no_service_has_a_default_admin_token() {
+    let c = compose();
+    let mut found = Vec::new();
+    pairs(&c, &mut found);
+    let admin: Vec<_> = found
+        .iter()
+        .filter(|(k, _)| k.contains("ADMIN_TOKEN"))
+        .collect();
+    assert!(!admin.is_empty(), "the api reads FLOTILLA_ADMIN_TOKEN");
+    for (key, value) in admin {
+        assert_eq!(
+            with_defaults(value),
+            "",
+            "{key}: {value} has a default; unset, the api makes one and prints it once"
+        );
+    }
+}
+
+#[test]
+fn the_demo_environment_exists_only_with_the_demo_profile() {
+    let c = compose();
+    for (name, svc) in services(&c) {
+        if mentions_demo_environment(svc) {
+            assert_eq!(
+                svc["profiles"],
+                json_value(&["demo"]),
+                "{name} is demo-only"
+            );
+        }
+    }
+    for (key, block) in c.as_mapping().unwrap() {
+        if key.as_str() != Some("services") {
+            assert!(!mentions_demo_environment(block), "{key:?} is shared");
+        }
+    }
+    let setup = service(&c, "demo-setup");
+    assert_eq!(setup["build"]["target"], "api");
+    assert_eq!(setup["command"], json_value(&["ensure-environment"]));
+    let agent = service(&c, "demo-agent");
+    assert_eq!(
+        agent["depends_on"]["demo-setup"]["condition"], "service_completed_successfully",
+        "the agents enroll once the environment exists"
+    );
+    assert_eq!(
+        env(agent, "VF_TOKEN"),
+        env(setup, "FLOTILLA__API__BOOTSTRAP_ENROLLMENT_TOKEN"),
+        "the agents enroll with the token the setup installs"
+    );
+}
+
+fn json_value(items: &[&str]) -> Value {
+    Value::Sequence(items.iter().map(|s| Value::from(*s)).collect())
+}
+
+#[test]
+fn published_ports_bind_loopback_unless_told_otherwise() {
+    let c = compose();
+    let mut published = 0;
+    for (name, svc) in services(&c) {
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().expect("ports are written as strings");
+            assert!(
+                with_defaults(port).starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond this machine by default"
+            );
+            published += 1;
+        }
+    }
+    assert_eq!(published, 1, "only the balancer publishes a port");
+    let lb = service(&c, "lb")["ports"][0].as_str().unwrap();
+    assert_eq!(with_defaults(lb), "127.0.0.1:8000:8000");
+    assert!(
+        lb.starts_with("${FLOTILLA_BIND:-127.0.0.1}:"),
+        "FLOTILLA_BIND exposes it"
+    );
+}
+
+/// Runs the api binary as the demo-setup service runs it, against `database_url`.
+async fn run_demo_setup(database_url: &str, keep_settings: bool) -> std::process::Output {
+    let c = compose();
+    let setup = service(&c, "demo-setup");
+    let args: Vec<&str> = setup["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mut cmd = tokio::process::Command::new(bin_dir().join("flotilla-api"));
+    cmd.args(&args)
+        .env_remove("FLOTILLA__API__BOOTSTRAP_ENVIRONMENT")
+        .env_remove("FLOTILLA__API__BOOTSTRAP_ENROLLMENT_TOKEN")
+        .env_remove("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN");
+    if keep_settings {
+        let mut found = Vec::new();
+        pairs(&setup["environment"], &mut found);
+        for (key, value) in found {
+            cmd.env(key, with_defaults(value));
+        }
+    }
+    cmd.env("FLOTILLA__DATABASE__URL", database_url)
+        .env("FLOTILLA__REDIS__URL", redis_url())
+        .env("FLOTILLA__AUTH__BCRYPT_COST", "4")
+        .kill_on_drop(true);
+    within("flotilla-api ensure-environment", cmd.output())
+        .await
+        .expect("the api binary runs (cargo build --bins first)")
+}
+
+#[tokio::test]
+async fn the_demo_setup_service_creates_an_environment_its_token_enrolls_into() {
+    let db = db::fresh().await;
+    // Twice: a second demo start finds the environment and keeps it.
+    for run in 1..=2 {
+        let out = run_demo_setup(&db.url, true).await;
+        assert!(
+            out.status.success(),
+            "run {run}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let api = flotilla_testkit::api::spawn(flotilla_testkit::settings(&db.url, &redis_url())).await;
+    let listed = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/environments",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let names: Vec<&str> = listed.body["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo"]);
+    let c = compose();
+    let token = with_defaults(env(service(&c, "demo-agent"), "VF_TOKEN"));
+    let enrolled = api
+        .call(
+            reqwest::Method::POST,
+            "/api/agent/enroll",
+            None,
+            Some(json!({"token": token, "hostname": "demo-1", "agentVersion": "0.1.0", "vectorVersion": "0.43.1"})),
+        )
+        .await;
+    assert_eq!(
+        enrolled.status,
+        reqwest::StatusCode::OK,
+        "{}",
+        enrolled.text
+    );
+    assert!(enrolled.body["nodeId"].is_string(), "{}", enrolled.text);
+
+    // Without the settings it names what is missing and fails.
+    let out = run_demo_setup(&db.url, false).await;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("api.bootstrap_environment"), "{said}");
+}
+
 #[test]
 fn every_service_is_there_and_health_gated() {
     let c = compose();
-    for name in ["postgres", "redis", "api", "gateway", "lb", "demo-agent"] {
+    for name in [
+        "postgres",
+        "redis",
+        "api",
+        "gateway",
+        "lb",
+        "demo-setup",
+        "demo-agent",
+    ] {
         assert!(!service(&c, name).is_null(), "service {name}");
     }
     for name in ["postgres", "redis", "api", "gateway", "lb"] {
