@@ -170,6 +170,10 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         // 0.0.0.0/8: "this network"; 0.0.0.0 reaches the local host on most systems.
         0 => "unspecified",
         100 if b & 0xc0 == 64 => "shared (CGNAT)",
+        // 192.0.0.0/24: protocol assignments, home of some clouds' metadata (192.0.0.192).
+        192 if b == 0 && ip.octets()[2] == 0 => "special-purpose",
+        // 198.18.0.0/15: benchmarking, routed inside some networks.
+        198 if b & 0xfe == 18 => "special-purpose",
         _ if ip.is_multicast() => "multicast",
         // 240.0.0.0/4, reserved, ends in the broadcast address.
         240.. => "broadcast or reserved",
@@ -201,6 +205,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     match s {
         [0, 0, 0, 0, 0, 0, ..] if !ip.is_loopback() && !ip.is_unspecified() => Some(v4(s[6], s[7])),
         [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(v4(s[6], s[7])),
+        // Local-use NAT64 (64:ff9b:1::/48), the IPv4 address in its last 32 bits.
+        [0x64, 0xff9b, 1, ..] => Some(v4(s[6], s[7])),
         [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
@@ -310,6 +316,10 @@ mod tests {
             ("https://[ff02::1]/", "multicast"),
             ("https://255.255.255.255/", "broadcast or reserved"),
             ("https://240.0.0.1/", "broadcast or reserved"),
+            ("https://192.0.0.192/", "special-purpose"),
+            ("https://198.18.0.1/", "special-purpose"),
+            ("https://198.19.255.255/", "special-purpose"),
+            ("https://[64:ff9b:1::a01:203]/", "private"),
         ] {
             assert_eq!(refused(raw), Refused::Internal(kind), "{raw}");
         }

@@ -75,20 +75,22 @@ impl Api {
         .bind(settings.api.default_poll_interval_ms as i32)
         .execute(&pool)
         .await?;
-        match &settings.api.bootstrap_admin_token {
+        let bootstrap_changed = match &settings.api.bootstrap_admin_token {
             Some(token) => {
                 operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
                     .await?
             }
             None => {
+                let removed = operator_auth::remove_bootstrap(&pool).await?;
                 if let Some(token) =
                     operator_auth::ensure_first_admin(&pool, settings.auth.bcrypt_cost).await?
                 {
                     // Printed, never logged: the one time anyone sees it.
                     println!("{}{}", operator_auth::FIRST_ADMIN_BANNER, token.expose());
                 }
+                removed
             }
-        }
+        };
         if let (Some(name), Some(token)) = (
             &settings.api.bootstrap_environment,
             &settings.api.bootstrap_enrollment_token,
@@ -122,12 +124,23 @@ impl Api {
                     settings.api.auth_failures_per_minute,
                     Duration::from_secs(60),
                 ),
+                operator_guesses: RateLimiter::new(
+                    settings.api.auth_failures_per_minute,
+                    Duration::from_secs(60),
+                ),
             },
             shutdown: CancellationToken::new(),
             redis,
             pool,
             settings: Arc::new(settings),
         };
+        if bootstrap_changed {
+            // Other apis' live streams of the old bootstrap token end now, not at a re-check.
+            let state = state.clone();
+            tokio::spawn(async move {
+                state.fleet_events.credentials_revoked(&state.redis).await;
+            });
+        }
         Ok(Self { state })
     }
 

@@ -93,28 +93,25 @@ impl OperatorAuthenticator {
         }
     }
 
-    /// Returns the token's id and role, or 401; a wrong token counts against `ip` in
-    /// `failures`. A token that would need bcrypt from an address over its budget gets 429:
-    /// a warm token (verified within `auth.cache_ttl_secs`) never does, so strangers sending
-    /// bogus tokens from the same address cannot lock an operator out.
+    /// Returns the token's id and role, or 401. Only a check that costs bcrypt can be refused
+    /// for the address's budget (`guesses`), and only a wrong guess that cost bcrypt counts
+    /// against it: a token verified within `auth.cache_ttl_secs` (warm), an unknown lookup id or
+    /// a malformed token costs no slow hash, so strangers cannot spend an operator's budget
+    /// for free and lock out even a cold token.
     pub async fn authenticate(
         &self,
         token: &str,
         ip: Option<IpAddr>,
-        failures: &RateLimiter,
+        guesses: &RateLimiter,
     ) -> Result<(Uuid, Role), ApiError> {
-        let outcome = self.check(token, ip, failures).await;
-        if let (Err(ApiError::Unauthorized(_)), Some(ip)) = (&outcome, ip) {
-            let _ = failures.hit(ip);
-        }
-        outcome
+        self.check(token, ip, guesses).await
     }
 
     async fn check(
         &self,
         token: &str,
         ip: Option<IpAddr>,
-        failures: &RateLimiter,
+        guesses: &RateLimiter,
     ) -> Result<(Uuid, Role), ApiError> {
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::Unauthorized("Unauthorized"));
@@ -136,8 +133,8 @@ impl OperatorAuthenticator {
         if rows.is_empty() {
             return Err(ApiError::Unauthorized("Unauthorized"));
         }
-        if ip.is_some_and(|ip| failures.exhausted(ip)) {
-            return Err(ApiError::RateLimited(failures.retry_after().as_secs()));
+        if ip.is_some_and(|ip| guesses.exhausted(ip)) {
+            return Err(ApiError::RateLimited(guesses.retry_after().as_secs()));
         }
         // Concurrent checks of one token share this bcrypt run and its answer.
         let verified = self
@@ -145,7 +142,12 @@ impl OperatorAuthenticator {
             .try_get_with(key, self.verify_cold(secret, &rows))
             .await
             .map_err(|failure| match *failure {
-                ColdFailure::Invalid => ApiError::Unauthorized("Unauthorized"),
+                ColdFailure::Invalid => {
+                    if let Some(ip) = ip {
+                        let _ = guesses.hit(ip);
+                    }
+                    ApiError::Unauthorized("Unauthorized")
+                }
                 ColdFailure::Busy => ApiError::Busy,
             })?;
         let row = rows
@@ -266,15 +268,17 @@ pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Opti
 }
 
 /// Makes the configured bootstrap token the (single) bootstrap admin token.
-pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::Result<()> {
+/// Returns whether a different bootstrap token was replaced.
+pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::Result<bool> {
     let (lookup, secret) = tokens::operator_parts(token);
     let existing: Option<(String, String)> =
         sqlx::query_as("SELECT token_lookup, token_hash FROM operator_tokens WHERE bootstrap")
             .fetch_optional(pool)
             .await?;
+    let replaced = existing.is_some();
     if let Some((stored_lookup, hash)) = existing {
         if stored_lookup == lookup && tokens::verify_secret(secret.clone(), hash).await {
-            return Ok(());
+            return Ok(false);
         }
     }
     let hash = tokens::hash_secret(secret, cost).await?;
@@ -293,5 +297,19 @@ pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::
     .await?;
     tx.commit().await?;
     tracing::info!("bootstrap admin token installed");
-    Ok(())
+    Ok(replaced)
+}
+
+/// With no bootstrap token configured, none may stand: removes the one a previous
+/// configuration installed (a release that shipped a well-known default installed one), and
+/// its sessions with it. Returns whether there was one.
+pub async fn remove_bootstrap(pool: &PgPool) -> anyhow::Result<bool> {
+    let removed = sqlx::query("DELETE FROM operator_tokens WHERE bootstrap")
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if removed > 0 {
+        tracing::warn!("api.bootstrap_admin_token is unset: the bootstrap admin token it installed before is removed");
+    }
+    Ok(removed > 0)
 }

@@ -20,8 +20,7 @@ pub fn is_read(method: &Method) -> bool {
 /// Whether the request was made by a page of this very origin.
 pub fn is_same_origin(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
-        // `none`: the user typed the address or used a bookmark, no page made the request.
-        return matches!(site.as_bytes(), b"same-origin" | b"none");
+        return site.as_bytes() == b"same-origin";
     }
     let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());

@@ -44,6 +44,8 @@ pub struct AppState {
 pub struct Limits {
     /// Enrollment attempts per address.
     pub enroll: RateLimiter,
-    /// Failed node or operator authentications per address.
+    /// Failed node authentications per address.
     pub auth_failures: RateLimiter,
+    /// Wrong operator tokens per address that cost a bcrypt run (sign-in guesses).
+    pub operator_guesses: RateLimiter,
 }

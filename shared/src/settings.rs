@@ -328,7 +328,7 @@ impl Settings {
             if !crate::tokens::strong_enough_for_bootstrap(t.expose()) {
                 return invalid(
                     "api.bootstrap_admin_token",
-                    "is too easy to guess: use a vf_op_ token or at least 32 random characters \
+                    "is too easy to guess: use a vf_op_ token or at least 40 random characters \
                      (make one with `openssl rand -hex 32`), or leave it unset to have one \
                      generated and printed at first start",
                 );

@@ -119,15 +119,21 @@ pub fn operator_parts(token: &str) -> (String, String) {
 }
 
 /// Shortest free-form operator token accepted as the bootstrap admin token.
-pub const MIN_FREE_FORM_LEN: usize = 32;
-/// Least estimated entropy, in bits, of a free-form bootstrap admin token.
-pub const MIN_FREE_FORM_BITS: f64 = 100.0;
+pub const MIN_FREE_FORM_LEN: usize = 40;
+/// Least number of guesses (log10) a free-form bootstrap admin token must need, as zxcvbn
+/// estimates it: 10^30 is about 100 bits.
+pub const MIN_FREE_FORM_GUESSES_LOG10: f64 = 30.0;
+/// zxcvbn's estimate saturates near 10^19, so a token is scored in pieces this long.
+const PIECE: usize = 16;
 
 /// Whether `token` may be the bootstrap admin token: an issued `vf_op_` token, or a free-form
-/// one of at least [`MIN_FREE_FORM_LEN`] characters whose character frequencies give at least
-/// [`MIN_FREE_FORM_BITS`] bits (what `openssl rand -hex 32` makes passes easily; a word, a
-/// repeated character or a short phrase does not). A free-form token's lookup id is only 16
-/// bits, so its strength is all that stands against guessing.
+/// one of at least [`MIN_FREE_FORM_LEN`] characters that zxcvbn — which knows common
+/// passwords, words, names, repeats, sequences, keyboard walks and dates — estimates to need at
+/// least 10^[`MIN_FREE_FORM_GUESSES_LOG10`] guesses. It is scored in 16-character pieces (the
+/// estimate saturates beyond), each against the earlier ones, so a repeated piece adds nothing.
+/// What `openssl rand -hex 32` makes passes; a phrase, a repeated word or a walk does not. A
+/// free-form token's lookup id is only 16 bits, so its strength is what stands against
+/// guessing.
 pub fn strong_enough_for_bootstrap(token: &str) -> bool {
     if parse(OPERATOR_PREFIX, token).is_some() {
         return true;
@@ -136,19 +142,15 @@ pub fn strong_enough_for_bootstrap(token: &str) -> bool {
     if chars.len() < MIN_FREE_FORM_LEN {
         return false;
     }
-    let mut counts = std::collections::HashMap::<char, usize>::new();
-    for c in &chars {
-        *counts.entry(*c).or_default() += 1;
+    let mut earlier: Vec<String> = Vec::new();
+    let mut guesses_log10 = 0.0;
+    for piece in chars.chunks(PIECE) {
+        let piece: String = piece.iter().collect();
+        let known: Vec<&str> = earlier.iter().map(String::as_str).collect();
+        guesses_log10 += zxcvbn::zxcvbn(&piece, &known).guesses_log10();
+        earlier.push(piece);
     }
-    let n = chars.len() as f64;
-    let bits_per_char: f64 = counts
-        .values()
-        .map(|&k| {
-            let p = k as f64 / n;
-            -p * p.log2()
-        })
-        .sum();
-    bits_per_char * n >= MIN_FREE_FORM_BITS
+    guesses_log10 >= MIN_FREE_FORM_GUESSES_LOG10
 }
 
 /// A short, safe hint of a token for display (`vf_enroll_1a2b…`).
@@ -240,8 +242,21 @@ mod tests {
     #[test]
     fn only_strong_tokens_may_bootstrap() {
         assert!(strong_enough_for_bootstrap(&issue(OPERATOR_PREFIX).token));
-        assert!(strong_enough_for_bootstrap(&random_hex(32)));
-        assert!(strong_enough_for_bootstrap(&random_hex(64)));
+        // What `openssl rand -hex 32` makes, every time.
+        for _ in 0..200 {
+            assert!(strong_enough_for_bootstrap(&random_hex(64)));
+        }
+        assert!(!strong_enough_for_bootstrap(&random_hex(32)), "too short");
+        // The fixed tokens the tests and the bench start with.
+        for fixed in [
+            "9f2c4e7a1b3d5f608e2a4c6b8d0f1e3a5c7b9d1f3e5a7c9b0d2f4e6a8c1b3d5f",
+            "log-test-admin-8e1a3c5f7b9d2e4a6c8f0b1d3e5a7c9f2b4d6e8a0c1f3b5d",
+            "test-admin-0d4f8a2c6e1b3957a8c0e2f4b6d81a3c5e7f9b2d4a6c8e0f",
+            "browser-admin-5c1e9a7d3b2f4e6a8c0d1f3b5a7e9c2d4f6b8a0e1c3d5f7a",
+            "bench-admin-5b7d9f1a3c5e7092b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a5",
+        ] {
+            assert!(strong_enough_for_bootstrap(fixed), "{fixed}");
+        }
         for weak in [
             "",
             "flotilla-admin",
@@ -250,6 +265,14 @@ mod tests {
             &"a".repeat(64),
             &"ab".repeat(32),
             "correct-horse-battery-staple",
+            "flotilla-admin-flotilla-admin-fl",
+            "passwordpasswordpasswordpassword12",
+            "my-flotilla-admin-password-2024!",
+            "abcdefghijklmnopqrstuvwxyz012345",
+            "qwertyuiopasdfghjklzxcvbnm1234567890",
+            "my-company-flotilla-prod-admin-2026",
+            "correcthorsebatterystaplecorrecthorse",
+            "0d4f8a2c6e1b39570d4f8a2c6e1b39570d4f8a2c6e1b3957",
         ] {
             assert!(!strong_enough_for_bootstrap(weak), "{weak}");
         }

@@ -94,9 +94,9 @@ pub async fn sign_in(
     let Ok(Form(form)) = form else {
         return sign_in_page(StatusCode::BAD_REQUEST, "Enter an operator token.");
     };
-    let failures = &state.limits.auth_failures;
+    let guesses = &state.limits.operator_guesses;
     let token = form.token.trim();
-    let token_id = match state.operator_auth.authenticate(token, ip, failures).await {
+    let token_id = match state.operator_auth.authenticate(token, ip, guesses).await {
         Ok((token_id, _)) => token_id,
         Err(ApiError::Unauthorized(_)) => {
             return sign_in_page(StatusCode::UNAUTHORIZED, "That token was not accepted.")
