@@ -104,15 +104,6 @@ impl OperatorAuthenticator {
         ip: Option<IpAddr>,
         guesses: &RateLimiter,
     ) -> Result<(Uuid, Role), ApiError> {
-        self.check(token, ip, guesses).await
-    }
-
-    async fn check(
-        &self,
-        token: &str,
-        ip: Option<IpAddr>,
-        guesses: &RateLimiter,
-    ) -> Result<(Uuid, Role), ApiError> {
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::Unauthorized("Unauthorized"));
         }
