@@ -104,6 +104,10 @@ impl Api {
             .await
             .context("api.bootstrap_environment")?;
         }
+        let self_update_hosts =
+            download_url::AllowList::parse(&settings.api.self_update_allowed_hosts)
+                .map_err(anyhow::Error::msg)
+                .context("api.self_update_allowed_hosts")?;
         let redis = Redis::new(&settings.redis).context("redis.url")?;
         // One cap on bcrypt work for node, operator and enrollment tokens alike.
         let bcrypt = BcryptGate::new(&settings.auth);
@@ -118,6 +122,7 @@ impl Api {
             notifier: notify::Notifier::new(redis.clone()),
             fleet_events: fleet_events::FleetEvents::default(),
             live: live::LiveStreams::default(),
+            self_update_hosts,
             limits: state::Limits {
                 enroll: RateLimiter::new(settings.api.enroll_per_minute, Duration::from_secs(60)),
                 auth_failures: RateLimiter::new(

@@ -31,6 +31,8 @@ pub struct AppState {
     pub notifier: Notifier,
     /// Per-address rate limits.
     pub limits: Limits,
+    /// Internal hosts self-update URLs may name (`api.self_update_allowed_hosts`, parsed).
+    pub self_update_hosts: crate::download_url::AllowList,
     /// Live events for the fleet page.
     pub fleet_events: FleetEvents,
     /// Slots for operators' live log and tap streams.

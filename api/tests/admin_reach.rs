@@ -107,6 +107,21 @@ async fn self_update_urls_must_be_https_to_a_public_host() {
     assert!(reason.contains("api.self_update_allowed_hosts"), "{reason}");
 }
 
+/// An allow-list entry that is no host name, address or block stops the api at start, naming
+/// the setting and the entry.
+#[tokio::test]
+async fn a_bad_allow_list_entry_stops_the_api() {
+    let db = flotilla_testkit::db::fresh().await;
+    let mut settings = flotilla_testkit::settings(&db.url, &flotilla_testkit::redis_url());
+    settings.api.self_update_allowed_hosts = "mirror.internal, 10.0.0.0/33".into();
+    let error = match flotilla_api::Api::build(settings).await {
+        Ok(_) => panic!("the api started with a bad allow-list entry"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("api.self_update_allowed_hosts"), "{error}");
+    assert!(error.contains("10.0.0.0/33"), "{error}");
+}
+
 /// `api.self_update_allowed_hosts` opens exactly the hosts, addresses and blocks it names.
 #[tokio::test]
 async fn allowed_internal_hosts_are_accepted() {

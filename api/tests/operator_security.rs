@@ -436,6 +436,14 @@ fn printed_token(output: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(banner).map(str::to_owned))
 }
 
+/// The status of `GET path` on a process's address with a bearer token.
+async fn bearer_status(addr: std::net::SocketAddr, path: &str, token: &str) -> StatusCode {
+    let request = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(token);
+    within(path, request.send()).await.unwrap().status()
+}
+
 async fn admin_tokens(db: &flotilla_testkit::db::TestDb) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM operator_tokens WHERE role = 'admin' AND NOT revoked")
         .fetch_one(&db.pool)
@@ -463,16 +471,8 @@ async fn a_first_start_prints_one_admin_token_once() {
     assert_eq!(printed.len(), 1, "printed by one of them");
     let token = printed[0].clone();
     assert!(token.starts_with("vf_op_"), "an issued operator token");
-    let r = within(
-        "a call with the first admin token",
-        reqwest::Client::new()
-            .get(format!("http://{}/api/v1/tokens", two.addr))
-            .bearer_auth(&token)
-            .send(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let listed = bearer_status(two.addr, "/api/v1/tokens", &token).await;
+    assert_eq!(listed, StatusCode::OK);
     let output = one.output() + &two.output();
     assert_eq!(
         output.matches(&token).count(),
@@ -483,16 +483,8 @@ async fn a_first_start_prints_one_admin_token_once() {
     two.kill().await;
 
     let mut again = flotilla_testkit::process::start(binary, &env).await;
-    let r = within(
-        "a call after a restart",
-        reqwest::Client::new()
-            .get(format!("http://{}/api/v1/me", again.addr))
-            .bearer_auth(&token)
-            .send(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "the token survives restarts");
+    let me = bearer_status(again.addr, "/api/v1/me", &token).await;
+    assert_eq!(me, StatusCode::OK, "the token survives restarts");
     assert!(printed_token(&again.output()).is_none());
     again.kill().await;
 }
@@ -517,24 +509,13 @@ async fn an_unset_bootstrap_token_removes_the_one_installed_before() {
         .unwrap();
 
     let mut api = flotilla_testkit::process::start(binary, &env).await;
-    let me = |token: String| {
-        let url = format!("http://{}/api/v1/me", api.addr);
-        async move {
-            within(
-                "/api/v1/me",
-                reqwest::Client::new().get(url).bearer_auth(token).send(),
-            )
-            .await
-            .unwrap()
-            .status()
-        }
-    };
-    assert_eq!(
-        me("flotilla-admin".to_owned()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    let old_default = bearer_status(api.addr, "/api/v1/me", "flotilla-admin").await;
+    assert_eq!(old_default, StatusCode::UNAUTHORIZED);
     let token = printed_token(&api.output()).expect("a first admin token");
-    assert_eq!(me(token).await, StatusCode::OK);
+    assert_eq!(
+        bearer_status(api.addr, "/api/v1/me", &token).await,
+        StatusCode::OK
+    );
     api.kill().await;
 }
 

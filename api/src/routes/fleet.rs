@@ -422,10 +422,7 @@ async fn action(
 ) -> Result<(StatusCode, axum::Json<Value>)> {
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
-    // Validated at start (`Settings::validate`), so this parse does not fail in practice.
-    let allowed = AllowList::parse(&state.settings.api.self_update_allowed_hosts)
-        .map_err(|e| anyhow::anyhow!("api.self_update_allowed_hosts: {e}"))?;
-    let (kind, action) = validate_action(body, &allowed)?;
+    let (kind, action) = validate_action(body, &state.self_update_hosts)?;
     let node: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
         "SELECT environment_id, deployment_mode, agent_health IS NOT NULL FROM nodes WHERE id = $1",
     )
