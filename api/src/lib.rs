@@ -16,12 +16,15 @@
 //! - [`taps`]: live taps, relayed through Redis and never stored.
 //! - [`live`]: operator streams that follow one Redis channel.
 //! - [`redis_rate`]: per-second budgets shared by every api, counted in Redis.
+//! - [`audit`]: the audit trail of operator changes, written with the change it records.
+//! - [`paging`]: page sizes and opaque cursors for operator listings.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`download_url`]: where a self-update may send agents (https, no internal hosts).
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
+pub mod audit;
 pub mod download_url;
 pub mod error;
 pub mod extract;
@@ -30,6 +33,7 @@ pub mod live;
 pub mod node_logs;
 pub mod notify;
 pub mod openapi;
+pub mod paging;
 pub mod operator_auth;
 pub mod redis_rate;
 pub mod restarts;

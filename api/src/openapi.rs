@@ -24,6 +24,7 @@ use flotilla_shared::protocol::ErrorBody;
         tokens::create, tokens::list, tokens::revoke, health::healthz, health::readyz, metrics::metrics, session::me,
         session::sign_in, session::sign_out,
         logs::ship, logs::follow, taps::start, taps::stop, taps::events, taps::agent_events,
+        audit::list,
     ),
     modifiers(&Security)
 )]

@@ -2,6 +2,7 @@
 
 pub mod agent_config;
 pub mod agent_samples;
+pub mod audit;
 pub mod enroll;
 pub mod environments;
 pub mod fleet;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(page::router())
         .merge(session::router())
+        .merge(audit::router())
         .merge(crate::openapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(middleware::from_fn_with_state(

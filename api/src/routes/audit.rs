@@ -1,0 +1,88 @@
+//! The audit trail (admin): every operator change, newest first, paged by cursor.
+
+use crate::error::Result;
+use crate::extract::{Operator, Query};
+use crate::operator_auth::Role;
+use crate::paging;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Audit routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/audit", get(list))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// One recorded change.
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    #[serde(skip)]
+    id: i64,
+    at: DateTime<Utc>,
+    token_id: Uuid,
+    token_name: String,
+    action: String,
+    target_type: String,
+    target_id: Option<String>,
+    #[schema(value_type = Object)]
+    detail: Value,
+}
+
+/// A page of the audit trail.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "operator",
+    params(
+        ("limit" = Option<i64>, Query, description = "entries per page, 1 to 1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "nextCursor of the previous page"),
+    ),
+    responses((status = 200, body = AuditPage), (status = 400, description = "bad query", body = flotilla_shared::protocol::ErrorBody), crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+async fn list(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<AuditQuery>,
+) -> Result<axum::Json<AuditPage>> {
+    op.require(Role::Admin)?;
+    let limit = paging::limit(q.limit)?;
+    let after: Option<i64> = paging::decode(q.cursor.as_deref())?;
+    let mut entries: Vec<AuditEntry> = sqlx::query_as(
+        "SELECT id, at, token_id, token_name, action, target_type, target_id, detail
+         FROM audit_log WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let next_cursor = (entries.len() as i64 > limit).then(|| {
+        entries.truncate(limit as usize);
+        paging::encode(&entries.last().map(|e| e.id))
+    });
+    Ok(axum::Json(AuditPage {
+        entries,
+        next_cursor,
+    }))
+}
