@@ -1,161 +1,361 @@
-// The fleet page's script, served at /assets/fleet.js. The page's CSP allows no inline script
-// or style: handlers are attached with addEventListener (never `on…=` attributes), and styles
-// come from classes in /assets/fleet.css (never a `style` attribute). The server puts what the
-// script needs to know in data attributes (`<body data-role>`).
-"use strict";
-const isAdmin = document.body.dataset.role === "admin";
-const main = document.getElementById("fleet");
-const live = document.getElementById("live");
-let environments = [], nodes = [];
+// The fleet view: summary bar, filters, sorting, cursor paging, row selection and bulk
+// actions. Live events patch only the rows on screen: their node ids are queued and re-read
+// with one `?ids=` request at most once a second; nothing refetches the fleet on an event.
+import { ago, api, can, confirmDialog, describe, el, num, plural, query, run, toast } from "./lib.js";
+import { gettingStarted } from "./start.js";
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+const PAGE_SIZE = 50;
+const STATUSES = ["HEALTHY", "UNREACHABLE"];
+const PIPELINE_STATUSES = ["RUNNING", "STARTING", "PENDING", "STOPPED", "CRASHED", "CRASH_LOOP"];
+/** The least time between two re-reads of queued rows, and between two summary reads. */
+const ROW_REFRESH_MS = 1000;
+const SUMMARY_REFRESH_MS = 3000;
+
+// Kept across visits to the view, so coming back from a node shows the same page.
+const state = {
+  filters: { environmentId: localStorage.getItem("flotilla.env") || "", host: "", status: "", connected: "",
+             transport: "", label: "", pipelineId: "", pipelineStatus: "", crashed: "" },
+  sort: "host",
+  cursors: [""],
+  selected: new Set(),
+};
+
+/** The filter as the list's query keys (only those set). */
+const activeFilter = () => Object.fromEntries(Object.entries(state.filters).filter(([, v]) => v !== ""));
+const filtering = () => Object.keys(activeFilter()).some(k => k !== "environmentId");
+
+/** A pipeline pill: a link to its node's detail. A stale one (the node is unreachable) reads "last known". */
+export function pipelinePill(node, p, names) {
+  const stale = p.lastKnown || node.status === "UNREACHABLE";
+  const name = names[p.pipelineId] || p.pipelineId.slice(0, 8);
+  return el("a", { class: "pill " + p.status + (stale ? " last-known" : ""), href: "#/node/" + node.id + "?pipeline=" + p.pipelineId,
+    title: stale ? "Last known status: the node is not reporting" : "Status, counters and live log",
+    "data-pipeline-id": p.pipelineId },
+    name + " v" + p.version + " · " + (stale ? "last known " : "") + p.status.toLowerCase());
+}
+
+/** The push-channel badge of a connected node. */
+export function wsBadge(n) {
+  const says = (n.pushTransport === "sse" ? "Server-Sent Events" : "WebSocket") + " connected — real-time push enabled";
+  return el("span", { class: "ws-badge", title: says, "aria-label": says }, "WS");
+}
+
+export function mount(main) {
+  let nodes = [], names = {}, environments = [], nextCursor = null, stopped = false;
+  const rows = new Map();
+  const queued = new Set();
+  let flushTimer = null, lastFlush = 0, summaryTimer = null, lastSummary = 0;
+
+  const summary = el("div", { class: "summary", id: "summary", "aria-live": "polite" });
+  const tbody = el("tbody");
+  const pager = el("div", { class: "pager" });
+  const bulkBar = el("div", { class: "bulk", id: "bulk" });
+  const start = el("div");
+  const head = el("tr", {},
+    can("admin") ? el("th", { scope: "col", class: "select" }, el("input", { type: "checkbox", id: "select-page", "aria-label": "Select every node on this page",
+      onchange: ev => { for (const n of nodes) ev.target.checked ? state.selected.add(n.id) : state.selected.delete(n.id); renderRows(); renderBulk(); } })) : null,
+    ...["Host", "Status", "Last seen", "Agent", "Vector", "Pipelines"].map(h => el("th", { scope: "col" }, h)),
+    can("admin") ? el("th", { scope: "col" }, "Actions") : null);
+  const table = el("section", { class: "panel table", "aria-label": "Nodes" }, el("table", { id: "nodes" }, el("thead", {}, head), tbody));
+
+  main.append(el("h1", { class: "view-title" }, "Fleet"), summary, filterBar(), bulkBar, start, table, pager);
+  main.setAttribute("aria-busy", "true");
+
+  function filterBar() {
+    const f = state.filters;
+    const current = key => (key === "sort" ? state.sort : f[key]);
+    const select = (key, label, options) => el("label", {}, label, el("select", { name: key, onchange: ev => setFilter(key, ev.target.value) },
+      ...options.map(([v, text]) => el("option", { value: v, selected: current(key) === v }, text))));
+    const text = (key, label, placeholder, id) => {
+      let timer = null;
+      return el("label", {}, label, el("input", { name: key, id, value: f[key], placeholder, autocomplete: "off",
+        oninput: ev => { clearTimeout(timer); timer = setTimeout(() => setFilter(key, ev.target.value.trim()), 300); } }));
+    };
+    const envSelect = el("select", { name: "environmentId", id: "fleet-env", onchange: ev => { localStorage.setItem("flotilla.env", ev.target.value); setFilter("environmentId", ev.target.value); } },
+      el("option", { value: "" }, "All environments"));
+    const pipelineSelect = el("select", { name: "pipelineId", onchange: ev => setFilter("pipelineId", ev.target.value) }, el("option", { value: "" }, "Any pipeline"));
+    filterBar.fill = (envs, pipes) => {
+      envSelect.replaceChildren(el("option", { value: "" }, "All environments"),
+        ...envs.map(e => el("option", { value: e.id, selected: f.environmentId === e.id }, e.name)));
+      pipelineSelect.replaceChildren(el("option", { value: "" }, "Any pipeline"),
+        ...pipes.map(p => el("option", { value: p.id, selected: f.pipelineId === p.id }, p.name)));
+    };
+    return el("form", { class: "filters", id: "filters", onsubmit: ev => ev.preventDefault() },
+      el("label", {}, "Environment", envSelect),
+      text("host", "Host", "starts with…", "filter-host"),
+      select("status", "Status", [["", "Any status"], ...STATUSES.map(s => [s, s])]),
+      select("connected", "Push", [["", "Any"], ["true", "Connected"], ["false", "Not connected"]]),
+      select("transport", "Transport", [["", "Any"], ["websocket", "WebSocket"], ["sse", "Server-Sent Events"]]),
+      text("label", "Label", "key=value", "filter-label"),
+      el("label", {}, "Pipeline", pipelineSelect),
+      select("pipelineStatus", "Pipeline status", [["", "Any"], ...PIPELINE_STATUSES.map(s => [s, s])]),
+      el("label", { class: "check" }, el("input", { type: "checkbox", name: "crashed", id: "filter-crashed", checked: f.crashed === "true",
+        onchange: ev => setFilter("crashed", ev.target.checked ? "true" : "") }), "Crashed pipelines"),
+      select("sort", "Sort", [["host", "Host"], ["lastSeen", "Last seen"]]));
   }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
-  return e;
-}
 
-function ago(iso) {
-  if (!iso) return "never";
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (s < 60) return s + "s ago";
-  if (s < 3600) return Math.round(s / 60) + "m ago";
-  if (s < 86400) return Math.round(s / 3600) + "h ago";
-  return Math.round(s / 86400) + "d ago";
-}
-
-// Every write carries a JSON body ({} when it has nothing to say) and says so in its
-// Content-Type: the api refuses cookie-authenticated writes without it (a cross-site form
-// cannot send one).
-async function api(method, path, body) {
-  const write = method !== "GET" && method !== "HEAD";
-  const r = await fetch(path, { method, credentials: "same-origin",
-    headers: write ? { "Content-Type": "application/json" } : {},
-    body: write ? JSON.stringify(body ?? {}) : undefined });
-  if (r.status === 401) { location.reload(); throw new Error("signed out"); }
-  if (!r.ok) { const e = await r.json().catch(() => ({})); throw new Error(e.error || r.statusText); }
-  return r.status === 204 ? null : r.json();
-}
-
-async function act(node, label, method, path, body, confirmText) {
-  if (confirmText && !confirm(confirmText)) return;
-  try { await api(method, path, body); document.getElementById("status").textContent = label + " sent to " + node.host; }
-  catch (e) { alert(label + " failed: " + e.message); }
-  await load();
-}
-
-function row(n) {
-  const status = n.maintenanceMode ? "MAINTENANCE" : n.status;
-  const statusCell = el("td", {}, el("span", { class: "pill " + status }, status));
-  if (n.wsConnected) {
-    const over = n.pushTransport === "sse" ? "Server-Sent Events" : "WebSocket";
-    const says = over + " connected — real-time push enabled";
-    statusCell.append(el("span", { class: "ws-badge", title: says, "aria-label": says }, "WS"));
+  function setFilter(key, value) {
+    if (key === "sort") state.sort = value; else state.filters[key] = value;
+    state.cursors = [""];
+    state.selected.clear();
+    loadPage();
+    refreshSummary(true);
   }
-  const pipes = el("div", { class: "pipes" });
-  for (const p of n.pipelines) pipes.append(el("button", { type: "button", class: "pill " + p.status, title: "Details and recent logs",
-    "data-pipeline-id": p.pipelineId, onclick: () => showPipeline(n, p.pipelineId) },
-    (pipelineNames[p.pipelineId] || p.pipelineId.slice(0, 8)) + " v" + p.version + " · " + p.status.toLowerCase()));
-  if (!n.pipelines.length) pipes.append(el("span", { class: "muted" }, "—"));
-  const cells = [
-    el("th", { scope: "row" }, n.host),
-    statusCell,
-    el("td", { title: n.lastSeen || "" }, ago(n.lastSeen)),
-    el("td", {}, n.agentVersion || el("span", { class: "muted" }, "—")),
-    el("td", {}, n.vectorVersion || el("span", { class: "muted" }, "—")),
-    el("td", {}, pipes),
-  ];
-  if (isAdmin) {
-    const base = "/api/v1/fleet/" + n.id;
-    cells.push(el("td", { class: "actions" },
-      el("button", { type: "button", onclick: () => act(n, "Maintenance", "POST", base + "/maintenance", { enabled: !n.maintenanceMode }) },
-         n.maintenanceMode ? "End maintenance" : "Maintenance"),
-      el("button", { type: "button", onclick: () => act(n, "Restart", "POST", base + "/actions", { type: "restart" }) }, "Restart"),
-      el("button", { type: "button", class: "danger", onclick: () => act(n, "Revoke", "DELETE", base, null,
-         "Revoke " + n.host + "? Its token stops working immediately and it must enroll again.") }, "Revoke")));
+
+  function row(n) {
+    const status = n.maintenanceMode ? "MAINTENANCE" : n.status;
+    const statusCell = el("td", {}, el("span", { class: "pill " + status }, status), n.wsConnected ? wsBadge(n) : null);
+    const pipes = el("div", { class: "pipes" }, ...n.pipelines.map(p => pipelinePill(n, p, names)));
+    if (!n.pipelines.length) pipes.append(el("span", { class: "muted" }, "—"));
+    const cells = [
+      el("th", { scope: "row" }, el("a", { href: "#/node/" + n.id }, n.host)),
+      statusCell,
+      el("td", { title: n.lastSeen || "" }, ago(n.lastSeen)),
+      el("td", {}, n.agentVersion || el("span", { class: "muted" }, "—")),
+      el("td", {}, n.vectorVersion || el("span", { class: "muted" }, "—")),
+      el("td", {}, pipes),
+    ];
+    if (can("admin")) {
+      cells.unshift(el("td", { class: "select" }, el("input", { type: "checkbox", "aria-label": "Select " + n.host, checked: state.selected.has(n.id),
+        onchange: ev => { ev.target.checked ? state.selected.add(n.id) : state.selected.delete(n.id); renderBulk(); } })));
+      cells.push(el("td", { class: "actions" }, ...nodeActions(n, () => queue(n.id), () => patch(n.id, null))));
+    }
+    return el("tr", { "data-node-id": n.id, "data-ws": String(n.wsConnected) }, ...cells);
   }
-  return el("tr", { "data-node-id": n.id, "data-ws": String(n.wsConnected) }, ...cells);
-}
 
-// What the node last reported about one pipeline (the listing leaves logs out).
-async function showPipeline(n, pipelineId) {
-  let p;
-  try { p = (await api("GET", "/api/v1/fleet/" + n.id)).pipelines.find(x => x.pipelineId === pipelineId); }
-  catch (e) { alert("Could not load the pipeline: " + e.message); return; }
-  if (!p) { await load(); return; }
-  const dialog = document.getElementById("pipeline");
-  document.getElementById("pipeline-title").textContent = (pipelineNames[pipelineId] || pipelineId) + " on " + n.host;
-  const facts = [["status", p.status], ["version", "v" + p.version], ["config checksum", p.configChecksum || "—"],
-                 ["uptime", p.uptimeSeconds == null ? "—" : p.uptimeSeconds + " s"], ["reported", p.updatedAt || "—"]];
-  document.getElementById("pipeline-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
-  const pre = document.getElementById("pipeline-logs");
-  const logs = p.recentLogs || [];
-  pre.textContent = logs.length ? logs.join("\n") : "No recent log lines reported.";
-  const restart = document.getElementById("pipeline-restart");
-  restart.hidden = !isAdmin;
-  restart.onclick = () => act(n, "Pipeline restart", "POST", "/api/v1/fleet/" + n.id + "/actions",
-    { type: "restart", pipelineId }, "Restart this pipeline on " + n.host + "?");
-  // New lines follow live while the dialog is open (the stream repeats the kept lines first).
-  const follow = new EventSource("/api/v1/fleet/" + n.id + "/logs?pipelineId=" + encodeURIComponent(pipelineId));
-  let first = true;
-  follow.addEventListener("lines", ev => {
-    const batch = JSON.parse(ev.data).lines;
-    if (first) { pre.textContent = ""; first = false; }
-    pre.textContent += (pre.textContent ? "\n" : "") + batch.join("\n");
-    pre.scrollTop = pre.scrollHeight;
-  });
-  dialog.addEventListener("close", () => follow.close(), { once: true });
-  dialog.showModal();
-}
-
-// ", 2 crashed pipelines" (CRASHED and CRASH_LOOP alike), or nothing.
-function crashCount(nodes) {
-  const n = nodes.reduce((sum, node) => sum + (node.crashedPipelines || 0), 0);
-  return n ? " · " + n + " crashed pipeline" + (n === 1 ? "" : "s") : "";
-}
-
-let pipelineNames = {};
-function render() {
-  main.replaceChildren();
-  if (!environments.length) main.append(el("p", { class: "empty" }, "No environments yet."));
-  for (const env of environments) {
-    const mine = nodes.filter(n => n.environmentId === env.id);
-    const head = el("tr", {}, ...["Host", "Status", "Last seen", "Agent", "Vector", "Pipelines"].map(h => el("th", { scope: "col" }, h)));
-    if (isAdmin) head.append(el("th", { scope: "col" }, "Actions"));
-    const body = el("tbody", {}, ...mine.map(row));
-    if (!mine.length) body.append(el("tr", {}, el("td", { colspan: isAdmin ? 7 : 6, class: "empty" }, "No nodes enrolled.")));
-    main.append(el("section", { "aria-label": env.name },
-      el("table", {}, el("caption", {}, env.name, el("span", { class: "count" }, mine.length + " node" + (mine.length === 1 ? "" : "s")
-           + crashCount(mine))),
-         el("thead", {}, head), body)));
+  function renderRows() {
+    rows.clear();
+    tbody.replaceChildren(...nodes.map(n => { const r = row(n); rows.set(n.id, r); return r; }));
+    if (!nodes.length) {
+      tbody.append(el("tr", {}, el("td", { colspan: can("admin") ? 8 : 6, class: "empty" },
+        filtering() ? "No node matches these filters." : "No nodes enrolled.")));
+    }
+    const all = document.getElementById("select-page");
+    if (all) all.checked = nodes.length > 0 && nodes.every(n => state.selected.has(n.id));
   }
-  main.setAttribute("aria-busy", "false");
-}
 
-let loading = null, again = false;
-async function load() {
-  if (loading) { again = true; return loading; }
-  loading = (async () => {
+  /** Replaces one node's row in place (or drops it when `n` is null). */
+  function patch(id, n) {
+    const i = nodes.findIndex(x => x.id === id);
+    if (i < 0) return;
+    const old = rows.get(id);
+    if (!n) { nodes.splice(i, 1); old?.remove(); rows.delete(id); state.selected.delete(id); renderBulk(); return; }
+    nodes[i] = n;
+    const fresh = row(n);
+    rows.set(id, fresh);
+    old?.replaceWith(fresh);
+  }
+
+  function renderPager() {
+    const page = state.cursors.length;
+    pager.replaceChildren(
+      el("button", { type: "button", id: "page-prev", disabled: page === 1, onclick: () => { state.cursors.pop(); loadPage(); } }, "← Previous"),
+      el("span", { class: "muted" }, "Page " + page + " · " + plural(nodes.length, "node") + " shown"),
+      el("button", { type: "button", id: "page-next", disabled: !nextCursor, onclick: () => { state.cursors.push(nextCursor); loadPage(); } }, "Next →"));
+  }
+
+  function renderBulk() {
+    if (!can("admin")) return;
+    const action = el("select", { id: "bulk-action", "aria-label": "Bulk action" },
+      el("option", { value: "maintenance_on" }, "Start maintenance"),
+      el("option", { value: "maintenance_off" }, "End maintenance"),
+      el("option", { value: "restart" }, "Restart"),
+      el("option", { value: "self_update" }, "Self-update"));
+    const update = el("span", { class: "update-fields", hidden: true },
+      el("input", { id: "bulk-version", placeholder: "target version", "aria-label": "Target version" }),
+      el("input", { id: "bulk-url", placeholder: "https://… download URL", "aria-label": "Download URL" }),
+      el("input", { id: "bulk-checksum", placeholder: "sha256:…", "aria-label": "Checksum" }),
+      el("input", { id: "bulk-signature", placeholder: "signature (optional)", "aria-label": "Signature" }));
+    action.addEventListener("change", () => { update.hidden = action.value !== "self_update"; });
+    const scope = el("select", { id: "bulk-scope", "aria-label": "Apply to" },
+      el("option", { value: "selection", disabled: !state.selected.size, selected: state.selected.size > 0 }, "the " + plural(state.selected.size, "selected node")),
+      el("option", { value: "filter", selected: !state.selected.size }, "every node matching the filter"));
+    bulkBar.replaceChildren(el("span", {}, "Bulk action"), action, update, el("span", {}, "on"), scope,
+      el("button", { type: "button", id: "bulk-apply", onclick: () => bulk(action.value, scope.value) }, "Apply…"),
+      state.selected.size ? el("button", { type: "button", class: "link", onclick: () => { state.selected.clear(); renderRows(); renderBulk(); } }, "Clear selection") : null);
+  }
+
+  // How many nodes the filter matches: exact when it fits on one page, else the summary's
+  // count for the same filter.
+  async function countMatching() {
+    if (state.cursors.length === 1 && !nextCursor) return nodes.length;
+    const s = await api("GET", "/api/v1/fleet/summary" + query(activeFilter()));
+    return s.total;
+  }
+
+  async function bulk(kind, scope) {
+    const labels = { maintenance_on: "Start maintenance", maintenance_off: "End maintenance", restart: "Restart", self_update: "Self-update" };
+    const action = kind === "maintenance_on" || kind === "maintenance_off"
+      ? { type: "maintenance", enabled: kind === "maintenance_on" }
+      : kind === "restart" ? { type: "restart" }
+      : { type: "self_update", targetVersion: val("bulk-version"), downloadUrl: val("bulk-url"), checksum: val("bulk-checksum"),
+          signature: val("bulk-signature") || undefined };
+    let count, target;
+    if (scope === "selection") { count = state.selected.size; target = { nodeIds: [...state.selected] }; }
+    else {
+      try { count = await countMatching(); } catch (e) { toast("Counting the nodes failed: " + describe(e), "error"); return; }
+      target = { filter: bulkFilter() };
+    }
+    if (!count) { toast("No node to act on", "error"); return; }
+    const what = scope === "selection" ? "the selected nodes" : "every node matching the filter" + filterText();
+    const ok = await confirmDialog({ title: labels[kind] + " on " + plural(count, "node"),
+      text: labels[kind] + " on " + plural(count, "node") + " (" + what + ")?", ok: labels[kind], danger: kind !== "maintenance_off" });
+    if (!ok) return;
+    const r = await run(labels[kind], () => api("POST", "/api/v1/fleet/actions", { ...target, action }),
+      r => labels[kind] + ": " + plural(r.affected, "node") + " affected" + (r.skipped ? ", " + r.skipped + " skipped" : ""));
+    if (r) { state.selected.clear(); loadPage(); refreshSummary(true); }
+  }
+
+  // The filter for a bulk action: the list's keys, with booleans as booleans.
+  function bulkFilter() {
+    const f = activeFilter();
+    for (const k of ["connected", "crashed"]) if (k in f) f[k] = f[k] === "true";
+    return f;
+  }
+
+  function filterText() {
+    const f = activeFilter();
+    const env = environments.find(e => e.id === f.environmentId);
+    const parts = Object.entries(f).map(([k, v]) => k === "environmentId" ? "environment " + (env ? env.name : v)
+      : k === "pipelineId" ? "pipeline " + (names[v] || v) : k + " " + v);
+    return parts.length ? ": " + parts.join(", ") : "";
+  }
+
+  function renderSummary(s) {
+    const items = [["Nodes", s.total]];
+    for (const [k, v] of Object.entries(s.byStatus || {})) items.push([k.toLowerCase(), v]);
+    items.push(["push connected", s.connected]);
+    if (s.maintenance !== undefined) items.push(["maintenance", s.maintenance]);
+    items.push(["crashed pipelines", s.crashedPipelines]);
+    summary.replaceChildren(...items.map(([k, v]) => el("div", { class: "stat" + (k === "crashed pipelines" && v ? " bad" : "") },
+      el("strong", {}, num(v)), el("span", {}, k))));
+  }
+
+  async function refreshSummary(now = false) {
+    if (stopped) return;
+    const wait = now ? 0 : Math.max(0, lastSummary + SUMMARY_REFRESH_MS - Date.now());
+    if (summaryTimer && !now) return;
+    clearTimeout(summaryTimer);
+    summaryTimer = setTimeout(async () => {
+      summaryTimer = null;
+      lastSummary = Date.now();
+      try {
+        const s = await api("GET", "/api/v1/fleet/summary" + query({ environmentId: state.filters.environmentId }));
+        if (!stopped) { renderSummary(s); showStart(s.total === 0); }
+      } catch (e) { summary.replaceChildren(el("span", { class: "muted" }, "Summary unavailable: " + describe(e))); }
+    }, wait);
+  }
+
+  function showStart(empty) {
+    start.replaceChildren(empty && !filtering() ? gettingStarted(environments, state.filters.environmentId) : "");
+    table.hidden = empty && !filtering();
+  }
+
+  let loading = 0;
+  async function loadPage() {
+    const mine = ++loading;
+    const cursor = state.cursors[state.cursors.length - 1];
     try {
-      const [e, f, p] = await Promise.all([api("GET", "/api/v1/environments"), api("GET", "/api/v1/fleet"), api("GET", "/api/v1/pipelines")]);
-      environments = e.environments; nodes = f.nodes;
-      pipelineNames = Object.fromEntries(p.pipelines.map(x => [x.id, x.name]));
-      render();
-    } catch (err) { console.error(err); }
-  })();
-  await loading; loading = null;
-  if (again) { again = false; await load(); }
+      const page = await api("GET", "/api/v1/fleet" + query({ ...activeFilter(), sort: state.sort, limit: PAGE_SIZE, cursor }));
+      if (stopped || mine !== loading) return;
+      nodes = page.nodes;
+      nextCursor = page.nextCursor || null;
+      renderRows();
+      renderPager();
+      renderBulk();
+      if (!nodes.length && state.cursors.length === 1 && !filtering()) showStart(true);
+      else if (nodes.length) showStart(false);
+    } catch (e) {
+      if (!stopped) toast("Loading the fleet failed: " + describe(e), "error");
+    }
+    main.setAttribute("aria-busy", "false");
+  }
+
+  // Re-reads the queued rows with one request, at most once a second.
+  function queue(id) {
+    queued.add(id);
+    if (flushTimer) return;
+    flushTimer = setTimeout(flush, Math.max(0, lastFlush + ROW_REFRESH_MS - Date.now()));
+  }
+
+  async function flush() {
+    flushTimer = null;
+    lastFlush = Date.now();
+    const ids = [...queued].filter(id => rows.has(id));
+    queued.clear();
+    if (!ids.length) return;
+    try {
+      const page = await api("GET", "/api/v1/fleet" + query({ ids: ids.join(","), limit: ids.length }));
+      if (stopped) return;
+      const wanted = new Set(ids);
+      for (const n of page.nodes) if (wanted.has(n.id)) patch(n.id, n);
+    } catch (e) {
+      console.error("re-reading rows failed", e);
+    }
+  }
+
+  function onEvent(ev) {
+    const e = ev.detail;
+    if (e.kind === "resync") { loadPage(); refreshSummary(true); return; }
+    if (!e.nodeId) return;
+    refreshSummary();
+    if (e.kind === "revoked") { patch(e.nodeId, null); return; }
+    const n = nodes.find(x => x.id === e.nodeId);
+    if (!n) {
+      // The first agent of an empty fleet shows up without a reload.
+      if (!nodes.length && state.cursors.length === 1 && !filtering()) loadPage();
+      return;
+    }
+    if ("connected" in e) {
+      // Presence is shown at once; the re-read below fills in the transport.
+      patch(n.id, { ...n, wsConnected: e.connected, gatewayId: e.connected ? e.gatewayId : null });
+    }
+    queue(n.id);
+  }
+
+  document.addEventListener("fleet-event", onEvent);
+  const ticker = setInterval(() => { if (!document.hidden) renderRows(); }, 15000);
+  Promise.all([api("GET", "/api/v1/environments"), api("GET", "/api/v1/pipelines")]).then(([e, p]) => {
+    if (stopped) return;
+    environments = e.environments;
+    names = Object.fromEntries(p.pipelines.map(x => [x.id, x.name]));
+    filterBar.fill(environments, p.pipelines);
+    renderRows();
+  }).catch(e => toast("Loading environments failed: " + describe(e), "error"));
+  loadPage();
+  refreshSummary(true);
+
+  return () => {
+    stopped = true;
+    document.removeEventListener("fleet-event", onEvent);
+    clearTimeout(flushTimer);
+    clearTimeout(summaryTimer);
+    clearInterval(ticker);
+  };
 }
 
-function connect() {
-  const es = new EventSource("/api/v1/fleet/events");
-  es.onopen = () => { live.textContent = "live"; live.className = "on"; load(); };
-  es.onmessage = () => load();
-  es.onerror = () => { live.textContent = "reconnecting…"; live.className = ""; };
-}
+const val = id => document.getElementById(id).value.trim();
 
-load();
-connect();
-setInterval(() => { if (!document.hidden) load(); }, 15000);
+/** A node's admin buttons: maintenance, restart, revoke, each confirmed; `changed` runs after a change. */
+export function nodeActions(n, changed, revoked = changed) {
+  const base = "/api/v1/fleet/" + n.id;
+  return [
+    el("button", { type: "button", class: "maintenance", onclick: async () => {
+      const on = !n.maintenanceMode;
+      const ok = await confirmDialog({ title: (on ? "Maintenance for " : "End maintenance of ") + n.host,
+        text: on ? n.host + " stops all its pipelines until maintenance ends." : n.host + " gets its pipelines back.",
+        ok: on ? "Start maintenance" : "End maintenance" });
+      if (ok && await run("Maintenance", () => api("POST", base + "/maintenance", { enabled: on }),
+        () => (on ? "Maintenance on for " : "Maintenance off for ") + n.host)) changed();
+    } }, n.maintenanceMode ? "End maintenance" : "Maintenance"),
+    el("button", { type: "button", class: "restart", onclick: async () => {
+      const ok = await confirmDialog({ title: "Restart " + n.host, text: "Restart every pipeline on " + n.host + "?", ok: "Restart" });
+      if (ok && await run("Restart", () => api("POST", base + "/actions", { type: "restart" }), () => "Restart sent to " + n.host)) changed();
+    } }, "Restart"),
+    el("button", { type: "button", class: "danger revoke", onclick: async () => {
+      const ok = await confirmDialog({ title: "Revoke " + n.host,
+        text: "Revoke " + n.host + "? Its token stops working immediately and it must enroll again.", ok: "Revoke", danger: true });
+      if (ok && await run("Revoke", () => api("DELETE", base), () => "Revoked " + n.host)) revoked();
+    } }, "Revoke"),
+  ];
+}

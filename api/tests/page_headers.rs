@@ -95,49 +95,71 @@ async fn the_pages_policy_allows_no_inline_script_or_style_signed_in_or_out() {
     }
 }
 
-#[tokio::test]
-async fn assets_are_served_with_their_types_and_revalidated() {
-    let (_db, api) = common::start().await;
-    for (path, content_type, file) in [
-        (
-            "/assets/fleet.js",
-            "text/javascript; charset=utf-8",
-            include_str!("../assets/fleet.js"),
-        ),
-        (
-            "/assets/fleet.css",
-            "text/css; charset=utf-8",
-            include_str!("../assets/fleet.css"),
-        ),
-        (
-            "/assets/sign-in.css",
-            "text/css; charset=utf-8",
-            include_str!("../assets/sign-in.css"),
-        ),
-    ] {
-        // Public: the sign-in page needs its styles before anyone signs in.
-        let resp = get(&api, path, None).await;
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        assert_eq!(header(&resp, "content-type"), content_type, "{path}");
-        assert_eq!(header(&resp, "cache-control"), "no-cache", "{path}");
-        assert_eq!(header(&resp, "x-content-type-options"), "nosniff", "{path}");
-        assert_eq!(resp.text().await.unwrap(), file, "{path}");
-    }
-    let missing = get(&api, "/assets/nothing.js", None).await;
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+/// Every file in `api/assets/`, read from the source tree: name and contents.
+fn asset_files() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 #[tokio::test]
-async fn the_fleet_script_sends_every_write_as_same_origin_json() {
+async fn assets_are_served_with_their_types_and_revalidated() {
     let (_db, api) = common::start().await;
-    let script = get(&api, "/assets/fleet.js", None)
+    let files = asset_files();
+    assert!(
+        files.len() > 3,
+        "the console's modules and styles: {files:?}"
+    );
+    for (name, body) in files {
+        let path = format!("/assets/{name}");
+        let content_type = if name.ends_with(".js") {
+            "text/javascript; charset=utf-8"
+        } else {
+            "text/css; charset=utf-8"
+        };
+        // Public: the sign-in page needs its styles before anyone signs in.
+        let resp = get(&api, &path, None).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path} is served");
+        assert_eq!(header(&resp, "content-type"), content_type, "{path}");
+        assert_eq!(header(&resp, "cache-control"), "no-cache", "{path}");
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(resp.text().await.unwrap(), body, "{path}");
+    }
+    for missing in ["/assets/nothing.js", "/assets/..%2Fsrc%2Fmain.rs"] {
+        let resp = get(&api, missing, None).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+}
+
+#[tokio::test]
+async fn the_console_scripts_send_every_write_as_same_origin_json() {
+    let (_db, api) = common::start().await;
+    let scripts: Vec<(String, String)> = asset_files()
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".js"))
+        .collect();
+    // One fetch, in the one request helper every action goes through.
+    let fetches: Vec<&str> = scripts
+        .iter()
+        .filter(|(_, body)| body.contains("fetch("))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(fetches, ["lib.js"], "only the request helper fetches");
+    let lib = get(&api, "/assets/lib.js", None)
         .await
         .text()
         .await
         .unwrap();
-    // One fetch, in the one request helper every action goes through.
-    assert_eq!(script.matches("fetch(").count(), 1, "a single fetch call");
-    let helper = &script[script.find("async function api(").expect("the helper")..];
+    assert_eq!(lib.matches("fetch(").count(), 1, "a single fetch call");
+    let helper = &lib[lib.find("export async function api(").expect("the helper")..];
     let helper = &helper[..helper.find("\n}\n").unwrap()];
     for part in [
         r#"credentials: "same-origin""#,
@@ -146,11 +168,27 @@ async fn the_fleet_script_sends_every_write_as_same_origin_json() {
     ] {
         assert!(helper.contains(part), "{part} in {helper}");
     }
-    // The role reaches the script through a data attribute, not templated script text.
-    assert!(script.contains("document.body.dataset.role"));
-    assert!(!script.contains("{{"));
+    for (name, body) in &scripts {
+        // Nothing the strict policy would block, and no markup built from strings.
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            ".style.",
+            "setAttribute(\"style\"",
+            "eval(",
+            "window.confirm",
+            "alert(",
+        ] {
+            assert!(!body.contains(banned), "{name} uses {banned}");
+        }
+        assert!(!body.contains("{{"), "{name} is not templated");
+    }
+    // The role reaches the scripts through a data attribute, not templated script text.
+    assert!(lib.contains("document.body.dataset.role"));
     // The push badge's tooltip names the transport.
-    assert!(script.contains(r#"n.pushTransport === "sse" ? "Server-Sent Events" : "WebSocket""#));
+    let fleet = &scripts.iter().find(|(n, _)| n == "fleet.js").unwrap().1;
+    assert!(fleet.contains(r#"n.pushTransport === "sse" ? "Server-Sent Events" : "WebSocket""#));
 }
 
 #[tokio::test]
