@@ -1,5 +1,5 @@
 // The audit trail: every operator change, newest first, with who made it; paged by cursor.
-import { api, describe, el, query, when } from "./lib.js";
+import { api, describe, el, put, query, when } from "./lib.js";
 
 const PAGE_SIZE = 50;
 
@@ -35,7 +35,7 @@ export function mount(main) {
       cursor = page.nextCursor;
       more.hidden = !cursor;
     } catch (e) {
-      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" },
+      put(tbody, el("tr", {}, el("td", { colspan: 5, class: "empty" },
         e.status === 403 ? "Only admins see the audit trail." : "Loading the audit trail failed: " + describe(e))));
     }
     more.disabled = false;

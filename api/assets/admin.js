@@ -1,6 +1,6 @@
 // Administration: environments and their enrollment tokens (shown once, with the agent
 // command), operator tokens (shown once; revocable) and the agents' poll interval.
-import { api, can, confirmDialog, copyable, describe, el, panel, run, toast, when } from "./lib.js";
+import { api, can, confirmDialog, copyable, describe, el, panel, put, run, toast, when } from "./lib.js";
 import { shownOnce } from "./start.js";
 
 const ROLES = ["viewer", "editor", "admin"];
@@ -29,7 +29,7 @@ export function mount(main) {
       el("form", { class: "row", id: "env-create", onsubmit: async ev => {
         ev.preventDefault();
         const r = await run("Create environment", () => api("POST", "/api/v1/environments", { name: envName.value.trim() }), e => "Environment " + e.name + " created");
-        if (r) { envName.value = ""; envSecret.replaceChildren(shownOnce("Enrollment token for " + r.name, r.enrollmentToken)); loadEnvironments(); }
+        if (r) { envName.value = ""; put(envSecret, shownOnce("Enrollment token for " + r.name, r.enrollmentToken)); loadEnvironments(); }
       } }, el("label", {}, "New environment", envName), el("button", { type: "submit", class: "primary" }, "Create")),
       envSecret),
     panel("Operator tokens",
@@ -39,7 +39,7 @@ export function mount(main) {
         const r = await run("Create token", () => api("POST", "/api/v1/tokens", { name: tokenName.value.trim(), role: tokenRole.value }), t => "Token " + t.name + " (" + t.role + ") created");
         if (r) {
           tokenName.value = "";
-          tokenSecret.replaceChildren(el("div", { class: "secret" }, el("h3", {}, "Token " + r.name),
+          put(tokenSecret, el("div", { class: "secret" }, el("h3", {}, "Token " + r.name),
             el("p", {}, "Shown once: the api keeps only its hash. Use it as a bearer token or to sign in here."), copyable(r.token, "the operator token")));
           loadTokens();
         }
@@ -57,7 +57,7 @@ export function mount(main) {
     try {
       const { environments } = await api("GET", "/api/v1/environments");
       if (stopped) return;
-      envBody.replaceChildren(...environments.map(e => el("tr", { "data-environment-id": e.id },
+      put(envBody, ...environments.map(e => el("tr", { "data-environment-id": e.id },
         el("th", { scope: "row" }, e.name), el("td", {}, String(e.nodeCount)),
         el("td", {}, el("code", {}, e.enrollmentTokenHint ? e.enrollmentTokenHint + "…" : "—")), el("td", {}, when(e.createdAt)),
         el("td", {}, el("button", { type: "button", class: "rotate", onclick: async () => {
@@ -65,7 +65,7 @@ export function mount(main) {
             text: "The current enrollment token of " + e.name + " stops working at once; enrolled agents keep working." });
           if (!ok) return;
           const r = await run("Rotate", () => api("POST", "/api/v1/environments/" + e.id + "/enrollment-token"), () => "New enrollment token for " + e.name);
-          if (r) { envSecret.replaceChildren(shownOnce("Enrollment token for " + e.name, r.enrollmentToken)); loadEnvironments(); }
+          if (r) { put(envSecret, shownOnce("Enrollment token for " + e.name, r.enrollmentToken)); loadEnvironments(); }
         } }, "New enrollment token")))));
       if (!environments.length) envBody.append(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No environments yet.")));
     } catch (e) { toast("Loading environments failed: " + describe(e), "error"); }
@@ -75,7 +75,7 @@ export function mount(main) {
     try {
       const { tokens } = await api("GET", "/api/v1/tokens");
       if (stopped) return;
-      tokenBody.replaceChildren(...tokens.map(t => el("tr", { "data-token-id": t.id },
+      put(tokenBody, ...tokens.map(t => el("tr", { "data-token-id": t.id },
         el("th", { scope: "row" }, t.name), el("td", {}, t.role), el("td", {}, when(t.createdAt)),
         el("td", {}, t.revoked ? "revoked" : t.bootstrap ? "bootstrap" : "active"),
         el("td", {}, t.revoked ? "" : el("button", { type: "button", class: "danger", onclick: async () => {

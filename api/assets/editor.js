@@ -1,6 +1,6 @@
 // A plain YAML editor: a monospace textarea with a line-number gutter that marks the line an
 // error names; Tab inserts two spaces (Shift+Tab still leaves the field).
-import { el } from "./lib.js";
+import { el, put } from "./lib.js";
 
 /** A unified diff with its lines classed as added, removed, hunk header or context. */
 export function renderDiff(text) {
@@ -25,7 +25,7 @@ export function yamlEditor(initial, { onInput = () => {}, readOnly = false } = {
   function numbers() {
     const count = area.value.split("\n").length;
     if (gutter.childElementCount !== count) {
-      gutter.replaceChildren(...Array.from({ length: count }, (_, i) =>
+      put(gutter, ...Array.from({ length: count }, (_, i) =>
         el("div", { class: i + 1 === marked ? "n error-line" : "n", "data-line": i + 1 }, String(i + 1))));
     }
     gutter.scrollTop = area.scrollTop;

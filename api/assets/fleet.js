@@ -1,7 +1,7 @@
 // The fleet view: summary bar, filters, sorting, cursor paging, row selection and bulk
 // actions. Live events patch only the rows on screen: their node ids are queued and re-read
 // with one `?ids=` request at most once a second; nothing refetches the fleet on an event.
-import { ago, api, can, confirmDialog, describe, el, num, plural, query, run, toast } from "./lib.js";
+import { ago, api, can, confirmDialog, describe, el, num, plural, put, query, run, toast } from "./lib.js";
 import { gettingStarted } from "./start.js";
 
 const PAGE_SIZE = 50;
@@ -10,6 +10,8 @@ const PIPELINE_STATUSES = ["RUNNING", "STARTING", "PENDING", "STOPPED", "CRASHED
 /** The least time between two re-reads of queued rows, and between two summary reads. */
 const ROW_REFRESH_MS = 1000;
 const SUMMARY_REFRESH_MS = 3000;
+/** Pages of 1,000 read at most to count a bulk action's nodes before confirming. */
+const COUNT_PAGES = 10;
 
 // Kept across visits to the view, so coming back from a node shows the same page.
 const state = {
@@ -75,9 +77,9 @@ export function mount(main) {
       el("option", { value: "" }, "All environments"));
     const pipelineSelect = el("select", { name: "pipelineId", onchange: ev => setFilter("pipelineId", ev.target.value) }, el("option", { value: "" }, "Any pipeline"));
     filterBar.fill = (envs, pipes) => {
-      envSelect.replaceChildren(el("option", { value: "" }, "All environments"),
+      put(envSelect, el("option", { value: "" }, "All environments"),
         ...envs.map(e => el("option", { value: e.id, selected: f.environmentId === e.id }, e.name)));
-      pipelineSelect.replaceChildren(el("option", { value: "" }, "Any pipeline"),
+      put(pipelineSelect, el("option", { value: "" }, "Any pipeline"),
         ...pipes.map(p => el("option", { value: p.id, selected: f.pipelineId === p.id }, p.name)));
     };
     return el("form", { class: "filters", id: "filters", onsubmit: ev => ev.preventDefault() },
@@ -125,7 +127,7 @@ export function mount(main) {
 
   function renderRows() {
     rows.clear();
-    tbody.replaceChildren(...nodes.map(n => { const r = row(n); rows.set(n.id, r); return r; }));
+    put(tbody, ...nodes.map(n => { const r = row(n); rows.set(n.id, r); return r; }));
     if (!nodes.length) {
       tbody.append(el("tr", {}, el("td", { colspan: can("admin") ? 8 : 6, class: "empty" },
         filtering() ? "No node matches these filters." : "No nodes enrolled.")));
@@ -148,7 +150,7 @@ export function mount(main) {
 
   function renderPager() {
     const page = state.cursors.length;
-    pager.replaceChildren(
+    put(pager, 
       el("button", { type: "button", id: "page-prev", disabled: page === 1, onclick: () => { state.cursors.pop(); loadPage(); } }, "← Previous"),
       el("span", { class: "muted" }, "Page " + page + " · " + plural(nodes.length, "node") + " shown"),
       el("button", { type: "button", id: "page-next", disabled: !nextCursor, onclick: () => { state.cursors.push(nextCursor); loadPage(); } }, "Next →"));
@@ -170,17 +172,23 @@ export function mount(main) {
     const scope = el("select", { id: "bulk-scope", "aria-label": "Apply to" },
       el("option", { value: "selection", disabled: !state.selected.size, selected: state.selected.size > 0 }, "the " + plural(state.selected.size, "selected node")),
       el("option", { value: "filter", selected: !state.selected.size }, "every node matching the filter"));
-    bulkBar.replaceChildren(el("span", {}, "Bulk action"), action, update, el("span", {}, "on"), scope,
+    put(bulkBar, el("span", {}, "Bulk action"), action, update, el("span", {}, "on"), scope,
       el("button", { type: "button", id: "bulk-apply", onclick: () => bulk(action.value, scope.value) }, "Apply…"),
       state.selected.size ? el("button", { type: "button", class: "link", onclick: () => { state.selected.clear(); renderRows(); renderBulk(); } }, "Clear selection") : null);
   }
 
-  // How many nodes the filter matches: exact when it fits on one page, else the summary's
-  // count for the same filter.
+  // How many nodes the filter matches: the page itself when it is the only one, else counted
+  // by paging through the matching ids (up to COUNT_PAGES pages of 1,000).
   async function countMatching() {
-    if (state.cursors.length === 1 && !nextCursor) return nodes.length;
-    const s = await api("GET", "/api/v1/fleet/summary" + query(activeFilter()));
-    return s.total;
+    if (state.cursors.length === 1 && !nextCursor) return { count: nodes.length, exact: true };
+    let count = 0, cursor = "";
+    for (let page = 0; page < COUNT_PAGES; page++) {
+      const r = await api("GET", "/api/v1/fleet" + query({ ...activeFilter(), limit: 1000, cursor }));
+      count += r.nodes.length;
+      if (!r.nextCursor) return { count, exact: true };
+      cursor = r.nextCursor;
+    }
+    return { count, exact: false };
   }
 
   async function bulk(kind, scope) {
@@ -190,19 +198,20 @@ export function mount(main) {
       : kind === "restart" ? { type: "restart" }
       : { type: "self_update", targetVersion: val("bulk-version"), downloadUrl: val("bulk-url"), checksum: val("bulk-checksum"),
           signature: val("bulk-signature") || undefined };
-    let count, target;
-    if (scope === "selection") { count = state.selected.size; target = { nodeIds: [...state.selected] }; }
+    let counted, target;
+    if (scope === "selection") { counted = { count: state.selected.size, exact: true }; target = { nodeIds: [...state.selected] }; }
     else {
-      try { count = await countMatching(); } catch (e) { toast("Counting the nodes failed: " + describe(e), "error"); return; }
+      try { counted = await countMatching(); } catch (e) { toast("Counting the nodes failed: " + describe(e), "error"); return; }
       target = { filter: bulkFilter() };
     }
-    if (!count) { toast("No node to act on", "error"); return; }
+    if (!counted.count) { toast("No node to act on", "error"); return; }
+    const many = (counted.exact ? "" : "more than ") + plural(counted.count, "node");
     const what = scope === "selection" ? "the selected nodes" : "every node matching the filter" + filterText();
-    const ok = await confirmDialog({ title: labels[kind] + " on " + plural(count, "node"),
-      text: labels[kind] + " on " + plural(count, "node") + " (" + what + ")?", ok: labels[kind], danger: kind !== "maintenance_off" });
+    const ok = await confirmDialog({ title: labels[kind] + " on " + many,
+      text: labels[kind] + " on " + many + " (" + what + ")?", ok: labels[kind], danger: kind !== "maintenance_off" });
     if (!ok) return;
     const r = await run(labels[kind], () => api("POST", "/api/v1/fleet/actions", { ...target, action }),
-      r => labels[kind] + ": " + plural(r.affected, "node") + " affected" + (r.skipped ? ", " + r.skipped + " skipped" : ""));
+      r => labels[kind] + ": " + plural(r.affected, "node") + " affected" + skippedText(r.skipped));
     if (r) { state.selected.clear(); loadPage(); refreshSummary(true); }
   }
 
@@ -222,12 +231,12 @@ export function mount(main) {
   }
 
   function renderSummary(s) {
-    const items = [["Nodes", s.total]];
+    const items = [["nodes", s.total]];
     for (const [k, v] of Object.entries(s.byStatus || {})) items.push([k.toLowerCase(), v]);
     items.push(["push connected", s.connected]);
     if (s.maintenance !== undefined) items.push(["maintenance", s.maintenance]);
     items.push(["crashed pipelines", s.crashedPipelines]);
-    summary.replaceChildren(...items.map(([k, v]) => el("div", { class: "stat" + (k === "crashed pipelines" && v ? " bad" : "") },
+    put(summary, ...items.map(([k, v]) => el("div", { class: "stat" + (k === "crashed pipelines" && v ? " bad" : "") },
       el("strong", {}, num(v)), el("span", {}, k))));
   }
 
@@ -242,12 +251,12 @@ export function mount(main) {
       try {
         const s = await api("GET", "/api/v1/fleet/summary" + query({ environmentId: state.filters.environmentId }));
         if (!stopped) { renderSummary(s); showStart(s.total === 0); }
-      } catch (e) { summary.replaceChildren(el("span", { class: "muted" }, "Summary unavailable: " + describe(e))); }
+      } catch (e) { put(summary, el("span", { class: "muted" }, "Summary unavailable: " + describe(e))); }
     }, wait);
   }
 
   function showStart(empty) {
-    start.replaceChildren(empty && !filtering() ? gettingStarted(environments, state.filters.environmentId) : "");
+    put(start, empty && !filtering() ? gettingStarted(environments, state.filters.environmentId) : "");
     table.hidden = empty && !filtering();
   }
 
@@ -335,6 +344,13 @@ export function mount(main) {
 }
 
 const val = id => document.getElementById(id).value.trim();
+
+/** ", 2 skipped (docker: 2)" from a bulk answer's reasons, or nothing. */
+function skippedText(skipped) {
+  const reasons = Object.entries(skipped || {}).filter(([, n]) => n > 0);
+  const total = reasons.reduce((sum, [, n]) => sum + n, 0);
+  return total ? ", " + total + " skipped (" + reasons.map(([why, n]) => why.replace(/_/g, " ") + ": " + n).join(", ") + ")" : "";
+}
 
 /** A node's admin buttons: maintenance, restart, revoke, each confirmed; `changed` runs after a change. */
 export function nodeActions(n, changed, revoked = changed) {

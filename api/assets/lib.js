@@ -8,6 +8,11 @@ const RANK = { viewer: 0, editor: 1, admin: 2 };
 /** Whether the operator's role is at least `needed` (viewer < editor < admin). */
 export const can = needed => RANK[role] >= RANK[needed];
 
+/** Replaces `parent`'s children with the given ones, leaving out null, undefined and false. */
+export function put(parent, ...children) {
+  parent.replaceChildren(...children.flat().filter(c => c !== null && c !== undefined && c !== false));
+}
+
 /** Builds an element: `class`, `on<event>` handlers, other attributes, then children. */
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);

@@ -1,7 +1,7 @@
 // One node in detail: what it reports about itself, its labels (admins edit them), actions,
 // host metrics, and per pipeline its status, counters, live log, a restart button and a
 // sample / live tap viewer that targets this node.
-import { ago, api, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, run, toast, when } from "./lib.js";
+import { ago, api, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
 import { nodeActions, wsBadge } from "./fleet.js";
 import { componentsOf } from "./yaml.js";
 
@@ -21,11 +21,11 @@ export function mount(main, { id, query }) {
   function render() {
     const n = node;
     const status = n.maintenanceMode ? "MAINTENANCE" : n.status;
-    head.replaceChildren(el("h1", { class: "view-title", id: "node-host" }, n.host), pill(status), n.wsConnected ? wsBadge(n) : null,
+    put(head, el("h1", { class: "view-title", id: "node-host" }, n.host), pill(status), n.wsConnected ? wsBadge(n) : null,
       can("admin") ? el("span", { class: "actions" }, ...nodeActions(n, refresh, () => { location.hash = "#/fleet"; }), selfUpdateButton(n)) : null);
     const pending = n.pendingAction ? n.pendingAction.type + (n.pendingAction.targetVersion ? " → " + n.pendingAction.targetVersion : "")
       + (n.pendingAction.pipelineId ? " (" + (names[n.pendingAction.pipelineId] || n.pendingAction.pipelineId) + ")" : "") : "none";
-    about.replaceChildren(
+    put(about, 
       panel("Node", facts([
         ["Status", status], ["Last seen", ago(n.lastSeen)], ["OS", n.os], ["Agent", n.agentVersion], ["Vector", n.vectorVersion],
         ["Deployment", n.deploymentMode], ["Running as", n.runningAs],
@@ -109,9 +109,9 @@ export function mount(main, { id, query }) {
       update(p) {
         const stale = p.lastKnown || node.status === "UNREACHABLE";
         title.textContent = (names[pid] || pid) + " v" + p.version;
-        status.replaceChildren(pill(p.status, stale ? "last-known" : ""), stale ? el("span", { class: "muted" }, " last known") : null);
+        put(status, pill(p.status, stale ? "last-known" : ""), stale ? el("span", { class: "muted" }, " last known") : null);
         const counters = Object.entries(p.metrics || {}).filter(([, v]) => typeof v === "number").map(([k, v]) => [k, num(v)]);
-        info.replaceChildren(facts([["Status", p.status], ["Uptime", p.uptimeSeconds == null ? "—" : p.uptimeSeconds + " s"],
+        put(info, facts([["Status", p.status], ["Uptime", p.uptimeSeconds == null ? "—" : p.uptimeSeconds + " s"],
           ["Config checksum", p.configChecksum ? p.configChecksum.slice(0, 16) + "…" : "—"], ["Reported", ago(p.updatedAt)], ...counters]));
       },
       stop: viewer.stop,
@@ -129,7 +129,7 @@ export function mount(main, { id, query }) {
     api("GET", "/api/v1/pipelines/" + pid).then(p => {
       const version = p.versions.find(v => v.version === (p.deployedVersion ?? p.latestVersion)) || p.versions[p.versions.length - 1];
       const keys = version ? componentsOf(version.configYaml).filter(c => c.kind !== "sinks").map(c => c.key) : [];
-      options.replaceChildren(...keys.map(k => el("option", { value: k })));
+      put(options, ...keys.map(k => el("option", { value: k })));
       if (!component.value && keys.length) component.value = keys[0];
     }).catch(() => {});
     const show = (text, events) => { out.textContent = text + (events.length ? "\n" + events.map(e => JSON.stringify(e)).join("\n") : ""); };
@@ -191,7 +191,7 @@ export function mount(main, { id, query }) {
     try {
       node = await api("GET", "/api/v1/fleet/" + id);
     } catch (e) {
-      main.replaceChildren(el("p", { class: "empty" }, e.status === 404 ? "This node is gone (revoked or never enrolled)." : "Loading the node failed: " + describe(e)),
+      put(main, el("p", { class: "empty" }, e.status === 404 ? "This node is gone (revoked or never enrolled)." : "Loading the node failed: " + describe(e)),
         el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")));
       main.setAttribute("aria-busy", "false");
       return false;

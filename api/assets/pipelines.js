@@ -1,7 +1,7 @@
 // Pipelines: the list per environment, and one pipeline's page — the YAML editor validated on
 // the server as you type, versions with a diff between any two, a live preview of the nodes
 // its selector matches, and deploy, undeploy, rollback and delete, each confirmed.
-import { api, ApiError, can, confirmDialog, debounce, describe, el, formatLabels, panel, parseLabels, pill, plural, run, toast, when } from "./lib.js";
+import { api, ApiError, can, confirmDialog, debounce, describe, el, formatLabels, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
 import { renderDiff, yamlEditor } from "./editor.js";
 
 const VALIDATE_DELAY_MS = 400;
@@ -36,7 +36,7 @@ export function mountList(main) {
         el("td", {}, "v" + p.latestVersion),
         el("td", {}, el("code", {}, formatLabels(p.nodeSelector) || "every node"), p.selectorLabels === "operator" ? " (operator labels)" : ""),
         el("td", {}, when(p.updatedAt))));
-      table.querySelector("tbody").replaceChildren(...rows);
+      put(table.querySelector("tbody"), ...rows);
       if (!rows.length) table.querySelector("tbody").append(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No pipelines in this environment yet.")));
     } catch (e) { toast("Loading pipelines failed: " + describe(e), "error"); }
     main.setAttribute("aria-busy", "false");
@@ -134,7 +134,7 @@ export function mountEditor(main, { id }) {
     try {
       const r = await api("POST", "/api/v1/environments/" + env + "/selector-preview", { nodeSelector, selectorLabels: labelsFrom });
       if (box.dataset.seq !== mine || stopped) return r;
-      box.replaceChildren(el("p", { class: "count" }, "Matches " + plural(r.count, "node")
+      put(box, el("p", { class: "count" }, "Matches " + plural(r.count, "node")
         + (Object.keys(nodeSelector).length ? "" : " (no selector: every node of the environment)")),
         r.nodes.length ? el("table", { class: "compact" }, el("tbody", {}, ...r.nodes.map(n => el("tr", {},
           el("td", {}, el("a", { href: "#/node/" + n.id }, n.host)), el("td", {}, pill(n.maintenanceMode ? "MAINTENANCE" : n.status)),
@@ -170,7 +170,7 @@ export function mountEditor(main, { id }) {
   function renderPipeline() {
     const p = pipeline;
     heading.textContent = p.name;
-    deployState.replaceChildren(p.deployedVersion ? pill("DEPLOYED") : pill("NOT_DEPLOYED"),
+    put(deployState, p.deployedVersion ? pill("DEPLOYED") : pill("NOT_DEPLOYED"),
       el("span", { id: "deployed-version" }, p.deployedVersion ? " v" + p.deployedVersion + " deployed" : " not deployed"),
       el("span", { class: "muted" }, " · latest v" + p.latestVersion),
       editable ? el("span", { class: "actions" },
@@ -186,13 +186,13 @@ export function mountEditor(main, { id }) {
     const options = sel => [...p.versions].sort((a, b) => a.version - b.version).map(v => el("option", { value: v.version, selected: v.version === sel }, "v" + v.version));
     const from = el("select", { id: "diff-from", "aria-label": "From version" }, ...options(Math.max(1, p.latestVersion - 1)));
     const to = el("select", { id: "diff-to", "aria-label": "To version" }, ...options(p.latestVersion));
-    versions.replaceChildren(el("table", { id: "versions" }, el("thead", {}, el("tr", {}, ...["Version", "", "Created", "Checksum", "Selector", ""].map(h => el("th", { scope: "col" }, h)))),
+    put(versions, el("table", { id: "versions" }, el("thead", {}, el("tr", {}, ...["Version", "", "Created", "Checksum", "Selector", ""].map(h => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...rows)),
       el("form", { class: "row diff-form", onsubmit: async ev => {
         ev.preventDefault();
         try {
           const d = await api("GET", "/api/v1/pipelines/" + id + "/diff?from=" + from.value + "&to=" + to.value);
-          diffOut.replaceChildren(panel("Diff v" + d.from + " → v" + d.to, renderDiff(d.diff)));
+          put(diffOut, panel("Diff v" + d.from + " → v" + d.to, renderDiff(d.diff)));
         } catch (e) { toast("Diff failed: " + describe(e), "error"); }
       } }, el("span", {}, "Diff"), from, el("span", {}, "→"), to, el("button", { type: "submit", id: "show-diff" }, "Show diff")));
   }
@@ -248,7 +248,7 @@ export function mountEditor(main, { id }) {
     try {
       pipeline = await api("GET", "/api/v1/pipelines/" + id);
     } catch (e) {
-      main.replaceChildren(el("p", { class: "empty" }, e.status === 404 ? "No such pipeline." : "Loading the pipeline failed: " + describe(e)),
+      put(main, el("p", { class: "empty" }, e.status === 404 ? "No such pipeline." : "Loading the pipeline failed: " + describe(e)),
         el("p", {}, el("a", { href: "#/pipelines" }, "← Pipelines")));
       return;
     }
@@ -270,7 +270,7 @@ export function mountEditor(main, { id }) {
     environments = envs;
     if (creating) {
       const env = pickEnv(environments);
-      envSelect.replaceChildren(...environments.map(e => el("option", { value: e.id, selected: e.id === env?.id }, e.name)));
+      put(envSelect, ...environments.map(e => el("option", { value: e.id, selected: e.id === env?.id }, e.name)));
       if (!environments.length) toast("Create an environment first (Admin)", "error");
       main.setAttribute("aria-busy", "false");
       validate();

@@ -1,6 +1,6 @@
 // Getting an agent running: the commands that start one with an enrollment token, and the
 // panel an empty fleet shows a newcomer.
-import { api, can, confirmDialog, copyable, el, run } from "./lib.js";
+import { api, can, confirmDialog, copyable, el, put, run } from "./lib.js";
 
 /** The shell and docker commands that start an agent enrolling with `token`. */
 export function agentCommands(token) {
@@ -43,7 +43,7 @@ export function gettingStarted(environments, envId) {
       if (!ok) return;
       const r = await run("Enrollment token", () => api("POST", "/api/v1/environments/" + env.id + "/enrollment-token"),
         () => "New enrollment token for " + env.name);
-      if (r) out.replaceChildren(shownOnce("Enrollment token for " + env.name, r.enrollmentToken));
+      if (r) put(out, shownOnce("Enrollment token for " + env.name, r.enrollmentToken));
     } }, "Get an enrollment token for " + env.name));
   } else if (can("admin")) {
     const name = el("input", { id: "first-env-name", placeholder: "production", "aria-label": "Environment name", required: true });
@@ -51,7 +51,7 @@ export function gettingStarted(environments, envId) {
       ev.preventDefault();
       const r = await run("Create environment", () => api("POST", "/api/v1/environments", { name: name.value.trim() }),
         e => "Environment " + e.name + " created");
-      if (r) out.replaceChildren(shownOnce("Enrollment token for " + r.name, r.enrollmentToken));
+      if (r) put(out, shownOnce("Enrollment token for " + r.name, r.enrollmentToken));
     } }, name, el("button", { type: "submit", class: "primary" }, "Create an environment")));
   }
   return el("section", { class: "panel getting-started", id: "getting-started", "aria-label": "Getting started" },

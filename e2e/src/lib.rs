@@ -1,8 +1,10 @@
 //! Helpers for the end-to-end tests: the local topology (`scripts/topology`) as a value that
-//! stops itself, a minimal push-channel client, and a minimal WebDriver client.
+//! stops itself, a minimal push-channel client, a minimal WebDriver client and the operator
+//! console driven through it.
 //!
 //! The topology runs the binaries in `target/debug`: build them first (`scripts/test` does).
 
+pub mod console;
 pub mod webdriver;
 
 use futures_util::StreamExt;

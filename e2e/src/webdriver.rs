@@ -176,6 +176,15 @@ impl Element<'_> {
             .map(drop)
     }
 
+    /// Empties it (an input or textarea).
+    pub async fn clear(&self) -> anyhow::Result<()> {
+        let path = format!("/element/{}/clear", self.id);
+        self.session
+            .command(reqwest::Method::POST, &path, Some(json!({})))
+            .await
+            .map(drop)
+    }
+
     /// Clicks it.
     pub async fn click(&self) -> anyhow::Result<()> {
         let path = format!("/element/{}/click", self.id);

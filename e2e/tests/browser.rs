@@ -1,12 +1,22 @@
-//! The fleet page in real headless Chromium: sign in, watch the WS badge appear and vanish
-//! without reloading as an agent connects and disconnects through the balancer, act on nodes
-//! from the page, and never trip the page's content security policy.
-//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
+//! The operator console in real headless Chromium, against the local topology (api, two
+//! gateways, nginx) and real agents:
+//! - the WS badge appears and vanishes without reloading as an agent connects and disconnects
+//!   through the balancer; a pipeline's log follows live; node actions are confirmed in the
+//!   page's dialog; nothing trips the page's content security policy;
+//! - an operator's day from the page: an environment and its enrollment token, the first agent
+//!   (the reference agent binary over a stand-in Vector), a pipeline drafted with a validation
+//!   error shown on its line, fixed, previewed, deployed and seen RUNNING on the node, a new
+//!   version, a diff, a rollback, a sample of events from the node, bulk maintenance on a
+//!   filter, and every step in the activity view under the operator's token name.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and nginx, and the
+//! api, gateway and agent binaries built (`cargo build --bins`).
 
+use flotilla_e2e::console::{Console, STEP};
 use flotilla_e2e::webdriver::Session;
-use flotilla_e2e::{repo_root, PushClient, Topology};
+use flotilla_e2e::{bin_dir, repo_root, PushClient, Topology};
 use flotilla_testkit::{db, eventually, redis_url};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,6 +63,19 @@ async fn start_chromedriver() -> (Driver, String) {
     (driver, format!("http://127.0.0.1:{port}"))
 }
 
+/// A headless Chromium session that keeps the browser's console log.
+async fn browser(webdriver: &str) -> Session {
+    let caps = json!({"goog:chromeOptions": {
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900"]
+    }, "goog:loggingPrefs": {"browser": "ALL"}, "unhandledPromptBehavior": "ignore"});
+    Session::new(webdriver, caps)
+        .await
+        .expect("a Chromium session")
+}
+
 /// What the browser's console said about the content security policy since the last look.
 async fn csp_violations(client: &Session) -> Vec<String> {
     client
@@ -66,11 +89,42 @@ async fn csp_violations(client: &Session) -> Vec<String> {
         .collect()
 }
 
-/// Fails the test with what the page said, if it put up an alert (a failed action does).
-async fn no_alert(client: &Session) {
-    if let Some(text) = client.alert_text().await {
-        panic!("the page alerted: {text}");
+/// Signs in on the sign-in page with `token`.
+async fn sign_in(client: &Session, base: &str, token: &str) {
+    client.goto(base).await.unwrap();
+    client
+        .find("#token")
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    client
+        .find("button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// An operator call with a bearer token; the answer's status and JSON body.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
     }
+    let resp = flotilla_testkit::within("an api call", req.send())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn badge_shown(client: &Session, node_id: &str) -> bool {
@@ -120,7 +174,7 @@ async fn the_ws_badge_follows_the_agent_live() {
     let pipeline: serde_json::Value = http
         .post(format!("{lb}/api/v1/pipelines"))
         .bearer_auth(ADMIN)
-        .json(&json!({"environmentId": env["id"], "name": "nginx-logs", "configYaml": "sources: {}\n"}))
+        .json(&json!({"environmentId": env["id"], "name": "nginx-logs", "configYaml": FIXED}))
         .send()
         .await
         .unwrap()
@@ -148,15 +202,8 @@ async fn the_ws_badge_follows_the_agent_live() {
         .unwrap();
 
     let (_driver, webdriver) = start_chromedriver().await;
-    let caps = json!({"goog:chromeOptions": {
-        "binary": "/usr/bin/chromium",
-        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,720"]
-    }, "goog:loggingPrefs": {"browser": "ALL"}, "unhandledPromptBehavior": "ignore"});
-    let client = Session::new(&webdriver, caps)
-        .await
-        .expect("a Chromium session");
+    let client = browser(&webdriver).await;
+    let page = Console::new(&client, &lb);
 
     client.goto(&lb).await.unwrap();
     // The sign-in page loads its styles from /assets/ and nothing trips its policy.
@@ -169,31 +216,19 @@ async fn the_ws_badge_follows_the_agent_live() {
         .unwrap();
     assert_eq!(styled, "12px", "the sign-in page's stylesheet applies");
     assert_eq!(csp_violations(&client).await, Vec::<String>::new());
-    client
-        .find("#token")
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
-        .await
-        .unwrap();
-    client
-        .find("button[type=submit]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&client, &lb, ADMIN).await;
     let row = format!(r#"tr[data-node-id="{node_id}"]"#);
-    eventually("the node's row", Duration::from_secs(10), || async {
-        (!client.find_all(&row).await.unwrap_or_default().is_empty()).then_some(())
-    })
-    .await;
+    page.wait_for(&row).await;
     assert!(
         !badge_shown(&client, &node_id).await,
         "no badge before the agent connects"
     );
     let url = client.url().await.unwrap();
     assert!(!url.contains(ADMIN), "the token never appears in the URL");
+    assert!(
+        url.ends_with("#/fleet"),
+        "the fleet is the first view: {url}"
+    );
 
     // Connect: the badge appears without a reload.
     let push = PushClient::connect(topo.get("WS_URL"), &token)
@@ -205,7 +240,7 @@ async fn the_ws_badge_follows_the_agent_live() {
     })
     .await;
     let appear = connected.elapsed();
-    // The page re-renders its rows on live events, so the badge is looked up again each try.
+    // Live events patch rows, so the badge is looked up again each try.
     let title = eventually("the badge's title", Duration::from_secs(5), || async {
         let badge = client.find(&format!("{row} .ws-badge")).await.ok()?;
         badge.attr("title").await.ok().flatten()
@@ -213,56 +248,44 @@ async fn the_ws_badge_follows_the_agent_live() {
     .await;
     assert_eq!(title, "WebSocket connected — real-time push enabled");
 
+    // The summary bar counts the crashed pipeline.
+    let summary = page.wait_text("#summary", "crashed pipelines").await;
+    assert!(summary.contains("1crashed pipelines"), "{summary}");
     let shot = client.screenshot().await.unwrap();
     let out = repo_root().join("test-output");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("fleet-page.png"), &shot).unwrap();
 
-    // The environment's heading counts its crashed pipelines.
-    eventually("the crash count", Duration::from_secs(5), || async {
-        let text = client.text_of("caption").await.ok()?;
-        text.contains("1 crashed pipeline").then_some(())
-    })
+    // A pipeline's pill opens its node, with what the node last reported: its logs included.
+    page.click(&format!(
+        r#"tr[data-node-id="{}"] .pill[data-pipeline-id]"#,
+        nodes[1].0
+    ))
     .await;
-    // A pipeline's pill opens what its node last reported, recent logs included.
-    let crashed = format!(r#"tr[data-node-id="{}"] button.pill"#, nodes[1].0);
-    eventually("the pill is clicked", Duration::from_secs(5), || async {
-        client.find(&crashed).await.ok()?.click().await.ok()
-    })
-    .await;
-    let logs = eventually(
-        "the crashed pipeline's logs",
-        Duration::from_secs(5),
-        || async {
-            let text = client.text_of("#pipeline-logs").await.ok()?;
-            text.contains("already in use").then_some(text)
-        },
-    )
-    .await;
+    let log = format!(
+        r#"section.pipeline[data-pipeline-id="{}"] pre.log"#,
+        pipeline["id"].as_str().unwrap()
+    );
+    let logs = page.wait_text(&log, "already in use").await;
     assert!(logs.starts_with("starting"), "{logs}");
-    // New lines the agent ships follow live while the dialog is open.
+    assert_eq!(
+        page.text("#node-host").await.as_deref(),
+        Some("edge-2.example.net")
+    );
+    // New lines the agent ships follow live.
     http.post(format!("{lb}/api/agent/logs"))
         .bearer_auth(&nodes[1].1)
         .json(&json!([{"pipelineId": pipeline["id"], "lines": ["retrying bind in 5s"]}]))
         .send()
         .await
         .unwrap();
-    eventually(
-        "a shipped line shown live",
-        Duration::from_secs(5),
-        || async {
-            let text = client.text_of("#pipeline-logs").await.ok()?;
-            text.ends_with("retrying bind in 5s").then_some(())
-        },
-    )
+    eventually("a shipped line shown live", STEP, || async {
+        let text = page.text(&log).await?;
+        text.ends_with("retrying bind in 5s").then_some(())
+    })
     .await;
-    client
-        .find("#pipeline button[type=submit]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    page.open("#/fleet").await;
+    page.wait_for(&row).await;
 
     // Disconnect cleanly: the badge vanishes.
     push.close().await;
@@ -278,63 +301,46 @@ async fn the_ws_badge_follows_the_agent_live() {
         "live within 2 s: {appear:?} / {vanish:?}"
     );
 
-    // Actions from the page are cookie-authenticated writes, sent as same-origin JSON.
+    // Actions from the page are confirmed in its dialog and sent as same-origin JSON.
     let edge2 = format!(r#"tr[data-node-id="{}"]"#, nodes[1].0);
-    eventually("Maintenance is clicked", Duration::from_secs(5), || async {
-        let button = client
-            .find(&format!("{edge2} td.actions button"))
-            .await
-            .ok()?;
-        (button.text().await.ok()? == "Maintenance").then_some(())?;
-        button.click().await.ok()
-    })
-    .await;
-    // A failed action alerts; looking for the alert after the element catches one that opened
-    // meanwhile.
-    eventually("edge-2 in maintenance", Duration::from_secs(5), || async {
-        let status = client.text_of(&format!("{edge2} .pill")).await;
-        no_alert(&client).await;
-        (status.ok()? == "MAINTENANCE").then_some(())
-    })
-    .await;
+    page.click(&format!("{edge2} button.maintenance")).await;
+    page.confirm("Maintenance for edge-2.example.net").await;
+    page.toast("Maintenance on for edge-2.example.net").await;
+    page.wait_text(&format!("{edge2} .pill"), "MAINTENANCE")
+        .await;
     let ingest = format!(r#"tr[data-node-id="{}"]"#, nodes[2].0);
-    eventually("Revoke is clicked", Duration::from_secs(5), || async {
+    page.click(&format!("{ingest} button.revoke")).await;
+    let asked = page.confirm("Revoke ingest-1.example.net?").await;
+    assert!(asked.contains("must enroll again"), "{asked}");
+    page.toast("Revoked ingest-1.example.net").await;
+    eventually("ingest-1's row gone", STEP, || async {
         client
-            .find(&format!("{ingest} button.danger"))
+            .find_all(&ingest)
             .await
             .ok()?
-            .click()
-            .await
-            .ok()
+            .is_empty()
+            .then_some(())
     })
     .await;
-    let asked = client.alert_text().await.expect("a confirmation");
-    assert!(asked.starts_with("Revoke ingest-1.example.net?"), "{asked}");
-    client.accept_alert().await.unwrap();
-    eventually("ingest-1's row gone", Duration::from_secs(5), || async {
-        let rows = client.find_all(&ingest).await;
-        no_alert(&client).await;
-        rows.ok()?.is_empty().then_some(())
-    })
+    let (status, _) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet/{}", nodes[2].0),
+        ADMIN,
+        None,
+    )
     .await;
-    let said = client
-        .execute(
-            "return document.getElementById('status').textContent",
-            json!([]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(said, "Revoke sent to ingest-1.example.net");
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "revoked for real");
 
-    // The fleet page's styles applied, and nothing it did tripped its policy.
+    // The console's styles applied, and nothing it did tripped its policy.
     let styled = client
         .execute(
-            "return getComputedStyle(document.querySelector('section')).borderRadius",
+            "return getComputedStyle(document.querySelector('section.panel')).borderRadius",
             json!([]),
         )
         .await
         .unwrap();
-    assert_eq!(styled, "10px", "the fleet page's stylesheet applies");
+    assert_eq!(styled, "10px", "the console's stylesheet applies");
     assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     // The check sees violations: a style attribute set from script is one.
     client
@@ -354,5 +360,330 @@ async fn the_ws_badge_follows_the_agent_live() {
     )
     .await;
     assert!(seen[0].contains("style-src"), "{seen:?}");
+    client.close().await.unwrap();
+}
+
+/// The reference agent binary over the stand-in Vector, killed when dropped.
+struct Agent {
+    child: tokio::process::Child,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A scratch directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Agent {
+    fn start(url: &str, enrollment_token: &str, labels: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "flotilla-browser-agent-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(dir.join("vector")).unwrap();
+        let child = tokio::process::Command::new(bin_dir().join("flotilla-agent"))
+            .env("VF_URL", url)
+            .env("VF_TOKEN", enrollment_token)
+            .env("VF_DATA_DIR", dir.join("data"))
+            .env(
+                "VF_VECTOR_BIN",
+                repo_root().join("agent/tests/fixtures/vector"),
+            )
+            .env("VF_LABELS", labels)
+            .env("VF_POLL_INTERVAL", "1s")
+            .env("VF_DEPLOYMENT_MODE", "STANDALONE")
+            .env("FAKE_VECTOR_OUT", dir.join("vector"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the agent binary (cargo build -p flotilla-agent --bins)");
+        Self {
+            child,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The config the walk first types: a key indented out of line, so it is not valid YAML.
+const BROKEN: &str = "sources:\n  in:\n    type: demo_logs\n   format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
+const FIXED: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
+const SECOND: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"two\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
+
+#[tokio::test]
+async fn an_operator_runs_a_pipeline_from_the_console() {
+    let db = db::fresh().await;
+    let topo = Topology::start(&db.url, &redis_url(), ADMIN).expect("topology starts");
+    let lb = topo.get("LB_URL").to_owned();
+    let http = reqwest::Client::new();
+    // The operator works under a token of their own, whose name the activity view shows.
+    let (status, alice) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{lb}/api/v1/tokens"),
+        ADMIN,
+        Some(json!({"name": "alice", "role": "admin"})),
+    )
+    .await;
+    assert!(status.is_success(), "{alice}");
+    let alice = alice["token"].as_str().unwrap().to_owned();
+
+    let (_driver, webdriver) = start_chromedriver().await;
+    let client = browser(&webdriver).await;
+    let page = Console::new(&client, &lb);
+    sign_in(&client, &lb, &alice).await;
+    page.wait_for(r#"main[data-view="fleet"][aria-busy="false"]"#)
+        .await;
+
+    // An environment, its enrollment token shown once with the command that starts an agent.
+    page.open("#/admin").await;
+    page.type_into("#env-name", "production").await;
+    page.click("#env-create button[type=submit]").await;
+    page.toast("Environment production created").await;
+    let commands = page.wait_text("#enrollment-secret", "flotilla-agent").await;
+    let enrollment = page
+        .text("#enrollment-secret .command code")
+        .await
+        .expect("the token");
+    assert!(enrollment.starts_with("vf_enroll_"), "{enrollment}");
+    assert!(
+        commands.contains(&format!("VF_URL={lb} VF_TOKEN={enrollment} flotilla-agent")),
+        "{commands}"
+    );
+
+    // The empty fleet tells a newcomer how to start; the first agent then shows up by itself.
+    page.open("#/fleet").await;
+    page.wait_text("#getting-started", "VF_TOKEN=").await;
+    let _agent = Agent::start(&lb, &enrollment, "tier=edge");
+    page.wait_for("#nodes tr[data-node-id]").await;
+    let node_id = page
+        .client
+        .find("#nodes tr[data-node-id]")
+        .await
+        .unwrap()
+        .attr("data-node-id")
+        .await
+        .unwrap()
+        .unwrap();
+    // Two more nodes, driven over the agent protocol, for the selector and the bulk action.
+    for host in ["batch-1.example.net", "batch-2.example.net"] {
+        let node: Value = http
+            .post(format!("{lb}/api/agent/enroll"))
+            .json(&json!({"token": enrollment, "hostname": host, "labels": {"tier": "batch"}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        http.post(format!("{lb}/api/agent/heartbeat"))
+            .bearer_auth(node["nodeToken"].as_str().unwrap())
+            .json(&json!({"pipelines": []}))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Draft a pipeline: the server's validation error is shown with its line.
+    page.open("#/pipelines").await;
+    page.click("#new-pipeline").await;
+    page.wait_for(r#"main[data-view="pipeline"][aria-busy="false"]"#)
+        .await;
+    page.type_into("#pipeline-name", "web-logs").await;
+    page.type_into("#yaml", BROKEN).await;
+    let (status, said) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{lb}/api/v1/pipelines/validate"),
+        ADMIN,
+        Some(json!({"configYaml": BROKEN})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{said}");
+    let line = said["details"]["line"].as_u64().expect("the error's line");
+    let shown = page
+        .wait_text("#validation.bad", &format!("Line {line}:"))
+        .await;
+    println!("validation shown: {shown}");
+    assert_eq!(
+        page.texts(".gutter .error-line").await,
+        vec![line.to_string()],
+        "the gutter marks the line"
+    );
+    // Fixed, it is valid; the selector's preview shows the one node it matches.
+    page.type_into("#yaml", FIXED).await;
+    page.wait_text("#validation.ok", "Valid").await;
+    assert!(page.texts(".gutter .error-line").await.is_empty());
+    page.type_into("#selector", "tier=edge").await;
+    let preview = page.wait_text("#selector-preview", "Matches 1 node").await;
+    assert!(!preview.contains("batch-"), "{preview}");
+    page.click("#save").await;
+    page.toast("Pipeline web-logs created").await;
+    let pipeline_id = eventually("the pipeline's page", STEP, || async {
+        let url = client.url().await.ok()?;
+        let id = url.split("#/pipeline/").nth(1)?.to_owned();
+        (id != "new" && !id.is_empty()).then_some(id)
+    })
+    .await;
+    page.wait_for("#deploy").await;
+
+    // Deploy, after the preview of where it goes.
+    page.click("#deploy").await;
+    page.wait_text("#deploy-preview", "Matches 1 node").await;
+    page.confirm("Deploy web-logs").await;
+    page.toast("Deployed web-logs v1").await;
+
+    // The node runs it.
+    page.open(&format!("#/node/{node_id}")).await;
+    let section = format!(r#"section.pipeline[data-pipeline-id="{pipeline_id}"]"#);
+    page.wait_text(&format!("{section} .pill"), "RUNNING").await;
+
+    // A new version, the diff between the two, the new one deployed and rolled back.
+    page.open(&format!("#/pipeline/{pipeline_id}")).await;
+    page.wait_text("#validation.ok", "Valid").await;
+    page.type_into("#yaml", SECOND).await;
+    page.wait_text("#validation.ok", "Valid").await;
+    page.click("#save").await;
+    page.toast("Saved web-logs v2").await;
+    page.wait_for(r#"#versions tr[data-version="2"]"#).await;
+    page.click("#show-diff").await;
+    let added = page.wait_text("#diff", "remap").await;
+    assert!(page
+        .texts("#diff .add")
+        .await
+        .iter()
+        .any(|l| l.contains("type: remap")));
+    assert!(page
+        .texts("#diff .del")
+        .await
+        .iter()
+        .any(|l| l.contains("inputs: [in]")));
+    println!("diff shown:\n{added}");
+    page.click("#deploy").await;
+    page.confirm("Deploy web-logs").await;
+    page.toast("Deployed web-logs v2").await;
+    page.click("#rollback").await;
+    page.confirm("Roll back web-logs").await;
+    page.toast("Rolled web-logs back to v1").await;
+    page.wait_text("#deployed-version", "v1 deployed").await;
+
+    // The node runs v1 again, and a sample of its events shows in the page.
+    page.open(&format!("#/node/{node_id}")).await;
+    page.wait_text(&format!("{section} h3"), "web-logs v1")
+        .await;
+    page.wait_text(&format!("{section} .pill"), "RUNNING").await;
+    eventually("the component offered", STEP, || async {
+        let v = client
+            .execute(
+                "return document.querySelector(arguments[0]).value",
+                json!([format!("{section} input.component")]),
+            )
+            .await
+            .ok()?;
+        (v == "in").then_some(())
+    })
+    .await;
+    page.click(&format!("{section} button.sample")).await;
+    page.toast("Sample requested").await;
+    let events = page
+        .wait_text(
+            &format!("{section} pre.sample-events"),
+            "\"message\":\"event 1\"",
+        )
+        .await;
+    println!("sample shown:\n{events}");
+
+    // Bulk maintenance on a filter: the confirmation counts the nodes it matches.
+    page.open("#/fleet").await;
+    page.type_into("#filter-host", "batch-").await;
+    eventually("only the batch nodes listed", STEP, || async {
+        let hosts = page.texts("#nodes tbody th").await;
+        (hosts.len() == 2 && hosts.iter().all(|h| h.starts_with("batch-"))).then_some(())
+    })
+    .await;
+    page.click("#bulk-action option[value=maintenance_on]")
+        .await;
+    page.click("#bulk-scope option[value=filter]").await;
+    page.click("#bulk-apply").await;
+    page.confirm("Start maintenance on 2 nodes").await;
+    page.toast("2 nodes affected").await;
+    eventually("both batch nodes in maintenance", STEP, || async {
+        let pills = page.texts("#nodes tbody td .pill").await;
+        (pills.iter().filter(|p| *p == "MAINTENANCE").count() == 2).then_some(())
+    })
+    .await;
+    let (_, agent_node) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet/{node_id}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(agent_node["maintenanceMode"], false, "outside the filter");
+
+    // The activity view lists every step, each under the operator's token name.
+    page.open("#/activity").await;
+    page.wait_for("#activity tbody tr[data-action]").await;
+    let (_, audit) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/audit?limit=100"),
+        ADMIN,
+        None,
+    )
+    .await;
+    let entries = audit["entries"].as_array().expect("audit entries");
+    let recorded: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["tokenName"] == "alice")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for step in [
+        "environment",
+        "create",
+        "update",
+        "deploy",
+        "rollback",
+        "maintenance",
+    ] {
+        assert!(
+            recorded.iter().any(|a| a.contains(step)),
+            "{step} in {recorded:?}"
+        );
+    }
+    let shown_actions = page.texts("#activity tbody code.action").await;
+    let shown_who = page.texts("#activity tbody td.who").await;
+    let all_actions: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        shown_actions, all_actions,
+        "the page shows the trail as recorded"
+    );
+    for (who, entry) in shown_who.iter().zip(entries) {
+        assert_eq!(who, entry["tokenName"].as_str().unwrap());
+    }
+    let shot = client.screenshot().await.unwrap();
+    let out = repo_root().join("test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("activity.png"), &shot).unwrap();
+
+    assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     client.close().await.unwrap();
 }
