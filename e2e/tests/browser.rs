@@ -153,6 +153,7 @@ async fn the_ws_badge_follows_the_agent_live() {
         "edge-1.example.net",
         "edge-2.example.net",
         "ingest-1.example.net",
+        "edge-3.example.net",
     ] {
         let node: serde_json::Value = http
             .post(format!("{lb}/api/agent/enroll"))
@@ -186,7 +187,10 @@ async fn the_ws_badge_follows_the_agent_live() {
             .then(|| json!(["starting", "error: address 0.0.0.0:9000 already in use"]));
         json!({"pipelines": [{"pipelineId": pipeline["id"], "version": 1, "status": s, "recentLogs": logs}]})
     };
-    for ((_, t), s) in nodes.iter().zip(["RUNNING", "CRASHED", "RUNNING"]) {
+    for ((_, t), s) in nodes
+        .iter()
+        .zip(["RUNNING", "CRASHED", "RUNNING", "RUNNING"])
+    {
         http.post(format!("{lb}/api/agent/heartbeat"))
             .bearer_auth(t)
             .json(&status(s))
@@ -194,6 +198,12 @@ async fn the_ws_badge_follows_the_agent_live() {
             .await
             .unwrap();
     }
+    // edge-3 stopped reporting: what it last said about its pipeline is no longer news.
+    sqlx::query("UPDATE nodes SET status = 'UNREACHABLE' WHERE id = $1::uuid")
+        .bind(&nodes[3].0)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     http.post(format!("{lb}/api/v1/fleet/{}/maintenance", nodes[2].0))
         .bearer_auth(ADMIN)
         .json(&json!({"enabled": true}))
@@ -247,6 +257,22 @@ async fn the_ws_badge_follows_the_agent_live() {
     })
     .await;
     assert_eq!(title, "WebSocket connected — real-time push enabled");
+
+    // An unreachable node's pipeline reads as last known, not as running.
+    let stale = format!(
+        r#"tr[data-node-id="{}"] .pill[data-pipeline-id]"#,
+        nodes[3].0
+    );
+    let said = page.wait_text(&stale, "last known running").await;
+    println!("stale pill: {said}");
+    let class = client
+        .find(&stale)
+        .await
+        .unwrap()
+        .attr("class")
+        .await
+        .unwrap();
+    assert!(class.unwrap_or_default().contains("last-known"));
 
     // The summary bar counts the crashed pipeline.
     let summary = page.wait_text("#summary", "crashed pipelines").await;
@@ -469,16 +495,18 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     page.open("#/fleet").await;
     page.wait_text("#getting-started", "VF_TOKEN=").await;
     let _agent = Agent::start(&lb, &enrollment, "tier=edge");
-    page.wait_for("#nodes tr[data-node-id]").await;
-    let node_id = page
-        .client
-        .find("#nodes tr[data-node-id]")
-        .await
-        .unwrap()
-        .attr("data-node-id")
-        .await
-        .unwrap()
-        .unwrap();
+    // Rows are redrawn as events arrive, so the id is read in one step.
+    let node_id = eventually("the agent's row", STEP, || async {
+        let id = client
+            .execute(
+                "const row = document.querySelector('#nodes tr[data-node-id]'); return row ? row.dataset.nodeId : null",
+                json!([]),
+            )
+            .await
+            .ok()?;
+        id.as_str().map(str::to_owned)
+    })
+    .await;
     // Two more nodes, driven over the agent protocol, for the selector and the bulk action.
     for host in ["batch-1.example.net", "batch-2.example.net"] {
         let node: Value = http
@@ -648,24 +676,43 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     )
     .await;
     let entries = audit["entries"].as_array().expect("audit entries");
-    let recorded: Vec<&str> = entries
+    let recorded: Vec<&Value> = entries
         .iter()
         .filter(|e| e["tokenName"] == "alice")
+        .collect();
+    let actions: Vec<&str> = recorded
+        .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
     for step in [
-        "environment",
-        "create",
-        "update",
-        "deploy",
-        "rollback",
-        "maintenance",
+        "environment.create",
+        "pipeline.create",
+        "pipeline.update",
+        "pipeline.deploy",
+        "pipeline.rollback",
+        "sample",
     ] {
         assert!(
-            recorded.iter().any(|a| a.contains(step)),
-            "{step} in {recorded:?}"
+            actions.iter().any(|a| a.contains(step)),
+            "{step} in {actions:?}"
         );
     }
+    // The bulk change records what it did, and the page shows that too.
+    let bulk = recorded
+        .iter()
+        .find(|e| e["detail"].to_string().contains("maintenance"))
+        .unwrap_or_else(|| panic!("the bulk maintenance in {recorded:?}"));
+    let bulk_action = bulk["action"].as_str().unwrap();
+    let details = page.texts("#activity tbody td.detail").await;
+    assert!(
+        details.iter().any(|d| d.contains("maintenance")),
+        "{details:?}"
+    );
+    assert!(page
+        .texts("#activity tbody code.action")
+        .await
+        .iter()
+        .any(|a| a == bulk_action));
     let shown_actions = page.texts("#activity tbody code.action").await;
     let shown_who = page.texts("#activity tbody td.who").await;
     let all_actions: Vec<&str> = entries
