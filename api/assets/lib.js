@@ -70,14 +70,19 @@ export function query(params) {
   return s ? "?" + s : "";
 }
 
+/** Successes shown at once; an older one makes way for a newer. */
+const MAX_TOASTS = 4;
+
 /** Shows a short-lived message; failures stay until dismissed. */
 export function toast(message, kind = "ok") {
   const box = document.getElementById("toasts");
+  const shown = box.querySelectorAll(".toast.ok");
+  if (kind !== "error" && shown.length >= MAX_TOASTS) shown[0].remove();
   const t = el("div", { class: "toast " + kind, role: kind === "error" ? "alert" : "status" },
     el("span", {}, message),
     el("button", { type: "button", class: "close", "aria-label": "Dismiss", onclick: () => t.remove() }, "×"));
   box.append(t);
-  if (kind !== "error") setTimeout(() => t.remove(), 8000);
+  if (kind !== "error") setTimeout(() => t.remove(), 6000);
   return t;
 }
 

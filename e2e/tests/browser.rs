@@ -358,6 +358,46 @@ async fn the_ws_badge_follows_the_agent_live() {
     .await;
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "revoked for real");
 
+    // A viewer gets the same live fleet without a single write button.
+    let (_, viewer) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{lb}/api/v1/tokens"),
+        ADMIN,
+        Some(json!({"name": "watcher", "role": "viewer"})),
+    )
+    .await;
+    page.click("header form button[type=submit]").await;
+    page.wait_for("#token").await;
+    sign_in(&client, &lb, viewer["token"].as_str().unwrap()).await;
+    page.wait_for(&row).await;
+    page.wait_for(r#"main[data-view="fleet"][aria-busy="false"]"#)
+        .await;
+    for write in ["td.actions", "#bulk-apply", "tbody input[type=checkbox]"] {
+        assert!(
+            client.find_all(write).await.unwrap().is_empty(),
+            "a viewer sees {write}"
+        );
+    }
+    let admin_links = client
+        .execute(
+            "return [...document.querySelectorAll('nav a')].filter(a => !a.hidden).map(a => a.textContent)",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(admin_links, json!(["Fleet", "Pipelines"]));
+    page.open(&format!("#/pipeline/{}", pipeline["id"].as_str().unwrap()))
+        .await;
+    page.wait_for("#versions").await;
+    for write in ["#save:not([hidden])", "#deploy", "#rollback", "#delete"] {
+        assert!(
+            client.find_all(write).await.unwrap().is_empty(),
+            "a viewer sees {write}"
+        );
+    }
+    page.open("#/fleet").await;
+
     // The console's styles applied, and nothing it did tripped its policy.
     let styled = client
         .execute(
@@ -601,6 +641,10 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         .iter()
         .any(|l| l.contains("inputs: [in]")));
     println!("diff shown:\n{added}");
+    let shot = client.screenshot().await.unwrap();
+    let out = repo_root().join("test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("pipeline.png"), &shot).unwrap();
     page.click("#deploy").await;
     page.confirm("Deploy web-logs").await;
     page.toast("Deployed web-logs v2").await;
@@ -634,6 +678,10 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         )
         .await;
     println!("sample shown:\n{events}");
+    let shot = client.screenshot().await.unwrap();
+    let out = repo_root().join("test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("node.png"), &shot).unwrap();
 
     // Bulk maintenance on a filter: the confirmation counts the nodes it matches.
     page.open("#/fleet").await;
@@ -727,9 +775,7 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         assert_eq!(who, entry["tokenName"].as_str().unwrap());
     }
     let shot = client.screenshot().await.unwrap();
-    let out = repo_root().join("test-output");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("activity.png"), &shot).unwrap();
+    std::fs::write(repo_root().join("test-output/activity.png"), &shot).unwrap();
 
     assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     client.close().await.unwrap();
