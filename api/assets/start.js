@@ -8,9 +8,9 @@ export function agentCommands(token) {
   return el("div", { class: "commands" },
     el("p", {}, "On the host (with Vector installed), run the agent:"),
     copyable("VF_URL=" + origin + " VF_TOKEN=" + token + " flotilla-agent", "the agent command"),
-    el("p", {}, "Or in Docker (the agent image: docker build --target agent -t flotilla-agent .):"),
+    el("p", {}, "Or in Docker, with Vector in the same image (built from this repository: docker build --target agent-vector -t flotilla-agent-vector .):"),
     copyable("docker run -d --name flotilla-agent --network host -e VF_URL=" + origin + " -e VF_TOKEN=" + token
-      + " -v flotilla-agent:/home/nonroot/vf-agent flotilla-agent", "the docker command"));
+      + " -v flotilla-agent:/var/lib/vf-agent flotilla-agent-vector", "the docker command"));
 }
 
 /** A token shown once, with the commands that use it. */
