@@ -529,3 +529,35 @@ async fn the_selector_preview_counts_exactly_the_nodes_a_deploy_reaches() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_the_editing_routes() {
+    let (_db, api) = common::start().await;
+    let r = api.call(Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let paths = &r.body["paths"];
+    for (path, method) in [
+        ("/api/v1/pipelines/validate", "post"),
+        ("/api/v1/pipelines/{id}/versions", "get"),
+        ("/api/v1/pipelines/{id}/versions/{version}", "get"),
+        ("/api/v1/pipelines/{id}/diff", "get"),
+        ("/api/v1/environments/{id}/selector-preview", "post"),
+        ("/api/v1/audit", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} documented"
+        );
+    }
+    let audit_filters: Vec<&str> = paths["/api/v1/audit"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for filter in ["action", "targetType", "targetId", "tokenId"] {
+        assert!(audit_filters.contains(&filter), "{filter}");
+    }
+    let refusal = &paths["/api/v1/pipelines"]["post"]["responses"]["422"];
+    assert!(refusal.is_object(), "create documents its 422");
+}
