@@ -134,7 +134,7 @@ async fn self_update_replaces_and_reexecutes_and_a_bad_checksum_is_reported() {
     let pid = agent.child.id().unwrap();
     let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
     stack.wait_connected(&node_id).await;
-    let yaml = "sources:\n  in:\n    type: demo_logs\n";
+    let yaml = "sources:\n  in:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
     stack.deploy_new(&env, yaml).await;
     let first = eventually("the pipeline runs", Duration::from_secs(5), || async {
         sandbox.running().first().map(|(pid, _)| *pid)

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 fn yaml(marker: &str) -> String {
-    format!("sources:\n  in:\n    type: demo_logs\n    format: json # {marker}\n")
+    format!("sources:\n  in:\n    type: demo_logs\n    format: json # {marker}\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n")
 }
 
 /// `(status, pid, checksum)` of a pipeline as the node's last heartbeat reported it.

@@ -59,7 +59,7 @@ async fn a_poll_interval_push_changes_the_poll_period() {
 async fn a_sample_request_completes_end_to_end() {
     let (stack, env, _sandbox, agent, node_id) = connected(|_, _| {}).await;
     let pipeline = stack
-        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\n")
+        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n")
         .await;
     // Sample requests are pushed to the nodes whose heartbeat reports the pipeline running.
     eventually(
@@ -238,10 +238,10 @@ async fn two_agents_sharing_a_token_take_turns_slowly_instead_of_looping() {
 async fn a_restart_action_restarts_every_pipeline() {
     let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     stack
-        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs\n")
+        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [a]\n")
         .await;
     stack
-        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs\n")
+        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [b]\n")
         .await;
     let before = eventually("both pipelines run", Duration::from_secs(5), || async {
         let running = sandbox.running();
@@ -308,7 +308,7 @@ async fn a_draining_gateway_sends_the_agent_to_another_one_at_once() {
     stack.wait_connected(&node_id).await;
 
     // Pushes flow through the new gateway.
-    let yaml = "sources:\n  moved:\n    type: demo_logs\n";
+    let yaml = "sources:\n  moved:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [moved]\n";
     let t0 = Instant::now();
     stack.deploy_new(&env, yaml).await;
     eventually(
@@ -341,10 +341,10 @@ fn pid_with(sandbox: &Sandbox, marker: &str) -> Option<u32> {
 async fn logs_reach_the_fleet_api_and_a_restart_of_one_pipeline_restarts_only_that_one() {
     let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     let a = stack
-        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs # pa\n")
+        .deploy_new(&env, "sources:\n  a:\n    type: demo_logs # pa\nsinks:\n  out:\n    type: blackhole\n    inputs: [a]\n")
         .await;
     let b = stack
-        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs # pb\n")
+        .deploy_new(&env, "sources:\n  b:\n    type: demo_logs # pb\nsinks:\n  out:\n    type: blackhole\n    inputs: [b]\n")
         .await;
     let (pid_a, pid_b) = eventually("both pipelines run", Duration::from_secs(5), || async {
         Some((pid_with(&sandbox, "# pa")?, pid_with(&sandbox, "# pb")?))
@@ -424,7 +424,7 @@ async fn next_event(
 async fn a_tap_started_by_an_operator_delivers_events_to_its_viewer_until_stopped() {
     let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     let pipeline = stack
-        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\n")
+        .deploy_new(&env, "sources:\n  in:\n    type: demo_logs\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n")
         .await;
     eventually("the pipeline runs", Duration::from_secs(5), || async {
         sandbox.running().first().map(drop)

@@ -19,6 +19,7 @@
 //! - [`audit`]: the audit trail of operator changes, written with the change it records.
 //! - [`paging`]: page sizes and opaque cursors for operator listings.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
+//! - [`vector_config`]: pipeline configs checked against Vector's top-level shape, with the line.
 //! - [`download_url`]: where a self-update may send agents (https, no internal hosts).
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
 //! - [`routes`]: one module per resource, merged into one router.
@@ -33,8 +34,8 @@ pub mod live;
 pub mod node_logs;
 pub mod notify;
 pub mod openapi;
-pub mod paging;
 pub mod operator_auth;
+pub mod paging;
 pub mod redis_rate;
 pub mod restarts;
 pub mod revocation;
@@ -45,6 +46,7 @@ pub mod sessions;
 pub mod state;
 pub mod sweep;
 pub mod taps;
+pub mod vector_config;
 
 pub use state::AppState;
 

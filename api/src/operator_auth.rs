@@ -200,7 +200,7 @@ fn role_of(row: &TokenRow) -> Result<Role, ApiError> {
 
 /// Issues a new operator token; returns `(id, token)` (the token is shown once).
 pub async fn create_token(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     name: &str,
     role: Role,
     cost: u32,
@@ -216,7 +216,7 @@ pub async fn create_token(
         .bind(role.as_str())
         .bind(&issued.lookup)
         .bind(&hash)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok((id, issued.token))
 }

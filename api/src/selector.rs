@@ -132,32 +132,44 @@ pub fn reported_labels(value: &Value) -> Map<String, Value> {
         .collect()
 }
 
+/// SQL: node `n` matches one of the selectors in JSON array `$2` (on its effective labels) or
+/// in `$3` (on its operator labels), as [`selector_params`] builds them. `@> ANY (ARRAY …)` on
+/// the exact indexed expressions lets Postgres use the GIN indexes (effective labels, operator
+/// labels); an empty array matches nothing.
+pub const MATCHES_SQL: &str =
+    "((n.reported_labels || n.labels) @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))
+     OR n.labels @> ANY (ARRAY(SELECT jsonb_array_elements($3::jsonb))))";
+
+/// The `$2` and `$3` of [`MATCHES_SQL`] for `placements` (`None` entries are skipped); `None`
+/// when no placement is left, which matches no node.
+pub fn selector_params(placements: &[Option<&Placement>]) -> Option<(Value, Value)> {
+    let (operator, any): (Vec<&Placement>, Vec<&Placement>) = placements
+        .iter()
+        .flatten()
+        .partition(|p| p.labels == SelectorLabels::Operator);
+    if operator.is_empty() && any.is_empty() {
+        return None;
+    }
+    let selectors =
+        |ps: Vec<&Placement>| Value::Array(ps.into_iter().map(|p| p.selector.clone()).collect());
+    Some((selectors(any), selectors(operator)))
+}
+
 /// Nodes of `environment` matching any of `placements` (`None` entries are skipped).
 pub async fn matching_nodes(
     db: impl PgExecutor<'_>,
     environment: Uuid,
     placements: &[Option<&Placement>],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let (operator, any): (Vec<&Placement>, Vec<&Placement>) = placements
-        .iter()
-        .flatten()
-        .partition(|p| p.labels == SelectorLabels::Operator);
-    if operator.is_empty() && any.is_empty() {
+    let Some((any, operator)) = selector_params(placements) else {
         return Ok(Vec::new());
-    }
-    let selectors =
-        |ps: Vec<&Placement>| Value::Array(ps.into_iter().map(|p| p.selector.clone()).collect());
-    // `@> ANY (ARRAY …)` on the exact indexed expressions lets Postgres use the GIN indexes
-    // (effective labels, operator labels); an empty array matches nothing.
+    };
     sqlx::query_scalar(&format!(
-        "SELECT n.id FROM nodes n
-         WHERE n.environment_id = $1
-           AND ({EFFECTIVE_LABELS} @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))
-                OR n.labels @> ANY (ARRAY(SELECT jsonb_array_elements($3::jsonb))))"
+        "SELECT n.id FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
     ))
     .bind(environment)
-    .bind(selectors(any))
-    .bind(selectors(operator))
+    .bind(any)
+    .bind(operator)
     .fetch_all(db)
     .await
 }

@@ -99,10 +99,10 @@ pub async fn end(pool: &PgPool, key: SessionKey) -> Result<bool, sqlx::Error> {
 }
 
 /// Ends every session opened with the operator token `token_id` (at its revocation).
-pub async fn end_all_of(pool: &PgPool, token_id: Uuid) -> Result<u64, sqlx::Error> {
+pub async fn end_all_of(db: impl sqlx::PgExecutor<'_>, token_id: Uuid) -> Result<u64, sqlx::Error> {
     let ended = sqlx::query("DELETE FROM operator_sessions WHERE token_id = $1")
         .bind(token_id)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok(ended.rows_affected())
 }

@@ -193,8 +193,22 @@ async fn reported_update_errors_are_capped_and_stripped() {
 async fn oversized_heartbeat_values_are_dropped_one_by_one() {
     let (_db, api) = common::start().await;
     let (env, node, token) = one_node(&api).await;
-    let p1 = api.create_pipeline(&env, "p1", "a: 1\n", json!({})).await;
-    let p2 = api.create_pipeline(&env, "p2", "a: 1\n", json!({})).await;
+    let p1 = api
+        .create_pipeline(
+            &env,
+            "p1",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
+    let p2 = api
+        .create_pipeline(
+            &env,
+            "p2",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     let huge = "9".repeat(3 * 1024 * 1024);
     let metrics = json!([{"componentId": "in", "pad": "x".repeat(40 * 1024)}]);
     let body = json!({
@@ -247,7 +261,12 @@ async fn component_metrics_share_one_budget_per_heartbeat() {
     let mut reported = Vec::new();
     for i in 0..20 {
         let p = api
-            .create_pipeline(&env, &format!("p{i}"), "a: 1\n", json!({}))
+            .create_pipeline(
+                &env,
+                &format!("p{i}"),
+                &flotilla_testkit::vector_config("a1"),
+                json!({}),
+            )
             .await;
         reported.push(json!({"pipelineId": p, "version": 1, "status": "RUNNING", "componentMetrics": metrics}));
     }
@@ -275,10 +294,20 @@ async fn a_node_answers_samples_only_for_pipelines_it_runs() {
     let (_, b_token) = api.enroll(&enroll, "b").await;
     api.set_labels(&a, json!({"role": "a"})).await;
     let only_a = api
-        .create_pipeline(&env, "only-a", "a: 1\n", json!({"role": "a"}))
+        .create_pipeline(
+            &env,
+            "only-a",
+            &flotilla_testkit::vector_config("a1"),
+            json!({"role": "a"}),
+        )
         .await;
     let everywhere = api
-        .create_pipeline(&env, "everywhere", "a: 1\n", json!({}))
+        .create_pipeline(
+            &env,
+            "everywhere",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
         .await;
     for p in [&only_a, &everywhere] {
         assert_eq!(api.deploy(p).await.status, StatusCode::OK);
@@ -396,7 +425,7 @@ async fn operator_label_pipelines_ignore_labels_nodes_claim() {
         let api = &api;
         let env = env.clone();
         async move {
-            let mut body = json!({"environmentId": env, "name": name, "configYaml": "a: 1\n",
+            let mut body = json!({"environmentId": env, "name": name, "configYaml": flotilla_testkit::vector_config("a1"),
                                   "nodeSelector": {"tier": "secret"}});
             if let Some(l) = labels {
                 body["selectorLabels"] = json!(l);
@@ -426,7 +455,10 @@ async fn operator_label_pipelines_ignore_labels_nodes_claim() {
 
     // A new version keeps the option unless it names another.
     let r = api
-        .update_pipeline(&guarded, json!({"configYaml": "a: 2\n"}))
+        .update_pipeline(
+            &guarded,
+            json!({"configYaml": flotilla_testkit::vector_config("a2")}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["selectorLabels"], "operator");
@@ -452,14 +484,14 @@ async fn operator_label_pipelines_ignore_labels_nodes_claim() {
     let r = api
         .update_pipeline(
             &guarded,
-            json!({"configYaml": "a: 3\n", "selectorLabels": "sometimes"}),
+            json!({"configYaml": flotilla_testkit::vector_config("a3"), "selectorLabels": "sometimes"}),
         )
         .await;
     assert!(r.status.is_client_error(), "{}", r.text);
     let r = api
         .update_pipeline(
             &guarded,
-            json!({"configYaml": "a: 3\n", "selectorLabels": "any"}),
+            json!({"configYaml": flotilla_testkit::vector_config("a3"), "selectorLabels": "any"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

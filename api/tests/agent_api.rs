@@ -324,13 +324,28 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     api.set_labels(&web_id, json!({"role": "web"})).await;
 
     let everywhere = api
-        .create_pipeline(&env_id, "all", "sources: {}\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "all",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     let web_only = api
-        .create_pipeline(&env_id, "web", "sinks: {}\n", json!({"role": "web"}))
+        .create_pipeline(
+            &env_id,
+            "web",
+            &flotilla_testkit::vector_config("web"),
+            json!({"role": "web"}),
+        )
         .await;
     let _undeployed = api
-        .create_pipeline(&env_id, "draft", "x: 1\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "draft",
+            &flotilla_testkit::vector_config("draft"),
+            json!({}),
+        )
         .await;
     assert_eq!(api.deploy(&everywhere).await.status, StatusCode::OK);
     assert_eq!(api.deploy(&web_only).await.status, StatusCode::OK);
@@ -341,10 +356,10 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     assert_eq!(names, ["all", "web"]);
     let p = &c.body["pipelines"][0];
     assert_eq!(p["version"], 1);
-    assert_eq!(p["configYaml"], "sources: {}\n");
+    assert_eq!(p["configYaml"], flotilla_testkit::vector_config("base"));
     assert_eq!(
         p["checksum"],
-        flotilla_shared::tokens::sha256_hex(b"sources: {}\n")
+        flotilla_shared::tokens::sha256_hex(flotilla_testkit::vector_config("base").as_bytes())
     );
     assert_eq!(c.body["pollIntervalMs"], 15000);
     assert_eq!(c.body["secretBackend"], "BUILTIN");
@@ -372,7 +387,10 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
 
     // A new version with the same YAML keeps the checksum; different YAML changes it.
     let r = api
-        .update_pipeline(&everywhere, json!({"configYaml": "sources: {}\n"}))
+        .update_pipeline(
+            &everywhere,
+            json!({"configYaml": flotilla_testkit::vector_config("base")}),
+        )
         .await;
     assert_eq!(r.body["latestVersion"], 2);
     api.deploy(&everywhere).await;
@@ -380,7 +398,7 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     assert_eq!(c.body["pipelines"][0]["version"], 2);
     assert_eq!(
         c.body["pipelines"][0]["checksum"],
-        flotilla_shared::tokens::sha256_hex(b"sources: {}\n")
+        flotilla_shared::tokens::sha256_hex(flotilla_testkit::vector_config("base").as_bytes())
     );
 }
 
@@ -392,7 +410,12 @@ async fn a_node_never_sees_another_environments_config() {
     let (_, a_node) = api.enroll(&a_token, "a1").await;
     let (_, b_node) = api.enroll(&b_token, "b1").await;
     let p = api
-        .create_pipeline(&a_env, "secret-a", "a: 1\n", json!({}))
+        .create_pipeline(
+            &a_env,
+            "secret-a",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
         .await;
     api.deploy(&p).await;
     assert_eq!(
@@ -416,7 +439,12 @@ async fn concurrent_polls_share_reads_and_each_gets_its_own_config() {
         nodes.push(("b", api.enroll(&b_token, &format!("b{i}")).await));
     }
     let p = api
-        .create_pipeline(&a_env, "only-a", "a: 1\n", json!({}))
+        .create_pipeline(
+            &a_env,
+            "only-a",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
         .await;
     api.deploy(&p).await;
     let (revoked_id, revoked) = nodes.pop().unwrap().1;
@@ -453,10 +481,20 @@ async fn heartbeat_records_state_and_settles_self_updates() {
     let (env_id, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h").await;
     let p1 = api
-        .create_pipeline(&env_id, "p1", "a: 1\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "p1",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
         .await;
     let p2 = api
-        .create_pipeline(&env_id, "p2", "b: 1\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "p2",
+            &flotilla_testkit::vector_config("b1"),
+            json!({}),
+        )
         .await;
     let hb = |pipelines: serde_json::Value, extra: serde_json::Value| {
         let mut body = json!({"agentVersion": "1.0.0", "vectorVersion": "0.40", "labels": {"zone": "a"}, "pipelines": pipelines});
@@ -679,7 +717,14 @@ async fn recent_logs_are_kept_bounded_and_shown_on_the_node() {
     let (_db, api) = common::start().await;
     let (env_id, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h").await;
-    let p = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let p = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     let mut lines: Vec<serde_json::Value> = (0..24).map(|i| json!(format!("line {i}"))).collect();
     lines.push(json!({"level": "error", "message": "bind failed"}));
     lines.push(json!("x".repeat(5000)));

@@ -12,7 +12,12 @@ async fn a_request_that_times_out_still_finishes_and_leaves_no_transaction_open(
     let (db, api) = common::start_with(|s| s.api.request_timeout_ms = 300).await;
     let (env_id, _) = api.create_environment("prod").await;
     let p = api
-        .create_pipeline(&env_id, "web", "a: 1\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "web",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
         .await;
     let id: uuid::Uuid = p.parse().unwrap();
 
@@ -24,7 +29,10 @@ async fn a_request_that_times_out_still_finishes_and_leaves_no_transaction_open(
         .await
         .unwrap();
     let r = api
-        .update_pipeline(&p, json!({"configYaml": "a: 2\n"}))
+        .update_pipeline(
+            &p,
+            json!({"configYaml": flotilla_testkit::vector_config("a2")}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::REQUEST_TIMEOUT, "{}", r.text);
     lock.commit().await.unwrap();

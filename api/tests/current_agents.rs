@@ -62,7 +62,12 @@ async fn fixture() -> Fixture {
     let (environment, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h1").await;
     let pipeline = api
-        .create_pipeline(&environment, "p", "sources: {}", json!({}))
+        .create_pipeline(
+            &environment,
+            "p",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     assert_eq!(api.deploy(&pipeline).await.status, StatusCode::OK);
     Fixture {
@@ -258,7 +263,7 @@ async fn enrollment_labels_apply_before_the_first_poll() {
         .create_pipeline(
             &environment,
             "eu-only",
-            "sources: {}",
+            &flotilla_testkit::vector_config("base"),
             json!({"region": "eu"}),
         )
         .await;
@@ -287,7 +292,12 @@ async fn logs_are_kept_in_a_bounded_ring_shown_and_followed() {
     let other_env = f.api.create_environment("other").await.0;
     let foreign = f
         .api
-        .create_pipeline(&other_env, "x", "sources: {}", json!({}))
+        .create_pipeline(
+            &other_env,
+            "x",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     let post = |body: Value| {
         let api = &f.api;
@@ -544,7 +554,12 @@ async fn a_tap_ends_when_the_agent_stops_it_or_its_last_viewer_leaves() {
     let other_env = f.api.create_environment("other").await.0;
     let foreign = f
         .api
-        .create_pipeline(&other_env, "x", "sources: {}", json!({}))
+        .create_pipeline(
+            &other_env,
+            "x",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     assert_eq!(f.tap(&foreign, "in").await.status, StatusCode::NOT_FOUND);
 }

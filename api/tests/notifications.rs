@@ -61,7 +61,12 @@ async fn pipeline_changes_reach_nodes_matching_the_selector_before_and_after() {
     let mut rx =
         listen::node_channels(&flotilla_testkit::redis_url(), &[&web, &db_node, &stranger]).await;
     let p = api
-        .create_pipeline(&env_id, "p", "a: 1\n", json!({"role": "web"}))
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({"role": "web"}),
+        )
         .await;
     rx.assert_quiet(QUIET).await; // creating a version changes nothing an agent runs
 
@@ -78,7 +83,7 @@ async fn pipeline_changes_reach_nodes_matching_the_selector_before_and_after() {
     // Version 2 moves the pipeline to the db nodes: both the old and the new nodes hear.
     api.update_pipeline(
         &p,
-        json!({"configYaml": "a: 2\n", "nodeSelector": {"role": "db"}}),
+        json!({"configYaml": flotilla_testkit::vector_config("a2"), "nodeSelector": {"role": "db"}}),
     )
     .await;
     api.deploy(&p).await;
@@ -198,7 +203,14 @@ async fn node_changes_actions_samples_settings_and_revocation_publish() {
     assert_frame(&frame, json!({"type": "action", "action": "restart"}));
 
     // Sample requests go to nodes reporting the pipeline RUNNING only.
-    let p = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let p = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     api.deploy(&p).await;
     rx.take(2).await;
     api.call(
@@ -253,7 +265,14 @@ async fn operator_requests_succeed_while_redis_is_down() {
     .await;
     let (env_id, enroll) = api.create_environment("prod").await;
     let (node, token) = api.enroll(&enroll, "h").await;
-    let p = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let p = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     let r = api.deploy(&p).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body, json!({"deployedVersion": 1, "notifiedNodes": 0}));

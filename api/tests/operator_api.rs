@@ -11,7 +11,14 @@ async fn roles_are_enforced() {
     let (env_id, _) = api.create_environment("prod").await;
     let viewer = api.operator_token("viewer").await.1;
     let editor = api.operator_token("editor").await.1;
-    let pipeline = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let pipeline = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     let deploy = format!("/api/v1/pipelines/{pipeline}/deploy");
 
     assert_eq!(
@@ -114,9 +121,15 @@ async fn environments_and_pipelines_validate_and_conflict() {
     assert_eq!(r.body["environments"][0]["name"], "prod");
     assert!(r.body["environments"][0].get("enrollmentToken").is_none());
 
-    api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    api.create_pipeline(
+        &env_id,
+        "p",
+        &flotilla_testkit::vector_config("a1"),
+        json!({}),
+    )
+    .await;
     let body = |name: &str, extra: Value| {
-        let mut b = json!({"environmentId": env_id, "name": name, "configYaml": "a: 1\n"});
+        let mut b = json!({"environmentId": env_id, "name": name, "configYaml": flotilla_testkit::vector_config("a1")});
         b.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
@@ -167,13 +180,20 @@ async fn versions_deploy_rollback_undeploy_delete() {
     let (_db, api) = common::start().await;
     let (env_id, enroll) = api.create_environment("prod").await;
     let (_, node) = api.enroll(&enroll, "h").await;
-    let id = api.create_pipeline(&env_id, "p", "v: 1\n", json!({})).await;
+    let id = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("v1"),
+            json!({}),
+        )
+        .await;
     let path = format!("/api/v1/pipelines/{id}");
     let r = api
         .admin(
             Method::PUT,
             &path,
-            Some(json!({"configYaml": "v: 2\n", "logLevel": "debug"})),
+            Some(json!({"configYaml": flotilla_testkit::vector_config("v2"), "logLevel": "debug"})),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -193,7 +213,7 @@ async fn versions_deploy_rollback_undeploy_delete() {
     assert_eq!(r.body["deployedVersion"], 1);
     assert_eq!(
         api.agent_config(&node).await.body["pipelines"][0]["configYaml"],
-        "v: 1\n"
+        flotilla_testkit::vector_config("v1")
     );
     let r = api
         .admin(
@@ -240,13 +260,20 @@ async fn versions_deploy_rollback_undeploy_delete() {
 async fn concurrent_updates_get_unique_consecutive_versions() {
     let (db, api) = common::start().await;
     let (env_id, _) = api.create_environment("prod").await;
-    let id = api.create_pipeline(&env_id, "p", "v: 0\n", json!({})).await;
+    let id = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("v0"),
+            json!({}),
+        )
+        .await;
     let path = format!("/api/v1/pipelines/{id}");
     let updates = (0..16).map(|i| {
         api.admin(
             Method::PUT,
             &path,
-            Some(json!({"configYaml": format!("v: {i}\n")})),
+            Some(json!({"configYaml": flotilla_testkit::vector_config(&format!("v{i}"))})),
         )
     });
     let replies = futures_util::future::join_all(updates).await;
@@ -367,7 +394,14 @@ async fn no_response_ever_contains_a_token_hash() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let p = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let p = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     api.admin(
         Method::POST,
         "/api/v1/tokens",

@@ -337,7 +337,12 @@ async fn live_streams_end_within_a_second_of_revocation() {
     let (environment, enroll) = api.create_environment("prod").await;
     let (node, _) = api.enroll(&enroll, "h1").await;
     let pipeline = api
-        .create_pipeline(&environment, "p", "sources: {}", json!({}))
+        .create_pipeline(
+            &environment,
+            "p",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     assert_eq!(api.deploy(&pipeline).await.status, StatusCode::OK);
     let (editor_id, editor) = api.operator_token("editor").await;

@@ -24,11 +24,21 @@ async fn agent_and_operator_requests_get_503_while_postgres_is_down_and_succeed_
     let (env_id, enroll_token) = api.create_environment("prod").await;
     let (_, token) = api.enroll(&enroll_token, "web-1").await;
     let p = api
-        .create_pipeline(&env_id, "all", "sources: {}\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "all",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     api.deploy(&p).await;
     let draft = api
-        .create_pipeline(&env_id, "draft", "x: 1\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "draft",
+            &flotilla_testkit::vector_config("draft"),
+            json!({}),
+        )
         .await;
     let before = api.agent_config(&token).await;
     assert_eq!(before.status, StatusCode::OK, "{}", before.text);

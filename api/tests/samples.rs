@@ -15,7 +15,14 @@ struct Fixture {
 async fn fixture(nodes: usize) -> Fixture {
     let (db, api) = common::start().await;
     let (env_id, enroll_token) = api.create_environment("prod").await;
-    let pipeline = api.create_pipeline(&env_id, "p", "a: 1\n", json!({})).await;
+    let pipeline = api
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("a1"),
+            json!({}),
+        )
+        .await;
     api.deploy(&pipeline).await;
     let mut tokens = Vec::new();
     for i in 0..nodes {

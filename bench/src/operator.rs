@@ -43,7 +43,7 @@ impl Operator {
         let body = json!({
             "environmentId": environment,
             "name": name,
-            "configYaml": "sources:\n  in:\n    type: demo_logs\n    format: json\n",
+            "configYaml": "sources:\n  in:\n    type: demo_logs\n    format: json\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n",
             "nodeSelector": selector,
         });
         let created = self

@@ -175,7 +175,7 @@ async fn the_ws_badge_follows_the_agent_live() {
     let pipeline: serde_json::Value = http
         .post(format!("{lb}/api/v1/pipelines"))
         .bearer_auth(ADMIN)
-        .json(&json!({"environmentId": env["id"], "name": "nginx-logs", "configYaml": FIXED}))
+        .json(&json!({"environmentId": env["id"], "name": "nginx-logs", "configYaml": flotilla_testkit::vector_config("base")}))
         .send()
         .await
         .unwrap()

@@ -231,7 +231,7 @@ async fn the_fleet_converges_under_faults() {
             .call(
                 Method::POST,
                 "/api/v1/pipelines",
-                Some(json!({"environmentId": env["id"], "name": name, "configYaml": format!("# {name} v1\n"), "nodeSelector": selector})),
+                Some(json!({"environmentId": env["id"], "name": name, "configYaml": flotilla_testkit::vector_config(&format!("{name} v1")), "nodeSelector": selector})),
             )
             .await;
         let id = p["id"].as_str().unwrap().to_owned();
@@ -262,7 +262,7 @@ async fn the_fleet_converges_under_faults() {
         let n = &nodes[rng.gen_range(0..nodes.len())];
         match rng.gen_range(0..10) {
             0..=2 => {
-                let yaml = format!("# change {changes}\nsources: {{}}\n");
+                let yaml = flotilla_testkit::vector_config(&format!("change {changes}"));
                 op.call(
                     Method::PUT,
                     &format!("/api/v1/pipelines/{p}"),
@@ -386,7 +386,7 @@ async fn the_fleet_converges_under_faults() {
         op.call(
             Method::PUT,
             &format!("/api/v1/pipelines/{p}"),
-            Some(json!({"configYaml": format!("# final {p}\n")})),
+            Some(json!({"configYaml": flotilla_testkit::vector_config(&format!("final {p}"))})),
         )
         .await;
         op.call(Method::POST, &format!("/api/v1/pipelines/{p}/deploy"), None)

@@ -170,7 +170,7 @@ async fn a_deploy_through_the_balancer_reaches_websocket_and_sse_agents_on_both_
         Method::POST,
         format!("{lb}/api/v1/pipelines"),
         Some(ADMIN),
-        Some(json!({"environmentId": env["id"], "name": "p", "configYaml": "sources: {}\n"})),
+        Some(json!({"environmentId": env["id"], "name": "p", "configYaml": flotilla_testkit::vector_config("base")})),
     )
     .await;
     let pipeline = p["id"].as_str().unwrap();
@@ -246,7 +246,7 @@ async fn a_current_agent_ships_logs_runs_a_tap_restarts_a_pipeline_and_samples()
         format!("{lb}/api/v1/pipelines"),
         Some(ADMIN),
         Some(
-            json!({"environmentId": env["id"], "name": "edge", "configYaml": "sources: {}\n",
+            json!({"environmentId": env["id"], "name": "edge", "configYaml": flotilla_testkit::vector_config("base"),
                     "nodeSelector": {"role": "edge"}}),
         ),
     )

@@ -32,7 +32,12 @@ async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_
     assert_eq!(at.gateway_id, gw.state.id());
 
     let pipeline = api
-        .create_pipeline(&env_id, "p", "sources: {}\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
     let deployed = api.deploy(&pipeline).await;
     assert_eq!(deployed.status, 200, "{}", deployed.text);
@@ -188,7 +193,12 @@ async fn a_deploy_reaches_websocket_and_sse_agents_on_both_gateways_within_50_ms
         fleet.text
     );
     let pipeline = api
-        .create_pipeline(&env_id, "p", "sources: {}\n", json!({}))
+        .create_pipeline(
+            &env_id,
+            "p",
+            &flotilla_testkit::vector_config("base"),
+            json!({}),
+        )
         .await;
 
     let called = std::time::Instant::now();

@@ -79,3 +79,11 @@ pub fn settings(database_url: &str, redis_url: &str) -> Settings {
     )
     .expect("test settings are valid")
 }
+
+/// A small pipeline config the api accepts (one source, one sink), told apart by `marker`
+/// (a trailing comment), so two markers make two versions with different checksums.
+pub fn vector_config(marker: &str) -> String {
+    format!(
+        "sources:\n  in:\n    type: demo_logs\n    format: json\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n# {marker}\n"
+    )
+}

@@ -1,4 +1,5 @@
-//! The audit trail (admin): every operator change, newest first, paged by cursor.
+//! The audit trail (admin): every operator change, newest first, paged by cursor, optionally
+//! narrowed to one action, target or token.
 
 use crate::error::Result;
 use crate::extract::{Operator, Query};
@@ -23,6 +24,10 @@ pub fn router() -> Router<AppState> {
 struct AuditQuery {
     limit: Option<i64>,
     cursor: Option<String>,
+    action: Option<String>,
+    target_type: Option<String>,
+    target_id: Option<String>,
+    token_id: Option<Uuid>,
 }
 
 /// One recorded change.
@@ -57,6 +62,10 @@ pub struct AuditPage {
     params(
         ("limit" = Option<i64>, Query, description = "entries per page, 1 to 1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "nextCursor of the previous page"),
+        ("action" = Option<String>, Query, description = "only this action, e.g. `pipeline.deploy`"),
+        ("targetType" = Option<String>, Query, description = "only this kind of target, e.g. `pipeline`"),
+        ("targetId" = Option<String>, Query, description = "only this target id"),
+        ("tokenId" = Option<String>, Query, description = "only changes made with this operator token (UUID)"),
     ),
     responses((status = 200, body = AuditPage), (status = 400, description = "bad query", body = flotilla_shared::protocol::ErrorBody), crate::openapi::Invalid, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
@@ -71,10 +80,20 @@ async fn list(
     let after: Option<i64> = paging::decode(q.cursor.as_deref())?;
     let mut entries: Vec<AuditEntry> = sqlx::query_as(
         "SELECT id, at, token_id, token_name, action, target_type, target_id, detail
-         FROM audit_log WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+         FROM audit_log
+         WHERE ($1::bigint IS NULL OR id < $1)
+           AND ($3::text IS NULL OR action = $3)
+           AND ($4::text IS NULL OR target_type = $4)
+           AND ($5::text IS NULL OR target_id = $5)
+           AND ($6::uuid IS NULL OR token_id = $6)
+         ORDER BY id DESC LIMIT $2",
     )
     .bind(after)
     .bind(limit + 1)
+    .bind(q.action.filter(|a| !a.is_empty()))
+    .bind(q.target_type.filter(|t| !t.is_empty()))
+    .bind(q.target_id.filter(|t| !t.is_empty()))
+    .bind(q.token_id)
     .fetch_all(&state.pool)
     .await?;
     let next_cursor = (entries.len() as i64 > limit).then(|| {

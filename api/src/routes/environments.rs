@@ -1,8 +1,11 @@
-//! Environments: create, list, rotate the enrollment token (admin).
+//! Environments: create, list, rotate the enrollment token (admin), and preview which of
+//! their nodes a selector matches (viewer).
 
+use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator};
 use crate::operator_auth::Role;
+use crate::selector::{selector_params, validate_labels, Placement, SelectorLabels, MATCHES_SQL};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,6 +22,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/environments", post(create).get(list))
         .route("/api/v1/environments/{id}/enrollment-token", post(rotate))
+        .route(
+            "/api/v1/environments/{id}/selector-preview",
+            post(selector_preview),
+        )
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -65,6 +72,7 @@ async fn create(
     }
     let (issued, hash, hint) = issue_enrollment_token(&state).await?;
     let id = Uuid::new_v4();
+    let mut tx = state.pool.begin().await?;
     sqlx::query(
         "INSERT INTO environments (id, name, enrollment_token_lookup, enrollment_token_hash, enrollment_token_hint)
          VALUES ($1, $2, $3, $4, $5)",
@@ -74,8 +82,11 @@ async fn create(
     .bind(&issued.lookup)
     .bind(&hash)
     .bind(&hint)
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?;
+    let detail = json!({ "name": name });
+    audit::record(&mut *tx, &op, change("environment.create", id, &detail)).await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(
@@ -119,24 +130,121 @@ async fn rotate(
     op.require(Role::Admin)?;
     let id = id_of(&id, "environment")?;
     let (issued, hash, hint) = issue_enrollment_token(&state).await?;
-    let updated = sqlx::query(
+    let mut tx = state.pool.begin().await?;
+    let name: Option<String> = sqlx::query_scalar(
         "UPDATE environments SET enrollment_token_lookup = $2, enrollment_token_hash = $3, enrollment_token_hint = $4
-         WHERE id = $1",
+         WHERE id = $1 RETURNING name",
     )
     .bind(id)
     .bind(&issued.lookup)
     .bind(&hash)
     .bind(&hint)
-    .execute(&state.pool)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Err(ApiError::NotFound("environment"));
-    }
-    tracing::info!(environment_id = %id, "enrollment token rotated");
+    .fetch_optional(&mut *tx)
+    .await?;
+    let name = name.ok_or(ApiError::NotFound("environment"))?;
+    // The token is shown once, to the caller; the trail says only that it changed.
+    let detail = json!({ "name": name });
+    audit::record(&mut *tx, &op, change("environment.rotate", id, &detail)).await?;
+    tx.commit().await?;
     Ok(axum::Json(
         json!({ "id": id, "enrollmentToken": issued.token, "enrollmentTokenHint": hint }),
     ))
+}
+
+/// An audit record of a change to environment `id`.
+fn change<'a>(action: &'static str, id: Uuid, detail: &'a Value) -> Change<'a> {
+    Change {
+        action,
+        target_type: "environment",
+        target_id: Some(id.to_string()),
+        detail,
+    }
+}
+
+/// Rows a selector preview shows.
+const PREVIEW_ROWS: i64 = 20;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PreviewBody {
+    /// Label map a node must contain (`{}` matches every node).
+    #[schema(value_type = Object)]
+    node_selector: Value,
+    /// Which node labels it matches: `any` (the default) or `operator`.
+    selector_labels: Option<SelectorLabels>,
+}
+
+/// A node a selector matches.
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+struct PreviewNode {
+    id: Uuid,
+    host: String,
+    status: String,
+    /// Effective labels: the reported ones overlaid with the operator's.
+    #[schema(value_type = Object)]
+    labels: Value,
+}
+
+/// How many nodes a selector matches, and the first of them by host.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Preview {
+    count: i64,
+    nodes: Vec<PreviewNode>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/selector-preview",
+    tag = "operator",
+    params(("id" = String, Path, description = "environment id (UUID)")),
+    request_body = PreviewBody,
+    responses((status = 200, description = "the count and the first 20 nodes by host", body = Preview), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+async fn selector_preview(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(req): Json<PreviewBody>,
+) -> Result<axum::Json<Preview>> {
+    op.require(Role::Viewer)?;
+    let id = id_of(&id, "environment")?;
+    validate_labels("nodeSelector", &req.node_selector)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !exists {
+        return Err(ApiError::NotFound("environment"));
+    }
+    let placement = Placement {
+        selector: req.node_selector,
+        labels: req.selector_labels.unwrap_or_default(),
+    };
+    // The very predicate deploys notify with, so the preview is what a deploy reaches.
+    let (any, operator) = selector_params(&[Some(&placement)])
+        .ok_or_else(|| anyhow::anyhow!("a placement gives selector parameters"))?;
+    let count: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
+    ))
+    .bind(id)
+    .bind(&any)
+    .bind(&operator)
+    .fetch_one(&state.pool)
+    .await?;
+    let nodes: Vec<PreviewNode> = sqlx::query_as(&format!(
+        "SELECT n.id, n.host, n.status, n.reported_labels || n.labels AS labels
+         FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}
+         ORDER BY n.host, n.id LIMIT $4"
+    ))
+    .bind(id)
+    .bind(&any)
+    .bind(&operator)
+    .bind(PREVIEW_ROWS)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(axum::Json(Preview { count, nodes }))
 }
 
 /// Creates environment `name` if missing and makes `token` its enrollment token.

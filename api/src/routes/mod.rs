@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod logs;
 pub mod metrics;
 pub mod page;
+pub mod pipeline_versions;
 pub mod pipelines;
 pub mod samples;
 pub mod session;
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agent_samples::router())
         .merge(environments::router())
         .merge(pipelines::router())
+        .merge(pipeline_versions::router())
         .merge(fleet::router())
         .merge(samples::router())
         .merge(logs::router())

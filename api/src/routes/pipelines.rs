@@ -1,6 +1,8 @@
-//! Pipelines: versions, deploy, undeploy, rollback, delete — each change notifies the nodes
-//! it reaches, with the selector before the change and the one after it.
+//! Pipelines: create, new versions, deploy, undeploy, rollback, delete — each change is
+//! audited with it and notifies the nodes it reaches, with the selector before the change and
+//! the one after it. Configs are checked as Vector would read them before they are stored.
 
+use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator, OptionalJson, Query};
 use crate::operator_auth::Role;
@@ -22,6 +24,7 @@ use uuid::Uuid;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/pipelines", post(create).get(list))
+        .route("/api/v1/pipelines/validate", post(validate))
         .route(
             "/api/v1/pipelines/{id}",
             get(show).put(update).delete(remove),
@@ -59,6 +62,12 @@ struct UpdatePipeline {
     /// Which node labels `nodeSelector` matches (`any` or `operator`); omitted, the previous
     /// version's choice.
     selector_labels: Option<SelectorLabels>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ValidateBody {
+    config_yaml: String,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -114,9 +123,7 @@ fn validate_version(
     log_level: &Option<String>,
     selector: &Option<Value>,
 ) -> Result<()> {
-    if yaml.trim().is_empty() || yaml.len() > MAX_YAML {
-        return Err(ApiError::invalid("configYaml", "non-empty, at most 1 MiB"));
-    }
+    validate_yaml(yaml)?;
     if let Some(level) = log_level {
         if !LOG_LEVELS.contains(&level.as_str()) {
             return Err(ApiError::invalid(
@@ -128,6 +135,15 @@ fn validate_version(
     if let Some(s) = selector {
         validate_labels("nodeSelector", s)?;
     }
+    Ok(())
+}
+
+/// Checks a config's size and its shape as Vector reads it (422 with the line otherwise).
+fn validate_yaml(yaml: &str) -> Result<()> {
+    if yaml.trim().is_empty() || yaml.len() > MAX_YAML {
+        return Err(ApiError::invalid("configYaml", "non-empty, at most 1 MiB"));
+    }
+    crate::vector_config::validate(yaml)?;
     Ok(())
 }
 
@@ -207,6 +223,8 @@ async fn create(
         labels: req.selector_labels.unwrap_or_default(),
     };
     insert_version(&mut tx, id, 1, &req.config_yaml, &req.log_level, &placement).await?;
+    let detail = json!({ "name": name, "environmentId": req.environment_id, "version": 1 });
+    audit::record(&mut *tx, &op, change("pipeline.create", id, &detail)).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(fetch(&state, id).await?)))
 }
@@ -314,8 +332,22 @@ async fn update(
         &placement,
     )
     .await?;
+    let detail = json!({ "version": version, "previousVersion": latest });
+    audit::record(&mut *tx, &op, change("pipeline.update", id, &detail)).await?;
     tx.commit().await?;
     Ok(axum::Json(fetch(&state, id).await?))
+}
+
+/// A pipeline's deployment as a change finds it (the version columns are null when nothing
+/// is deployed).
+#[derive(sqlx::FromRow)]
+struct Deployment {
+    environment_id: Uuid,
+    name: String,
+    latest_version: i32,
+    deployed_version: Option<i32>,
+    node_selector: Option<Value>,
+    selector_labels: Option<String>,
 }
 
 /// Which version a change deploys.
@@ -327,23 +359,33 @@ enum Target {
     Undeploy,
 }
 
-/// Moves `deployed_version` and notifies every node that matched before or matches after.
+/// Moves `deployed_version`, records it as `action`, and notifies every node that matched
+/// before or matches after.
 async fn change_deployment(
     state: &AppState,
+    op: &Operator,
+    action: &'static str,
     id: Uuid,
     target: Target,
 ) -> Result<axum::Json<Value>> {
     let mut tx = state.pool.begin().await?;
-    let current: Option<(Uuid, i32, Option<Value>, Option<String>)> = sqlx::query_as(
-        "SELECT p.environment_id, p.latest_version, v.node_selector, v.selector_labels
+    let current: Option<Deployment> = sqlx::query_as(
+        "SELECT p.environment_id, p.name, p.latest_version, p.deployed_version, v.node_selector, v.selector_labels
          FROM pipelines p LEFT JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
          WHERE p.id = $1 FOR UPDATE OF p",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (environment, latest, selector, labels) = current.ok_or(ApiError::NotFound("pipeline"))?;
-    let before = Placement::of(selector, labels);
+    let Deployment {
+        environment_id: environment,
+        latest_version: latest,
+        deployed_version: previous,
+        node_selector,
+        selector_labels,
+        ..
+    } = current.ok_or(ApiError::NotFound("pipeline"))?;
+    let before = Placement::of(node_selector, selector_labels);
     let (new_version, after, reason) = match target {
         Target::Undeploy => (None, None, ConfigChangeReason::Undeploy),
         Target::Version { version, reason } => {
@@ -364,6 +406,8 @@ async fn change_deployment(
         .bind(new_version)
         .execute(&mut *tx)
         .await?;
+    let detail = json!({ "fromVersion": previous, "toVersion": new_version });
+    audit::record(&mut *tx, op, change(action, id, &detail)).await?;
     tx.commit().await?;
     let nodes =
         matching_nodes(&state.pool, environment, &[before.as_ref(), after.as_ref()]).await?;
@@ -403,6 +447,8 @@ async fn deploy(
     let version = body.version;
     change_deployment(
         &state,
+        &op,
+        "pipeline.deploy",
         id,
         Target::Version {
             version,
@@ -434,6 +480,8 @@ async fn rollback(
         .ok_or_else(|| ApiError::invalid("version", "required"))?;
     change_deployment(
         &state,
+        &op,
+        "pipeline.rollback",
         id,
         Target::Version {
             version: Some(version),
@@ -458,7 +506,7 @@ async fn undeploy(
 ) -> Result<axum::Json<Value>> {
     op.require(Role::Editor)?;
     let id = id_of(&id, "pipeline")?;
-    change_deployment(&state, id, Target::Undeploy).await
+    change_deployment(&state, &op, "pipeline.undeploy", id, Target::Undeploy).await
 }
 
 #[utoipa::path(
@@ -476,18 +524,22 @@ async fn remove(
 ) -> Result<StatusCode> {
     op.require(Role::Editor)?;
     let id = id_of(&id, "pipeline")?;
+    let mut tx = state.pool.begin().await?;
     // The versions are still visible to this statement (it sees the rows as they were).
-    let deleted: Option<(Uuid, Option<Value>, Option<String>)> = sqlx::query_as(
-        "WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, deployed_version)
-         SELECT g.environment_id, v.node_selector, v.selector_labels
+    let deleted: Option<Deployment> = sqlx::query_as(
+        "WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, name, latest_version, deployed_version)
+         SELECT g.environment_id, g.name, g.latest_version, g.deployed_version, v.node_selector, v.selector_labels
          FROM gone g LEFT JOIN pipeline_versions v ON v.pipeline_id = $1 AND v.version = g.deployed_version",
     )
     .bind(id)
-    .fetch_optional(&state.pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    let (environment, selector, labels) = deleted.ok_or(ApiError::NotFound("pipeline"))?;
-    let before = Placement::of(selector, labels);
-    let nodes = matching_nodes(&state.pool, environment, &[before.as_ref()]).await?;
+    let deleted = deleted.ok_or(ApiError::NotFound("pipeline"))?;
+    let detail = json!({ "name": deleted.name, "deployedVersion": deleted.deployed_version });
+    audit::record(&mut *tx, &op, change("pipeline.delete", id, &detail)).await?;
+    tx.commit().await?;
+    let before = Placement::of(deleted.node_selector, deleted.selector_labels);
+    let nodes = matching_nodes(&state.pool, deleted.environment_id, &[before.as_ref()]).await?;
     state
         .notifier
         .push(
@@ -499,4 +551,28 @@ async fn remove(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An audit record of a change to pipeline `id`.
+fn change<'a>(action: &'static str, id: Uuid, detail: &'a Value) -> Change<'a> {
+    Change {
+        action,
+        target_type: "pipeline",
+        target_id: Some(id.to_string()),
+        detail,
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/validate",
+    tag = "operator",
+    request_body = ValidateBody,
+    responses((status = 200, description = "`{valid: true}`", body = Object), crate::openapi::BodyErrors, crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+async fn validate(op: Operator, Json(req): Json<ValidateBody>) -> Result<axum::Json<Value>> {
+    op.require(Role::Editor)?;
+    validate_yaml(&req.config_yaml)?;
+    Ok(axum::Json(json!({ "valid": true })))
 }

@@ -1,5 +1,6 @@
-//! Sample requests (editor) and their results (viewer).
+//! Sample requests (editor; audited, since they make agents act) and their results (viewer).
 
+use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator};
 use crate::operator_auth::Role;
@@ -105,6 +106,7 @@ async fn request(
     }
     let request_id = Uuid::new_v4();
     let ttl = state.settings.api.sample_request_ttl_secs as f64;
+    let mut tx = state.pool.begin().await?;
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO sample_requests (id, pipeline_id, environment_id, component_keys, sample_limit, expires_at)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at",
@@ -115,8 +117,17 @@ async fn request(
     .bind(&keys)
     .bind(limit as i32)
     .bind(ttl)
-    .fetch_one(&state.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    let detail = json!({ "requestId": request_id, "componentKeys": keys, "limit": limit });
+    let change = Change {
+        action: "sample.request",
+        target_type: "pipeline",
+        target_id: Some(pipeline.to_string()),
+        detail: &detail,
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
     // Nodes that report it running and that it is placed on: a node claiming a pipeline it
     // was never given learns nothing of the request.
     let running: Vec<Uuid> = sqlx::query_scalar(RUNNING_ON)

@@ -1,5 +1,6 @@
-//! Fleet-wide settings: the poll interval.
+//! Fleet-wide settings: the poll interval (changes are audited).
 
+use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Operator};
 use crate::operator_auth::Role;
@@ -58,10 +59,24 @@ async fn update(
             "between 1000 and 3600000",
         ));
     }
+    let mut tx = state.pool.begin().await?;
+    // Locked, so the value recorded as replaced is the one replaced.
+    let previous: i32 = sqlx::query_scalar("SELECT poll_interval_ms FROM settings FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
     sqlx::query("UPDATE settings SET poll_interval_ms = $1")
         .bind(req.poll_interval_ms as i32)
-        .execute(&state.pool)
+        .execute(&mut *tx)
         .await?;
+    let detail = json!({ "pollIntervalMs": { "from": previous, "to": req.poll_interval_ms } });
+    let change = Change {
+        action: "settings.update",
+        target_type: "settings",
+        target_id: None,
+        detail: &detail,
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
     let nodes: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM nodes")
         .fetch_all(&state.pool)
         .await?;

@@ -81,7 +81,15 @@ async fn start(
         component_id: body.component_id,
     };
     let id = taps::start(&state, &tap).await?;
-    tracing::info!(tap = %id, node_id = %node_id, token_id = %op.token_id, "tap started");
+    // A tap makes an agent act, so it is on the trail (the audit record logs the token).
+    let detail = json!({ "requestId": id, "nodeId": node_id, "componentId": tap.component_id });
+    let change = crate::audit::Change {
+        action: "tap.start",
+        target_type: "pipeline",
+        target_id: Some(pipeline_id.to_string()),
+        detail: &detail,
+    };
+    crate::audit::record(&state.pool, &op, change).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "requestId": id, "expiresInSecs": taps::LIFETIME.as_secs() })),

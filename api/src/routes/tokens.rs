@@ -1,5 +1,7 @@
-//! Operator tokens (admin): issue, list, revoke. Tokens are shown once, hashes never.
+//! Operator tokens (admin): issue, list, revoke. Tokens are shown once, hashes never; the
+//! audit trail records each issue and revocation by name and role, never the token.
 
+use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json, Operator};
 use crate::operator_auth::{create_token, Role};
@@ -55,8 +57,12 @@ async fn create(
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::invalid("name", "1 to 100 characters"));
     }
+    let mut tx = state.pool.begin().await?;
     let (id, token) =
-        create_token(&state.pool, name, req.role, state.settings.auth.bcrypt_cost).await?;
+        create_token(&mut *tx, name, req.role, state.settings.auth.bcrypt_cost).await?;
+    let detail = json!({ "name": name, "role": req.role });
+    audit::record(&mut *tx, &op, change("token.create", id, &detail)).await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "id": id, "name": name, "role": req.role, "token": token })),
@@ -94,16 +100,29 @@ async fn revoke(
 ) -> Result<StatusCode> {
     op.require(Role::Admin)?;
     let id = id_of(&id, "token")?;
-    let n = sqlx::query("UPDATE operator_tokens SET revoked = true WHERE id = $1")
-        .bind(id)
-        .execute(&state.pool)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::NotFound("token"));
-    }
-    crate::sessions::end_all_of(&state.pool, id).await?;
+    let mut tx = state.pool.begin().await?;
+    let revoked: Option<(String, String)> = sqlx::query_as(
+        "UPDATE operator_tokens SET revoked = true WHERE id = $1 RETURNING name, role",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (name, role) = revoked.ok_or(ApiError::NotFound("token"))?;
+    crate::sessions::end_all_of(&mut *tx, id).await?;
+    let detail = json!({ "name": name, "role": role });
+    audit::record(&mut *tx, &op, change("token.revoke", id, &detail)).await?;
+    tx.commit().await?;
     // Its open live streams, on every api, end within a second.
     state.fleet_events.credentials_revoked(&state.redis).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An audit record of a change to operator token `id`.
+fn change<'a>(action: &'static str, id: Uuid, detail: &'a Value) -> Change<'a> {
+    Change {
+        action,
+        target_type: "token",
+        target_id: Some(id.to_string()),
+        detail,
+    }
 }
