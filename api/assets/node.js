@@ -4,6 +4,7 @@
 import { ago, api, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
 import { nodeActions, wsBadge } from "./fleet.js";
 import { componentsOf } from "./yaml.js";
+import { historyOf } from "./activity.js";
 
 const REFRESH_MS = 1000;
 const SAMPLE_POLL_MS = 500;
@@ -22,7 +23,8 @@ export function mount(main, { id, query }) {
     const n = node;
     const status = n.maintenanceMode ? "MAINTENANCE" : n.status;
     put(head, el("h1", { class: "view-title", id: "node-host" }, n.host), pill(status), n.wsConnected ? wsBadge(n) : null,
-      can("admin") ? el("span", { class: "actions" }, ...nodeActions(n, refresh, () => { location.hash = "#/fleet"; }), selfUpdateButton(n)) : null);
+      can("admin") ? el("span", { class: "actions" }, ...nodeActions(n, refresh, () => { location.hash = "#/fleet"; }), selfUpdateButton(n)) : null,
+      can("admin") ? el("a", { href: historyOf("node", n.id), id: "node-history" }, "History") : null);
     const pending = n.pendingAction ? n.pendingAction.type + (n.pendingAction.targetVersion ? " → " + n.pendingAction.targetVersion : "")
       + (n.pendingAction.pipelineId ? " (" + (names[n.pendingAction.pipelineId] || n.pendingAction.pipelineId) + ")" : "") : "none";
     put(about, 

@@ -3,6 +3,7 @@
 // its selector matches, and deploy, undeploy, rollback and delete, each confirmed.
 import { api, ApiError, can, confirmDialog, debounce, describe, el, formatLabels, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
 import { renderDiff, yamlEditor } from "./editor.js";
+import { historyOf } from "./activity.js";
 
 const VALIDATE_DELAY_MS = 400;
 const PREVIEW_DELAY_MS = 300;
@@ -177,7 +178,8 @@ export function mountEditor(main, { id }) {
         el("button", { type: "button", class: "primary", id: "deploy", onclick: deploy }, "Deploy…"),
         el("button", { type: "button", id: "undeploy", disabled: !p.deployedVersion, onclick: undeploy }, "Undeploy"),
         el("button", { type: "button", id: "rollback", disabled: p.versions.length < 2, onclick: rollback }, "Roll back…"),
-        el("button", { type: "button", class: "danger", id: "delete", onclick: remove }, "Delete")) : null);
+        el("button", { type: "button", class: "danger", id: "delete", onclick: remove }, "Delete")) : null,
+      can("admin") ? el("a", { href: historyOf("pipeline", p.id), id: "pipeline-history" }, "History") : null);
     const rows = [...p.versions].sort((a, b) => b.version - a.version).map(v => el("tr", { "data-version": v.version },
       el("th", { scope: "row" }, "v" + v.version), el("td", {}, v.version === p.deployedVersion ? pill("DEPLOYED") : ""),
       el("td", {}, when(v.createdAt)), el("td", {}, el("code", {}, v.checksum.slice(0, 12))),

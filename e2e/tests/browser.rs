@@ -777,6 +777,29 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     let shot = client.screenshot().await.unwrap();
     std::fs::write(repo_root().join("test-output/activity.png"), &shot).unwrap();
 
+    // The pipeline's history: its page links to the trail filtered on the server.
+    page.open(&format!("#/pipeline/{pipeline_id}")).await;
+    page.click("#pipeline-history").await;
+    page.wait_for(r#"#activity-filters select#activity-target option[value="pipeline"]:checked"#)
+        .await;
+    page.wait_for("#activity tbody tr[data-action]").await;
+    let (_, history) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/audit?targetType=pipeline&targetId={pipeline_id}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    let expected: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(expected.len() >= 5, "{expected:?}");
+    assert_eq!(page.texts("#activity tbody code.action").await, expected);
+
     assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     client.close().await.unwrap();
 }
