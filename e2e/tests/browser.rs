@@ -327,6 +327,40 @@ async fn the_ws_badge_follows_the_agent_live() {
         "live within 2 s: {appear:?} / {vanish:?}"
     );
 
+    // Events patch the rows they name: a heartbeat that changes what edge-1 shows re-reads
+    // edge-1 alone (`?ids=`), and nothing reloads the fleet page.
+    let fleet_reads = |which: &'static str| {
+        let client = &client;
+        async move {
+            let script = format!(
+                "return performance.getEntriesByType('resource').map(e => e.name)
+                   .filter(n => n.includes('/api/v1/fleet?') && {which}).length"
+            );
+            client
+                .execute(&script, json!([]))
+                .await
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let full_before = fleet_reads("!n.includes('ids=')").await;
+    let rows_before = fleet_reads("n.includes('ids=')").await;
+    http.post(format!("{lb}/api/agent/heartbeat"))
+        .bearer_auth(&token)
+        .json(&status("STARTING"))
+        .send()
+        .await
+        .unwrap();
+    page.wait_text(&format!("{row} .pill[data-pipeline-id]"), "starting")
+        .await;
+    assert_eq!(
+        fleet_reads("!n.includes('ids=')").await,
+        full_before,
+        "no full reload on an event"
+    );
+    assert!(fleet_reads("n.includes('ids=')").await > rows_before);
+
     // Actions from the page are confirmed in its dialog and sent as same-origin JSON.
     let edge2 = format!(r#"tr[data-node-id="{}"]"#, nodes[1].0);
     page.click(&format!("{edge2} button.maintenance")).await;
