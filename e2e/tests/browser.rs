@@ -606,6 +606,13 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     page.wait_for(r#"main[data-view="pipeline"][aria-busy="false"]"#)
         .await;
     page.type_into("#pipeline-name", "web-logs").await;
+    // Tab indents inside the editor instead of leaving it.
+    page.type_into("#yaml", "a:\u{E004}b").await;
+    let typed = client
+        .execute("return document.getElementById('yaml').value", json!([]))
+        .await
+        .unwrap();
+    assert_eq!(typed, "a:  b");
     page.type_into("#yaml", BROKEN).await;
     let (status, said) = call(
         &http,
@@ -712,6 +719,22 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         )
         .await;
     println!("sample shown:\n{events}");
+    // A live tap of the same component on this node streams until it is stopped.
+    page.click(&format!("{section} button.tap")).await;
+    page.toast("Live tap of in started").await;
+    let tapped = page
+        .wait_text(&format!("{section} pre.sample-events"), "Live tap of in:")
+        .await;
+    assert!(tapped.contains("\"component\":\"in\""), "{tapped}");
+    page.click(&format!("{section} button.tap")).await;
+    page.toast("Live tap stopped").await;
+    // Labels, edited by an admin, are the node's own from then on.
+    page.click("#labels-open").await;
+    page.type_into("#labels-edit", "tier=edge\nowner=web-team")
+        .await;
+    page.click(".labels-form button[type=submit]").await;
+    page.toast("saved").await;
+    page.wait_text("#node-labels", "owner=web-team").await;
     let shot = client.screenshot().await.unwrap();
     let out = repo_root().join("test-output");
     std::fs::create_dir_all(&out).unwrap();
