@@ -10,6 +10,7 @@ use crate::push::PushTarget;
 use crate::state::{Command, Event, Identity, PollError, State};
 use crate::supervisor::Supervisor;
 use crate::update::UpdateFailure;
+use crate::vector_api::VectorApi;
 use crate::{enroll, push, samples, update};
 use anyhow::Context;
 use flotilla_shared::protocol::{PendingAction, SamplesRequest};
@@ -96,12 +97,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.tuning.log_flush,
         tasks_cancel.clone(),
     ));
+    let vector_api = VectorApi::new(config.tuning.vector_api_timeout);
     let mut main = MainLoop {
         client,
         token,
         config,
         state,
         supervisor,
+        vector_api,
         tx,
         rx,
         push: None,
@@ -143,6 +146,8 @@ struct MainLoop {
     token: flotilla_shared::secret::Secret,
     state: State,
     supervisor: Supervisor,
+    /// Reads each running pipeline's counters before a heartbeat.
+    vector_api: VectorApi,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     push: Option<(watch::Sender<PushTarget>, JoinHandle<()>)>,
@@ -204,9 +209,11 @@ impl MainLoop {
                     Event::PollDone(result)
                 });
             }
-            Command::Heartbeat(body) => {
+            Command::Heartbeat(mut body) => {
                 let client = self.client.clone();
+                let (vector_api, apis) = (self.vector_api.clone(), self.supervisor.apis());
                 self.spawn(async move {
+                    vector_api.fill(&mut body, &apis).await;
                     let result = client.heartbeat(&body).await;
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, "heartbeat failed");
@@ -257,9 +264,10 @@ impl MainLoop {
             Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(&pipeline_id),
             Command::Tap(request) => {
                 let bin = self.config.vector_bin.clone();
+                let api = self.supervisor.api_of(&request.pipeline_id);
                 let timeout = self.config.tuning.tap_timeout;
                 self.spawn(async move {
-                    let results = samples::tap_all(&bin, &request, timeout).await;
+                    let results = samples::tap_all(&bin, api, &request, timeout).await;
                     Event::TapDone {
                         request_id: request.request_id.clone(),
                         results,
@@ -338,13 +346,14 @@ impl MainLoop {
         };
         let (client, tx) = (self.client.clone(), self.tx.clone());
         let bin = self.config.vector_bin.clone();
+        let api = self.supervisor.api_of(&tap.pipeline_id);
         let (flush, max) = (
             self.config.tuning.live_tap_flush,
             self.config.tuning.live_tap_max,
         );
         self.tasks.spawn(async move {
             let request_id = tap.request_id.clone();
-            live_tap::run(tap, &bin, &client, flush, max, stop).await;
+            live_tap::run(tap, &bin, api, &client, flush, max, stop).await;
             let _ = tx.send(Event::LiveTapEnded { request_id });
         });
     }
