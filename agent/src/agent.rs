@@ -10,7 +10,7 @@ use crate::push::PushTarget;
 use crate::state::{Command, Event, Identity, PollError, State};
 use crate::supervisor::Supervisor;
 use crate::update::UpdateFailure;
-use crate::vector_api::VectorApi;
+use crate::vector_api::{TapUrl, VectorApi};
 use crate::{enroll, push, samples, update};
 use anyhow::Context;
 use flotilla_shared::protocol::{PendingAction, SamplesRequest};
@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot prepare {}", config.pipelines_dir().display()))?;
     let identity = Identity {
         agent_version: crate::VERSION.to_owned(),
-        vector_version,
+        vector_version: vector_version.clone(),
         labels: config.labels.clone(),
         // The server refuses self-updates to DOCKER nodes: their image is what to update.
         deployment_mode: Some(config.deployment_mode.clone().unwrap_or_else(|| {
@@ -105,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         state,
         supervisor,
         vector_api,
+        vector_version,
         tx,
         rx,
         push: None,
@@ -148,6 +149,8 @@ struct MainLoop {
     supervisor: Supervisor,
     /// Reads each running pipeline's counters before a heartbeat.
     vector_api: VectorApi,
+    /// `vector --version`, which decides the tap URL's form.
+    vector_version: Option<String>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     push: Option<(watch::Sender<PushTarget>, JoinHandle<()>)>,
@@ -264,7 +267,7 @@ impl MainLoop {
             Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(&pipeline_id),
             Command::Tap(request) => {
                 let bin = self.config.vector_bin.clone();
-                let api = self.supervisor.api_of(&request.pipeline_id);
+                let api = self.tap_url(&request.pipeline_id);
                 let timeout = self.config.tuning.tap_timeout;
                 self.spawn(async move {
                     let results = samples::tap_all(&bin, api, &request, timeout).await;
@@ -346,7 +349,7 @@ impl MainLoop {
         };
         let (client, tx) = (self.client.clone(), self.tx.clone());
         let bin = self.config.vector_bin.clone();
-        let api = self.supervisor.api_of(&tap.pipeline_id);
+        let api = self.tap_url(&tap.pipeline_id);
         let (flush, max) = (
             self.config.tuning.live_tap_flush,
             self.config.tuning.live_tap_max,
@@ -356,6 +359,12 @@ impl MainLoop {
             live_tap::run(tap, &bin, api, &client, flush, max, stop).await;
             let _ = tx.send(Event::LiveTapEnded { request_id });
         });
+    }
+
+    /// Where `vector tap` reaches this pipeline's Vector, when it has an API of its own.
+    fn tap_url(&self, pipeline_id: &str) -> Option<TapUrl> {
+        let addr = self.supervisor.api_of(pipeline_id)?;
+        Some(TapUrl::new(addr, self.vector_version.as_deref()))
     }
 
     /// Runs an I/O task that reports one event, cancelled at shutdown.

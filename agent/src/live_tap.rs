@@ -8,9 +8,9 @@
 
 use crate::client::ApiClient;
 use crate::samples::TapProcess;
+use crate::vector_api::TapUrl;
 use flotilla_shared::protocol::TapEvents;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub struct Stop {
 pub async fn run(
     tap: LiveTap,
     vector_bin: &Path,
-    api: Option<SocketAddr>,
+    api: Option<TapUrl>,
     client: &ApiClient,
     flush_every: Duration,
     max: Duration,

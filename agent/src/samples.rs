@@ -1,8 +1,8 @@
 //! Sample requests: `vector tap` per component, with an event limit and a time limit.
 
+use crate::vector_api::TapUrl;
 use flotilla_shared::protocol::{SampleRequestConfig, SampleResult, SchemaField};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 /// its default.
 pub async fn tap_all(
     vector_bin: &Path,
-    api: Option<SocketAddr>,
+    api: Option<TapUrl>,
     request: &SampleRequestConfig,
     timeout: Duration,
 ) -> Vec<SampleResult> {
@@ -29,7 +29,7 @@ pub async fn tap_all(
 /// Runs `vector tap --outputs-of <key> --limit <n> --format json` and collects its events.
 pub async fn tap(
     vector_bin: &Path,
-    api: Option<SocketAddr>,
+    api: Option<TapUrl>,
     request: &SampleRequestConfig,
     key: &str,
     timeout: Duration,
@@ -61,14 +61,14 @@ impl TapProcess {
     /// `--limit` when given.
     pub fn spawn(
         vector_bin: &Path,
-        api: Option<SocketAddr>,
+        api: Option<TapUrl>,
         key: &str,
         limit: Option<u32>,
     ) -> Result<Self, String> {
         let mut cmd = tokio::process::Command::new(vector_bin);
         cmd.args(["tap", "--outputs-of", key]);
         if let Some(api) = api {
-            cmd.args(["--url", &format!("http://{api}/graphql")]);
+            cmd.args(["--url", &api.to_string()]);
         }
         if let Some(limit) = limit {
             cmd.args(["--limit", &limit.to_string()]);
@@ -111,7 +111,7 @@ impl TapProcess {
 
 async fn run_tap(
     vector_bin: &Path,
-    api: Option<SocketAddr>,
+    api: Option<TapUrl>,
     key: &str,
     limit: u32,
     timeout: Duration,

@@ -124,6 +124,43 @@ fn free_loopback_port() -> Option<SocketAddr> {
         .ok()
 }
 
+/// Where `vector tap` reaches a pipeline's Vector: its API address, with the `/graphql` path
+/// up to Vector 0.54 and without it from 0.55 (the gRPC API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapUrl {
+    addr: SocketAddr,
+    graphql: bool,
+}
+
+impl TapUrl {
+    /// The tap URL of the API at `addr` for the Vector version reported by `vector --version`
+    /// (`None`: unknown, taken as one with the GraphQL API).
+    pub fn new(addr: SocketAddr, vector_version: Option<&str>) -> Self {
+        let grpc = vector_version
+            .and_then(major_minor)
+            .is_some_and(|v| v >= (0, 55));
+        Self {
+            addr,
+            graphql: !grpc,
+        }
+    }
+}
+
+impl std::fmt::Display for TapUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.graphql {
+            true => write!(f, "http://{}/graphql", self.addr),
+            false => write!(f, "http://{}", self.addr),
+        }
+    }
+}
+
+/// `(major, minor)` of a version such as `0.54.0` or `0.55.1-debian`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// One pipeline's counters, as reported in its heartbeat entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counters {
@@ -359,6 +396,17 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn tap_urls_follow_the_vector_version() {
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let url = |v| TapUrl::new(addr, v).to_string();
+        assert_eq!(url(Some("0.54.0")), "http://127.0.0.1:4000/graphql");
+        assert_eq!(url(None), "http://127.0.0.1:4000/graphql");
+        assert_eq!(url(Some("nonsense")), "http://127.0.0.1:4000/graphql");
+        assert_eq!(url(Some("0.55.0")), "http://127.0.0.1:4000");
+        assert_eq!(url(Some("1.0.0")), "http://127.0.0.1:4000");
     }
 
     #[test]
