@@ -301,16 +301,15 @@ async fn detail(stack: &Stack, node: &str, pipeline: &str) -> Option<serde_json:
 async fn counters_from_each_pipelines_vector_api_reach_the_node_detail() {
     let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
     stack.set_poll_interval(1000).await;
+    // The stand-in serves its API for configs marked `fake_api`.
     let with_api = stack
         .deploy_new(
             &env,
-            "sources:\n  in:\n    type: demo_logs\n    format: json\ntransforms:\n  parse:\n    type: remap\n    inputs: [in]\n    source: '.'\nsinks:\n  out:\n    type: blackhole\n    inputs: [parse]\n",
+            "# fake_api\nsources:\n  in:\n    type: demo_logs\n    format: json\ntransforms:\n  parse:\n    type: remap\n    inputs: [in]\n    source: '.'\nsinks:\n  out:\n    type: blackhole\n    inputs: [parse]\n",
         )
         .await;
     // This Vector's API never answers: its pipeline is reported without counters.
-    let silent = stack
-        .deploy_new(&env, &format!("{}# fake_no_api\n", yaml("silent")))
-        .await;
+    let silent = stack.deploy_new(&env, &yaml("silent")).await;
 
     let first = eventually(
         "counters in the node detail",
