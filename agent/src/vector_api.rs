@@ -4,15 +4,21 @@
 //! be shared by all pipelines of a host): the agent adds an `api` block to the config it
 //! writes, unless the config has one, in which case that block's address is used when it is
 //! enabled. Before each heartbeat the agent asks every running pipeline's API (Vector's GraphQL
-//! `components` query) for its counters; a Vector whose API does not answer leaves its
-//! counters out of the heartbeat, never the heartbeat itself. `vector tap` (samples, live
+//! `components` query, and the first answer of its `componentErrorsTotals` subscription, which
+//! is where Vector serves error counts) for its counters; a Vector whose API does not answer
+//! leaves its counters out of the heartbeat, never the heartbeat itself. `vector tap` (samples, live
 //! taps) is pointed at the same address.
 
 use flotilla_shared::protocol::{Heartbeat, PipelineState};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The comment that opens the `api` block the agent adds to a pipeline's config.
 pub const ADDED_BLOCK: &str = "# flotilla-agent: this pipeline's own Vector API (counters, taps)";
@@ -26,6 +32,11 @@ const QUERY: &str = "{ components(first: 1000) { edges { node { __typename compo
 ... on Source { metrics { receivedEventsTotal { receivedEventsTotal } receivedBytesTotal { receivedBytesTotal } sentEventsTotal { sentEventsTotal } } } \
 ... on Transform { metrics { receivedEventsTotal { receivedEventsTotal } sentEventsTotal { sentEventsTotal } } } \
 ... on Sink { metrics { receivedEventsTotal { receivedEventsTotal } sentEventsTotal { sentEventsTotal } sentBytesTotal { sentBytesTotal } } } } } } }";
+
+/// Error totals per component: Vector serves them only as a subscription, whose first answer
+/// (at once, with the components that have errors) is all the agent reads.
+const ERRORS: &str =
+    "subscription { componentErrorsTotals(interval: 1000) { componentId metric { errorsTotal } } }";
 
 /// A pipeline config as written for Vector, and where its API listens (if anywhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +184,8 @@ pub struct Counters {
     /// Bytes its sinks sent.
     pub bytes_out: i64,
     /// Per component: `{componentId, componentKind, componentType, receivedEvents,
-    /// sentEvents, receivedBytes?, sentBytes?}` (VectorFlow's shape).
+    /// sentEvents, receivedBytes?, sentBytes?}` (VectorFlow's shape; [`VectorApi::fill`] adds
+    /// `errorsTotal` to components with errors).
     pub components: Vec<Value>,
 }
 
@@ -270,6 +282,7 @@ impl Counters {
 #[derive(Debug, Clone)]
 pub struct VectorApi {
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl VectorApi {
@@ -282,7 +295,7 @@ impl VectorApi {
             .no_proxy()
             .build()
             .expect("HTTP client builds");
-        Self { http }
+        Self { http, timeout }
     }
 
     /// The counters of the Vector whose API is at `addr`; `None` when it does not answer
@@ -301,6 +314,22 @@ impl VectorApi {
         Counters::from_answer(response.json().await.ok()?)
     }
 
+    /// Error totals per component of the Vector whose API is at `addr` (components without
+    /// errors are absent); `None` when it does not answer the subscription in time.
+    pub async fn errors(&self, addr: SocketAddr) -> Option<BTreeMap<String, i64>> {
+        match tokio::time::timeout(self.timeout, subscribe_errors(addr)).await {
+            Ok(Ok(totals)) => Some(totals),
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "vector error subscription failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "vector error subscription timed out");
+                None
+            }
+        }
+    }
+
     /// Adds the counters of each RUNNING pipeline of `heartbeat` whose API is in `apis`, all
     /// queried at once; pipelines whose Vector does not answer are left as they are.
     pub async fn fill(&self, heartbeat: &mut Heartbeat, apis: &[(String, SocketAddr)]) {
@@ -314,15 +343,26 @@ impl VectorApi {
                 Some((i, *addr))
             })
             .collect();
-        let answers =
-            futures_util::future::join_all(targets.iter().map(|(_, addr)| self.counters(*addr)))
-                .await;
-        for ((i, addr), counters) in targets.into_iter().zip(answers) {
+        let answers = futures_util::future::join_all(
+            targets
+                .iter()
+                .map(|(_, addr)| async { tokio::join!(self.counters(*addr), self.errors(*addr)) }),
+        )
+        .await;
+        for ((i, addr), (counters, errors)) in targets.into_iter().zip(answers) {
             let p = &mut heartbeat.pipelines[i];
-            let Some(c) = counters else {
+            let Some(mut c) = counters else {
                 tracing::debug!(pipeline = %p.pipeline_id, %addr, "vector api did not answer; counters left out");
                 continue;
             };
+            if let Some(errors) = errors {
+                p.errors_total = Some(errors.values().sum());
+                for component in &mut c.components {
+                    if let Some(n) = errors.get(component["componentId"].as_str().unwrap_or("")) {
+                        component["errorsTotal"] = json!(n);
+                    }
+                }
+            }
             p.events_in = Some(c.events_in);
             p.events_out = Some(c.events_out);
             p.bytes_in = Some(c.bytes_in);
@@ -330,6 +370,64 @@ impl VectorApi {
             p.component_metrics = Some(Value::Array(c.components));
         }
     }
+}
+
+/// Why the error subscription gave no totals.
+type SubscribeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens `ws://<addr>/graphql`, subscribes to `componentErrorsTotals` and reads its first
+/// answer, in whichever of the two GraphQL-over-WebSocket protocols the server picks
+/// (`graphql-transport-ws`, or the older `graphql-ws` of Vector's own client).
+async fn subscribe_errors(addr: SocketAddr) -> Result<BTreeMap<String, i64>, SubscribeError> {
+    let mut request = format!("ws://{addr}/graphql").into_client_request()?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws, graphql-ws"),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await?;
+    let legacy = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .is_some_and(|p| p.as_bytes() == b"graphql-ws");
+    let send = |v: Value| Message::Text(v.to_string().into());
+    socket
+        .send(send(json!({"type": "connection_init", "payload": {}})))
+        .await?;
+    let mut subscribed = false;
+    while let Some(message) = socket.next().await {
+        let text = match message? {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let message: Value = serde_json::from_str(text.as_str())?;
+        match message["type"].as_str() {
+            Some("connection_ack") if !subscribed => {
+                subscribed = true;
+                let kind = if legacy { "start" } else { "subscribe" };
+                let query = json!({"id": "1", "type": kind, "payload": {"query": ERRORS}});
+                socket.send(send(query)).await?;
+            }
+            Some("next" | "data") if message["id"] == "1" => {
+                let totals = message["payload"]["data"]["componentErrorsTotals"]
+                    .as_array()
+                    .ok_or("no componentErrorsTotals in the answer")?
+                    .iter()
+                    .filter_map(|c| {
+                        let n = c["metric"]["errorsTotal"].as_f64()?;
+                        Some((c["componentId"].as_str()?.to_owned(), n as i64))
+                    })
+                    .collect();
+                let kind = if legacy { "stop" } else { "complete" };
+                let _ = socket.send(send(json!({"id": "1", "type": kind}))).await;
+                let _ = socket.close(None).await;
+                return Ok(totals);
+            }
+            Some("error" | "connection_error") => return Err(format!("{message}").into()),
+            _ => {}
+        }
+    }
+    Err("the subscription ended without an answer".into())
 }
 
 #[cfg(test)]

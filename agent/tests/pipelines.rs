@@ -347,6 +347,14 @@ async fn counters_from_each_pipelines_vector_api_reach_the_node_detail() {
     assert!(components
         .iter()
         .all(|c| c["receivedEvents"].as_i64() == Some(events)));
+    // Errors come from Vector's error subscription: the stand-in's m-th subscriber sees m
+    // errors on every sink.
+    let errors = m["errorsTotal"].as_i64().expect("errorsTotal");
+    assert!(errors > 0, "{m}");
+    assert_eq!(components[2]["errorsTotal"].as_i64(), Some(errors));
+    assert!(components[..2]
+        .iter()
+        .all(|c| c.get("errorsTotal").is_none()));
 
     // Each heartbeat reads them again.
     eventually("the counters grow", Duration::from_secs(10), || async {
