@@ -43,9 +43,9 @@ id_of() {
   sed -n 's/.*"id":"\([^"]*\)".*/\1/p' | head -n 1
 }
 
-# The environment's id: environments are flat objects, one per line once split.
+# The environment's id: environments are flat objects, one per line once split at '}'.
 environments=$(call GET /api/v1/environments)
-environment_id=$(printf '%s\n' "$environments" | sed 's/},{/}\n{/g' \
+environment_id=$(printf '%s\n' "$environments" | tr '}' '\n' \
   | grep "\"name\":\"$environment\"" | id_of)
 if [ -z "$environment_id" ]; then
   echo "demo pipeline: no environment named $environment" >&2
