@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One build for every Flotilla binary; pick the image with --target api|gateway|agent.
+# One build for every Flotilla binary; pick the image with --target api|gateway|agent|agent-vector.
 
 FROM rust:1-slim-bookworm AS chef
 # make: the gateway's allocator (jemalloc) is built from C sources.
@@ -43,3 +43,18 @@ FROM runtime AS agent
 COPY --from=builder /src/target/release/flotilla-agent /usr/local/bin/flotilla-agent
 ENV VF_DATA_DIR=/home/nonroot/vf-agent
 ENTRYPOINT ["/usr/local/bin/flotilla-agent"]
+
+# The agent with a real Vector beside it, on the official Vector image: what a host that runs
+# pipelines needs (the demo agents use it). 0.54 is the last Vector whose API speaks GraphQL,
+# which the agent reads each pipeline's counters from; `vector` is /usr/bin/vector there.
+FROM timberio/vector:0.54.0-debian AS agent-vector
+COPY --from=builder /src/target/release/flotilla-agent /usr/local/bin/flotilla-agent
+# Pipelines run as this unprivileged user; Vector's data dir is theirs too.
+RUN useradd --system --no-log-init --uid 10001 --user-group \
+        --create-home --home-dir /var/lib/vf-agent vf-agent \
+    && mkdir -p /var/lib/vector \
+    && chown vf-agent:vf-agent /var/lib/vector
+USER 10001:10001
+ENV VF_DATA_DIR=/var/lib/vf-agent VF_VECTOR_BIN=/usr/bin/vector VF_LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/flotilla-agent"]
+CMD []

@@ -10,6 +10,7 @@ use crate::push::PushTarget;
 use crate::state::{Command, Event, Identity, PollError, State};
 use crate::supervisor::Supervisor;
 use crate::update::UpdateFailure;
+use crate::vector_api::{TapUrl, VectorApi};
 use crate::{enroll, push, samples, update};
 use anyhow::Context;
 use flotilla_shared::protocol::{PendingAction, SamplesRequest};
@@ -65,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot prepare {}", config.pipelines_dir().display()))?;
     let identity = Identity {
         agent_version: crate::VERSION.to_owned(),
-        vector_version,
+        vector_version: vector_version.clone(),
         labels: config.labels.clone(),
         // The server refuses self-updates to DOCKER nodes: their image is what to update.
         deployment_mode: Some(config.deployment_mode.clone().unwrap_or_else(|| {
@@ -96,12 +97,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.tuning.log_flush,
         tasks_cancel.clone(),
     ));
+    let vector_api = VectorApi::new(config.tuning.vector_api_timeout);
     let mut main = MainLoop {
         client,
         token,
         config,
         state,
         supervisor,
+        vector_api,
+        vector_version,
         tx,
         rx,
         push: None,
@@ -143,6 +147,10 @@ struct MainLoop {
     token: flotilla_shared::secret::Secret,
     state: State,
     supervisor: Supervisor,
+    /// Reads each running pipeline's counters before a heartbeat.
+    vector_api: VectorApi,
+    /// `vector --version`, which decides the tap URL's form.
+    vector_version: Option<String>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
     push: Option<(watch::Sender<PushTarget>, JoinHandle<()>)>,
@@ -204,9 +212,11 @@ impl MainLoop {
                     Event::PollDone(result)
                 });
             }
-            Command::Heartbeat(body) => {
+            Command::Heartbeat(mut body) => {
                 let client = self.client.clone();
+                let (vector_api, apis) = (self.vector_api.clone(), self.supervisor.apis());
                 self.spawn(async move {
+                    vector_api.fill(&mut body, &apis).await;
                     let result = client.heartbeat(&body).await;
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, "heartbeat failed");
@@ -257,9 +267,10 @@ impl MainLoop {
             Command::RemoveConfig { pipeline_id } => self.supervisor.remove_config(&pipeline_id),
             Command::Tap(request) => {
                 let bin = self.config.vector_bin.clone();
+                let api = self.tap_url(&request.pipeline_id);
                 let timeout = self.config.tuning.tap_timeout;
                 self.spawn(async move {
-                    let results = samples::tap_all(&bin, &request, timeout).await;
+                    let results = samples::tap_all(&bin, api, &request, timeout).await;
                     Event::TapDone {
                         request_id: request.request_id.clone(),
                         results,
@@ -338,15 +349,22 @@ impl MainLoop {
         };
         let (client, tx) = (self.client.clone(), self.tx.clone());
         let bin = self.config.vector_bin.clone();
+        let api = self.tap_url(&tap.pipeline_id);
         let (flush, max) = (
             self.config.tuning.live_tap_flush,
             self.config.tuning.live_tap_max,
         );
         self.tasks.spawn(async move {
             let request_id = tap.request_id.clone();
-            live_tap::run(tap, &bin, &client, flush, max, stop).await;
+            live_tap::run(tap, &bin, api, &client, flush, max, stop).await;
             let _ = tx.send(Event::LiveTapEnded { request_id });
         });
+    }
+
+    /// Where `vector tap` reaches this pipeline's Vector, when it has an API of its own.
+    fn tap_url(&self, pipeline_id: &str) -> Option<TapUrl> {
+        let addr = self.supervisor.api_of(pipeline_id)?;
+        Some(TapUrl::new(addr, self.vector_version.as_deref()))
     }
 
     /// Runs an I/O task that reports one event, cancelled at shutdown.

@@ -2,7 +2,8 @@
 //!
 //! The variables are those of existing VectorFlow agents, so this agent is a drop-in
 //! replacement: `VF_URL`, `VF_TOKEN`, `VF_DATA_DIR`, `VF_VECTOR_BIN`, `VF_POLL_INTERVAL`,
-//! `VF_LOG_LEVEL` (plus `VF_LABELS`). Each has a flag of the same name (`--poll-interval`).
+//! `VF_LOG_LEVEL` (plus `VF_LABELS`, `VF_HOSTNAME`, `VF_LOG_FORMAT`). Each has a flag of the
+//! same name (`--poll-interval`).
 
 use flotilla_shared::protocol::Labels;
 use flotilla_shared::secret::Secret;
@@ -54,6 +55,8 @@ options (each also read from the environment variable shown):
   --vector-bin PATH      VF_VECTOR_BIN     the vector binary (default: vector on PATH)
   --poll-interval DUR    VF_POLL_INTERVAL  poll interval until the server sets one (default 15s; e.g. 500ms, 15s, 2m)
   --log-level LEVEL      VF_LOG_LEVEL      trace, debug, info, warn or error (default info)
+  --log-format FORMAT    VF_LOG_FORMAT     text or json (one JSON object per line) (default text)
+  --hostname NAME        VF_HOSTNAME       the hostname to enroll with (default: this machine's hostname)
   --labels K=V,K=V       VF_LABELS         labels sent at enrollment and in heartbeats (VF_NODE_LABELS too)
   --deployment-mode M    VF_DEPLOYMENT_MODE  STANDALONE or DOCKER, as reported (default: DOCKER when /.dockerenv exists)
   --allow-http-updates B VF_ALLOW_HTTP_UPDATES  true: self-updates may download over plain http (default false: https only)
@@ -102,6 +105,8 @@ pub struct Tuning {
     pub live_tap_flush: Duration,
     /// How long a live tap runs at most.
     pub live_tap_max: Duration,
+    /// Time limit of one query of a pipeline's Vector API (counters) before a heartbeat.
+    pub vector_api_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -127,9 +132,22 @@ impl Default for Tuning {
             log_flush: s(2),
             live_tap_flush: s(1),
             live_tap_max: s(300),
+            vector_api_timeout: s(2),
         }
     }
 }
+
+/// The format of the agent's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Longest hostname accepted (the DNS limit).
+pub const MAX_HOSTNAME: usize = 253;
 
 /// How to re-execute this binary after a self-update.
 #[derive(Clone)]
@@ -165,6 +183,10 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Log level for the agent's own logs.
     pub log_level: String,
+    /// Format of the agent's own logs.
+    pub log_format: LogFormat,
+    /// The hostname the node enrolls with.
+    pub hostname: String,
     /// Labels sent at enrollment and in heartbeats.
     pub labels: Labels,
     /// `STANDALONE` or `DOCKER` as reported; detected when `None`.
@@ -188,6 +210,8 @@ impl Config {
             vector_bin: PathBuf::from("vector"),
             poll_interval: Duration::from_secs(15),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            hostname: crate::enroll::hostname(),
             labels: Labels::new(),
             deployment_mode: None,
             allow_http_updates: false,
@@ -255,15 +279,15 @@ impl Config {
             };
             flags.push((var, value));
         }
-        let get = |var: &str| {
+        let lookup = |var: &str| {
             flags
                 .iter()
                 .rev()
                 .find(|(v, _)| *v == var)
                 .map(|(_, value)| value.clone())
                 .or_else(|| env(var))
-                .filter(|v| !v.trim().is_empty())
         };
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
 
         let url_text = get("VF_URL").ok_or(ConfigError::Missing(
             "VF_URL (or --url), the Flotilla api base URL,",
@@ -295,6 +319,24 @@ impl Config {
                 });
             }
             config.log_level = level;
+        }
+        if let Some(format) = get("VF_LOG_FORMAT") {
+            config.log_format = match format.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "VF_LOG_FORMAT (--log-format)",
+                        value: format,
+                        why: "expected text or json".into(),
+                    })
+                }
+            };
+        }
+        // Unlike the other settings, an empty hostname is an error, not "use the default":
+        // a script that meant to set one should not enroll under the machine's name.
+        if let Some(name) = lookup("VF_HOSTNAME") {
+            config.hostname = parse_hostname(&name)?;
         }
         // VF_NODE_LABELS is what current VectorFlow agents read.
         if let Some(labels) = get("VF_LABELS").or_else(|| get("VF_NODE_LABELS")) {
@@ -340,6 +382,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("vector-bin", "VF_VECTOR_BIN"),
     ("poll-interval", "VF_POLL_INTERVAL"),
     ("log-level", "VF_LOG_LEVEL"),
+    ("log-format", "VF_LOG_FORMAT"),
+    ("hostname", "VF_HOSTNAME"),
     ("labels", "VF_LABELS"),
     ("deployment-mode", "VF_DEPLOYMENT_MODE"),
     ("allow-http-updates", "VF_ALLOW_HTTP_UPDATES"),
@@ -358,6 +402,27 @@ fn parse_url(text: &str) -> Result<Url, ConfigError> {
         ));
     }
     Ok(url)
+}
+
+/// A hostname as given (trimmed): 1 to [`MAX_HOSTNAME`] characters, no control characters
+/// or spaces.
+fn parse_hostname(text: &str) -> Result<String, ConfigError> {
+    let invalid = |why: &str| ConfigError::Invalid {
+        name: "VF_HOSTNAME (--hostname)",
+        value: text.to_owned(),
+        why: why.to_owned(),
+    };
+    let name = text.trim();
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if name.chars().count() > MAX_HOSTNAME {
+        return Err(invalid("must be at most 253 characters"));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("must not contain spaces or control characters"));
+    }
+    Ok(name.to_owned())
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` or a bare number of seconds; at least 100 ms.
@@ -427,6 +492,8 @@ mod tests {
         assert_eq!(c.vector_bin, PathBuf::from("vector"));
         assert_eq!(c.poll_interval, Duration::from_secs(15));
         assert!(c.enrollment_token.is_none());
+        assert_eq!(c.hostname, crate::enroll::hostname());
+        assert_eq!(c.log_format, LogFormat::Text);
         assert!(
             !c.allow_http_updates,
             "self-updates are https-only by default"
@@ -443,8 +510,12 @@ mod tests {
                 ("VF_LABELS", "region=eu, tier=edge"),
                 ("VF_DEPLOYMENT_MODE", "standalone"),
                 ("VF_ALLOW_HTTP_UPDATES", "TRUE"),
+                ("VF_HOSTNAME", " edge-07.example "),
+                ("VF_LOG_FORMAT", "JSON"),
             ],
         );
+        assert_eq!(c.hostname, "edge-07.example");
+        assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.allow_http_updates);
         assert_eq!(c.deployment_mode.as_deref(), Some("STANDALONE"));
         assert_eq!(c.enrollment_token.unwrap().expose(), "vf_enroll_abc");
@@ -464,9 +535,19 @@ mod tests {
                 "--data-dir",
                 "/d",
                 "--vector-bin=/v",
+                "--hostname",
+                "flag-host",
+                "--log-format=json",
             ],
-            &[("VF_URL", "http://env"), ("VF_POLL_INTERVAL", "1s")],
+            &[
+                ("VF_URL", "http://env"),
+                ("VF_POLL_INTERVAL", "1s"),
+                ("VF_HOSTNAME", "env-host"),
+                ("VF_LOG_FORMAT", "text"),
+            ],
         );
+        assert_eq!(c.hostname, "flag-host");
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.url.host_str(), Some("flag"));
         assert_eq!(c.poll_interval, Duration::from_secs(120));
         assert_eq!(c.data_dir, PathBuf::from("/d"));
@@ -514,6 +595,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("VF_ALLOW_HTTP_UPDATES"), "{e}");
+        let e = parse(&["--log-format", "xml"], &[("VF_URL", "http://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("VF_LOG_FORMAT") && e.contains("text or json"),
+            "{e}"
+        );
+        for (bad, why) in [
+            ("", "empty"),
+            ("  ", "empty"),
+            (&*"h".repeat(MAX_HOSTNAME + 1), "253"),
+            ("two words", "spaces"),
+            ("tab\there", "control"),
+        ] {
+            let e = parse(&["--hostname", bad], &[("VF_URL", "http://x")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("VF_HOSTNAME") && e.contains(why), "{bad:?}: {e}");
+            let e = parse(&[], &[("VF_URL", "http://x"), ("VF_HOSTNAME", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("VF_HOSTNAME"), "{bad:?}: {e}");
+        }
+        let longest = "h".repeat(MAX_HOSTNAME);
+        assert_eq!(
+            config(&["--hostname", &longest], &[("VF_URL", "http://x")]).hostname,
+            longest
+        );
     }
 
     #[test]

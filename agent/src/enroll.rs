@@ -58,7 +58,7 @@ pub async fn node_token(
             })?;
     let request = EnrollRequest {
         token: enrollment.expose().to_owned(),
-        hostname: hostname(),
+        hostname: config.hostname.clone(),
         os: Some(std::env::consts::OS.to_owned()),
         agent_version: Some(crate::VERSION.to_owned()),
         vector_version,
@@ -143,7 +143,7 @@ pub fn write_token(path: &Path, token: &Secret) -> Result<(), EnrollError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// The host name (from the kernel), for enrollment.
+/// This machine's host name (from the kernel): the default `VF_HOSTNAME`.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

@@ -20,6 +20,8 @@
 //!   deadline, honours close codes, reconnects.
 //! - [`sse`]: the push channel over server-sent events (servers without a WebSocket).
 //! - [`supervisor`]: one `vector --config <file>` child per pipeline; exits are reported as events.
+//! - [`vector_api`]: each child's own Vector API port, and the counters read from it before
+//!   every heartbeat.
 //! - [`logs`]: each child's output lines in a bounded buffer, shipped to the api every 2 s.
 //! - [`samples`]: `vector tap` for sample requests, with a limit and a timeout.
 //! - [`live_tap`]: `vector tap` for live taps, events posted every second until stopped.
@@ -38,6 +40,7 @@ pub mod sse;
 pub mod state;
 pub mod supervisor;
 pub mod update;
+pub mod vector_api;
 
 pub use agent::{run, Outcome};
 pub use config::{Config, Tuning};

@@ -8,6 +8,7 @@
 
 use crate::client::ApiClient;
 use crate::samples::TapProcess;
+use crate::vector_api::TapUrl;
 use flotilla_shared::protocol::TapEvents;
 use serde_json::Value;
 use std::path::Path;
@@ -55,12 +56,13 @@ pub struct Stop {
 pub async fn run(
     tap: LiveTap,
     vector_bin: &Path,
+    api: Option<TapUrl>,
     client: &ApiClient,
     flush_every: Duration,
     max: Duration,
     stop: Stop,
 ) {
-    let reason = match TapProcess::spawn(vector_bin, &tap.component_id, None) {
+    let reason = match TapProcess::spawn(vector_bin, api, &tap.component_id, None) {
         Err(e) => e,
         Ok(process) => capture(&tap, process, client, flush_every, max, &stop).await,
     };

@@ -1,8 +1,9 @@
 //! `flotilla-agent`: parse flags and environment, run the agent until SIGTERM, re-execute
 //! after a self-update.
 
-use flotilla_agent::config::{Invocation, USAGE};
+use flotilla_agent::config::{Invocation, LogFormat, USAGE};
 use flotilla_agent::{Config, Outcome};
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -23,12 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,6 +49,23 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("flotilla-agent: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr: text, coloured only on a terminal (and without `NO_COLOR`), or one JSON
+/// object per line.
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
         }
     }
 }

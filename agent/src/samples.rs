@@ -1,5 +1,6 @@
 //! Sample requests: `vector tap` per component, with an event limit and a time limit.
 
+use crate::vector_api::TapUrl;
 use flotilla_shared::protocol::{SampleRequestConfig, SampleResult, SchemaField};
 use serde_json::Value;
 use std::path::Path;
@@ -10,26 +11,30 @@ use tokio::process::ChildStdout;
 use tokio::task::JoinHandle;
 
 /// Taps every component of a request concurrently; one result per component, errors included.
+/// `api` is the pipeline's Vector API (see [`crate::vector_api`]); `None` leaves `vector tap`
+/// its default.
 pub async fn tap_all(
     vector_bin: &Path,
+    api: Option<TapUrl>,
     request: &SampleRequestConfig,
     timeout: Duration,
 ) -> Vec<SampleResult> {
     let taps = request
         .component_keys
         .iter()
-        .map(|key| tap(vector_bin, request, key, timeout));
+        .map(|key| tap(vector_bin, api, request, key, timeout));
     futures_util::future::join_all(taps).await
 }
 
 /// Runs `vector tap --outputs-of <key> --limit <n> --format json` and collects its events.
 pub async fn tap(
     vector_bin: &Path,
+    api: Option<TapUrl>,
     request: &SampleRequestConfig,
     key: &str,
     timeout: Duration,
 ) -> SampleResult {
-    let (events, error) = match run_tap(vector_bin, key, request.limit.max(1), timeout).await {
+    let (events, error) = match run_tap(vector_bin, api, key, request.limit.max(1), timeout).await {
         Ok(events) => (Some(events), None),
         Err(e) => (None, Some(e)),
     };
@@ -52,10 +57,19 @@ pub struct TapProcess {
 }
 
 impl TapProcess {
-    /// Starts `vector tap` on the outputs of `key`, with `--limit` when given.
-    pub fn spawn(vector_bin: &Path, key: &str, limit: Option<u32>) -> Result<Self, String> {
+    /// Starts `vector tap` on the outputs of `key` of the Vector whose API is at `api`, with
+    /// `--limit` when given.
+    pub fn spawn(
+        vector_bin: &Path,
+        api: Option<TapUrl>,
+        key: &str,
+        limit: Option<u32>,
+    ) -> Result<Self, String> {
         let mut cmd = tokio::process::Command::new(vector_bin);
         cmd.args(["tap", "--outputs-of", key]);
+        if let Some(api) = api {
+            cmd.args(["--url", &api.to_string()]);
+        }
         if let Some(limit) = limit {
             cmd.args(["--limit", &limit.to_string()]);
         }
@@ -97,11 +111,12 @@ impl TapProcess {
 
 async fn run_tap(
     vector_bin: &Path,
+    api: Option<TapUrl>,
     key: &str,
     limit: u32,
     timeout: Duration,
 ) -> Result<Vec<Value>, String> {
-    let mut tap = TapProcess::spawn(vector_bin, key, Some(limit))?;
+    let mut tap = TapProcess::spawn(vector_bin, api, key, Some(limit))?;
     let mut events = Vec::new();
     let read = tokio::time::timeout(timeout, async {
         while events.len() < limit as usize {
@@ -204,6 +219,7 @@ mod tests {
         };
         let results = tap_all(
             Path::new("/nonexistent/vector"),
+            None,
             &request,
             Duration::from_secs(1),
         )

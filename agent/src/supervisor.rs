@@ -6,10 +6,12 @@
 
 use crate::logs::Logs;
 use crate::state::Event;
+use crate::vector_api;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -19,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 struct Child {
     generation: u64,
+    /// Where its Vector API listens, if it has one.
+    api: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -70,7 +74,8 @@ impl Supervisor {
         self.dir.join(format!("{}.yaml", file_stem(pipeline_id)))
     }
 
-    /// Writes the config and starts `vector --config <file>`; returns its pid or why it could not start.
+    /// Writes the config (with its own API address, see [`vector_api::prepare`]) and starts
+    /// `vector --config <file>`; returns its pid or why it could not start.
     pub fn start(
         &mut self,
         pipeline_id: &str,
@@ -79,7 +84,8 @@ impl Supervisor {
         log_level: Option<&str>,
     ) -> Result<u32, String> {
         let path = self.config_path(pipeline_id);
-        write_atomically(&path, config_yaml.as_bytes())
+        let prepared = vector_api::prepare(config_yaml);
+        write_atomically(&path, prepared.yaml.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let mut cmd = tokio::process::Command::new(&self.vector_bin);
         cmd.arg("--config")
@@ -132,6 +138,7 @@ impl Supervisor {
             pipeline_id.to_owned(),
             Child {
                 generation,
+                api: prepared.api,
                 stop,
                 task,
             },
@@ -181,6 +188,19 @@ impl Supervisor {
         for child in children {
             let _ = child.task.await;
         }
+    }
+
+    /// Where the running process of a pipeline serves its Vector API.
+    pub fn api_of(&self, pipeline_id: &str) -> Option<SocketAddr> {
+        self.children.get(pipeline_id)?.api
+    }
+
+    /// `(pipeline id, API address)` of every running process that has an API.
+    pub fn apis(&self) -> Vec<(String, SocketAddr)> {
+        self.children
+            .iter()
+            .filter_map(|(id, c)| Some((id.clone(), c.api?)))
+            .collect()
     }
 
     /// Pipelines with a live process.
@@ -272,7 +292,9 @@ mod tests {
         let id = "clx9k2v0b0000abcd";
         let pid = s.start(id, 1, "a: 1", None).unwrap();
         assert!(pid > 0);
-        assert_eq!(std::fs::read_to_string(s.config_path(id)).unwrap(), "a: 1");
+        let written = std::fs::read_to_string(s.config_path(id)).unwrap();
+        assert!(vector_api::is_prepared_from(&written, "a: 1"), "{written}");
+        assert!(s.api_of(id).is_some_and(|a| a.ip().is_loopback()));
         // The output is read by its own tasks: wait for both lines.
         let mut lines: Vec<String> = vec![];
         tokio::time::timeout(Duration::from_secs(5), async {

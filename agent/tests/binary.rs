@@ -1,11 +1,11 @@
 //! The real `flotilla-agent` binary: self-update (replace and re-execute), a rejected update,
-//! fleet restart, and SIGTERM.
+//! fleet restart, SIGTERM, the enrolled hostname and the log formats.
 
 mod common;
 
 use common::*;
 use flotilla_shared::frames::{ActionKind, PushMessage};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(exe: &Path, stack: &Stack, sandbox: &Sandbox, enrollment: &str) -> Self {
+        Self::start_with(exe, stack, sandbox, enrollment, &[("NO_COLOR", "1")])
+    }
+
+    /// Starts it with more environment variables (`NO_COLOR` is set only if given).
+    fn start_with(
+        exe: &Path,
+        stack: &Stack,
+        sandbox: &Sandbox,
+        enrollment: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(exe)
             .env("VF_URL", stack.api.url("/"))
             .env("VF_TOKEN", enrollment)
@@ -33,7 +44,8 @@ impl AgentProcess {
             // The stand-in download server speaks plain http.
             .env("VF_ALLOW_HTTP_UPDATES", "true")
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -180,7 +192,7 @@ async fn self_update_replaces_and_reexecutes_and_a_bad_checksum_is_reported() {
             sandbox
                 .running()
                 .into_iter()
-                .any(|(_, c)| c == yaml)
+                .any(|(_, c)| runs(&c, yaml))
                 .then_some(())
         },
     )
@@ -275,4 +287,121 @@ async fn bad_configuration_is_a_clear_error() {
         "{output:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stops the agent with SIGTERM and waits for a clean exit.
+async fn terminate(agent: &mut AgentProcess) {
+    let pid = agent.child.id().expect("running");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let status = within("the agent exits", agent.child.wait()).await.unwrap();
+    assert!(status.success(), "{status}\n{}", agent.output());
+}
+
+/// The fleet view of the node enrolled as `host` in `env`, once it exists.
+async fn node_named(stack: &Stack, env: &str, host: &str) -> Value {
+    eventually("the node enrolled", Duration::from_secs(10), || async {
+        let r = stack
+            .api
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/fleet?environmentId={env}"),
+                None,
+            )
+            .await;
+        r.body["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["host"] == json!(host))
+            .cloned()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostname_is_the_one_configured_and_logs_suit_a_pipe() {
+    let stack = Stack::start().await;
+    let (env, enrollment) = stack.environment().await;
+
+    // Text logs into a pipe, with a terminal type that would invite colours: none are written.
+    let sandbox = Sandbox::new();
+    let exe = env!("CARGO_BIN_EXE_flotilla-agent");
+    let mut agent = AgentProcess::start_with(
+        Path::new(exe),
+        &stack,
+        &sandbox,
+        &enrollment,
+        &[
+            ("VF_HOSTNAME", "edge-text.example"),
+            ("TERM", "xterm-256color"),
+        ],
+    );
+    let node = node_named(&stack, &env, "edge-text.example").await;
+    stack.wait_connected(node["id"].as_str().unwrap()).await;
+    terminate(&mut agent).await;
+    let output = agent.output();
+    assert!(output.contains("enrolled; node token stored"), "{output}");
+    assert!(output.contains(" INFO "), "text lines: {output}");
+    assert!(
+        !output.contains('\x1b'),
+        "no escape codes in a pipe: {output:?}"
+    );
+
+    // JSON logs, and the hostname given as a flag, which wins over the environment.
+    let sandbox = Sandbox::new();
+    let mut child = Command::new(exe)
+        .args(["--hostname", "edge-json.example", "--log-format", "json"])
+        .env("VF_URL", stack.api.url("/"))
+        .env("VF_TOKEN", &enrollment)
+        .env("VF_DATA_DIR", &sandbox.data)
+        .env("VF_VECTOR_BIN", &sandbox.vector)
+        .env("VF_HOSTNAME", "ignored-for-the-flag")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let node = node_named(&stack, &env, "edge-json.example").await;
+    stack.wait_connected(node["id"].as_str().unwrap()).await;
+    let pid = child.id().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    within("the agent's log", stderr.read_to_string(&mut text))
+        .await
+        .unwrap();
+    assert!(within("the agent exits", child.wait())
+        .await
+        .unwrap()
+        .success());
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("enrolled; node token stored")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ignored-for-the-flag"),
+        "the flag's hostname was used"
+    );
 }

@@ -55,7 +55,7 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
         sandbox
             .running()
             .into_iter()
-            .find(|(_, c)| *c == v1)
+            .find(|(_, c)| runs(c, &v1))
             .map(|(pid, _)| (pid, t0.elapsed()))
     })
     .await;
@@ -90,7 +90,7 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
         sandbox
             .running()
             .into_iter()
-            .find(|(_, c)| *c == v2)
+            .find(|(_, c)| runs(c, &v2))
             .map(|(pid, _)| pid)
     })
     .await;
@@ -166,7 +166,7 @@ async fn a_gateway_restart_reconnects_and_picks_up_a_deploy_made_while_disconnec
             sandbox
                 .running()
                 .into_iter()
-                .any(|(_, c)| c == v1)
+                .any(|(_, c)| runs(&c, &v1))
                 .then_some(())
         },
     )
@@ -214,6 +214,23 @@ async fn a_crashing_pipeline_is_restarted_with_backoff() {
             .filter(|(s, _, _)| s == "CRASHED")
     })
     .await;
+    // Why it crashed, in Vector's own words (its stderr), is what the node detail shows.
+    eventually(
+        "vector's last words in the node's recentLogs",
+        Duration::from_secs(5),
+        || async {
+            let node = stack.node(&node_id).await;
+            node["pipelines"]
+                .as_array()?
+                .iter()
+                .find(|p| p["pipelineId"] == json!(pipeline))?["recentLogs"]
+                .as_array()?
+                .iter()
+                .any(|l| l == "fake vector: crashing as asked")
+                .then_some(())
+        },
+    )
+    .await;
     // A fixed config replaces the crashing one without waiting out the backoff.
     let fixed = yaml("fixed");
     stack.update_pipeline(&pipeline, &fixed).await;
@@ -225,7 +242,7 @@ async fn a_crashing_pipeline_is_restarted_with_backoff() {
             sandbox
                 .running()
                 .into_iter()
-                .any(|(_, c)| c == fixed)
+                .any(|(_, c)| runs(&c, &fixed))
                 .then_some(())
         },
     )
@@ -262,11 +279,113 @@ async fn failed_first_polls_do_not_keep_the_push_channel_from_starting() {
             sandbox
                 .running()
                 .into_iter()
-                .any(|(_, c)| c == yaml)
+                .any(|(_, c)| runs(&c, &yaml))
                 .then_some(())
         },
     )
     .await;
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    agent.stop().await;
+}
+
+/// The node detail's entry for `pipeline`.
+async fn detail(stack: &Stack, node: &str, pipeline: &str) -> Option<serde_json::Value> {
+    stack.node(node).await["pipelines"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pipelineId"] == json!(pipeline))
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_from_each_pipelines_vector_api_reach_the_node_detail() {
+    let (stack, env, sandbox, agent, node_id) = connected(|_, _| {}).await;
+    stack.set_poll_interval(1000).await;
+    // The stand-in serves its API for configs marked `fake_api`.
+    let with_api = stack
+        .deploy_new(
+            &env,
+            "# fake_api\nsources:\n  in:\n    type: demo_logs\n    format: json\ntransforms:\n  parse:\n    type: remap\n    inputs: [in]\n    source: '.'\nsinks:\n  out:\n    type: blackhole\n    inputs: [parse]\n",
+        )
+        .await;
+    // This Vector's API never answers: its pipeline is reported without counters.
+    let silent = stack.deploy_new(&env, &yaml("silent")).await;
+
+    let first = eventually(
+        "counters in the node detail",
+        Duration::from_secs(10),
+        || async {
+            let p = detail(&stack, &node_id, &with_api).await?;
+            (p["status"] == "RUNNING" && p["metrics"]["eventsIn"].as_i64()? > 0).then_some(p)
+        },
+    )
+    .await;
+    // The stand-in answers its n-th query with 10n events per component, 1000n bytes into
+    // sources and 800n bytes out of sinks.
+    let m = &first["metrics"];
+    let events = m["eventsIn"].as_i64().unwrap();
+    assert_eq!(events % 10, 0, "{m}");
+    assert_eq!(m["eventsOut"].as_i64(), Some(events), "{m}");
+    assert_eq!(m["bytesIn"].as_i64(), Some(events * 100), "{m}");
+    assert_eq!(m["bytesOut"].as_i64(), Some(events * 80), "{m}");
+    let components = first["componentMetrics"]
+        .as_array()
+        .expect("componentMetrics");
+    let kinds: Vec<(&str, &str)> = components
+        .iter()
+        .map(|c| {
+            (
+                c["componentId"].as_str().unwrap(),
+                c["componentKind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("in", "source"), ("parse", "transform"), ("out", "sink")]
+    );
+    assert!(components
+        .iter()
+        .all(|c| c["receivedEvents"].as_i64() == Some(events)));
+    // Errors come from Vector's error subscription: the stand-in's m-th subscriber sees m
+    // errors on every sink.
+    let errors = m["errorsTotal"].as_i64().expect("errorsTotal");
+    assert!(errors > 0, "{m}");
+    assert_eq!(components[2]["errorsTotal"].as_i64(), Some(errors));
+    assert!(components[..2]
+        .iter()
+        .all(|c| c.get("errorsTotal").is_none()));
+
+    // Each heartbeat reads them again.
+    eventually("the counters grow", Duration::from_secs(10), || async {
+        let p = detail(&stack, &node_id, &with_api).await?;
+        (p["metrics"]["eventsIn"].as_i64()? > events).then_some(())
+    })
+    .await;
+
+    // Each Vector has an API port of its own, on loopback.
+    let ports: Vec<String> = sandbox
+        .running()
+        .iter()
+        .filter_map(|(_, c)| {
+            let line = c.lines().find(|l| l.starts_with("  address: "))?;
+            Some(
+                line.trim_start_matches("  address: ")
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_ne!(ports[0], ports[1]);
+    assert!(
+        ports.iter().all(|p| p.starts_with("127.0.0.1:")),
+        "{ports:?}"
+    );
+
+    let p = detail(&stack, &node_id, &silent).await.expect("reported");
+    assert_eq!(p["status"], "RUNNING", "{p}");
+    assert!(p["metrics"].get("eventsIn").is_none(), "{p}");
+    assert!(p["componentMetrics"].is_null(), "{p}");
     agent.stop().await;
 }

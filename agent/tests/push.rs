@@ -318,7 +318,7 @@ async fn a_draining_gateway_sends_the_agent_to_another_one_at_once() {
             sandbox
                 .running()
                 .into_iter()
-                .any(|(_, c)| c == yaml)
+                .any(|(_, c)| runs(&c, yaml))
                 .then_some(())
         },
     )

@@ -291,6 +291,7 @@ pub fn fast_tuning() -> Tuning {
         log_flush: ms(200),
         live_tap_flush: ms(100),
         live_tap_max: ms(60_000),
+        vector_api_timeout: ms(1000),
     }
 }
 
@@ -448,4 +449,10 @@ pub async fn connected(
     let node_id = stack.node_of(&env).await["id"].as_str().unwrap().to_owned();
     stack.wait_connected(&node_id).await;
     (stack, env, sandbox, agent, node_id)
+}
+
+/// Whether a stand-in vector's config file is `deployed` as the agent writes it (the
+/// deployed YAML plus, possibly, the Vector API block the agent adds).
+pub fn runs(written: &str, deployed: &str) -> bool {
+    flotilla_agent::vector_api::is_prepared_from(written, deployed)
 }
