@@ -1,7 +1,7 @@
 // One node in detail: what it reports about itself, its labels (admins edit them), actions,
 // host metrics, and per pipeline its status, counters, live log, a restart button and a
 // sample / live tap viewer that targets this node.
-import { ago, api, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
+import { ago, api, ApiError, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
 import { nodeActions, wsBadge } from "./fleet.js";
 import { componentsOf } from "./yaml.js";
 import { historyOf } from "./activity.js";
@@ -99,7 +99,7 @@ export function mount(main, { id, query }) {
           if (ok) await run("Pipeline restart", () => api("POST", "/api/v1/fleet/" + id + "/actions", { type: "restart", pipelineId: pid }),
             () => "Restart of " + name + " sent to " + node.host);
         } }, "Restart this pipeline") : null),
-      info, el("h4", {}, "Live log"), log, viewer.root);
+      info, viewer.controls, el("h4", {}, "Live log"), log, viewer.root);
     let first = true;
     return {
       root,
@@ -177,16 +177,22 @@ export function mount(main, { id, query }) {
       es.addEventListener("stopped", ev => { show("Tap stopped: " + JSON.parse(ev.data).reason, events); endTap(); });
     }
     function endTap() { if (tap) tap.es.close(); tap = null; tapButton.textContent = "Start live tap"; }
+    // Ended on the server first: closing the stream first would end it as its last viewer
+    // left, and the DELETE would find nothing. One that has already ended is as good as stopped.
     async function stopTap() {
       const requestId = tap.requestId;
+      await run("Stopping the tap", async () => {
+        try { await api("DELETE", "/api/v1/taps/" + requestId); }
+        catch (e) { if (!(e instanceof ApiError && e.status === 404)) throw e; }
+      }, () => "Live tap stopped");
       endTap();
-      await run("Stopping the tap", () => api("DELETE", "/api/v1/taps/" + requestId), () => "Live tap stopped");
     }
+    // The controls sit above the live log, whose growth would otherwise move them.
+    const controls = can("editor") ? el("div", { class: "row sampler-controls" }, component, options,
+      el("button", { type: "button", class: "sample", onclick: sample }, "Take a sample"), tapButton) : null;
     const root = el("div", { class: "sampler" }, el("h4", {}, "Events"),
-      can("editor") ? el("div", { class: "row" }, component, options,
-        el("button", { type: "button", class: "sample", onclick: sample }, "Take a sample"), tapButton)
-        : el("p", { class: "muted" }, "Editors can sample and tap this pipeline's events."), out);
-    return { root, stop() { clearTimeout(poll); if (tap) { tap.es.close(); api("DELETE", "/api/v1/taps/" + tap.requestId).catch(() => {}); } } };
+      can("editor") ? null : el("p", { class: "muted" }, "Editors can sample and tap this pipeline's events."), out);
+    return { root, controls, stop() { clearTimeout(poll); if (tap) { tap.es.close(); api("DELETE", "/api/v1/taps/" + tap.requestId).catch(() => {}); } } };
   }
 
   async function load() {

@@ -77,10 +77,11 @@ export function mountEditor(main, { id }) {
 
   const form = el("form", { class: "pipeline-form", onsubmit: ev => { ev.preventDefault(); submit(); } },
     creating ? el("div", { class: "row" }, el("label", {}, "Name", name), el("label", {}, "Environment", envSelect)) : null,
-    el("div", { class: "row" }, el("label", { class: "grow" }, "Node selector", selector), el("label", {}, "Matches", selectorLabels), el("label", {}, "Log level", logLevel)),
+    // Save sits above everything that changes height as you type (preview, editor, messages).
+    el("div", { class: "row" }, el("label", { class: "grow" }, "Node selector", selector), el("label", {}, "Matches", selectorLabels),
+      el("label", {}, "Log level", logLevel), save),
     preview,
-    el("label", { class: "editor-label", for: "yaml" }, "Config (Vector YAML)"), editor.root, validation,
-    el("div", { class: "row" }, save));
+    el("label", { class: "editor-label", for: "yaml" }, "Config (Vector YAML)"), editor.root, validation);
   main.append(el("p", {}, el("a", { href: "#/pipelines" }, "← Pipelines")), el("div", { class: "row" }, heading, deployState), form);
   if (!creating) main.append(panel("Versions", versions), diffOut);
 
@@ -158,9 +159,8 @@ export function mountEditor(main, { id }) {
         toast("Pipeline " + p.name + " created (v1, not deployed)");
         location.hash = "#/pipeline/" + p.id;
       } else {
-        const p = await api("PUT", "/api/v1/pipelines/" + id, body);
+        const p = await then(api("PUT", "/api/v1/pipelines/" + id, body));
         toast("Saved " + p.name + " v" + p.latestVersion);
-        await load(false);
       }
     } catch (e) {
       if (e instanceof ApiError && e.status === 422 && e.details && (e.details.line || e.details.field === "configYaml")) showInvalid(e);
@@ -199,6 +199,14 @@ export function mountEditor(main, { id }) {
       } }, el("span", {}, "Diff"), from, el("span", {}, "→"), to, el("button", { type: "submit", id: "show-diff" }, "Show diff")));
   }
 
+  // A change's answer, once the page shows its outcome: its result is reported only then, so
+  // nothing is clicked on a page that still shows the state before it.
+  async function then(change) {
+    const result = await change;
+    await load(false);
+    return result;
+  }
+
   const versionSelect = (idName, list, selected) => el("select", { id: idName }, ...list.map(v => el("option", { value: v.version, selected: v.version === selected }, "v" + v.version)));
 
   async function deploy() {
@@ -216,14 +224,14 @@ export function mountEditor(main, { id }) {
       body: el("div", {}, el("label", {}, "Version ", choose), box) });
     if (!ok) return;
     const version = Number(choose.value);
-    if (await run("Deploy", () => api("POST", "/api/v1/pipelines/" + id + "/deploy", { version }),
-      r => "Deployed " + p.name + " v" + r.deployedVersion + " (" + plural(r.notifiedNodes, "node") + " notified)")) await load(false);
+    await run("Deploy", () => then(api("POST", "/api/v1/pipelines/" + id + "/deploy", { version })),
+      r => "Deployed " + p.name + " v" + r.deployedVersion + " (" + plural(r.notifiedNodes, "node") + " notified)");
   }
 
   async function undeploy() {
     const p = pipeline;
     const ok = await confirmDialog({ title: "Undeploy " + p.name, text: "Every node stops running " + p.name + ". Its versions are kept.", ok: "Undeploy", danger: true });
-    if (ok && await run("Undeploy", () => api("POST", "/api/v1/pipelines/" + id + "/undeploy"), () => p.name + " undeployed")) await load(false);
+    if (ok) await run("Undeploy", () => then(api("POST", "/api/v1/pipelines/" + id + "/undeploy")), () => p.name + " undeployed");
   }
 
   async function rollback() {
@@ -235,8 +243,8 @@ export function mountEditor(main, { id }) {
       body: el("label", {}, "Version ", choose) });
     if (!ok) return;
     const version = Number(choose.value);
-    if (await run("Rollback", () => api("POST", "/api/v1/pipelines/" + id + "/rollback", { version }),
-      r => "Rolled " + p.name + " back to v" + (r.deployedVersion ?? version))) await load(false);
+    await run("Rollback", () => then(api("POST", "/api/v1/pipelines/" + id + "/rollback", { version })),
+      r => "Rolled " + p.name + " back to v" + (r.deployedVersion ?? version));
   }
 
   async function remove() {

@@ -125,15 +125,21 @@ impl<'a> Console<'a> {
         said
     }
 
-    /// Waits for a success toast containing `needle`; returns its text.
+    /// Waits for a success toast containing `needle`; returns its text. A timeout names the
+    /// toasts that were shown instead.
     pub async fn toast(&self, needle: &str) -> String {
-        eventually(&format!("a toast saying {needle:?}"), STEP, || async {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
             self.no_failures().await;
-            self.texts("#toasts .toast")
-                .await
-                .into_iter()
-                .find(|t| t.contains(needle))
-        })
-        .await
+            let shown = self.texts("#toasts .toast").await;
+            if let Some(t) = shown.iter().find(|t| t.contains(needle)) {
+                return t.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no toast saying {needle:?} within {STEP:?}; shown: {shown:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -689,6 +689,7 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     page.click("#deploy").await;
     page.confirm("Deploy web-logs").await;
     page.toast("Deployed web-logs v2").await;
+    page.wait_text("#deployed-version", "v2 deployed").await;
     page.click("#rollback").await;
     page.confirm("Roll back web-logs").await;
     page.toast("Rolled web-logs back to v1").await;
