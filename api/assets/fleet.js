@@ -42,7 +42,9 @@ export function wsBadge(n) {
   return el("span", { class: "ws-badge", title: says, "aria-label": says }, "WS");
 }
 
-export function mount(main) {
+export function mount(main, { query: params }) {
+  // `#/fleet?limit=n` pages by n (1 to 1,000) instead of PAGE_SIZE.
+  const pageSize = Math.min(1000, Math.max(1, Number(params.get("limit")) || PAGE_SIZE));
   let nodes = [], names = {}, environments = [], nextCursor = null, stopped = false;
   const rows = new Map();
   const queued = new Set();
@@ -265,7 +267,7 @@ export function mount(main) {
     const mine = ++loading;
     const cursor = state.cursors[state.cursors.length - 1];
     try {
-      const page = await api("GET", "/api/v1/fleet" + query({ ...activeFilter(), sort: state.sort, limit: PAGE_SIZE, cursor }));
+      const page = await api("GET", "/api/v1/fleet" + query({ ...activeFilter(), sort: state.sort, limit: pageSize, cursor }));
       if (stopped || mine !== loading) return;
       nodes = page.nodes;
       nextCursor = page.nextCursor || null;

@@ -240,6 +240,34 @@ async fn the_ws_badge_follows_the_agent_live() {
         "the fleet is the first view: {url}"
     );
 
+    // Cursor paging: two pages of two, forward and back.
+    page.open("#/fleet?limit=2").await;
+    let hosts = || page.texts("#nodes tbody th");
+    eventually("the first page", STEP, || async {
+        (hosts().await.len() == 2).then_some(())
+    })
+    .await;
+    let first = hosts().await;
+    page.click("#page-next").await;
+    eventually("the second page", STEP, || async {
+        let now = hosts().await;
+        (now.len() == 2 && now != first).then_some(now)
+    })
+    .await;
+    page.wait_for("#page-next:disabled").await;
+    page.click("#page-prev").await;
+    eventually("the first page again", STEP, || async {
+        (hosts().await == first).then_some(())
+    })
+    .await;
+    assert_eq!(
+        first,
+        ["edge-1.example.net", "edge-2.example.net"],
+        "sorted by host"
+    );
+    page.open("#/fleet").await;
+    page.wait_for(&row).await;
+
     // Connect: the badge appears without a reload.
     let push = PushClient::connect(topo.get("WS_URL"), &token)
         .await
