@@ -253,7 +253,12 @@ async fn the_demo_setup_service_creates_an_environment_its_token_enrolls_into() 
 
     // The demo pipeline was created and deployed once, and the enrolled node is handed it.
     let pipelines = api
-        .call(reqwest::Method::GET, "/api/v1/pipelines", Some(ADMIN_TOKEN), None)
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/pipelines",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await;
     let pipelines = pipelines.body["pipelines"].as_array().unwrap();
     assert_eq!(pipelines.len(), 1, "{pipelines:?}");
@@ -261,7 +266,12 @@ async fn the_demo_setup_service_creates_an_environment_its_token_enrolls_into() 
     assert_eq!(pipelines[0]["deployedVersion"], 1);
     let node_token = enrolled.body["nodeToken"].as_str().unwrap();
     let config = api
-        .call(reqwest::Method::GET, "/api/agent/config", Some(node_token), None)
+        .call(
+            reqwest::Method::GET,
+            "/api/agent/config",
+            Some(node_token),
+            None,
+        )
         .await;
     let handed = config.body["pipelines"].as_array().unwrap();
     assert_eq!(handed.len(), 1, "{}", config.text);
