@@ -205,7 +205,8 @@ impl Api {
 
 /// `flotilla-api ensure-environment`: creates the environment named by
 /// `api.bootstrap_environment` with the enrollment token `api.bootstrap_enrollment_token`
-/// (or gives an existing one that token), then returns. The compose file's demo profile runs it
+/// (or gives an existing one that token), and, with `api.bootstrap_pipeline_file`, creates and
+/// deploys that pipeline there once; then returns. The compose file's demo profile runs it
 /// once, so a plain `docker compose up` publishes no enrollment token.
 pub async fn ensure_environment(settings: &Settings) -> anyhow::Result<()> {
     let (Some(name), Some(token)) = (
@@ -226,6 +227,19 @@ pub async fn ensure_environment(settings: &Settings) -> anyhow::Result<()> {
     routes::environments::ensure_bootstrap(&pool, name, token.expose(), settings.auth.bcrypt_cost)
         .await
         .context("api.bootstrap_enrollment_token")?;
+    if let Some(file) = &settings.api.bootstrap_pipeline_file {
+        let context = || format!("api.bootstrap_pipeline_file {}", file.display());
+        let yaml = std::fs::read_to_string(file).with_context(context)?;
+        let pipeline = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+            .with_context(context)?;
+        let created = routes::pipelines::ensure_bootstrap(&pool, name, pipeline, &yaml)
+            .await
+            .with_context(context)?;
+        tracing::info!(pipeline, environment = %name, created, "bootstrap pipeline ready");
+    }
     pool.close().await;
     Ok(())
 }

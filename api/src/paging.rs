@@ -54,7 +54,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
         let c = encode(&("host-1", 7));
-        assert_eq!(decode::<(String, i32)>(Some(&c)).unwrap(), Some(("host-1".into(), 7)));
+        assert_eq!(
+            decode::<(String, i32)>(Some(&c)).unwrap(),
+            Some(("host-1".into(), 7))
+        );
         assert_eq!(decode::<(String, i32)>(None).unwrap(), None);
         assert!(decode::<(String, i32)>(Some("not a cursor!")).is_err());
         assert!(decode::<(String, i32)>(Some(&encode(&"other shape"))).is_err());

@@ -159,6 +159,20 @@ fn published_ports_bind_loopback_unless_told_otherwise() {
     );
 }
 
+/// `path` inside `svc`'s container as a path on this machine, through the service's bind
+/// mounts (`./host:/container[:ro]`); other values unchanged.
+fn on_host(svc: &Value, path: &str) -> String {
+    for volume in svc["volumes"].as_sequence().into_iter().flatten() {
+        let mut parts = volume.as_str().unwrap_or_default().split(':');
+        if let (Some(host), Some(inside)) = (parts.next(), parts.next()) {
+            if let Some(rest) = path.strip_prefix(inside) {
+                return format!("{}{rest}", repo_root().join(host).display());
+            }
+        }
+    }
+    path.to_owned()
+}
+
 /// Runs the api binary as the demo-setup service runs it, against `database_url`.
 async fn run_demo_setup(database_url: &str, keep_settings: bool) -> std::process::Output {
     let c = compose();
@@ -178,7 +192,7 @@ async fn run_demo_setup(database_url: &str, keep_settings: bool) -> std::process
         let mut found = Vec::new();
         pairs(&setup["environment"], &mut found);
         for (key, value) in found {
-            cmd.env(key, with_defaults(value));
+            cmd.env(key, on_host(setup, &with_defaults(value)));
         }
     }
     cmd.env("FLOTILLA__DATABASE__URL", database_url)
@@ -236,6 +250,33 @@ async fn the_demo_setup_service_creates_an_environment_its_token_enrolls_into() 
         enrolled.text
     );
     assert!(enrolled.body["nodeId"].is_string(), "{}", enrolled.text);
+
+    // The demo pipeline was created and deployed once, and the enrolled node is handed it.
+    let pipelines = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/pipelines",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let pipelines = pipelines.body["pipelines"].as_array().unwrap();
+    assert_eq!(pipelines.len(), 1, "{pipelines:?}");
+    assert_eq!(pipelines[0]["name"], "demo-logs");
+    assert_eq!(pipelines[0]["deployedVersion"], 1);
+    let node_token = enrolled.body["nodeToken"].as_str().unwrap();
+    let config = api
+        .call(
+            reqwest::Method::GET,
+            "/api/agent/config",
+            Some(node_token),
+            None,
+        )
+        .await;
+    let handed = config.body["pipelines"].as_array().unwrap();
+    assert_eq!(handed.len(), 1, "{}", config.text);
+    let shipped = std::fs::read_to_string(repo_root().join("deploy/agent/demo-logs.yaml")).unwrap();
+    assert_eq!(handed[0]["configYaml"], shipped.as_str(), "{}", config.text);
 
     // Without the settings it names what is missing and fails.
     let out = run_demo_setup(&db.url, false).await;

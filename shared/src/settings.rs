@@ -63,6 +63,9 @@ pub struct ApiSettings {
     pub bootstrap_environment: Option<String>,
     /// The enrollment token of `bootstrap_environment` (a `vf_enroll_` token), set at start.
     pub bootstrap_enrollment_token: Option<Secret>,
+    /// A Vector config file that `flotilla-api ensure-environment` creates and deploys as a
+    /// pipeline of `bootstrap_environment` (named after the file) unless one of that name exists.
+    pub bootstrap_pipeline_file: Option<std::path::PathBuf>,
     /// Poll interval handed to agents until an operator changes it.
     pub default_poll_interval_ms: u32,
     /// Heartbeats missed before a node is marked UNREACHABLE.

@@ -175,6 +175,54 @@ async fn insert_version(
     Ok(())
 }
 
+/// Creates pipeline `name` in environment `environment` from `yaml` and deploys its first
+/// version to every node there, unless the environment already has a pipeline of that name
+/// (then it is left as it is). Setup before any operator signs in (`flotilla-api
+/// ensure-environment`), so no node is notified: agents enrolling afterwards poll it.
+/// Returns whether it created the pipeline.
+pub async fn ensure_bootstrap(
+    pool: &sqlx::PgPool,
+    environment: &str,
+    name: &str,
+    yaml: &str,
+) -> anyhow::Result<bool> {
+    validate_yaml(yaml).map_err(|e| anyhow::anyhow!("{e}: {:?}", error_details(&e)))?;
+    let mut tx = pool.begin().await?;
+    let id = Uuid::new_v4();
+    let created = sqlx::query(
+        "INSERT INTO pipelines (id, environment_id, name, deployed_version)
+         SELECT $1, e.id, $3, 1 FROM environments e
+         WHERE e.name = $2
+           AND NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.environment_id = e.id AND p.name = $3)",
+    )
+    .bind(id)
+    .bind(environment)
+    .bind(name)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if created {
+        let placement = Placement {
+            selector: json!({}),
+            labels: SelectorLabels::default(),
+        };
+        insert_version(&mut tx, id, 1, yaml, &None, &placement).await?;
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// The `details` of a refusal, for messages outside HTTP.
+fn error_details(e: &ApiError) -> Option<&Value> {
+    match e {
+        ApiError::Unprocessable { details, .. } | ApiError::BadRequest { details, .. } => {
+            details.as_ref()
+        }
+        _ => None,
+    }
+}
+
 async fn fetch(state: &AppState, id: Uuid) -> Result<PipelineRow> {
     sqlx::query_as(&format!("{SELECT_PIPELINE} WHERE p.id = $1"))
         .bind(id)
