@@ -593,6 +593,51 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         "{commands}"
     );
 
+    // Operator tokens: made (shown once) and revoked; the poll interval set for every agent.
+    page.type_into("#token-name", "ci-reader").await;
+    page.click("#token-create button[type=submit]").await;
+    page.toast("Token ci-reader (viewer) created").await;
+    let made = page.wait_text("#token-secret code", "").await;
+    let (status, _) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet"),
+        &made,
+        None,
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "the token shown works");
+    let revoke = eventually("ci-reader's revoke button", STEP, || async {
+        let id = client
+            .execute(
+                "const row = [...document.querySelectorAll('#tokens tbody tr')].find(r => r.querySelector('th')?.textContent === 'ci-reader'); return row ? row.dataset.tokenId : null",
+                json!([]),
+            )
+            .await
+            .ok()?;
+        id.as_str().map(|id| format!(r#"#tokens tr[data-token-id="{id}"] button.danger"#))
+    })
+    .await;
+    page.click(&revoke).await;
+    page.confirm("Revoke ci-reader").await;
+    page.toast("Token ci-reader revoked").await;
+    let (status, _) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet"),
+        &made,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "revoked for real"
+    );
+    page.type_into("#poll-interval", "2000").await;
+    page.click("#settings button[type=submit]").await;
+    page.toast("Poll interval set to 2000 ms").await;
+
     // The empty fleet tells a newcomer how to start; the first agent then shows up by itself.
     page.open("#/fleet").await;
     page.wait_text("#getting-started", "VF_TOKEN=").await;
@@ -885,6 +930,33 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         .collect();
     assert!(expected.len() >= 5, "{expected:?}");
     assert_eq!(page.texts("#activity tbody code.action").await, expected);
+
+    // Undeploy and delete, each confirmed: the node stops running it, the list forgets it.
+    page.open(&format!("#/pipeline/{pipeline_id}")).await;
+    page.click("#undeploy").await;
+    page.confirm("Undeploy web-logs").await;
+    page.toast("web-logs undeployed").await;
+    page.wait_text("#deployed-version", "not deployed").await;
+    page.click("#delete").await;
+    page.confirm("Delete web-logs").await;
+    page.toast("web-logs deleted").await;
+    page.wait_for(r#"main[data-view="pipelines"][aria-busy="false"]"#)
+        .await;
+    assert!(client
+        .find_all(&format!(r#"tr[data-pipeline-id="{pipeline_id}"]"#))
+        .await
+        .unwrap()
+        .is_empty());
+    page.open(&format!("#/node/{node_id}")).await;
+    eventually("the pipeline gone from the node", STEP, || async {
+        client
+            .find_all(&section)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 
     assert_eq!(csp_violations(&client).await, Vec::<String>::new());
     client.close().await.unwrap();
