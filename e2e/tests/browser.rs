@@ -302,6 +302,8 @@ async fn the_ws_badge_follows_the_agent_live() {
         .unwrap();
     assert!(class.unwrap_or_default().contains("last-known"));
 
+    // The summary bar follows live events too (re-read at most every few seconds).
+    page.wait_text("#summary", "1push connected").await;
     // The summary bar counts the crashed pipeline.
     let summary = page.wait_text("#summary", "crashed pipelines").await;
     assert!(summary.contains("1crashed pipelines"), "{summary}");
