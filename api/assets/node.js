@@ -57,7 +57,7 @@ export function mount(main, { id, query }) {
       ? el("ul", { class: "labels", id: "node-labels" }, ...Object.entries(n.labels).map(([k, v]) => el("li", {}, el("code", {}, k + "=" + v))))
       : el("p", { class: "muted", id: "node-labels" }, "No labels.");
     if (!can("admin")) return panel("Labels", list);
-    const edit = el("textarea", { id: "labels-edit", rows: 3, "aria-label": "Operator labels, key=value per line or comma", spellcheck: "false" },
+    const edit = el("textarea", { id: "labels-edit", rows: 3, "aria-label": "Labels, key=value per line or comma", spellcheck: "false" },
       formatLabels(n.labels).split(", ").join("\n"));
     const form = el("form", { class: "labels-form", hidden: true, onsubmit: async ev => {
       ev.preventDefault();
@@ -65,7 +65,8 @@ export function mount(main, { id, query }) {
       try { labels = parseLabels(edit.value); } catch (e) { toast("Labels: " + e.message, "error"); return; }
       const r = await run("Saving labels", () => api("PUT", "/api/v1/fleet/" + n.id + "/labels", { labels }), () => "Labels of " + n.host + " saved");
       if (r) { node = r; render(); }
-    } }, edit, el("div", { class: "row" }, el("button", { type: "submit", class: "primary" }, "Save labels"),
+    } }, el("p", { class: "muted" }, "Saved as the operator's labels, which take precedence over what the agent reports."),
+      edit, el("div", { class: "row" }, el("button", { type: "submit", class: "primary" }, "Save labels"),
       el("button", { type: "button", onclick: () => { form.hidden = true; } }, "Cancel")));
     return panel("Labels", list, form, el("button", { type: "button", id: "labels-open", onclick: () => { form.hidden = false; edit.focus(); } }, "Edit labels"));
   }
