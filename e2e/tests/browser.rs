@@ -421,6 +421,21 @@ async fn the_ws_badge_follows_the_agent_live() {
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "revoked for real");
+    // A node revoked elsewhere leaves the page by its event.
+    let edge3 = format!(r#"tr[data-node-id="{}"]"#, nodes[3].0);
+    let (status, _) = call(
+        &http,
+        reqwest::Method::DELETE,
+        format!("{lb}/api/v1/fleet/{}", nodes[3].0),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    eventually("edge-3's row gone", STEP, || async {
+        client.find_all(&edge3).await.ok()?.is_empty().then_some(())
+    })
+    .await;
 
     // A viewer gets the same live fleet without a single write button.
     let (_, viewer) = call(
