@@ -59,7 +59,7 @@ export function mount(main) {
       if (stopped) return;
       put(envBody, ...environments.map(e => el("tr", { "data-environment-id": e.id },
         el("th", { scope: "row" }, e.name), el("td", {}, String(e.nodeCount)),
-        el("td", {}, el("code", {}, e.enrollmentTokenHint ? e.enrollmentTokenHint + "…" : "—")), el("td", {}, when(e.createdAt)),
+        el("td", {}, el("code", {}, e.enrollmentTokenHint || "—")), el("td", {}, when(e.createdAt)),
         el("td", {}, el("button", { type: "button", class: "rotate", onclick: async () => {
           const ok = await confirmDialog({ title: "New enrollment token for " + e.name, ok: "Rotate", danger: true,
             text: "The current enrollment token of " + e.name + " stops working at once; enrolled agents keep working." });

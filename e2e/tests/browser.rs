@@ -610,6 +610,11 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         "{commands}"
     );
 
+    let shot = client.screenshot().await.unwrap();
+    let out = repo_root().join("test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("admin.png"), &shot).unwrap();
+
     // Operator tokens: made (shown once) and revoked; the poll interval set for every agent.
     page.type_into("#token-name", "ci-reader").await;
     page.click("#token-create button[type=submit]").await;
