@@ -11,8 +11,8 @@ use tokio::process::ChildStdout;
 use tokio::task::JoinHandle;
 
 /// Taps every component of a request concurrently; one result per component, errors included.
-/// `api` is the pipeline's Vector API (see [`crate::vector_api`]); `None` leaves `vector tap`
-/// its default.
+/// `api` is the pipeline's Vector API (see [`crate::vector_api`]); without one every
+/// component's result is an error saying so.
 pub async fn tap_all(
     vector_bin: &Path,
     api: Option<TapUrl>,
@@ -65,11 +65,13 @@ impl TapProcess {
         key: &str,
         limit: Option<u32>,
     ) -> Result<Self, String> {
+        // Without the pipeline's own API, `vector tap` would try Vector's default port, which
+        // may be another pipeline's Vector.
+        let api = api.ok_or(
+            "this pipeline's Vector has no API to tap (is it running, with `api` left enabled?)",
+        )?;
         let mut cmd = tokio::process::Command::new(vector_bin);
-        cmd.args(["tap", "--outputs-of", key]);
-        if let Some(api) = api {
-            cmd.args(["--url", &api.to_string()]);
-        }
+        cmd.args(["tap", "--outputs-of", key, "--url", &api.to_string()]);
         if let Some(limit) = limit {
             cmd.args(["--limit", &limit.to_string()]);
         }
@@ -217,9 +219,10 @@ mod tests {
             component_keys: vec!["a".into(), "b".into()],
             limit: 3,
         };
+        let api = TapUrl::new("127.0.0.1:9".parse().unwrap(), None);
         let results = tap_all(
             Path::new("/nonexistent/vector"),
-            None,
+            Some(api),
             &request,
             Duration::from_secs(1),
         )
@@ -228,5 +231,27 @@ mod tests {
         assert!(results
             .iter()
             .all(|r| r.error.as_deref().is_some_and(|e| e.contains("cannot run"))));
+    }
+
+    #[tokio::test]
+    async fn without_the_pipelines_own_api_nothing_is_tapped() {
+        let request = SampleRequestConfig {
+            request_id: "clxreq".into(),
+            pipeline_id: "clxpipe".into(),
+            component_keys: vec!["a".into()],
+            limit: 3,
+        };
+        // Not even a binary that exists is started: the default port may be another Vector's.
+        let results = tap_all(
+            Path::new("/bin/true"),
+            None,
+            &request,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(results[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no API to tap")));
     }
 }

@@ -74,6 +74,12 @@ impl Supervisor {
         self.dir.join(format!("{}.yaml", file_stem(pipeline_id)))
     }
 
+    /// The pipeline's own Vector data directory (checkpoints, disk buffers), kept across
+    /// restarts of the agent and removed with the pipeline.
+    pub fn data_dir(&self, pipeline_id: &str) -> PathBuf {
+        self.dir.join(format!("{}.data", file_stem(pipeline_id)))
+    }
+
     /// Writes the config (with its own API address, see [`vector_api::prepare`]) and starts
     /// `vector --config <file>`; returns its pid or why it could not start.
     pub fn start(
@@ -84,7 +90,10 @@ impl Supervisor {
         log_level: Option<&str>,
     ) -> Result<u32, String> {
         let path = self.config_path(pipeline_id);
-        let prepared = vector_api::prepare(config_yaml);
+        let data_dir = self.data_dir(pipeline_id);
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let prepared = vector_api::prepare(config_yaml, &data_dir);
         write_atomically(&path, prepared.yaml.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let mut cmd = tokio::process::Command::new(&self.vector_bin);
@@ -175,6 +184,12 @@ impl Supervisor {
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete pipeline config");
+            }
+        }
+        let data = self.data_dir(pipeline_id);
+        if let Err(e) = std::fs::remove_dir_all(&data) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %data.display(), error = %e, "cannot delete pipeline data");
             }
         }
     }

@@ -102,11 +102,20 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
     )
     .await;
     assert_eq!(sandbox.running().len(), 1);
+    // The pipeline's Vector has a data directory of its own, named in its config.
+    let dirs = sandbox.data_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let written = std::fs::read_to_string(&sandbox.config_files()[0]).unwrap();
+    let doc: serde_json::Value = serde_norway::from_str(&written).unwrap();
+    assert_eq!(doc["data_dir"].as_str(), Some(&*dirs[0].to_string_lossy()));
 
-    // Undeploy: the process stops and its config file is deleted.
+    // Undeploy: the process stops and its config file and data are deleted.
     stack.undeploy(&pipeline).await;
     eventually("the pipeline stops", Duration::from_secs(5), || async {
-        (sandbox.running().is_empty() && sandbox.config_files().is_empty()).then_some(())
+        (sandbox.running().is_empty()
+            && sandbox.config_files().is_empty()
+            && sandbox.data_dirs().is_empty())
+        .then_some(())
     })
     .await;
     agent.stop().await;

@@ -15,12 +15,12 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "acknowledgements",
     "api",
     "buffer_utilization_ewma_alpha",
+    "buffer_utilization_ewma_half_life_seconds",
     "data_dir",
     "enrichment_tables",
     "expire_metrics",
     "expire_metrics_per_metric_set",
     "expire_metrics_secs",
-    "graceful_shutdown_duration",
     "healthchecks",
     "latency_ewma_alpha",
     "log_schema",
@@ -37,9 +37,6 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "transforms",
     "wildcard_matching",
 ];
-
-/// Longest component id accepted.
-const MAX_ID: usize = 128;
 
 /// Where and why a config is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +114,9 @@ pub fn validate(yaml: &str) -> Result<(), ConfigError> {
     let mut sections = Sections::default();
     for (key, value) in top {
         let name = untagged(key).data.as_str().unwrap_or_default();
+        if name == "wildcard_matching" {
+            sections.relaxed_globs = untagged(value).data.as_str() == Some("relaxed");
+        }
         if !TOP_LEVEL_KEYS.contains(&name) {
             return Err(ConfigError::at(
                 start(key),
@@ -154,6 +154,8 @@ struct Sections<'n, 'a> {
     sinks: Option<Vec<Component<'n, 'a>>>,
     enrichment_tables: Option<Vec<Component<'n, 'a>>>,
     secret: Option<Vec<Component<'n, 'a>>>,
+    /// `wildcard_matching: relaxed`: a glob in `inputs` may match nothing.
+    relaxed_globs: bool,
 }
 
 impl Sections<'_, '_> {
@@ -193,15 +195,18 @@ impl Sections<'_, '_> {
                 seen.push((&c.id, kind));
             }
         }
+        // What inputs may name: sources, transforms, and memory enrichment tables that act
+        // as sources (`source_config.source_key`).
+        let tables = self.enrichment_tables.as_deref().unwrap_or_default();
         let upstream: Vec<&str> = sources
             .iter()
             .chain(transforms)
             .map(|c| c.id.as_str())
+            .chain(tables.iter().filter_map(|t| source_key(t.body)))
             .collect();
-        let transform_ids: Vec<&str> = transforms.iter().map(|c| c.id.as_str()).collect();
         for (kind, list) in [("transform", transforms), ("sink", sinks)] {
             for c in list {
-                check_inputs(kind, c, &upstream, &transform_ids)?;
+                check_inputs(kind, c, &upstream, self.relaxed_globs)?;
             }
         }
         Ok(())
@@ -223,15 +228,13 @@ fn components<'n, 'a>(
     };
     let mut out = Vec::with_capacity(entries.len());
     for (id_node, body) in entries {
-        let id = match untagged(id_node).data.as_str() {
-            Some(id) => id.to_owned(),
-            None => {
+        // Vector reads any scalar key as a string id (`1:` is the id "1").
+        let id = match &untagged(id_node).data {
+            YamlData::Value(_) => scalar_text(id_node),
+            _ => {
                 return Err(ConfigError::at(
                     start(id_node),
-                    format!(
-                        "component id `{}` in `{section}` must be a string",
-                        scalar_text(id_node)
-                    ),
+                    format!("a component id in `{section}` must be a scalar, not a collection"),
                 ))
             }
         };
@@ -275,19 +278,47 @@ fn components<'n, 'a>(
     Ok(out)
 }
 
-/// Why `id` is not a usable component id, if it is not.
+/// Why `id` is not a usable component id, if it is not: Vector refuses only empty ids and
+/// ids with a `.`, which names a component's output in `inputs`.
 fn id_problem(id: &str) -> Option<&'static str> {
-    if id.is_empty() || id.chars().count() > MAX_ID {
-        return Some("ids are 1 to 128 characters");
+    if id.is_empty() {
+        return Some("ids may not be empty");
     }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        // `.` names a transform's output and `*` a glob in inputs, so neither may be in an id.
-        return Some("ids use letters, digits, `_` and `-` only");
+    if id.contains('.') && !interpolated(id) {
+        return Some("ids may not contain `.` (it names a component's output in `inputs`)");
     }
     None
+}
+
+/// The component part of an input (`x` of output `x.y`).
+fn component(input: &str) -> &str {
+    input.split_once('.').map_or(input, |(id, _)| id)
+}
+
+/// Whether Vector replaces part of `text` before parsing (`${VAR}`, `$VAR`, `SECRET[…]`), so
+/// what it names is known only on the node.
+fn interpolated(text: &str) -> bool {
+    text.contains("SECRET[")
+        || text.match_indices('$').any(|(i, _)| {
+            text[i + 1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c == '{' || c == '_' || c.is_ascii_alphabetic())
+        })
+}
+
+/// The `source_config.source_key` of a memory enrichment table, through which it is a source.
+fn source_key<'n>(table: &'n Node<'_>) -> Option<&'n str> {
+    let field = |node: &'n Node<'_>, name: &str| match &untagged(node).data {
+        YamlData::Mapping(fields) => fields
+            .iter()
+            .find(|(k, _)| untagged(k).data.as_str() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    };
+    untagged(field(field(table, "source_config")?, "source_key")?)
+        .data
+        .as_str()
 }
 
 /// Checks the `inputs` of transform or sink `c`.
@@ -295,7 +326,7 @@ fn check_inputs(
     kind: &str,
     c: &Component<'_, '_>,
     upstream: &[&str],
-    transforms: &[&str],
+    relaxed_globs: bool,
 ) -> Result<(), ConfigError> {
     let YamlData::Mapping(fields) = &c.body.data else {
         return Ok(());
@@ -311,6 +342,7 @@ fn check_inputs(
     };
     let items = match &untagged(value).data {
         YamlData::Sequence(items) if !items.is_empty() => items,
+        YamlData::Value(saphyr::Scalar::String(s)) if interpolated(s) => return Ok(()),
         _ => {
             return Err(ConfigError::at(
                 start(key),
@@ -332,21 +364,30 @@ fn check_inputs(
                 ),
             ));
         };
+        if interpolated(input) {
+            continue;
+        }
         if input == c.id {
             return Err(ConfigError::at(
                 start(item),
                 format!("{kind} `{}` cannot take its own output as input", c.id),
             ));
         }
-        let found = if input.contains('*') {
-            upstream
-                .iter()
-                .any(|id| *id != c.id && glob_matches(input, id))
-        } else if let Some((transform, _output)) = input.split_once('.') {
-            // `route.errors`: a named output of a transform.
-            transforms.contains(&transform)
+        // `x.y` names output `y` of component `x` (route names, `remap.dropped`, an
+        // `opentelemetry` source's `logs`…); which outputs a component has is Vector's business.
+        let found = if input.contains(['*', '?', '[']) {
+            relaxed_globs
+                || glob::Pattern::new(input).is_ok_and(|pattern| {
+                    upstream.iter().any(|id| {
+                        *id != c.id
+                            && (pattern.matches(id)
+                                || input.contains('.')
+                                    && glob::Pattern::new(component(input))
+                                        .is_ok_and(|p| p.matches(id)))
+                    })
+                })
         } else {
-            upstream.contains(&input)
+            upstream.contains(&component(input))
         };
         if !found {
             return Err(ConfigError::at(
@@ -359,26 +400,6 @@ fn check_inputs(
         }
     }
     Ok(())
-}
-
-/// Whether `pattern` (`*` matching any run of characters) matches all of `text`.
-fn glob_matches(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// A scalar as written, for messages (`…` for a collection).
@@ -473,21 +494,38 @@ sinks:
         assert_eq!(e.line, 2);
         let e = fails("sources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [\"x*\"]}\n");
         assert_eq!(e.line, 4);
-        let e = fails("sources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [in.x]}\n");
-        assert!(e.reason.contains("`in.x`"), "{e:?}");
+        let e = fails("sources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [nope.x]}\n");
+        assert!(e.reason.contains("`nope.x`"), "{e:?}");
         let e =
             fails("sources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [in]}\n---\nx: 1\n");
         assert_eq!(e.line, 6);
     }
 
     #[test]
-    fn globs_match_whole_ids() {
-        assert!(glob_matches("a*", "abc"));
-        assert!(glob_matches("*c", "abc"));
-        assert!(glob_matches("a*c", "abc"));
-        assert!(glob_matches("*", "x"));
-        assert!(!glob_matches("a*c", "abcd"));
-        assert!(!glob_matches("b*", "abc"));
-        assert!(!glob_matches("a*bc*c", "abc"));
+    fn what_vector_accepts_passes() {
+        // Named outputs of sources, globs over ids and outputs, odd but legal ids,
+        // interpolated names, memory tables as sources, relaxed wildcards, newer globals.
+        for yaml in [
+            "sources:\n  otel: {type: opentelemetry}\nsinks:\n  out: {type: blackhole, inputs: [otel.logs]}\n",
+            "sources:\n  in1: {type: a}\n  in2: {type: a}\nsinks:\n  out: {type: b, inputs: [\"in?\", \"in[12]\"]}\n",
+            "sources:\n  in: {type: a}\ntransforms:\n  r: {type: route, inputs: [in]}\nsinks:\n  out: {type: b, inputs: [\"r.*\"]}\n",
+            "sources:\n  k8s:logs: {type: a}\n  app/in: {type: a}\n  1: {type: a}\nsinks:\n  out: {type: b, inputs: [\"k8s:logs\", app/in, \"1\"]}\n",
+            "sources:\n  ${SRC}: {type: a}\nsinks:\n  out: {type: b, inputs: [\"${UPSTREAM}\"]}\n  all: {type: b, inputs: \"${INPUTS}\"}\n",
+            "enrichment_tables:\n  mem:\n    type: memory\n    source_config: {source_key: memsrc}\nsources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [memsrc]}\n",
+            "wildcard_matching: relaxed\nsources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [\"nothing*\"]}\n",
+            "buffer_utilization_ewma_half_life_seconds: 5\nsources:\n  in: {type: a}\nsinks:\n  out: {type: b, inputs: [in]}\n",
+        ] {
+            validate(yaml).unwrap_or_else(|e| panic!("{e:?} refused\n{yaml}"));
+        }
+    }
+
+    #[test]
+    fn interpolation_is_found() {
+        assert!(interpolated("${X}"));
+        assert!(interpolated("$X"));
+        assert!(interpolated("SECRET[backend.key]"));
+        assert!(!interpolated("$"));
+        assert!(!interpolated("$$"));
+        assert!(!interpolated("a$1"));
     }
 }

@@ -77,7 +77,7 @@ const REFUSED: &[(&str, usize, &str)] = &[
     (
         "sources:\n  in.put: {type: a}\nsinks:\n  out: {type: b, inputs: [in.put]}\n",
         2,
-        "letters, digits",
+        "may not contain `.`",
     ),
 ];
 
@@ -415,6 +415,16 @@ async fn the_selector_preview_counts_exactly_the_nodes_a_deploy_reaches() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    // host-03 (role=web set by an operator) is in maintenance: it matches, but runs nothing
+    // until maintenance ends, so the preview counts it apart.
+    let r = api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{}/maintenance", nodes[3].0),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     let web = preview(
         &api,
@@ -439,9 +449,13 @@ async fn the_selector_preview_counts_exactly_the_nodes_a_deploy_reaches() {
     .await;
     let everyone = preview(&api, &viewer, &env, json!({"nodeSelector": {}})).await;
     let nobody = preview(&api, &viewer, &env, json!({"nodeSelector": {"role": "db"}})).await;
-    assert_eq!(everyone["count"], 26);
+    assert_eq!(everyone["count"], 25);
+    assert_eq!(everyone["inMaintenance"], 1);
     assert_eq!(everyone["nodes"].as_array().unwrap().len(), 20);
-    assert_eq!(nobody, json!({"count": 0, "nodes": []}));
+    assert_eq!(nobody, json!({"count": 0, "inMaintenance": 0, "nodes": []}));
+    let resting = &web["nodes"][1];
+    assert_eq!(resting["host"], "host-03");
+    assert_eq!(resting["maintenance"], true);
     // Rows come by host, with their effective labels and status.
     let first = &web["nodes"][0];
     assert_eq!(first["host"], "host-00");
@@ -485,16 +499,27 @@ async fn the_selector_preview_counts_exactly_the_nodes_a_deploy_reaches() {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|n| n["maintenance"] == false)
             .map(|n| n["id"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(shown["count"], got.len(), "{name}");
         assert!(got.len() <= 20, "every reached node is listed");
         assert_eq!(listed, got, "{name}");
     }
-    // role=web: 9 operator-labelled (0, 3, …, 24) and 4 reporting it (4, 8, 16, 20).
-    assert_eq!(web["count"], 13);
-    assert_eq!(operator["count"], 9);
-    assert_eq!(zone["count"], 5);
+    // role=web: 9 operator-labelled (0, 3, …, 24) and 4 reporting it (4, 8, 16, 20), less
+    // host-03 in maintenance.
+    assert_eq!(
+        (&web["count"], &web["inMaintenance"]),
+        (&json!(12), &json!(1))
+    );
+    assert_eq!(
+        (&operator["count"], &operator["inMaintenance"]),
+        (&json!(8), &json!(1))
+    );
+    assert_eq!(
+        (&zone["count"], &zone["inMaintenance"]),
+        (&json!(5), &json!(0))
+    );
 
     // Bad input is refused clearly; an unknown environment is 404.
     let r = api

@@ -1,8 +1,9 @@
 //! The `api` block of a pipeline's config: added on a free loopback port unless the config
-//! has one, whose address is then used when it enables the API.
+//! has one, whose address is then used when it enables the API; and its own `data_dir`.
 
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
 
 /// The comment that opens the `api` block the agent adds to a pipeline's config.
 pub const ADDED_BLOCK: &str = "# flotilla-agent: this pipeline's own Vector API (counters, taps)";
@@ -17,9 +18,10 @@ pub struct Prepared {
 }
 
 /// Gives `yaml` an API on a free loopback port, unless it configures one itself (then its
-/// address is used when enabled). A config that is not a YAML mapping is written unchanged,
-/// without an API: Vector reports what is wrong with it.
-pub fn prepare(yaml: &str) -> Prepared {
+/// address is used when enabled), and `data_dir` as Vector's data directory unless it names
+/// one: pipelines never share checkpoints or disk buffers. A config that is not a YAML mapping
+/// is written unchanged, without an API: Vector reports what is wrong with it.
+pub fn prepare(yaml: &str, data_dir: &Path) -> Prepared {
     let unchanged = |api| Prepared {
         yaml: yaml.to_owned(),
         api,
@@ -27,39 +29,63 @@ pub fn prepare(yaml: &str) -> Prepared {
     let Ok(serde_norway::Value::Mapping(map)) = serde_norway::from_str(yaml) else {
         return unchanged(None);
     };
-    if let Some(api) = map.get("api") {
-        return unchanged(own_address(api));
-    }
-    let Some(addr) = free_loopback_port() else {
-        return unchanged(None);
+    let (api, add_api) = match map.get("api") {
+        Some(own) => (own_address(own), false),
+        None => (free_loopback_port(), true),
     };
+    let add_api = add_api && api.is_some();
+    let dir = data_dir.to_string_lossy().into_owned();
+    let add_dir = !map.contains_key("data_dir");
+    if !add_api && !add_dir {
+        return unchanged(api);
+    }
     // Appended as text so the user's file (comments, order) stays as it was; a config in flow
     // style (`{sources: …}`) cannot take a block after it and is re-serialised instead.
+    // The playground (a browser IDE on the API) stays off: the API is for this agent only.
     let mut text = yaml.to_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!(
-        "{ADDED_BLOCK}\napi:\n  enabled: true\n  address: \"{addr}\"\n"
-    ));
-    if own_address_of(&text) == Some(addr) {
-        return Prepared {
-            yaml: text,
-            api: Some(addr),
-        };
+    text.push_str(ADDED_BLOCK);
+    text.push('\n');
+    if let (true, Some(addr)) = (add_api, api) {
+        text.push_str(&format!(
+            "api:\n  enabled: true\n  address: \"{addr}\"\n  playground: false\n"
+        ));
+    }
+    if add_dir {
+        // A JSON string is a YAML double-quoted scalar: any path survives.
+        text.push_str(&format!("data_dir: {}\n", json!(dir)));
+    }
+    let as_wanted = |text: &str| {
+        own_address_of(text) == api && (!add_dir || data_dir_of(text).as_deref() == Some(&*dir))
+    };
+    if as_wanted(&text) {
+        return Prepared { yaml: text, api };
     }
     let mut map = map;
-    map.insert(
-        "api".into(),
-        serde_norway::to_value(json!({"enabled": true, "address": addr.to_string()}))
+    if let (true, Some(addr)) = (add_api, api) {
+        map.insert(
+            "api".into(),
+            serde_norway::to_value(
+                json!({"enabled": true, "address": addr.to_string(), "playground": false}),
+            )
             .expect("a JSON object converts"),
-    );
+        );
+    }
+    if add_dir {
+        map.insert("data_dir".into(), dir.clone().into());
+    }
     match serde_norway::to_string(&map) {
-        Ok(text) if own_address_of(&text) == Some(addr) => Prepared {
-            yaml: text,
-            api: Some(addr),
-        },
+        Ok(text) if as_wanted(&text) => Prepared { yaml: text, api },
         _ => unchanged(None),
+    }
+}
+
+fn data_dir_of(yaml: &str) -> Option<String> {
+    match serde_norway::from_str(yaml) {
+        Ok(serde_norway::Value::Mapping(map)) => Some(map.get("data_dir")?.as_str()?.to_owned()),
+        _ => None,
     }
 }
 
@@ -108,10 +134,12 @@ fn free_loopback_port() -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    const DIR: &str = "/var/lib/vf-agent/pipelines/p.data";
+
     #[test]
     fn an_api_block_on_its_own_loopback_port_is_appended() {
         let yaml = "# mine\nsources:\n  in:\n    type: demo_logs # keep\n";
-        let a = prepare(yaml);
+        let a = prepare(yaml, Path::new(DIR));
         let addr_a = a.api.unwrap();
         assert!(addr_a.ip().is_loopback());
         assert_ne!(addr_a.port(), 8686);
@@ -124,10 +152,13 @@ mod tests {
         assert!(!is_prepared_from(&a.yaml, "sources: {}\n"));
         assert_eq!(own_address_of(&a.yaml), Some(addr_a));
         // No trailing newline, and flow style: still one valid document with the block.
-        let p = prepare("sources: {in: {type: demo_logs}}");
+        let p = prepare("sources: {in: {type: demo_logs}}", Path::new(DIR));
         assert_eq!(own_address_of(&p.yaml), p.api);
         assert!(p.api.is_some());
-        let p = prepare("{\"sources\": {\"in\": {\"type\": \"demo_logs\"}}}");
+        let p = prepare(
+            "{\"sources\": {\"in\": {\"type\": \"demo_logs\"}}}",
+            Path::new(DIR),
+        );
         assert_eq!(own_address_of(&p.yaml), p.api);
         assert!(p.api.is_some(), "{}", p.yaml);
         let doc: serde_norway::Value = serde_norway::from_str(&p.yaml).unwrap();
@@ -136,19 +167,23 @@ mod tests {
 
     #[test]
     fn a_config_with_its_own_api_block_is_kept() {
+        let with_dir = |yaml: &str| format!("{yaml}{ADDED_BLOCK}\ndata_dir: \"{DIR}\"\n");
         let yaml = "api:\n  enabled: true\n  address: 0.0.0.0:9999\nsources: {}\n";
         assert_eq!(
-            prepare(yaml),
+            prepare(yaml, Path::new(DIR)),
             Prepared {
-                yaml: yaml.into(),
+                yaml: with_dir(yaml),
                 api: Some("127.0.0.1:9999".parse().unwrap())
             }
         );
         let yaml = "api:\n  enabled: true\n";
-        assert_eq!(prepare(yaml).api, Some("127.0.0.1:8686".parse().unwrap()));
-        let yaml = "api:\n  enabled: false\n  address: 127.0.0.1:1234\n";
         assert_eq!(
-            prepare(yaml),
+            prepare(yaml, Path::new(DIR)).api,
+            Some("127.0.0.1:8686".parse().unwrap())
+        );
+        let yaml = "api:\n  enabled: false\n  address: 127.0.0.1:1234\ndata_dir: /mine\n";
+        assert_eq!(
+            prepare(yaml, Path::new(DIR)),
             Prepared {
                 yaml: yaml.into(),
                 api: None
@@ -157,10 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn each_pipeline_gets_its_own_data_dir_and_no_playground() {
+        let p = prepare("sources: {}\n", Path::new(DIR));
+        assert_eq!(data_dir_of(&p.yaml).as_deref(), Some(DIR));
+        let doc: serde_norway::Value = serde_norway::from_str(&p.yaml).unwrap();
+        assert_eq!(doc["api"]["playground"].as_bool(), Some(false));
+        let p = prepare("{\"sources\": {}}", Path::new("/odd: path/#x"));
+        assert_eq!(data_dir_of(&p.yaml).as_deref(), Some("/odd: path/#x"));
+        let doc: serde_norway::Value = serde_norway::from_str(&p.yaml).unwrap();
+        assert_eq!(doc["api"]["playground"].as_bool(), Some(false));
+        let p = prepare("data_dir: /mine\nsources: {}\n", Path::new(DIR));
+        assert_eq!(data_dir_of(&p.yaml).as_deref(), Some("/mine"));
+    }
+
+    #[test]
     fn what_is_not_a_yaml_mapping_is_written_unchanged() {
         for text in ["", "- a\n- b\n", "sources: [\n", "just text"] {
             assert_eq!(
-                prepare(text),
+                prepare(text, Path::new(DIR)),
                 Prepared {
                     yaml: text.into(),
                     api: None

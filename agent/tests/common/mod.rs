@@ -360,8 +360,21 @@ impl Sandbox {
 
     /// The config files the agent keeps.
     pub fn config_files(&self) -> Vec<PathBuf> {
+        self.pipeline_entries("yaml")
+    }
+
+    /// The pipelines' own Vector data directories.
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.pipeline_entries("data")
+    }
+
+    fn pipeline_entries(&self, extension: &str) -> Vec<PathBuf> {
         match std::fs::read_dir(self.data.join("pipelines")) {
-            Ok(dir) => dir.flatten().map(|e| e.path()).collect(),
+            Ok(dir) => dir
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == extension))
+                .collect(),
             Err(_) => vec![],
         }
     }

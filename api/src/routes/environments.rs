@@ -183,12 +183,18 @@ struct PreviewNode {
     /// Effective labels: the reported ones overlaid with the operator's.
     #[schema(value_type = Object)]
     labels: Value,
+    /// In maintenance: it gets the pipeline only when maintenance ends.
+    maintenance: bool,
 }
 
 /// How many nodes a selector matches, and the first of them by host.
 #[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct Preview {
+    /// Matching nodes that would run the pipeline now.
     count: i64,
+    /// Matching nodes in maintenance, which get it when maintenance ends.
+    in_maintenance: i64,
     nodes: Vec<PreviewNode>,
 }
 
@@ -225,8 +231,10 @@ async fn selector_preview(
     // The very predicate deploys notify with, so the preview is what a deploy reaches.
     let (any, operator) = selector_params(&[Some(&placement)])
         .ok_or_else(|| anyhow::anyhow!("a placement gives selector parameters"))?;
-    let count: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
+    // A node in maintenance runs no pipelines (its config lists none) until it ends.
+    let (count, in_maintenance): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*) FILTER (WHERE NOT n.maintenance), count(*) FILTER (WHERE n.maintenance)
+         FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
     ))
     .bind(id)
     .bind(&any)
@@ -234,7 +242,7 @@ async fn selector_preview(
     .fetch_one(&state.pool)
     .await?;
     let nodes: Vec<PreviewNode> = sqlx::query_as(&format!(
-        "SELECT n.id, n.host, n.status, n.reported_labels || n.labels AS labels
+        "SELECT n.id, n.host, n.status, n.reported_labels || n.labels AS labels, n.maintenance
          FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}
          ORDER BY n.host, n.id LIMIT $4"
     ))
@@ -244,7 +252,11 @@ async fn selector_preview(
     .bind(PREVIEW_ROWS)
     .fetch_all(&state.pool)
     .await?;
-    Ok(axum::Json(Preview { count, nodes }))
+    Ok(axum::Json(Preview {
+        count,
+        in_maintenance,
+        nodes,
+    }))
 }
 
 /// Creates environment `name` if missing and makes `token` its enrollment token.

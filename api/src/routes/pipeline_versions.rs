@@ -15,6 +15,9 @@ use serde_json::Value;
 use similar::TextDiff;
 use uuid::Uuid;
 
+/// Longest a diff may search for the smallest edit.
+const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Pipeline version routes.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -182,10 +185,18 @@ async fn diff(
         .unwrap_or_else(|| deployed.unwrap_or((latest - 1).max(1)));
     let old = yaml_of(&state, id, from).await?;
     let new = yaml_of(&state, id, to).await?;
-    let diff = TextDiff::from_lines(&old, &new)
-        .unified_diff()
-        .context_radius(3)
-        .header(&format!("version {from}"), &format!("version {to}"))
-        .to_string();
+    // Two 1 MiB configs can take a while to diff: off the async workers, and with a deadline
+    // past which the diff is coarser (whole changed regions) rather than slower.
+    let diff = tokio::task::spawn_blocking(move || {
+        TextDiff::configure()
+            .timeout(DIFF_DEADLINE)
+            .diff_lines(&old, &new)
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("version {from}"), &format!("version {to}"))
+            .to_string()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("diff failed: {e}"))?;
     Ok(axum::Json(VersionDiff { from, to, diff }))
 }
