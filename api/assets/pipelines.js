@@ -136,12 +136,15 @@ export function mountEditor(main, { id }) {
     try {
       const r = await api("POST", "/api/v1/environments/" + env + "/selector-preview", { nodeSelector, selectorLabels: labelsFrom });
       if (box.dataset.seq !== mine || stopped) return r;
+      // Nodes in maintenance match but run nothing until it ends; they are counted apart.
+      const resting = r.inMaintenance || 0;
       put(box, el("p", { class: "count" }, "Matches " + plural(r.count, "node")
+        + (resting ? " (and " + resting + " in maintenance, which get it when maintenance ends)" : "")
         + (Object.keys(nodeSelector).length ? "" : " (no selector: every node of the environment)")),
         r.nodes.length ? el("table", { class: "compact" }, el("tbody", {}, ...r.nodes.map(n => el("tr", {},
-          el("td", {}, el("a", { href: "#/node/" + n.id }, n.host)), el("td", {}, pill(n.maintenanceMode ? "MAINTENANCE" : n.status)),
+          el("td", {}, el("a", { href: "#/node/" + n.id }, n.host)), el("td", {}, pill(n.maintenance ? "MAINTENANCE" : n.status)),
           el("td", {}, el("code", {}, formatLabels(n.labels))))))) : null,
-        r.count > r.nodes.length ? el("p", { class: "muted" }, "… and " + (r.count - r.nodes.length) + " more") : null);
+        r.count + resting > r.nodes.length ? el("p", { class: "muted" }, "… and " + (r.count + resting - r.nodes.length) + " more") : null);
       return r;
     } catch (e) {
       box.textContent = "Preview failed: " + describe(e);
