@@ -9,13 +9,23 @@
 //!   of an older socket never erases a newer one's presence;
 //! - [`restore`]: after Redis lost its data, a gateway re-asserts a socket it still holds,
 //!   unless another socket took the node in the meantime;
-//! - [`lookup`]: the fleet API reads many nodes in one round trip.
+//! - [`lookup`]: the fleet API reads many nodes in one round trip;
+//! - [`connected`]: every live connection at once, for the fleet API's `connected` and
+//!   `transport` filters and its summary.
 //!
-//! [`lookup`] reads keys that are not passed as `KEYS`, so it needs a non-cluster Redis.
+//! Beside the hashes, the set [`CONNECTED_KEY`] names every node that has a presence hash; the
+//! three writing scripts keep it in step with the hashes in the same atomic step. It lets the
+//! fleet API find the ~10% of a large fleet that is connected without reading a hash per node:
+//! the set is read whole (one script, liveness checked per gateway once) and handed to
+//! Postgres as the id list the page's other filters and order apply to.
+//!
+//! [`lookup`] and [`connected`] read keys that are not passed as `KEYS`, and the writers touch
+//! the set beside the node's own hash, so presence needs a non-cluster Redis.
 
 use crate::channels::{gateway_alive_key, presence_key, FLEET_EVENTS};
 use crate::redis_conn::Redis;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
+use std::str::FromStr;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -33,7 +43,7 @@ pub struct Presence {
 }
 
 /// The push transport of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -60,6 +70,50 @@ impl Transport {
     }
 }
 
+impl FromStr for Transport {
+    type Err = ();
+
+    /// `websocket` or `sse`, as shown by the fleet API.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "websocket" => Ok(Self::Websocket),
+            "sse" => Ok(Self::Sse),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Set of the node ids that have a presence hash (live or left behind by a crashed gateway).
+pub const CONNECTED_KEY: &str = "flotilla:presence:connected";
+
+/// `KEYS[1]` = the connected set; `ARGV` = the liveness key's prefix and suffix around a
+/// gateway id, then the presence key's prefix and suffix around a node id. Returns
+/// `[node id, transport]` per live connection; drops members whose hash is gone.
+static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local out = {}
+        local alive = {}
+        for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+          local key = ARGV[3] .. id .. ARGV[4]
+          local p = redis.call('HMGET', key, 'gateway', 'transport')
+          if not p[1] then
+            redis.call('SREM', KEYS[1], id)
+          else
+            local up = alive[p[1]]
+            if up == nil then
+              up = redis.call('EXISTS', ARGV[1] .. p[1] .. ARGV[2]) == 1
+              alive[p[1]] = up
+            end
+            if up then
+              out[#out + 1] = {id, p[2] or 'websocket'}
+            end
+          end
+        end
+        return out",
+    )
+});
+
 /// `KEYS` = presence keys; `ARGV` = the liveness key's prefix and suffix around the gateway id.
 static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -77,30 +131,34 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence, publishes `ARGV[6]` on channel `ARGV[5]` if given, and returns the
-/// previous fields (nils when there was none).
+/// Sets the presence, adds the node (`ARGV[5]`) to the connected set (`KEYS[2]`), publishes
+/// `ARGV[7]` on channel `ARGV[6]` if given, and returns the previous fields (nils when there
+/// was none).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since', 'transport')
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
                    'transport', ARGV[4])
-        if ARGV[6] then
-          redis.call('PUBLISH', ARGV[5], ARGV[6])
+        redis.call('SADD', KEYS[2], ARGV[5])
+        if ARGV[7] then
+          redis.call('PUBLISH', ARGV[6], ARGV[7])
         end
         return prev",
     )
 });
 
-/// Deletes the presence if connection `ARGV[1]` still holds it, and then publishes `ARGV[3]`
-/// on channel `ARGV[2]` if given.
+/// Deletes the presence if connection `ARGV[1]` still holds it, removes the node (`ARGV[2]`)
+/// from the connected set (`KEYS[2]`), and then publishes `ARGV[4]` on channel `ARGV[3]` if
+/// given.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         if redis.call('HGET', KEYS[1], 'conn') == ARGV[1] then
           redis.call('DEL', KEYS[1])
-          if ARGV[3] then
-            redis.call('PUBLISH', ARGV[2], ARGV[3])
+          redis.call('SREM', KEYS[2], ARGV[2])
+          if ARGV[4] then
+            redis.call('PUBLISH', ARGV[3], ARGV[4])
           end
           return 1
         end
@@ -108,7 +166,8 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence if it is absent or already held by connection `ARGV[2]`.
+/// Sets the presence if it is absent or already held by connection `ARGV[2]`, and keeps the
+/// node (`ARGV[5]`) in the connected set (`KEYS[2]`).
 static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -118,6 +177,7 @@ static RESTORE: LazyLock<Script> = LazyLock::new(|| {
         end
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
                    'transport', ARGV[4])
+        redis.call('SADD', KEYS[2], ARGV[5])
         return 1",
     )
 });
@@ -188,10 +248,12 @@ pub async fn claim(
     let mut invocation = CLAIM.prepare_invoke();
     invocation
         .key(presence_key(node_id))
+        .key(CONNECTED_KEY)
         .arg(&presence.gateway_id)
         .arg(&presence.conn_id)
         .arg(presence.since_ms)
-        .arg(presence.transport.as_str());
+        .arg(presence.transport.as_str())
+        .arg(node_id.to_string());
     if let Some(event) = event {
         invocation.arg(FLEET_EVENTS).arg(event);
     }
@@ -208,7 +270,11 @@ pub async fn release(
     event: Option<&str>,
 ) -> RedisResult<bool> {
     let mut invocation = RELEASE.prepare_invoke();
-    invocation.key(presence_key(node_id)).arg(conn_id);
+    invocation
+        .key(presence_key(node_id))
+        .key(CONNECTED_KEY)
+        .arg(conn_id)
+        .arg(node_id.to_string());
     if let Some(event) = event {
         invocation.arg(FLEET_EVENTS).arg(event);
     }
@@ -220,11 +286,41 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
     let mut invocation = RESTORE.prepare_invoke();
     invocation
         .key(presence_key(node_id))
+        .key(CONNECTED_KEY)
         .arg(&presence.gateway_id)
         .arg(&presence.conn_id)
         .arg(presence.since_ms)
-        .arg(presence.transport.as_str());
+        .arg(presence.transport.as_str())
+        .arg(node_id.to_string());
     invoke(redis, invocation).await
+}
+
+/// Every node with a live connection (its gateway alive), with its transport, in one round
+/// trip; members left behind without a hash are dropped from the set on the way.
+pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
+    let (prefix, suffix) = alive_key_parts();
+    let nil = Uuid::nil().to_string();
+    let key = presence_key(Uuid::nil());
+    let (key_prefix, key_suffix) = key
+        .split_once(&nil)
+        .expect("the presence key contains the node id");
+    let mut invocation = CONNECTED.prepare_invoke();
+    invocation
+        .key(CONNECTED_KEY)
+        .arg(prefix)
+        .arg(suffix)
+        .arg(key_prefix)
+        .arg(key_suffix);
+    let rows: Vec<(String, String)> = invoke(redis, invocation).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, transport)| {
+            Some((
+                Uuid::parse_str(&id).ok()?,
+                Transport::parse(Some(&transport)),
+            ))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -349,6 +445,62 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_connected_set_follows_claims_releases_and_live_gateways() {
+        let redis = redis();
+        let live = format!("gw-{}", Uuid::new_v4().simple());
+        let dead = format!("gw-{}", Uuid::new_v4().simple());
+        set_alive(&redis, &live).await;
+        let (a, b, c, gone) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let sse = Presence {
+            transport: Transport::Sse,
+            ..at(&live, "cb", 2)
+        };
+        claim(&redis, a, &at(&live, "ca", 1), None).await.unwrap();
+        claim(&redis, b, &sse, None).await.unwrap();
+        claim(&redis, c, &at(&dead, "cc", 3), None).await.unwrap();
+        restore(&redis, gone, &at(&live, "cg", 4)).await.unwrap();
+        // A member whose hash vanished (Redis eviction, a manual delete) is dropped on read.
+        redis
+            .query::<()>(redis::cmd("DEL").arg(presence_key(gone)))
+            .await
+            .unwrap();
+        let mine = |all: Vec<(Uuid, Transport)>| -> Vec<(Uuid, Transport)> {
+            let mut v: Vec<_> = all
+                .into_iter()
+                .filter(|(n, _)| [a, b, c, gone].contains(n))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut expected = vec![(a, Transport::Websocket), (b, Transport::Sse)];
+        expected.sort();
+        assert_eq!(mine(connected(&redis).await.unwrap()), expected);
+        let still: bool = redis
+            .query(
+                redis::cmd("SISMEMBER")
+                    .arg(CONNECTED_KEY)
+                    .arg(gone.to_string()),
+            )
+            .await
+            .unwrap();
+        assert!(!still, "a member without a hash is pruned");
+        assert!(release(&redis, a, "ca", None).await.unwrap());
+        assert_eq!(
+            mine(connected(&redis).await.unwrap()),
+            vec![(b, Transport::Sse)]
+        );
+        for (n, conn) in [(b, "cb"), (c, "cc")] {
+            release(&redis, n, conn, None).await.unwrap();
+        }
+        assert!(mine(connected(&redis).await.unwrap()).is_empty());
     }
 
     #[tokio::test]
