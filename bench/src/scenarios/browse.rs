@@ -31,7 +31,7 @@ const CONCURRENCY: usize = 64;
 /// Options of `browse`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Nodes shown connected (the first N of the fleet).
+    /// Nodes shown connected (spread evenly over the fleet).
     #[arg(long, default_value_t = 10_000)]
     pub connected: usize,
     /// Timed requests per query (after 3 untimed ones).
@@ -173,11 +173,21 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .arg("EX")
         .arg(3600);
     redis.query::<()>(&alive).await?;
-    let connected: Vec<Uuid> = fleet.nodes[..args.connected].iter().map(|n| n.id).collect();
+    // Spread over the fleet (every k-th node), as connections are in a real one.
+    let step = (fleet.nodes.len() / args.connected.max(1)).max(1);
+    let connected: Vec<Uuid> = fleet
+        .nodes
+        .iter()
+        .step_by(step)
+        .take(args.connected)
+        .map(|n| n.id)
+        .collect();
     presence_of(&redis, &connected, false).await?;
     let prepare_ms = prepared.elapsed().as_millis() as u64;
 
-    let api = services::api(common, &[]).await?;
+    // The spread's statuses stay as seeded: no agent heartbeats here, and the health sweep
+    // would otherwise mark every node UNREACHABLE.
+    let api = services::api(common, &[("FLOTILLA__API__UNHEALTHY_THRESHOLD", "1000000")]).await?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
         .build()?;

@@ -159,7 +159,11 @@ pub(crate) async fn bulk(
         filter.push_conditions(&mut select, &presence);
         // Locked in id order, so concurrent bulk changes cannot deadlock.
         select.push(" ORDER BY n.id FOR UPDATE OF n");
-        select.build_query_as().fetch_all(&mut *tx).await?
+        select
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?
     };
 
     let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();

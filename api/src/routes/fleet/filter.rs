@@ -65,7 +65,9 @@ pub struct Filter {
     ids: Option<Vec<Uuid>>,
 }
 
-/// The presence condition, once Redis has been read.
+/// The presence condition, once Redis has been read. Queries that carry one run as unnamed
+/// statements, planned with their values: Postgres then hashes the id list (a lookup per
+/// row, not a scan of ~10,000 ids) and knows its length.
 pub enum Presence {
     /// No presence filter.
     Any,
@@ -312,29 +314,42 @@ impl Filter {
                 .push_bind(ids.as_slice())
                 .push(")");
         }
+        // A status other than RUNNING (and crashed=true) is the exception an operator looks
+        // for: its few nodes are read first from the status indexes, then ordered. RUNNING,
+        // a pipeline alone or crashed=false match most nodes, so the page walks its order
+        // and checks each node by its primary key instead.
+        let rare = self.pipeline_status.is_some_and(|s| s != "RUNNING");
         match (self.pipeline_id, self.pipeline_status) {
             (None, None) => {}
             (pipeline, status) => {
-                qb.push(" AND EXISTS (SELECT 1 FROM node_pipeline_status s WHERE s.node_id = n.id");
+                qb.push(if rare {
+                    " AND n.id = ANY(ARRAY(SELECT s.node_id FROM node_pipeline_status s WHERE true"
+                } else {
+                    " AND EXISTS (SELECT 1 FROM node_pipeline_status s WHERE s.node_id = n.id"
+                });
                 if let Some(p) = pipeline {
                     qb.push(" AND s.pipeline_id = ").push_bind(p);
                 }
                 if let Some(st) = status {
                     qb.push(" AND s.status = ").push_bind(st);
                 }
-                qb.push(")");
+                qb.push(if rare { "))" } else { ")" });
             }
         }
-        if let Some(crashed) = self.crashed {
-            qb.push(if crashed {
-                " AND EXISTS"
-            } else {
-                " AND NOT EXISTS"
-            });
-            qb.push(
-                " (SELECT 1 FROM node_pipeline_status s WHERE s.node_id = n.id
-                    AND s.status IN ('CRASHED', 'CRASH_LOOP'))",
-            );
+        match self.crashed {
+            None => {}
+            Some(true) => {
+                qb.push(
+                    " AND n.id = ANY(ARRAY(SELECT s.node_id FROM node_pipeline_status s
+                       WHERE s.status IN ('CRASHED', 'CRASH_LOOP')))",
+                );
+            }
+            Some(false) => {
+                qb.push(
+                    " AND NOT EXISTS (SELECT 1 FROM node_pipeline_status s WHERE s.node_id = n.id
+                       AND s.status IN ('CRASHED', 'CRASH_LOOP'))",
+                );
+            }
         }
         match presence {
             Presence::Any => {}

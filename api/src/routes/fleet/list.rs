@@ -6,7 +6,7 @@
 //! (no OFFSET, and no page costs more than its own rows).
 
 use super::filter::{Filter, Presence};
-use super::{select_nodes, with_crash_counts, with_presence, NodeView, CRASHED, NODE_SUMMARY};
+use super::{select_nodes, with_crash_counts, with_presence, NodeView, NODE_SUMMARY};
 use crate::error::{ApiError, Result};
 use crate::extract::{Operator, Query};
 use crate::operator_auth::Role;
@@ -167,8 +167,11 @@ pub(crate) async fn list(
     op.require(Role::Viewer)?;
     let params = ListParams::parse(query.as_deref())?;
     let presence = params.filter.presence(&state).await?;
+    // Planned with the values each time (an unnamed statement): the id lists of presence and
+    // `ids` are hashed, and the status and label estimates fit the values asked for.
     let mut nodes: Vec<NodeView> = page_query(&params, &presence)
         .build_query_as()
+        .persistent(false)
         .fetch_all(&state.pool)
         .await?;
     let next_cursor = (nodes.len() as i64 > params.limit).then(|| {
@@ -233,42 +236,57 @@ pub(crate) async fn summary(
         .environment_id
         .map(|e| Uuid::parse_str(&e).map_err(|_| ApiError::invalid("environmentId", "a UUID")))
         .transpose()?;
-    // One pass over the environment's nodes (an index-only scan of the status index), one
-    // over its crashed pipelines (the status index of node_pipeline_status).
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT status, count(*), count(*) FILTER (WHERE maintenance)
-         FROM nodes WHERE $1::uuid IS NULL OR environment_id = $1 GROUP BY status",
-    )
-    .bind(environment)
-    .fetch_all(&state.pool)
-    .await?;
-    let (crashed_pipelines, crashed_nodes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT s.node_id)
-         FROM node_pipeline_status s JOIN nodes n ON n.id = s.node_id
-         WHERE s.status = ANY($2) AND ($1::uuid IS NULL OR n.environment_id = $1)",
-    )
-    .bind(environment)
-    .bind(&CRASHED[..])
-    .fetch_one(&state.pool)
-    .await?;
-    let connected = match flotilla_shared::presence::connected(&state.redis).await {
-        Ok(live) => {
-            let ids: Vec<Uuid> = live.into_iter().map(|(id, _)| id).collect();
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM nodes
-                 WHERE id = ANY($2) AND ($1::uuid IS NULL OR environment_id = $1)",
-            )
-            .bind(environment)
-            .bind(&ids)
-            .fetch_one(&state.pool)
-            .await?;
-            Some(n)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "presence unavailable; summary without connected count");
-            None
+    // Three independent reads, run at once: one pass over the environment's nodes, one over
+    // its crashed pipelines (the status index of node_pipeline_status), and the connected
+    // nodes (Redis, then their ids matched in the environment).
+    let env_clause = if environment.is_some() {
+        " AND n.environment_id = $1"
+    } else {
+        " AND $1::uuid IS NULL"
+    };
+    let statuses = async {
+        sqlx::query_as::<_, (String, i64, i64)>(&format!(
+            "SELECT n.status, count(*), count(*) FILTER (WHERE n.maintenance)
+             FROM nodes n WHERE true{env_clause} GROUP BY n.status"
+        ))
+        .bind(environment)
+        .persistent(false)
+        .fetch_all(&state.pool)
+        .await
+    };
+    let crashed = async {
+        sqlx::query_as::<_, (i64, i64)>(&format!(
+            "SELECT count(*), count(DISTINCT s.node_id)
+             FROM node_pipeline_status s JOIN nodes n ON n.id = s.node_id
+             WHERE s.status IN ('CRASHED', 'CRASH_LOOP'){env_clause}"
+        ))
+        .bind(environment)
+        .persistent(false)
+        .fetch_one(&state.pool)
+        .await
+    };
+    let connected = async {
+        match flotilla_shared::presence::connected(&state.redis).await {
+            Ok(live) => {
+                let ids: Vec<Uuid> = live.into_iter().map(|(id, _)| id).collect();
+                sqlx::query_scalar::<_, i64>(&format!(
+                    "SELECT count(*) FROM nodes n WHERE n.id = ANY($2){env_clause}"
+                ))
+                .bind(environment)
+                .bind(&ids)
+                .persistent(false)
+                .fetch_one(&state.pool)
+                .await
+                .map(Some)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unavailable; summary without connected count");
+                Ok(None)
+            }
         }
     };
+    let (rows, (crashed_pipelines, crashed_nodes), connected) =
+        tokio::try_join!(statuses, crashed, connected)?;
     let mut by_status: BTreeMap<String, i64> = ["HEALTHY", "UNREACHABLE"]
         .into_iter()
         .map(|s| (s.to_owned(), 0))
