@@ -245,7 +245,6 @@ struct Fleet {
     p1: String,
     p2: String,
     gateway: Option<Gateway>,
-    tokens: BTreeMap<String, String>,
 }
 
 async fn fleet() -> Fleet {
@@ -323,7 +322,6 @@ async fn fleet() -> Fleet {
         p1,
         p2,
         gateway: Some(gateway),
-        tokens,
     }
 }
 
@@ -646,7 +644,6 @@ async fn bulk_actions_change_exactly_the_matched_nodes_and_tell_them() {
     assert_eq!(records[1]["detail"]["scope"]["filter"]["label"], "role=db");
     assert_eq!(records[2]["detail"]["action"]["pipelineId"], f.p1);
     assert!(records.iter().all(|r| r["tokenName"].is_string()));
-    let _ = &f.tokens;
     f.stop().await;
 }
 
@@ -993,5 +990,57 @@ async fn the_openapi_document_lists_the_fleet_endpoints() {
         "ids",
     ] {
         assert!(params.contains(&p), "{p} in {params:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_restart_reaches_current_agents_as_pipeline_pushes_and_clears_when_delivered() {
+    let (_db, api) = common::start().await;
+    let (env, enroll) = api.create_environment("prod").await;
+    let p1 = api.create_pipeline(&env, "p1", "a: 1\n", json!({})).await;
+    let p2 = api.create_pipeline(&env, "p2", "a: 2\n", json!({})).await;
+    let (current, token) = api.enroll(&enroll, "current").await;
+    let (unheard, unheard_token) = api.enroll(&enroll, "unheard").await;
+    // Current agents report agentHealth; both run the two pipelines.
+    for t in [&token, &unheard_token] {
+        heartbeat(
+            &api,
+            t,
+            json!({"agentHealth": {"pushConnected": true},
+                   "pipelines": [{"pipelineId": p1, "version": 1, "status": "RUNNING"},
+                                 {"pipelineId": p2, "version": 1, "status": "RUNNING"}]}),
+        )
+        .await;
+    }
+    // Only `current` has a push channel subscribed (the listener stands in for its gateway).
+    let mut rx = listen::node_channels(&flotilla_testkit::redis_url(), &[&current]).await;
+    let r = bulk(
+        &api,
+        json!({"nodeIds": [current, unheard], "action": {"type": "restart"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["affected"], 2);
+    assert_eq!(r.body["notifiedNodes"], 1);
+    let pushed: BTreeSet<String> = rx
+        .take(2)
+        .await
+        .into_iter()
+        .map(|(_, m)| {
+            assert_eq!(m["action"], "restart");
+            m["pipelineId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pushed, BTreeSet::from([p1.clone(), p2.clone()]));
+    rx.assert_quiet(QUIET).await;
+    // Delivered: nothing left pending. Not delivered: pending, for its polls to retry.
+    let shown = get(&api, &format!("/api/v1/fleet?ids={current},{unheard}")).await;
+    for n in shown["nodes"].as_array().unwrap() {
+        let pending = &n["pendingAction"];
+        if n["id"] == current.as_str() {
+            assert!(pending.is_null(), "{n}");
+        } else {
+            assert_eq!(pending["type"], "restart", "{n}");
+        }
     }
 }
