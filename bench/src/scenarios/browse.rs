@@ -273,6 +273,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     results.push(json!({ "query": "summary", "ms": summary_dist, "answer": summary }));
 
     presence_of(&redis, &connected, true).await?;
+    let mut gone = redis::cmd("DEL");
+    gone.arg(gateway_alive_key(GATEWAY));
+    redis.query::<()>(&gone).await?;
     drop(api);
     Ok(json!({
         "scenario": "browse",
