@@ -126,7 +126,38 @@ impl FleetEvents {
     }
 }
 
-/// Announces that a node's row changed (heartbeat, labels, maintenance…), without waiting.
+/// Nodes changed at once above which one `resync` event replaces a per-node event each: a
+/// page re-reads its current page once instead of receiving thousands of events.
+pub const MAX_NODE_EVENTS: usize = 1000;
+
+/// Announces that many nodes' rows changed (a bulk action), in one pipeline, without
+/// waiting; past [`MAX_NODE_EVENTS`] nodes, one `resync` event instead.
+pub fn nodes_changed(redis: &Redis, node_ids: &[Uuid], kind: &'static str) {
+    if node_ids.is_empty() {
+        return;
+    }
+    let payloads: Vec<String> = if node_ids.len() > MAX_NODE_EVENTS {
+        vec![RESYNC.to_owned()]
+    } else {
+        node_ids
+            .iter()
+            .map(|id| serde_json::json!({ "nodeId": id, "kind": kind }).to_string())
+            .collect()
+    };
+    let redis = redis.clone();
+    tokio::spawn(async move {
+        let mut pipe = redis::pipe();
+        for p in &payloads {
+            pipe.cmd("PUBLISH").arg(FLEET_EVENTS).arg(p).ignore();
+        }
+        if let Err(e) = redis.query::<()>(&pipe).await {
+            tracing::debug!(error = %e, "could not publish fleet events");
+        }
+    });
+}
+
+/// Announces that a node's row changed (labels, maintenance, a heartbeat that changed what
+/// the fleet shows…), without waiting.
 pub fn node_changed(redis: &Redis, node_id: Uuid, kind: &'static str) {
     let redis = redis.clone();
     tokio::spawn(async move {

@@ -171,7 +171,8 @@ async fn the_event_stream_relays_presence_and_heartbeats() {
         reqwest::Method::POST,
         "/api/agent/heartbeat",
         Some(&token),
-        Some(serde_json::json!({"pipelines": []})),
+        // A heartbeat is announced when it changes what the fleet shows: here, a version.
+        Some(serde_json::json!({"agentVersion": "1.0.0", "pipelines": []})),
     )
     .await;
     sse.wait_for(r#""kind":"heartbeat""#).await;

@@ -13,7 +13,8 @@
 //! - [`sse`]: a simulated current agent's SSE stream.
 //! - [`operator`]: the few operator API calls the scenarios make.
 //! - [`stats`]: clocks and percentiles.
-//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`.
+//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`,
+//!   `browse`.
 
 pub mod agents;
 pub mod fleet;

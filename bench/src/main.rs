@@ -32,6 +32,9 @@ enum Command {
     /// Agents polling and heartbeating on their intervals for minutes; api CPU per 1,000
     /// requests and bcrypt runs, window by window.
     Steady(scenarios::steady::Args),
+    /// The fleet API over a seeded fleet given a realistic spread: first page, deep page,
+    /// summary and every filter, p50/p99.
+    Browse(scenarios::browse::Args),
     /// (internal) a child process of simulated agents.
     #[command(hide = true)]
     Agents(agents::AgentsArgs),
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Restart(args) => scenarios::restart::run(args).await,
             Command::Poll(args) => scenarios::poll::run(args).await,
             Command::Steady(args) => scenarios::steady::run(args).await,
+            Command::Browse(args) => scenarios::browse::run(args).await,
             Command::Agents(_) => unreachable!("handled above"),
         }
     })?;

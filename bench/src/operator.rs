@@ -67,22 +67,33 @@ impl Operator {
         answer["notifiedNodes"].as_u64().context("notifiedNodes")
     }
 
-    /// Nodes of `environment` shown `wsConnected` on a gateway other than `except_gateway`.
+    /// Nodes of `environment` shown `wsConnected` on a gateway other than `except_gateway`,
+    /// read a page of 1,000 connected nodes at a time.
     pub async fn connected(
         &self,
         environment: Uuid,
         except_gateway: &str,
     ) -> anyhow::Result<usize> {
-        let fleet = self
-            .call(self.http.get(format!(
-                "{}/api/v1/fleet?environmentId={environment}",
-                self.base
-            )))
-            .await?;
-        let nodes = fleet["nodes"].as_array().context("nodes")?;
-        Ok(nodes
-            .iter()
-            .filter(|n| n["wsConnected"] == json!(true) && n["gatewayId"] != json!(except_gateway))
-            .count())
+        let mut count = 0;
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .call(self.http.get(format!(
+                    "{}/api/v1/fleet?environmentId={environment}&connected=true&limit=1000{cursor}",
+                    self.base
+                )))
+                .await?;
+            let nodes = page["nodes"].as_array().context("nodes")?;
+            count += nodes
+                .iter()
+                .filter(|n| {
+                    n["wsConnected"] == json!(true) && n["gatewayId"] != json!(except_gateway)
+                })
+                .count();
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return Ok(count),
+            }
+        }
     }
 }

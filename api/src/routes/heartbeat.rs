@@ -152,9 +152,21 @@ impl Reported {
 /// version; the node's pipeline statuses are replaced by the reported ones (the DELETE and the
 /// upsert touch disjoint rows); statuses of pipelines outside the node's environment are
 /// dropped by the join. It returns the pipelines that are now RUNNING and were not before
-/// (every statement sees the rows as they were before it).
+/// (every statement sees the rows as they were before it), and whether anything the fleet
+/// list shows changed: the node's status, versions, deployment mode, reported labels, update
+/// error or pending action (`old` holds them as they were), or any pipeline's presence,
+/// version or status. Metrics, health and counters change on every heartbeat and are not
+/// part of it.
 const HEARTBEAT: &str = "
-WITH node AS (
+WITH old AS (
+  SELECT id AS old_id, status AS old_status, agent_version AS old_agent_version,
+         vector_version AS old_vector_version, deployment_mode AS old_deployment_mode,
+         reported_labels AS old_reported_labels, last_update_error AS old_last_update_error,
+         pending_action AS old_pending_action
+  FROM nodes WHERE token_lookup = $1 AND token_digest = $14
+  FOR UPDATE
+),
+node AS (
   UPDATE nodes SET
     agent_version = coalesce($2, agent_version),
     vector_version = coalesce($3, vector_version),
@@ -173,8 +185,14 @@ WITH node AS (
         WHEN pending_action->>'type' = 'self_update'
              AND ($6::text IS NOT NULL OR $2 = pending_action->>'targetVersion') THEN NULL
         ELSE pending_action END
-  WHERE token_lookup = $1 AND token_digest = $14
-  RETURNING id, environment_id
+  FROM old
+  WHERE nodes.id = old.old_id
+  RETURNING nodes.id, nodes.environment_id,
+    (old_status, old_agent_version, old_vector_version, old_deployment_mode,
+     old_reported_labels, old_last_update_error, old_pending_action)
+    IS DISTINCT FROM
+    (nodes.status, nodes.agent_version, nodes.vector_version, nodes.deployment_mode,
+     nodes.reported_labels, nodes.last_update_error, nodes.pending_action) AS node_changed
 ),
 gone AS (
   DELETE FROM node_pipeline_status s USING node
@@ -192,7 +210,7 @@ reported AS (
      version = excluded.version, status = excluded.status, pid = excluded.pid,
      uptime_seconds = excluded.uptime_seconds, config_checksum = excluded.config_checksum,
      metrics = excluded.metrics, updated_at = excluded.updated_at
-  RETURNING pipeline_id, status
+  RETURNING pipeline_id, version, status
 )
 SELECT node.id AS node_id, node.environment_id,
        ARRAY(SELECT r.pipeline_id FROM reported r
@@ -200,8 +218,26 @@ SELECT node.id AS node_id, node.environment_id,
                SELECT 1 FROM node_pipeline_status b
                WHERE b.node_id = node.id AND b.pipeline_id = r.pipeline_id AND b.status = 'RUNNING'))
          AS started,
-       ARRAY(SELECT r.pipeline_id FROM reported r) AS kept
+       ARRAY(SELECT r.pipeline_id FROM reported r) AS kept,
+       node.node_changed
+         OR EXISTS (SELECT 1 FROM node_pipeline_status b
+                    WHERE b.node_id = node.id AND NOT (b.pipeline_id = ANY($7)))
+         OR EXISTS (SELECT 1 FROM reported r WHERE NOT EXISTS (
+                      SELECT 1 FROM node_pipeline_status b
+                      WHERE b.node_id = node.id AND b.pipeline_id = r.pipeline_id
+                        AND b.version = r.version AND b.status = r.status))
+         AS visible
 FROM node";
+
+/// The row [`HEARTBEAT`] returns.
+#[derive(sqlx::FromRow)]
+struct WrittenRow {
+    node_id: Uuid,
+    environment_id: Uuid,
+    started: Vec<Uuid>,
+    kept: Vec<Uuid>,
+    visible: bool,
+}
 
 /// What a heartbeat wrote.
 struct Written {
@@ -210,6 +246,8 @@ struct Written {
     started: Vec<Uuid>,
     /// Pipelines whose status was kept (those of the node's environment).
     kept: Vec<Uuid>,
+    /// Whether anything the fleet list shows changed.
+    visible: bool,
 }
 
 /// What a heartbeat writes, read leniently: each pipeline, label and sample result that is
@@ -297,7 +335,7 @@ impl Report {
         digest: &[u8; 32],
     ) -> Result<Option<Written>> {
         let p = &self.pipelines;
-        let row: Option<(Uuid, Uuid, Vec<Uuid>, Vec<Uuid>)> = sqlx::query_as(HEARTBEAT)
+        let row: Option<WrittenRow> = sqlx::query_as(HEARTBEAT)
             .bind(lookup)
             .bind(&self.agent_version)
             .bind(&self.vector_version)
@@ -317,13 +355,14 @@ impl Report {
             .bind(&self.running_as)
             .fetch_optional(&state.pool)
             .await?;
-        Ok(row.map(|(node_id, environment_id, started, kept)| Written {
+        Ok(row.map(|r| Written {
             node: AuthedNode {
-                node_id,
-                environment_id,
+                node_id: r.node_id,
+                environment_id: r.environment_id,
             },
-            started,
-            kept,
+            started: r.started,
+            kept: r.kept,
+            visible: r.visible,
         }))
     }
 }
@@ -369,8 +408,13 @@ async fn heartbeat(
         node,
         started,
         kept,
+        visible,
     } = written;
-    crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
+    // Only a change the fleet page shows is announced: 10,000 agents heartbeating every 15 s
+    // would otherwise send every open page ~670 events a second.
+    if visible {
+        crate::fleet_events::node_changed(&state.redis, node.node_id, "heartbeat");
+    }
 
     let logs: Vec<Lines> = report
         .pipelines

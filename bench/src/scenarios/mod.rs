@@ -1,5 +1,6 @@
 //! The scenarios; each returns its JSON summary.
 
+pub mod browse;
 pub mod fanout;
 pub mod idle;
 pub mod latency;

@@ -1,0 +1,285 @@
+//! One node: its detail, and the admin's changes to it (labels, maintenance, an action,
+//! revocation), each audited in the change's own transaction.
+
+use super::rules::{is_docker, push_of, validate_action};
+use super::{load_node, NodeView};
+use crate::audit::{self, Change};
+use crate::error::{ApiError, Result};
+use crate::extract::{id_of, Json, Operator};
+use crate::fleet_events::node_changed;
+use crate::operator_auth::Role;
+use crate::selector::validate_labels;
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use flotilla_shared::channels::ControlMessage;
+use flotilla_shared::frames::{ActionKind, ConfigChangeReason, PushMessage};
+use flotilla_shared::protocol::PendingAction;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 200, body = NodeView), crate::openapi::NotFound, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::Json<NodeView>> {
+    op.require(Role::Viewer)?;
+    let id = id_of(&id, "node")?;
+    Ok(axum::Json(load_node(&state, id).await?))
+}
+
+/// A node's new operator labels.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct LabelsBody {
+    #[schema(value_type = Object)]
+    labels: Value,
+}
+
+#[utoipa::path(
+    put,
+    path = "/api/v1/fleet/{id}/labels",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = LabelsBody,
+    responses((status = 200, body = NodeView), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+pub(crate) async fn labels(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(body): Json<LabelsBody>,
+) -> Result<axum::Json<NodeView>> {
+    op.require(Role::Admin)?;
+    let id = id_of(&id, "node")?;
+    let labels = Value::Object(validate_labels("labels", &body.labels)?);
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query("UPDATE nodes SET labels = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&labels)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound("node"));
+    }
+    let change = Change {
+        action: "node.labels",
+        target_type: "node",
+        target_id: Some(id.to_string()),
+        detail: &json!({ "labels": labels }),
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
+    state
+        .notifier
+        .push(
+            &[id],
+            PushMessage::ConfigChanged {
+                pipeline_id: None,
+                reason: ConfigChangeReason::Labels,
+            },
+        )
+        .await;
+    node_changed(&state.redis, id, "labels");
+    Ok(axum::Json(load_node(&state, id).await?))
+}
+
+/// Maintenance on or off.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct MaintenanceBody {
+    enabled: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleet/{id}/maintenance",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = MaintenanceBody,
+    responses((status = 200, body = NodeView), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+pub(crate) async fn maintenance(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(body): Json<MaintenanceBody>,
+) -> Result<axum::Json<NodeView>> {
+    op.require(Role::Admin)?;
+    let id = id_of(&id, "node")?;
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query("UPDATE nodes SET maintenance = $2 WHERE id = $1")
+        .bind(id)
+        .bind(body.enabled)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound("node"));
+    }
+    let change = Change {
+        action: "node.maintenance",
+        target_type: "node",
+        target_id: Some(id.to_string()),
+        detail: &json!({ "enabled": body.enabled }),
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
+    state
+        .notifier
+        .push(
+            &[id],
+            PushMessage::ConfigChanged {
+                pipeline_id: None,
+                reason: maintenance_reason(body.enabled),
+            },
+        )
+        .await;
+    node_changed(&state.redis, id, "maintenance");
+    Ok(axum::Json(load_node(&state, id).await?))
+}
+
+/// The `config_changed` reason of turning maintenance on or off.
+pub(crate) fn maintenance_reason(enabled: bool) -> ConfigChangeReason {
+    if enabled {
+        ConfigChangeReason::MaintenanceOn
+    } else {
+        ConfigChangeReason::MaintenanceOff
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleet/{id}/actions",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    request_body = PendingAction,
+    responses((status = 202, body = Object), crate::openapi::BodyErrors, crate::openapi::NotFound, crate::openapi::Conflict, crate::openapi::Invalid, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+pub(crate) async fn action(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(body): Json<PendingAction>,
+) -> Result<(StatusCode, axum::Json<Value>)> {
+    op.require(Role::Admin)?;
+    let id = id_of(&id, "node")?;
+    let (kind, action) = validate_action(body, &state.self_update_hosts)?;
+    let node: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
+        "SELECT environment_id, deployment_mode, agent_health IS NOT NULL FROM nodes WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (environment, deployment_mode, current_agent) = node.ok_or(ApiError::NotFound("node"))?;
+    if kind == ActionKind::SelfUpdate && is_docker(deployment_mode.as_deref()) {
+        return Err(ApiError::Conflict(
+            "the node runs in Docker (deploymentMode DOCKER), where the agent cannot replace itself: update its image instead".into(),
+        ));
+    }
+    if let Some(p) = &action.pipeline_id {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = $1::uuid AND environment_id = $2)",
+        )
+        .bind(p)
+        .bind(environment)
+        .fetch_one(&state.pool)
+        .await?;
+        if !known {
+            return Err(ApiError::invalid(
+                "pipelineId",
+                "not a pipeline of the node's environment",
+            ));
+        }
+    }
+    // A current agent restarts on pushes only; the restart is kept for it only if they did
+    // not arrive (its next polls retry them).
+    let delivered = kind == ActionKind::Restart
+        && current_agent
+        && crate::restarts::push_to_current(&state, id, &action).await?;
+    let pending = (!delivered).then(|| json!(action));
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query("UPDATE nodes SET pending_action = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&pending)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound("node"));
+    }
+    let change = Change {
+        action: "node.action",
+        target_type: "node",
+        target_id: Some(id.to_string()),
+        detail: &json!({ "action": action, "pending": pending.is_some() }),
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
+    // A current agent is not sent the older agents' restart push: it would act on it, and
+    // again on the pushes its next poll retries.
+    let notified = if delivered {
+        1
+    } else if kind == ActionKind::Restart && current_agent {
+        0
+    } else {
+        state.notifier.push(&[id], push_of(kind, &action)).await
+    };
+    node_changed(&state.redis, id, "action");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(
+            json!({ "pendingAction": pending, "action": action, "notifiedNodes": notified }),
+        ),
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/fleet/{id}",
+    tag = "operator",
+    params(("id" = String, Path, description = "id (UUID)")),
+    responses((status = 204, description = "revoked"), crate::openapi::NotFound, crate::openapi::OperatorErrors),
+    security(("operator_token" = []), ("session_cookie" = []))
+)]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    op.require(Role::Admin)?;
+    let id = id_of(&id, "node")?;
+    // Deleting the row is the revocation: every authenticator re-reads it on each request.
+    let mut tx = state.pool.begin().await?;
+    let revoked: Option<(Uuid, String)> =
+        sqlx::query_as("DELETE FROM nodes WHERE id = $1 RETURNING environment_id, host")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((environment, host)) = revoked else {
+        return Err(ApiError::NotFound("node"));
+    };
+    let change = Change {
+        action: "node.revoke",
+        target_type: "node",
+        target_id: Some(id.to_string()),
+        detail: &json!({ "host": host, "environmentId": environment }),
+    };
+    audit::record(&mut *tx, &op, change).await?;
+    tx.commit().await?;
+    crate::node_logs::forget(&state, id, environment).await;
+    state.notifier.control(id, &ControlMessage::Revoke).await;
+    node_changed(&state.redis, id, "revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
