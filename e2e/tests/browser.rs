@@ -399,6 +399,17 @@ async fn the_ws_badge_follows_the_agent_live() {
     page.wait_text(&format!("{edge2} .pill"), "MAINTENANCE")
         .await;
     let ingest = format!(r#"tr[data-node-id="{}"]"#, nodes[2].0);
+    // A bulk action on a selection: the selected row only, counted in the confirmation.
+    page.click(&format!("{edge2} td.select input")).await;
+    page.click("#bulk-action option[value=maintenance_off]")
+        .await;
+    page.click("#bulk-scope option[value=selection]").await;
+    page.click("#bulk-apply").await;
+    page.confirm("End maintenance on 1 node").await;
+    page.toast("End maintenance: 1 node affected").await;
+    page.wait_text(&format!("{edge2} .pill"), "HEALTHY").await;
+    page.wait_text(&format!("{ingest} .pill"), "MAINTENANCE")
+        .await;
     page.click(&format!("{ingest} button.revoke")).await;
     let asked = page.confirm("Revoke ingest-1.example.net?").await;
     assert!(asked.contains("must enroll again"), "{asked}");
