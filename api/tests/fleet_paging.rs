@@ -9,7 +9,7 @@ use flotilla_shared::presence::{self, Presence, Transport};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_testkit::api::ApiHandle;
 use flotilla_testkit::db::TestDb;
-use flotilla_testkit::{listen, within};
+use flotilla_testkit::{listen, vector_config, within};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -251,8 +251,12 @@ async fn fleet() -> Fleet {
     let (db, api) = common::start().await;
     let (env, enroll) = api.create_environment("prod").await;
     let (_, other_enroll) = api.create_environment("other").await;
-    let p1 = api.create_pipeline(&env, "p1", "a: 1\n", json!({})).await;
-    let p2 = api.create_pipeline(&env, "p2", "a: 2\n", json!({})).await;
+    let p1 = api
+        .create_pipeline(&env, "p1", &vector_config("p1"), json!({}))
+        .await;
+    let p2 = api
+        .create_pipeline(&env, "p2", &vector_config("p2"), json!({}))
+        .await;
     let mut tokens = BTreeMap::new();
     let mut node = async |enroll: &str, host: &str| {
         let (id, token) = api.enroll(enroll, host).await;
@@ -882,7 +886,9 @@ impl Events {
 async fn heartbeats_announce_only_what_the_fleet_shows() {
     let (db, api) = common::start().await;
     let (env, enroll) = api.create_environment("prod").await;
-    let p = api.create_pipeline(&env, "p", "a: 1\n", json!({})).await;
+    let p = api
+        .create_pipeline(&env, "p", &vector_config("p"), json!({}))
+        .await;
     let (node, token) = api.enroll(&enroll, "h").await;
     let mut events = Events::subscribe(&node, "heartbeat").await;
     let beat = |status: &str, cpu: u64| {
@@ -997,8 +1003,12 @@ async fn the_openapi_document_lists_the_fleet_endpoints() {
 async fn a_bulk_restart_reaches_current_agents_as_pipeline_pushes_and_clears_when_delivered() {
     let (_db, api) = common::start().await;
     let (env, enroll) = api.create_environment("prod").await;
-    let p1 = api.create_pipeline(&env, "p1", "a: 1\n", json!({})).await;
-    let p2 = api.create_pipeline(&env, "p2", "a: 2\n", json!({})).await;
+    let p1 = api
+        .create_pipeline(&env, "p1", &vector_config("p1"), json!({}))
+        .await;
+    let p2 = api
+        .create_pipeline(&env, "p2", &vector_config("p2"), json!({}))
+        .await;
     let (current, token) = api.enroll(&enroll, "current").await;
     let (unheard, unheard_token) = api.enroll(&enroll, "unheard").await;
     // Current agents report agentHealth; both run the two pipelines.

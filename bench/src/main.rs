@@ -35,6 +35,9 @@ enum Command {
     /// The fleet API over a seeded fleet given a realistic spread: first page, deep page,
     /// summary and every filter, p50/p99.
     Browse(scenarios::browse::Args),
+    /// The operator console in headless Chromium over a seeded fleet with heartbeating agents:
+    /// first render, then the browser's CPU and received bytes per second.
+    Page(scenarios::page::Args),
     /// (internal) a child process of simulated agents.
     #[command(hide = true)]
     Agents(agents::AgentsArgs),
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             Command::Poll(args) => scenarios::poll::run(args).await,
             Command::Steady(args) => scenarios::steady::run(args).await,
             Command::Browse(args) => scenarios::browse::run(args).await,
+            Command::Page(args) => scenarios::page::run(args).await,
             Command::Agents(_) => unreachable!("handled above"),
         }
     })?;

@@ -5,7 +5,8 @@
 //! The topology runs the binaries in `target/debug`: build them first (`scripts/test` does).
 
 pub mod console;
-pub mod webdriver;
+/// The WebDriver client lives in the test harness, which the benchmarks share.
+pub use flotilla_testkit::webdriver;
 
 use futures_util::StreamExt;
 use std::collections::HashMap;

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod redis_server;
 pub mod slow_client;
 pub mod sse_client;
+pub mod webdriver;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;

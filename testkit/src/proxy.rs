@@ -1,8 +1,8 @@
 //! A TCP proxy a test can cut, to make a server unreachable without losing its data, or use to
-//! make a Redis subscription go silently deaf.
+//! make a Redis subscription go silently deaf. It counts the bytes it carries each way.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,7 +18,15 @@ pub struct Proxy {
     deafen: Arc<Notify>,
     /// Client sides of deafened connections, kept open so their owners notice nothing.
     parked: Arc<Mutex<Vec<TcpStream>>>,
+    bytes: Arc<Bytes>,
     task: JoinHandle<()>,
+}
+
+/// Bytes carried so far, each way.
+#[derive(Debug, Default)]
+struct Bytes {
+    to_server: AtomicU64,
+    to_client: AtomicU64,
 }
 
 impl Proxy {
@@ -30,7 +38,14 @@ impl Proxy {
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let deafen = Arc::new(Notify::new());
         let parked: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c, k, d, p) = (cut.clone(), conns.clone(), deafen.clone(), parked.clone());
+        let bytes: Arc<Bytes> = Arc::default();
+        let (c, k, d, p, b) = (
+            cut.clone(),
+            conns.clone(),
+            deafen.clone(),
+            parked.clone(),
+            bytes.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if c.load(Ordering::SeqCst) {
@@ -41,7 +56,13 @@ impl Proxy {
                 };
                 let mut conns = k.lock().unwrap();
                 conns.retain(|c| !c.is_finished());
-                conns.push(tokio::spawn(relay(inbound, outbound, d.clone(), p.clone())));
+                conns.push(tokio::spawn(relay(
+                    inbound,
+                    outbound,
+                    d.clone(),
+                    p.clone(),
+                    b.clone(),
+                )));
             }
         });
         Self {
@@ -50,8 +71,19 @@ impl Proxy {
             conns,
             deafen,
             parked,
+            bytes,
             task,
         }
+    }
+
+    /// Bytes carried from servers to clients so far, on every connection.
+    pub fn bytes_to_clients(&self) -> u64 {
+        self.bytes.to_client.load(Ordering::Relaxed)
+    }
+
+    /// Bytes carried from clients to servers so far, on every connection.
+    pub fn bytes_to_server(&self) -> u64 {
+        self.bytes.to_server.load(Ordering::Relaxed)
     }
 
     /// Drops every proxied connection and refuses new ones.
@@ -89,6 +121,7 @@ async fn relay(
     outbound: TcpStream,
     deafen: Arc<Notify>,
     parked: Arc<Mutex<Vec<TcpStream>>>,
+    bytes: Arc<Bytes>,
 ) {
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
@@ -108,9 +141,20 @@ async fn relay(
                     subscribed.store(true, Ordering::SeqCst);
                 }
                 out_write.write_all(&buf[..n]).await?;
+                bytes.to_server.fetch_add(n as u64, Ordering::Relaxed);
             }
         };
-        let downstream = tokio::io::copy(&mut out_read, &mut in_write);
+        let downstream = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = out_read.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(());
+                }
+                in_write.write_all(&buf[..n]).await?;
+                bytes.to_client.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        };
         let deaf = async {
             loop {
                 deafen.notified().await;

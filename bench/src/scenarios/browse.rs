@@ -45,7 +45,7 @@ pub struct Args {
 }
 
 /// Gives the seeded nodes varied state and two pipelines each; returns the pipelines' ids.
-async fn spread(db: &mut PgConnection, environment: Uuid) -> anyhow::Result<Vec<Uuid>> {
+pub(crate) async fn spread(db: &mut PgConnection, environment: Uuid) -> anyhow::Result<Vec<Uuid>> {
     sqlx::query(
         "UPDATE nodes SET
             status = CASE WHEN ord % 10 = 0 THEN 'UNREACHABLE' ELSE 'HEALTHY' END,

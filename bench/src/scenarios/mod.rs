@@ -4,6 +4,7 @@ pub mod browse;
 pub mod fanout;
 pub mod idle;
 pub mod latency;
+pub mod page;
 pub mod poll;
 pub mod restart;
 pub mod steady;

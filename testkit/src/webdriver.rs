@@ -1,4 +1,5 @@
-//! A minimal W3C WebDriver client over HTTP: just what the browser test needs.
+//! A minimal W3C WebDriver client over HTTP, and chromedriver with headless Chromium: what the
+//! browser test and the page benchmark need.
 
 use anyhow::Context;
 use base64::Engine;
@@ -216,4 +217,65 @@ impl Element<'_> {
             .as_str()
             .map(str::to_owned))
     }
+}
+
+/// A chromedriver process on a free loopback port, killed on drop.
+pub struct Chromedriver {
+    child: std::process::Child,
+    /// Its WebDriver URL.
+    pub url: String,
+}
+
+impl Chromedriver {
+    /// Starts `chromedriver` (Debian's `chromium-driver`) and waits until it listens.
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("chromedriver is installed (apt-get install chromium chromium-driver)")?;
+        let driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not listen within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(driver)
+    }
+
+    /// Its process id (Chromium runs as its descendants).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Capabilities for headless Chromium on a machine with no network beyond loopback: no
+/// background traffic, no sandbox (runs as root in CI), the browser log kept.
+pub fn headless_chromium() -> Value {
+    json!({"goog:chromeOptions": {
+        "binary": "/usr/bin/chromium",
+        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,720"],
+    }, "goog:loggingPrefs": {"browser": "ALL"}, "unhandledPromptBehavior": "ignore"})
 }
