@@ -57,11 +57,18 @@ pub async fn push_to_current(
 /// restart is cleared once they arrived (only if it is still the same restart).
 pub async fn retry_on_poll(state: &AppState, node: Uuid, restart: &PendingAction) -> Result<()> {
     if push_to_current(state, node, restart).await? {
-        sqlx::query("UPDATE nodes SET pending_action = NULL WHERE id = $1 AND pending_action = $2")
-            .bind(node)
-            .bind(serde_json::json!(restart))
-            .execute(&state.pool)
-            .await?;
+        let cleared = sqlx::query(
+            "UPDATE nodes SET pending_action = NULL WHERE id = $1 AND pending_action = $2",
+        )
+        .bind(node)
+        .bind(serde_json::json!(restart))
+        .execute(&state.pool)
+        .await?
+        .rows_affected();
+        // The fleet shows the pending action: its row changed.
+        if cleared > 0 {
+            crate::fleet_events::node_changed(&state.redis, node, "action");
+        }
     }
     Ok(())
 }

@@ -601,6 +601,17 @@ async fn bulk_actions_change_exactly_the_matched_nodes_and_tell_them() {
         set(&["web-1", "db-1", "db-2"])
     );
 
+    // Nodes already in maintenance are left alone: not changed, not told, not counted.
+    let r = bulk(
+        &f.api,
+        json!({"nodeIds": [f.web1, f.db1], "action": {"type": "maintenance", "enabled": true}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["affected"], 0);
+    assert_eq!(r.body["skipped"], json!({"unchanged": 2}));
+    rx.assert_quiet(QUIET).await;
+
     // By filter: a label, on connected nodes only.
     let r = bulk(
         &f.api,
@@ -616,7 +627,8 @@ async fn bulk_actions_change_exactly_the_matched_nodes_and_tell_them() {
     rx.assert_quiet(QUIET).await;
     assert_eq!(f.hosts("maintenance=true").await, set(&["web-1", "db-2"]));
 
-    // A restart of one pipeline: older agents get it pending and an action push.
+    // A restart of one pipeline: older agents that run it get it pending and an action push;
+    // a matched node that does not run it is left alone (an older agent would restart all).
     let r = bulk(
         &f.api,
         json!({"filter": {"environmentId": f.env, "crashed": true},
@@ -624,29 +636,34 @@ async fn bulk_actions_change_exactly_the_matched_nodes_and_tell_them() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["affected"], 2);
-    let got: BTreeMap<String, Value> = rx.take(2).await.into_iter().collect();
+    assert_eq!(r.body["affected"], 1);
+    assert_eq!(r.body["skipped"], json!({"not_running": 1}));
+    let got: BTreeMap<String, Value> = rx.take(1).await.into_iter().collect();
     assert_eq!(
         got.keys().collect::<BTreeSet<_>>(),
-        BTreeSet::from([&f.web2, &f.db1])
+        BTreeSet::from([&f.web2])
     );
     assert!(got
         .values()
         .all(|m| m["action"] == "restart" && m["pipelineId"] == f.p1));
+    rx.assert_quiet(QUIET).await;
+    let untouched = get(&f.api, &format!("/api/v1/fleet/{}", f.db1)).await;
+    assert!(untouched["pendingAction"].is_null(), "{untouched}");
     let pending = get(&f.api, &format!("/api/v1/fleet/{}", f.web2)).await;
     assert_eq!(pending["pendingAction"]["type"], "restart");
 
     // One audit record per bulk change, with its scope, action and count.
     let records = audit_actions(&f._db, "fleet.bulk_action").await;
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 4);
     assert_eq!(records[0]["detail"]["affected"], 2);
+    assert_eq!(records[1]["detail"]["affected"], 0);
     assert_eq!(
         records[0]["detail"]["action"],
         json!({"type": "maintenance", "enabled": true})
     );
     assert_eq!(records[0]["detail"]["scope"]["nodeIds"][0], f.web1);
-    assert_eq!(records[1]["detail"]["scope"]["filter"]["label"], "role=db");
-    assert_eq!(records[2]["detail"]["action"]["pipelineId"], f.p1);
+    assert_eq!(records[2]["detail"]["scope"]["filter"]["label"], "role=db");
+    assert_eq!(records[3]["detail"]["action"]["pipelineId"], f.p1);
     assert!(records.iter().all(|r| r["tokenName"].is_string()));
     f.stop().await;
 }
@@ -679,7 +696,7 @@ async fn bulk_self_update_skips_docker_nodes_and_reports_why() {
     // The single-node rules hold: a bad URL is refused for the whole bulk.
     let r = bulk(
         &f.api,
-        json!({"filter": {}, "action": {"type": "self_update", "targetVersion": "2",
+        json!({"filter": {"environmentId": f.env}, "action": {"type": "self_update", "targetVersion": "2",
                "downloadUrl": "ftp://x", "checksum": "a".repeat(64)}}),
     )
     .await;
@@ -718,6 +735,19 @@ async fn bulk_actions_need_an_admin_and_a_clear_request() {
         (
             json!({"filter": {"stauts": "HEALTHY"}, "action": {"type": "maintenance", "enabled": true}}),
             "filter.stauts",
+        ),
+        // Nothing that would quietly widen a change to every node.
+        (
+            json!({"filter": {}, "action": {"type": "maintenance", "enabled": true}}),
+            "filter",
+        ),
+        (
+            json!({"filter": {"environmentId": null}, "action": {"type": "maintenance", "enabled": true}}),
+            "filter.environmentId",
+        ),
+        (
+            json!({"filter": {"label": []}, "action": {"type": "maintenance", "enabled": true}}),
+            "filter.label",
         ),
         (
             json!({"filter": {"status": "SICK"}, "action": {"type": "maintenance", "enabled": true}}),
@@ -1053,4 +1083,35 @@ async fn a_bulk_restart_reaches_current_agents_as_pipeline_pushes_and_clears_whe
             assert_eq!(pending["type"], "restart", "{n}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_restart_taken_by_a_poll_is_announced() {
+    let (_db, api) = common::start().await;
+    let (_, enroll) = api.create_environment("prod").await;
+    let (node, token) = api.enroll(&enroll, "h").await;
+    let mut events = Events::subscribe(&node, "action").await;
+    let r = api
+        .admin(
+            Method::POST,
+            &format!("/api/v1/fleet/{node}/actions"),
+            Some(json!({"type": "restart"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // The operator's change is announced first…
+    events
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the action's event");
+    assert_eq!(events.next(QUIET).await, None);
+    // …then an older agent's poll takes the restart: the row's pending action is gone.
+    let r = api
+        .call(Method::GET, "/api/agent/config", Some(&token), None)
+        .await;
+    assert_eq!(r.body["pendingAction"]["type"], "restart", "{}", r.text);
+    let e = events.next(Duration::from_secs(5)).await.expect("an event");
+    assert_eq!(e, json!({"nodeId": node, "kind": "action"}));
+    let shown = get(&api, &format!("/api/v1/fleet/{node}")).await;
+    assert!(shown["pendingAction"].is_null(), "{shown}");
 }

@@ -18,9 +18,9 @@
 //! that have such sets; the three writing scripts keep them in step with the hashes in the
 //! same atomic step (a claim also takes the node out of its previous holder's set). They let
 //! the fleet API find the ~10% of a large fleet that is connected without reading a hash per
-//! node: [`connected`] checks each gateway's liveness once and returns the live gateways'
-//! sets (native `SMEMBERS`, no per-node work in Lua), which the API hands Postgres as the id
-//! list the page's other filters and order apply to.
+//! node: [`connected`] checks each gateway's liveness once and reads the live gateways' sets
+//! in short `SSCAN` steps (never holding Redis long, however many are connected); the API hands
+//! Postgres the ids as the list the page's other filters and order apply to.
 //!
 //! [`lookup`] and [`connected`] read keys that are not passed as `KEYS`, and the writers touch
 //! sets beside the node's own hash, so presence needs a non-cluster Redis.
@@ -92,23 +92,26 @@ pub const GATEWAYS_KEY: &str = "flotilla:presence:gateways";
 pub const NODES_KEY_PREFIX: &str = "flotilla:presence:nodes:";
 
 /// `KEYS[1]` = [`GATEWAYS_KEY`]; `ARGV` = the liveness key's prefix and suffix around a
-/// gateway id, then [`NODES_KEY_PREFIX`]. Returns `{gateway, websocket members, sse members}`
-/// per live gateway; forgets a dead gateway whose sets are empty.
+/// gateway id, then [`NODES_KEY_PREFIX`]. Returns the live gateways (a few keys each, however
+/// many nodes they hold); forgets a dead gateway whose sets are empty.
 static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local out = {}
         for _, gw in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-          local ws, sse = ARGV[3] .. gw .. ':websocket', ARGV[3] .. gw .. ':sse'
           if redis.call('EXISTS', ARGV[1] .. gw .. ARGV[2]) == 1 then
-            out[#out + 1] = {gw, redis.call('SMEMBERS', ws), redis.call('SMEMBERS', sse)}
-          elseif redis.call('EXISTS', ws, sse) == 0 then
+            out[#out + 1] = gw
+          elseif redis.call('EXISTS', ARGV[3] .. gw .. ':websocket', ARGV[3] .. gw .. ':sse') == 0 then
             redis.call('SREM', KEYS[1], gw)
           end
         end
         return out",
     )
 });
+
+/// Members read per `SSCAN` step: each step is short, so reading a large set never holds Redis
+/// (the push bus) for long.
+const SCAN_COUNT: usize = 5000;
 
 /// `KEYS` = presence keys; `ARGV` = the liveness key's prefix and suffix around the gateway id.
 static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
@@ -301,8 +304,8 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
     invoke(redis, invocation).await
 }
 
-/// Every node with a live connection (its gateway alive), with its transport, in one round
-/// trip.
+/// Every node with a live connection (its gateway alive), with its transport: the live
+/// gateways in one script, then their node sets in short `SSCAN` steps.
 pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
     let (prefix, suffix) = alive_key_parts();
     let mut invocation = CONNECTED.prepare_invoke();
@@ -311,18 +314,32 @@ pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
         .arg(prefix)
         .arg(suffix)
         .arg(NODES_KEY_PREFIX);
-    let gateways: Vec<(String, Vec<String>, Vec<String>)> = invoke(redis, invocation).await?;
+    let gateways: Vec<String> = invoke(redis, invocation).await?;
     let mut out = Vec::new();
-    for (_, websocket, sse) in gateways {
-        for (members, transport) in [(websocket, Transport::Websocket), (sse, Transport::Sse)] {
-            out.extend(
-                members
-                    .iter()
-                    .filter_map(|id| Uuid::parse_str(id).ok())
-                    .map(|id| (id, transport)),
-            );
+    for gateway in gateways {
+        for transport in [Transport::Websocket, Transport::Sse] {
+            let key = format!("{NODES_KEY_PREFIX}{gateway}:{}", transport.as_str());
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SSCAN");
+                scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+                let (next, members): (u64, Vec<String>) = redis.query(&scan).await?;
+                out.extend(
+                    members
+                        .iter()
+                        .filter_map(|id| Uuid::parse_str(id).ok())
+                        .map(|id| (id, transport)),
+                );
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
     }
+    // SSCAN may return a member twice while its set is rehashed.
+    out.sort_unstable();
+    out.dedup();
     Ok(out)
 }
 

@@ -191,6 +191,8 @@ async fn pending_action(
             if taken == 0 {
                 return Ok(None);
             }
+            // The fleet shows the pending action: its row changed.
+            crate::fleet_events::node_changed(&state.redis, node, "action");
         }
     }
     Ok(action)

@@ -98,6 +98,9 @@ struct Target {
     environment_id: Uuid,
     deployment_mode: Option<String>,
     current_agent: bool,
+    maintenance: bool,
+    /// Runs the pipeline a restart names (true when it names none).
+    runs_pipeline: bool,
 }
 
 #[utoipa::path(
@@ -148,14 +151,28 @@ pub(crate) async fn bulk(
         ),
         _ => None,
     };
+    let restart_of: Option<Uuid> = match &action {
+        Action::Act(_, a) => a.pipeline_id.as_deref().and_then(|p| p.parse().ok()),
+        Action::Maintenance(_) => None,
+    };
     let presence = filter.presence(&state).await?;
 
     let mut tx = state.pool.begin().await?;
     let targets: Vec<Target> = {
         let mut select = QueryBuilder::<Postgres>::new(
-            "SELECT n.id, n.environment_id, n.deployment_mode, n.agent_health IS NOT NULL AS current_agent
-             FROM nodes n WHERE true",
+            "SELECT n.id, n.environment_id, n.deployment_mode, n.agent_health IS NOT NULL AS current_agent,
+                    n.maintenance, ",
         );
+        // A restart of one pipeline is for the nodes that run it (an older agent would restart
+        // everything it runs).
+        match restart_of {
+            Some(pipeline) => select
+                .push("EXISTS (SELECT 1 FROM node_pipeline_status s WHERE s.node_id = n.id AND s.pipeline_id = ")
+                .push_bind(pipeline)
+                .push(")"),
+            None => select.push("true"),
+        };
+        select.push(" AS runs_pipeline FROM nodes n WHERE true");
         filter.push_conditions(&mut select, &presence);
         // Locked in id order, so concurrent bulk changes cannot deadlock.
         select.push(" ORDER BY n.id FOR UPDATE OF n");
@@ -180,6 +197,9 @@ pub(crate) async fn bulk(
             _ if pipeline_environment.is_some_and(|e| e != t.environment_id) => {
                 Some("other_environment")
             }
+            _ if !t.runs_pipeline => Some("not_running"),
+            // Already so: nothing to change or tell it.
+            Action::Maintenance(enabled) if t.maintenance == *enabled => Some("unchanged"),
             _ => None,
         };
         match skip {

@@ -209,13 +209,31 @@ impl Filter {
         let obj = value
             .as_object()
             .ok_or_else(|| ApiError::invalid("filter", "an object of the fleet list's filters"))?;
+        if obj.is_empty() {
+            return Err(ApiError::invalid(
+                "filter",
+                "at least one filter (an empty one would act on every node of every environment; name the environment, or use nodeIds)",
+            ));
+        }
         let mut f = Filter::default();
         for (key, v) in obj {
             let field = format!("filter.{key}");
+            // A null or an empty list would silently drop the filter and widen the change.
             let texts: Vec<String> = match v {
-                Value::Null => continue,
+                Value::Null => {
+                    return Err(ApiError::invalid(
+                        &field,
+                        "a value (leave the key out for none)",
+                    ))
+                }
                 Value::String(s) => vec![s.clone()],
                 Value::Bool(b) => vec![b.to_string()],
+                Value::Array(items) if items.is_empty() => {
+                    return Err(ApiError::invalid(
+                        &field,
+                        "at least one value (leave the key out for none)",
+                    ))
+                }
                 Value::Array(items) if key == "label" || key == "ids" => items
                     .iter()
                     .map(|i| i.as_str().map(str::to_owned))

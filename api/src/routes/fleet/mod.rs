@@ -64,13 +64,13 @@ pub struct NodeView {
     labels: Value,
     #[sqlx(rename = "maintenance")]
     maintenance_mode: bool,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pending_action: Option<Value>,
     last_update_error: Option<String>,
     enrolled_at: DateTime<Utc>,
     /// Each pipeline's reported status; on an UNREACHABLE node each carries `lastKnown: true`
     /// (the status it last reported, which may no longer hold).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Vec<Object>)]
     pipelines: Value,
     /// The sort key of the host order (lower-case host), for the cursor.
     #[serde(skip)]
