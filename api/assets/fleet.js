@@ -262,24 +262,33 @@ export function mount(main, { query: params }) {
     table.hidden = empty && !filtering();
   }
 
-  let loading = 0;
+  // One load at a time: asked again meanwhile, it loads once more when done (a busy api is
+  // never sent a request per event). `shownEmpty`: the last load found no node at all.
+  let loading = 0, inFlight = false, again = false, shownEmpty = false;
   async function loadPage() {
+    // The answer in flight is stale now: dropped, and the page loaded again after it.
+    if (inFlight) { ++loading; again = true; return; }
+    inFlight = true;
     const mine = ++loading;
     const cursor = state.cursors[state.cursors.length - 1];
     try {
       const page = await api("GET", "/api/v1/fleet" + query({ ...activeFilter(), sort: state.sort, limit: pageSize, cursor }));
-      if (stopped || mine !== loading) return;
-      nodes = page.nodes;
-      nextCursor = page.nextCursor || null;
-      renderRows();
-      renderPager();
-      renderBulk();
-      if (!nodes.length && state.cursors.length === 1 && !filtering()) showStart(true);
-      else if (nodes.length) showStart(false);
+      if (!stopped && mine === loading) {
+        nodes = page.nodes;
+        nextCursor = page.nextCursor || null;
+        renderRows();
+        renderPager();
+        renderBulk();
+        shownEmpty = !nodes.length && state.cursors.length === 1 && !filtering();
+        if (shownEmpty) showStart(true);
+        else if (nodes.length) showStart(false);
+      }
     } catch (e) {
       if (!stopped) toast("Loading the fleet failed: " + describe(e), "error");
     }
     main.setAttribute("aria-busy", "false");
+    inFlight = false;
+    if (again && !stopped) { again = false; loadPage(); }
   }
 
   // Re-reads the queued rows with one request, at most once a second.
@@ -314,7 +323,7 @@ export function mount(main, { query: params }) {
     const n = nodes.find(x => x.id === e.nodeId);
     if (!n) {
       // The first agent of an empty fleet shows up without a reload.
-      if (!nodes.length && state.cursors.length === 1 && !filtering()) loadPage();
+      if (shownEmpty) loadPage();
       return;
     }
     if ("connected" in e) {

@@ -18,8 +18,11 @@ use crate::services::{self, cpu_seconds, ADMIN_TOKEN};
 use anyhow::Context;
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::webdriver::{headless_chromium, Chromedriver, Session};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -89,62 +92,100 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         })
         .collect();
 
+    let events = Arc::new(EventCounts::default());
+    let follower = tokio::spawn(follow_events(
+        format!("http://{}", api.addr),
+        events.clone(),
+        stop.clone(),
+    ));
     let driver = Chromedriver::start().await?;
-    let browser = Session::new(&driver.url, headless_chromium()).await?;
-    let measured = measure(&browser, &driver, &proxy, &base, heartbeat, &args).await;
-    let _ = browser.close().await;
+    let measured = measure(&driver, &proxy, &base, heartbeat, &args, &events).await;
     stop.cancel();
     for task in tasks {
         let _ = task.await;
     }
-    let (first_render_ms, settling, steady) = measured?;
+    let _ = follower.await;
+    let (settling, settled) = measured?;
     Ok(json!({
         "scenario": "page",
         "fleetNodes": fleet.nodes.len(),
         "agents": agents,
         "heartbeatMs": args.heartbeat_ms,
         "churn": args.churn,
-        "firstRenderMs": first_render_ms,
         "settling": settling,
-        "steady": steady,
+        "settled": settled,
         "machine": machine(),
     }))
 }
 
-/// Signs in, times the first render, then measures the settling interval and the steady
-/// window.
+/// Fleet events the api sent one listener, and how many of them were `resync`.
+#[derive(Default)]
+struct EventCounts {
+    events: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+impl EventCounts {
+    fn read(&self) -> (u64, u64) {
+        (
+            self.events.load(Ordering::Relaxed),
+            self.resyncs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Follows the fleet events stream as the page does (straight to the api), counting events.
+async fn follow_events(base: String, counts: Arc<EventCounts>, stop: CancellationToken) {
+    let http = reqwest::Client::new();
+    let Ok(response) = http
+        .get(format!("{base}/api/v1/fleet/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let mut body = response.bytes_stream();
+    let mut pending = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            _ = stop.cancelled() => return,
+        };
+        let Some(Ok(chunk)) = chunk else { return };
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if line.starts_with(b"data:") {
+                counts.events.fetch_add(1, Ordering::Relaxed);
+                if line.windows(6).any(|w| w == b"resync") {
+                    counts.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Opens the console while every agent's first heartbeat changes its row (as after a
+/// restart of the api), then again in a new browser once the fleet has settled; each time
+/// the first render, then the browser's cost over a window.
 async fn measure(
-    browser: &Session,
     driver: &Chromedriver,
     proxy: &Proxy,
     base: &str,
     heartbeat: Duration,
     args: &Args,
-) -> anyhow::Result<(f64, Value, Value)> {
-    browser.goto(&format!("{base}/")).await?;
-    browser.find("#token").await?.send_keys(ADMIN_TOKEN).await?;
-    browser.find("button[type=submit]").await?.click().await?;
-    // A fresh navigation, so the clock starts at zero for the fleet page alone.
-    browser.goto(&format!("{base}/#/fleet")).await?;
-    let started = Instant::now();
-    let first_render_ms = loop {
-        let seen = browser
-            .execute(
-                "return [document.querySelectorAll('tr[data-node-id]').length, performance.now()]",
-                json!([]),
-            )
-            .await?;
-        if seen[0].as_u64().unwrap_or(0) > 0 {
-            break seen[1].as_f64().context("performance.now()")?;
-        }
-        anyhow::ensure!(
-            started.elapsed() < RENDER_LIMIT,
-            "no fleet rows within {RENDER_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let settling = window(driver, proxy, heartbeat).await?;
-    let steady = window(driver, proxy, Duration::from_secs(args.secs.max(1))).await?;
+    events: &EventCounts,
+) -> anyhow::Result<(Value, Value)> {
+    let browser = Session::new(&driver.url, headless_chromium()).await?;
+    let first_render = open(&browser, base).await?;
+    let mut settling = window(driver, proxy, heartbeat, events).await?;
+    settling["firstRenderMs"] = json!(first_render);
+    let _ = browser.close().await;
+    let browser = Session::new(&driver.url, headless_chromium()).await?;
+    let first_render = open(&browser, base).await?;
+    let mut settled = window(driver, proxy, Duration::from_secs(args.secs.max(1)), events).await?;
+    settled["firstRenderMs"] = json!(first_render);
     // The page is still alive and showing rows after all that.
     let rows = browser
         .execute(
@@ -152,26 +193,64 @@ async fn measure(
             json!([]),
         )
         .await?;
+    let _ = browser.close().await;
     anyhow::ensure!(rows.as_u64().unwrap_or(0) > 0, "the fleet rows vanished");
-    Ok((first_render_ms, settling, steady))
+    Ok((settling, settled))
 }
 
-/// Chromium's CPU (share of one core) and the page's received bytes per second over `length`.
-async fn window(driver: &Chromedriver, proxy: &Proxy, length: Duration) -> anyhow::Result<Value> {
+/// Signs in and opens the fleet; returns the first render: navigation start to the first
+/// fleet rows on screen, by the browser's clock.
+async fn open(browser: &Session, base: &str) -> anyhow::Result<f64> {
+    browser.goto(&format!("{base}/")).await?;
+    browser.find("#token").await?.send_keys(ADMIN_TOKEN).await?;
+    browser.find("button[type=submit]").await?.click().await?;
+    // A fresh navigation, so the clock starts at zero for the fleet page alone.
+    browser.goto(&format!("{base}/#/fleet")).await?;
+    let started = Instant::now();
+    loop {
+        let seen = browser
+            .execute(
+                "return [document.querySelectorAll('tr[data-node-id]').length, performance.now()]",
+                json!([]),
+            )
+            .await?;
+        if seen[0].as_u64().unwrap_or(0) > 0 {
+            return seen[1].as_f64().context("performance.now()");
+        }
+        anyhow::ensure!(
+            started.elapsed() < RENDER_LIMIT,
+            "no fleet rows within {RENDER_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Chromium's CPU (share of one core), the page's received bytes per second and the fleet
+/// events sent per second over `length`.
+async fn window(
+    driver: &Chromedriver,
+    proxy: &Proxy,
+    length: Duration,
+    events: &EventCounts,
+) -> anyhow::Result<Value> {
     let (cpu_before, bytes_before, up_before) = (
         browser_cpu(driver.pid()),
         proxy.bytes_to_clients(),
         proxy.bytes_to_server(),
     );
+    let (events_before, resyncs_before) = events.read();
     let started = Instant::now();
     tokio::time::sleep(length).await;
     let secs = started.elapsed().as_secs_f64();
     let cpu = browser_cpu(driver.pid()) - cpu_before;
+    let (events_after, resyncs_after) = events.read();
     Ok(json!({
         "seconds": secs,
         "browserCpuPercentOfOneCore": cpu / secs * 100.0,
         "receivedBytesPerSecond": (proxy.bytes_to_clients() - bytes_before) as f64 / secs,
         "sentBytesPerSecond": (proxy.bytes_to_server() - up_before) as f64 / secs,
+        "fleetEventsPerSecond": (events_after - events_before) as f64 / secs,
+        "resyncs": resyncs_after - resyncs_before,
     }))
 }
 
