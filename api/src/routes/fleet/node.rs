@@ -62,24 +62,17 @@ pub(crate) async fn labels(
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
     let labels = Value::Object(validate_labels("labels", &body.labels)?);
-    let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("UPDATE nodes SET labels = $2 WHERE id = $1")
-        .bind(id)
-        .bind(&labels)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::NotFound("node"));
-    }
-    let change = Change {
-        action: "node.labels",
-        target_type: "node",
-        target_id: Some(id.to_string()),
-        detail: &json!({ "labels": labels }),
-    };
-    audit::record(&mut *tx, &op, change).await?;
-    tx.commit().await?;
+    let detail = json!({ "labels": labels });
+    set_column(
+        &state,
+        &op,
+        id,
+        Column::Labels,
+        labels,
+        "node.labels",
+        &detail,
+    )
+    .await?;
     state
         .notifier
         .push(
@@ -117,24 +110,9 @@ pub(crate) async fn maintenance(
 ) -> Result<axum::Json<NodeView>> {
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
-    let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("UPDATE nodes SET maintenance = $2 WHERE id = $1")
-        .bind(id)
-        .bind(body.enabled)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::NotFound("node"));
-    }
-    let change = Change {
-        action: "node.maintenance",
-        target_type: "node",
-        target_id: Some(id.to_string()),
-        detail: &json!({ "enabled": body.enabled }),
-    };
-    audit::record(&mut *tx, &op, change).await?;
-    tx.commit().await?;
+    let detail = json!({ "enabled": body.enabled });
+    let (column, action) = (Column::Maintenance, "node.maintenance");
+    set_column(&state, &op, id, column, body.enabled, action, &detail).await?;
     state
         .notifier
         .push(
@@ -209,24 +187,18 @@ pub(crate) async fn action(
         && current_agent
         && crate::restarts::push_to_current(&state, id, &action).await?;
     let pending = (!delivered).then(|| json!(action));
-    let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("UPDATE nodes SET pending_action = $2 WHERE id = $1")
-        .bind(id)
-        .bind(&pending)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::NotFound("node"));
-    }
-    let change = Change {
-        action: "node.action",
-        target_type: "node",
-        target_id: Some(id.to_string()),
-        detail: &json!({ "action": action, "pending": pending.is_some() }),
-    };
-    audit::record(&mut *tx, &op, change).await?;
-    tx.commit().await?;
+    let detail = json!({ "action": action, "pending": pending.is_some() });
+    let column = Column::PendingAction;
+    set_column(
+        &state,
+        &op,
+        id,
+        column,
+        pending.clone(),
+        "node.action",
+        &detail,
+    )
+    .await?;
     // A current agent is not sent the older agents' restart push: it would act on it, and
     // again on the pushes its next poll retries.
     let notified = if delivered {
@@ -243,6 +215,54 @@ pub(crate) async fn action(
             json!({ "pendingAction": pending, "action": action, "notifiedNodes": notified }),
         ),
     ))
+}
+
+/// The node columns an admin sets one at a time.
+#[derive(Clone, Copy)]
+enum Column {
+    Labels,
+    Maintenance,
+    PendingAction,
+}
+
+/// Sets `column` of node `id` to `value` and records the change as `action` with `detail`,
+/// in one transaction; 404 when there is no such node.
+async fn set_column<T>(
+    state: &AppState,
+    op: &Operator,
+    id: Uuid,
+    column: Column,
+    value: T,
+    action: &'static str,
+    detail: &Value,
+) -> Result<()>
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let sql = match column {
+        Column::Labels => "UPDATE nodes SET labels = $2 WHERE id = $1",
+        Column::Maintenance => "UPDATE nodes SET maintenance = $2 WHERE id = $1",
+        Column::PendingAction => "UPDATE nodes SET pending_action = $2 WHERE id = $1",
+    };
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query(sql)
+        .bind(id)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound("node"));
+    }
+    let change = Change {
+        action,
+        target_type: "node",
+        target_id: Some(id.to_string()),
+        detail,
+    };
+    audit::record(&mut *tx, op, change).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[utoipa::path(
