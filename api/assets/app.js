@@ -1,6 +1,6 @@
 // The operator console's entry point: hash routes to views, and the one live fleet-event
 // stream the views listen to.
-import { can } from "./lib.js";
+import { can, cancelDialog } from "./lib.js";
 import * as fleet from "./fleet.js";
 import * as node from "./node.js";
 import * as pipelines from "./pipelines.js";
@@ -25,6 +25,8 @@ function route() {
   const [path, q] = location.hash.replace(/^#\/?/, "").split("?");
   const [name, id] = path.split("/");
   if (!routes[name]) { location.replace("#/fleet"); return; }
+  // A confirmation left open belongs to the view being left: it confirms nothing.
+  cancelDialog();
   if (stop) stop();
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.view === name || (a.dataset.view === "pipelines" && name === "pipeline")
@@ -41,16 +43,36 @@ function route() {
 for (const a of document.querySelectorAll("nav a[data-role]")) a.hidden = !can(a.dataset.role);
 
 // One stream of fleet events for the whole page; views subscribe while they are shown.
+// EventSource retries by itself after a dropped connection, but not after an error answer
+// (a 401 once the session has expired): then the session is probed (signed out: the page
+// reloads to the sign-in form) and the stream reopened with backoff.
 const live = document.getElementById("live");
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
+let retryMs = RETRY_MIN_MS;
 function connect() {
   const es = new EventSource("/api/v1/fleet/events");
-  es.addEventListener("open", () => { live.textContent = "live"; live.className = "on"; });
+  es.addEventListener("open", () => { retryMs = RETRY_MIN_MS; live.textContent = "live"; live.className = "on"; });
   es.addEventListener("message", ev => {
     let event;
     try { event = JSON.parse(ev.data); } catch { return; }
     document.dispatchEvent(new CustomEvent("fleet-event", { detail: event }));
   });
-  es.addEventListener("error", () => { live.textContent = "reconnecting…"; live.className = ""; });
+  es.addEventListener("error", () => {
+    live.className = "";
+    if (es.readyState !== EventSource.CLOSED) { live.textContent = "reconnecting…"; return; }
+    es.close();
+    live.textContent = "disconnected, retrying…";
+    const wait = retryMs;
+    retryMs = Math.min(RETRY_MAX_MS, retryMs * 2);
+    setTimeout(async () => {
+      try {
+        const r = await fetch("/api/v1/me", { credentials: "same-origin" });
+        if (r.status === 401) { location.reload(); return; }
+      } catch { /* the api is unreachable: the stream's retry below waits for it */ }
+      connect();
+    }, wait);
+  });
 }
 
 window.addEventListener("hashchange", route);

@@ -41,6 +41,7 @@ export class ApiError extends Error {
     const parts = [];
     if (d.field || d.path) parts.push(d.field || d.path);
     if (d.line) parts.push("line " + d.line);
+    if (d.column) parts.push("column " + d.column);
     const where = parts.length ? " (" + parts.join(", ") + ")" : "";
     return this.message + where + (d.reason ? ": " + d.reason : "");
   }
@@ -105,9 +106,12 @@ export async function run(label, action, done = () => label + " done") {
 /**
  * Asks for confirmation in the page's <dialog>: `text` says what happens (how many nodes,
  * what it undoes), `body` may add live content. Resolves true only on the confirm button.
+ * While one is open a second is refused (resolves false): one Confirm must never run two
+ * actions.
  */
 export function confirmDialog({ title, text, ok = "Confirm", danger = false, body = null }) {
   const dialog = document.getElementById("confirm");
+  if (dialog.open) return Promise.resolve(false);
   document.getElementById("confirm-title").textContent = title;
   document.getElementById("confirm-text").textContent = text;
   document.getElementById("confirm-body").replaceChildren(...(body ? [body] : []));
@@ -117,6 +121,12 @@ export function confirmDialog({ title, text, ok = "Confirm", danger = false, bod
   dialog.returnValue = "";
   dialog.showModal();
   return new Promise(resolve => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+/** Closes an open confirmation as cancelled (a view that is left confirms nothing). */
+export function cancelDialog() {
+  const dialog = document.getElementById("confirm");
+  if (dialog.open) dialog.close("");
 }
 
 /** "12s ago", "3m ago", … or "never". */
@@ -138,19 +148,26 @@ export const num = n => (n === null || n === undefined ? "—" : Number(n).toLoc
 /** `n thing` or `n things`. */
 export const plural = (n, thing) => n.toLocaleString() + " " + thing + (n === 1 ? "" : "s");
 
-/** Calls `fn` once `ms` have passed without another call. */
+/** Calls `fn` once `ms` have passed without another call; `.cancel()` drops a pending call. */
 export function debounce(fn, ms) {
   let timer = null;
-  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  const call = (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  call.cancel = () => clearTimeout(timer);
+  return call;
 }
 
 /** `{a: "1"}` as "a=1, b=2"; "" for none. */
 export const formatLabels = labels => Object.entries(labels || {}).map(([k, v]) => k + "=" + v).join(", ");
 
 /** "a=1, b=2" (commas or new lines) as `{a: "1", b: "2"}`; throws on an entry without "=". */
-export function parseLabels(text) {
+export const parseLabels = text => labelEntries(text.split(/[,\n]/));
+
+/** One `key=value` per line as an object (values may hold commas); throws on a line without "=". */
+export const parseLabelLines = text => labelEntries(text.split("\n"));
+
+function labelEntries(parts) {
   const out = {};
-  for (const part of text.split(/[,\n]/).map(s => s.trim()).filter(Boolean)) {
+  for (const part of parts.map(s => s.trim()).filter(Boolean)) {
     const i = part.indexOf("=");
     if (i < 1) throw new Error("\"" + part + "\" is not key=value");
     out[part.slice(0, i).trim()] = part.slice(i + 1).trim();
