@@ -1,7 +1,7 @@
 // Administration: environments and their enrollment tokens (shown once, with the agent
 // command), operator tokens (shown once; revocable) and the agents' poll interval.
 import { api, can, confirmDialog, copyable, describe, el, panel, put, run, toast, when } from "./lib.js";
-import { shownOnce } from "./start.js";
+import { secret, shownOnce } from "./start.js";
 
 const ROLES = ["viewer", "editor", "admin"];
 
@@ -39,7 +39,7 @@ export function mount(main) {
         const r = await run("Create token", () => api("POST", "/api/v1/tokens", { name: tokenName.value.trim(), role: tokenRole.value }), t => "Token " + t.name + " (" + t.role + ") created");
         if (r) {
           tokenName.value = "";
-          put(tokenSecret, el("div", { class: "secret" }, el("h3", {}, "Token " + r.name),
+          put(tokenSecret, secret({}, el("h3", {}, "Token " + r.name),
             el("p", {}, "Shown once: the api keeps only its hash. Use it as a bearer token or to sign in here."), copyable(r.token, "the operator token")));
           loadTokens();
         }
@@ -90,6 +90,6 @@ export function mount(main) {
     try { poll.value = (await api("GET", "/api/v1/settings")).pollIntervalMs; } catch (e) { toast("Loading settings failed: " + describe(e), "error"); }
   }
 
-  Promise.all([loadEnvironments(), loadTokens(), loadSettings()]).then(() => main.setAttribute("aria-busy", "false"));
+  Promise.all([loadEnvironments(), loadTokens(), loadSettings()]).then(() => { if (!stopped) main.setAttribute("aria-busy", "false"); });
   return () => { stopped = true; };
 }

@@ -48,7 +48,9 @@ export function mount(main, { query: params }) {
   let nodes = [], names = {}, environments = [], nextCursor = null, stopped = false;
   const rows = new Map();
   const queued = new Set();
-  let flushTimer = null, lastFlush = 0, summaryTimer = null, lastSummary = 0;
+  let flushTimer = null, lastFlush = 0, summaryTimer = null, lastSummary = 0, summarySeq = 0;
+  // The host and label fields' typing delays, dropped when the view is left.
+  const typing = new Set();
 
   const summary = el("div", { class: "summary", id: "summary", "aria-live": "polite" });
   const tbody = el("tbody");
@@ -73,7 +75,12 @@ export function mount(main, { query: params }) {
     const text = (key, label, placeholder, id) => {
       let timer = null;
       return el("label", {}, label, el("input", { name: key, id, value: f[key], placeholder, autocomplete: "off",
-        oninput: ev => { clearTimeout(timer); timer = setTimeout(() => setFilter(key, ev.target.value.trim()), 300); } }));
+        oninput: ev => {
+          clearTimeout(timer);
+          typing.delete(timer);
+          timer = setTimeout(() => { typing.delete(timer); setFilter(key, ev.target.value.trim()); }, 300);
+          typing.add(timer);
+        } }));
     };
     const envSelect = el("select", { name: "environmentId", id: "fleet-env", onchange: ev => { localStorage.setItem("flotilla.env", ev.target.value); setFilter("environmentId", ev.target.value); } },
       el("option", { value: "" }, "All environments"));
@@ -150,33 +157,51 @@ export function mount(main, { query: params }) {
     old?.replaceWith(fresh);
   }
 
+  // The pager is disabled while a page loads: a second click would move by the same cursor twice.
   function renderPager() {
     const page = state.cursors.length;
     put(pager, 
-      el("button", { type: "button", id: "page-prev", disabled: page === 1, onclick: () => { state.cursors.pop(); loadPage(); } }, "← Previous"),
+      el("button", { type: "button", id: "page-prev", disabled: page === 1 || inFlight, onclick: () => { state.cursors.pop(); loadPage(); } }, "← Previous"),
       el("span", { class: "muted" }, "Page " + page + " · " + plural(nodes.length, "node") + " shown"),
-      el("button", { type: "button", id: "page-next", disabled: !nextCursor, onclick: () => { state.cursors.push(nextCursor); loadPage(); } }, "Next →"));
+      el("button", { type: "button", id: "page-next", disabled: !nextCursor || inFlight, onclick: () => { state.cursors.push(nextCursor); loadPage(); } }, "Next →"));
   }
+
+  // The bulk bar is built once, so a row tick or a page load never resets a half-filled
+  // self-update form; renderBulk only brings its scope up to date.
+  const bulkAction = el("select", { id: "bulk-action", "aria-label": "Bulk action" },
+    el("option", { value: "maintenance_on" }, "Start maintenance"),
+    el("option", { value: "maintenance_off" }, "End maintenance"),
+    el("option", { value: "restart" }, "Restart"),
+    el("option", { value: "self_update" }, "Self-update"));
+  const updateFields = el("span", { class: "update-fields", hidden: true },
+    el("input", { id: "bulk-version", placeholder: "target version", "aria-label": "Target version" }),
+    el("input", { id: "bulk-url", placeholder: "https://… download URL", "aria-label": "Download URL" }),
+    el("input", { id: "bulk-checksum", placeholder: "sha256:…", "aria-label": "Checksum" }),
+    el("input", { id: "bulk-signature", placeholder: "signature (optional)", "aria-label": "Signature" }));
+  bulkAction.addEventListener("change", () => { updateFields.hidden = bulkAction.value !== "self_update"; });
+  const selectionOption = el("option", { value: "selection" });
+  const filterOption = el("option", { value: "filter" }, "every node matching the filter");
+  const bulkScope = el("select", { id: "bulk-scope", "aria-label": "Apply to", onchange: () => renderBulk() }, selectionOption, filterOption);
+  const bulkApply = el("button", { type: "button", id: "bulk-apply", onclick: () => bulk(bulkAction.value, bulkScope.value) }, "Apply…");
+  const clearSelection = el("button", { type: "button", class: "link", onclick: () => { state.selected.clear(); renderRows(); renderBulk(); } }, "Clear selection");
+  let bulkBusy = false;
+  if (can("admin")) put(bulkBar, el("span", {}, "Bulk action"), bulkAction, updateFields, el("span", {}, "on"), bulkScope, bulkApply, clearSelection);
 
   function renderBulk() {
     if (!can("admin")) return;
-    const action = el("select", { id: "bulk-action", "aria-label": "Bulk action" },
-      el("option", { value: "maintenance_on" }, "Start maintenance"),
-      el("option", { value: "maintenance_off" }, "End maintenance"),
-      el("option", { value: "restart" }, "Restart"),
-      el("option", { value: "self_update" }, "Self-update"));
-    const update = el("span", { class: "update-fields", hidden: true },
-      el("input", { id: "bulk-version", placeholder: "target version", "aria-label": "Target version" }),
-      el("input", { id: "bulk-url", placeholder: "https://… download URL", "aria-label": "Download URL" }),
-      el("input", { id: "bulk-checksum", placeholder: "sha256:…", "aria-label": "Checksum" }),
-      el("input", { id: "bulk-signature", placeholder: "signature (optional)", "aria-label": "Signature" }));
-    action.addEventListener("change", () => { update.hidden = action.value !== "self_update"; });
-    const scope = el("select", { id: "bulk-scope", "aria-label": "Apply to" },
-      el("option", { value: "selection", disabled: !state.selected.size, selected: state.selected.size > 0 }, "the " + plural(state.selected.size, "selected node")),
-      el("option", { value: "filter", selected: !state.selected.size }, "every node matching the filter"));
-    put(bulkBar, el("span", {}, "Bulk action"), action, update, el("span", {}, "on"), scope,
-      el("button", { type: "button", id: "bulk-apply", onclick: () => bulk(action.value, scope.value) }, "Apply…"),
-      state.selected.size ? el("button", { type: "button", class: "link", onclick: () => { state.selected.clear(); renderRows(); renderBulk(); } }, "Clear selection") : null);
+    const hadSelection = !selectionOption.disabled;
+    selectionOption.textContent = "the " + plural(state.selected.size, "selected node");
+    selectionOption.disabled = !state.selected.size;
+    // The api refuses a bulk action on an empty filter (every node of every environment).
+    filterOption.disabled = !Object.keys(activeFilter()).length;
+    filterOption.textContent = filterOption.disabled ? "every node matching the filter (set a filter first)" : "every node matching the filter";
+    if (state.selected.size && !hadSelection) bulkScope.value = "selection";
+    if (bulkScope.selectedOptions[0]?.disabled) {
+      bulkScope.value = !selectionOption.disabled ? "selection" : !filterOption.disabled ? "filter" : "";
+    }
+    // Disabled while a bulk action is being counted or confirmed: one Apply, one action.
+    bulkApply.disabled = bulkBusy || !bulkScope.value;
+    clearSelection.hidden = !state.selected.size;
   }
 
   // How many nodes the filter matches: the page itself when it is the only one, else counted
@@ -203,7 +228,11 @@ export function mount(main, { query: params }) {
     let counted, target;
     if (scope === "selection") { counted = { count: state.selected.size, exact: true }; target = { nodeIds: [...state.selected] }; }
     else {
+      bulkBusy = true;
+      renderBulk();
       try { counted = await countMatching(); } catch (e) { toast("Counting the nodes failed: " + describe(e), "error"); return; }
+      finally { bulkBusy = false; if (!stopped) renderBulk(); }
+      if (stopped) return;
       target = { filter: bulkFilter() };
     }
     if (!counted.count) { toast("No node to act on", "error"); return; }
@@ -211,7 +240,7 @@ export function mount(main, { query: params }) {
     const what = scope === "selection" ? "the selected nodes" : "every node matching the filter" + filterText();
     const ok = await confirmDialog({ title: labels[kind] + " on " + many,
       text: labels[kind] + " on " + many + " (" + what + ")?", ok: labels[kind], danger: kind !== "maintenance_off" });
-    if (!ok) return;
+    if (!ok || stopped) return;
     const r = await run(labels[kind], () => api("POST", "/api/v1/fleet/actions", { ...target, action }),
       r => labels[kind] + ": " + plural(r.affected, "node") + " affected" + skippedText(r.skipped));
     if (r) { state.selected.clear(); loadPage(); refreshSummary(true); }
@@ -250,16 +279,27 @@ export function mount(main, { query: params }) {
     summaryTimer = setTimeout(async () => {
       summaryTimer = null;
       lastSummary = Date.now();
+      // Answers may arrive out of order (a filter changed meanwhile): only the newest is shown.
+      const mine = ++summarySeq;
       try {
         const s = await api("GET", "/api/v1/fleet/summary" + query({ environmentId: state.filters.environmentId }));
-        if (!stopped) { renderSummary(s); showStart(s.total === 0); }
-      } catch (e) { put(summary, el("span", { class: "muted" }, "Summary unavailable: " + describe(e))); }
+        if (!stopped && mine === summarySeq) { renderSummary(s); showStart(s.total === 0); }
+      } catch (e) {
+        if (!stopped && mine === summarySeq) put(summary, el("span", { class: "muted" }, "Summary unavailable: " + describe(e)));
+      }
     }, wait);
   }
 
   function showStart(empty) {
-    put(start, empty && !filtering() ? gettingStarted(environments, state.filters.environmentId) : "");
-    table.hidden = empty && !filtering();
+    const show = empty && !filtering();
+    table.hidden = show;
+    // A token shown once stays until the operator hides it, whatever the fleet does meanwhile.
+    if (start.querySelector(".secret")) return;
+    // Redrawn only when what it offers changes, so a half-typed environment name survives events.
+    const key = show ? "for " + state.filters.environmentId + " of " + environments.map(x => x.id).join(",") : "";
+    if (start.dataset.key === key) return;
+    start.dataset.key = key;
+    put(start, show ? gettingStarted(environments, state.filters.environmentId) : null);
   }
 
   // One load at a time: asked again meanwhile, it loads once more when done (a busy api is
@@ -269,6 +309,7 @@ export function mount(main, { query: params }) {
     // The answer in flight is stale now: dropped, and the page loaded again after it.
     if (inFlight) { ++loading; again = true; return; }
     inFlight = true;
+    renderPager();
     const mine = ++loading;
     const cursor = state.cursors[state.cursors.length - 1];
     try {
@@ -286,9 +327,11 @@ export function mount(main, { query: params }) {
     } catch (e) {
       if (!stopped) toast("Loading the fleet failed: " + describe(e), "error");
     }
-    main.setAttribute("aria-busy", "false");
     inFlight = false;
-    if (again && !stopped) { again = false; loadPage(); }
+    if (stopped) return;
+    if (again) { again = false; loadPage(); return; }
+    renderPager();
+    main.setAttribute("aria-busy", "false");
   }
 
   // Re-reads the queued rows with one request, at most once a second.
@@ -339,6 +382,14 @@ export function mount(main, { query: params }) {
     if (stopped) return;
     environments = e.environments;
     names = Object.fromEntries(p.pipelines.map(x => [x.id, x.name]));
+    // A remembered environment that no longer exists would filter every node out.
+    if (state.filters.environmentId && !environments.some(x => x.id === state.filters.environmentId)) {
+      localStorage.removeItem("flotilla.env");
+      state.filters.environmentId = "";
+      state.cursors = [""];
+      loadPage();
+      refreshSummary(true);
+    }
     filterBar.fill(environments, p.pipelines);
     renderRows();
   }).catch(e => toast("Loading environments failed: " + describe(e), "error"));
@@ -351,6 +402,7 @@ export function mount(main, { query: params }) {
     clearTimeout(flushTimer);
     clearTimeout(summaryTimer);
     clearInterval(ticker);
+    for (const t of typing) clearTimeout(t);
   };
 }
 

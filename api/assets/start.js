@@ -13,13 +13,23 @@ export function agentCommands(token) {
       + " -v flotilla-agent:/var/lib/vf-agent flotilla-agent-vector", "the docker command"));
 }
 
-/** A token shown once, with the commands that use it. */
+/** A token shown once, with the commands that use it; it stays until "Done, hide it". */
 export function shownOnce(title, token) {
-  return el("div", { class: "secret", id: "enrollment-secret" },
+  return secret({ id: "enrollment-secret" },
     el("h3", {}, title),
     el("p", {}, "This token is shown once. Copy it now: the api keeps only its hash."),
     copyable(token, "the enrollment token"),
     agentCommands(token));
+}
+
+/**
+ * A panel holding a secret shown once. Redraws around it leave it be; only its "Done, hide
+ * it" button takes it away, so it cannot vanish while being copied.
+ */
+export function secret(attrs, ...children) {
+  const box = el("div", { ...attrs, class: "secret" }, ...children,
+    el("button", { type: "button", class: "done", onclick: () => box.remove() }, "Done, hide it"));
+  return box;
 }
 
 /**
