@@ -1,21 +1,26 @@
 // One node in detail: what it reports about itself, its labels (admins edit them), actions,
 // host metrics, and per pipeline its status, counters, live log, a restart button and a
 // sample / live tap viewer that targets this node.
-import { ago, api, ApiError, can, confirmDialog, describe, el, facts, formatLabels, num, panel, parseLabels, pill, plural, put, run, toast, when } from "./lib.js";
+import { ago, api, ApiError, can, confirmDialog, describe, el, facts, num, panel, parseLabelLines, pill, plural, put, run, toast, when } from "./lib.js";
 import { nodeActions, wsBadge } from "./fleet.js";
 import { componentsOf } from "./yaml.js";
 import { historyOf } from "./activity.js";
 
 const REFRESH_MS = 1000;
 const SAMPLE_POLL_MS = 500;
+/** Live log lines kept per pipeline; older ones make way. */
+const LOG_LINES = 500;
 
 export function mount(main, { id, query }) {
-  let node = null, names = {}, stopped = false, refreshTimer = null, lastRefresh = 0;
+  let node = null, names = {}, stopped = false, refreshTimer = null, lastRefresh = 0, loaded = false, failing = false;
   const cleanups = [];
   const sections = new Map();
   const head = el("div", { class: "node-head" });
   const about = el("div", { class: "grid" });
   const pipelines = el("div", { class: "pipelines", id: "node-pipelines" });
+  // The labels panel lives across refreshes: an admin's open edit is never redrawn away.
+  const labels = el("div", { class: "labels-box" });
+  let labelsForm = null;
   main.append(el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")), head, about,
     el("h2", { class: "section-title" }, "Pipelines"), pipelines);
 
@@ -36,9 +41,10 @@ export function mount(main, { id, query }) {
         ["Connected since", n.wsConnected ? when(n.connectedSince) : "—"], ["Enrolled", when(n.enrolledAt)],
         ["Pending action", pending], ["Last update error", n.lastUpdateError ? el("span", { class: "bad" }, n.lastUpdateError) : "none"],
       ])),
-      labelsPanel(n),
+      labels,
       panel("Host metrics", metricFacts(n.hostMetrics, "No host metrics reported.")),
       panel("Agent health", metricFacts(n.agentHealth, "No agent health reported.")));
+    if (!labelsForm || labelsForm.hidden) put(labels, labelsPanel(n));
     const seen = new Set();
     for (const p of n.pipelines) {
       seen.add(p.pipelineId);
@@ -52,23 +58,31 @@ export function mount(main, { id, query }) {
     main.setAttribute("aria-busy", "false");
   }
 
+  // The labels in effect, and where each comes from. Admins edit the operator's labels only:
+  // the agent's own stay its own (a pipeline matching "operator labels only" relies on that).
   function labelsPanel(n) {
-    const list = Object.keys(n.labels || {}).length
-      ? el("ul", { class: "labels", id: "node-labels" }, ...Object.entries(n.labels).map(([k, v]) => el("li", {}, el("code", {}, k + "=" + v))))
-      : el("p", { class: "muted", id: "node-labels" }, "No labels.");
-    if (!can("admin")) return panel("Labels", list);
-    const edit = el("textarea", { id: "labels-edit", rows: 3, "aria-label": "Labels, key=value per line or comma", spellcheck: "false" },
-      formatLabels(n.labels).split(", ").join("\n"));
+    const operator = n.operatorLabels || {}, reported = n.reportedLabels || {};
+    const list = (idName, entries, none) => entries.length
+      ? el("ul", { class: "labels", id: idName }, ...entries.map(([k, v]) => el("li", {}, el("code", {}, k + "=" + v))))
+      : el("p", { class: "muted", id: idName }, none);
+    const parts = [list("node-labels", Object.entries(n.labels || {}), "No labels."),
+      el("h3", {}, "Set by an operator"), list("node-operator-labels", Object.entries(operator), "None."),
+      el("h3", {}, "Reported by the agent"), list("node-reported-labels", Object.entries(reported), "None.")];
+    labelsForm = null;
+    if (!can("admin")) return panel("Labels", ...parts);
+    const edit = el("textarea", { id: "labels-edit", rows: 3, "aria-label": "Operator labels, one key=value per line", spellcheck: "false" },
+      Object.entries(operator).map(([k, v]) => k + "=" + v).join("\n"));
     const form = el("form", { class: "labels-form", hidden: true, onsubmit: async ev => {
       ev.preventDefault();
-      let labels;
-      try { labels = parseLabels(edit.value); } catch (e) { toast("Labels: " + e.message, "error"); return; }
-      const r = await run("Saving labels", () => api("PUT", "/api/v1/fleet/" + n.id + "/labels", { labels }), () => "Labels of " + n.host + " saved");
-      if (r) { node = r; render(); }
-    } }, el("p", { class: "muted" }, "Saved as the operator's labels, which take precedence over what the agent reports."),
+      let next;
+      try { next = parseLabelLines(edit.value); } catch (e) { toast("Labels: " + e.message, "error"); return; }
+      const r = await run("Saving labels", () => api("PUT", "/api/v1/fleet/" + n.id + "/labels", { labels: next }), () => "Labels of " + n.host + " saved");
+      if (r && !stopped) { form.hidden = true; await load(); }
+    } }, el("p", { class: "muted" }, "The operator's labels, one key=value per line. They take precedence over the agent's for the same key; the agent's own are not changed."),
       edit, el("div", { class: "row" }, el("button", { type: "submit", class: "primary" }, "Save labels"),
-      el("button", { type: "button", onclick: () => { form.hidden = true; } }, "Cancel")));
-    return panel("Labels", list, form, el("button", { type: "button", id: "labels-open", onclick: () => { form.hidden = false; edit.focus(); } }, "Edit labels"));
+      el("button", { type: "button", onclick: () => { form.hidden = true; if (node) render(); } }, "Cancel")));
+    labelsForm = form;
+    return panel("Labels", ...parts, form, el("button", { type: "button", id: "labels-open", onclick: () => { form.hidden = false; edit.focus(); } }, "Edit labels"));
   }
 
   function selfUpdateButton(n) {
@@ -91,6 +105,7 @@ export function mount(main, { id, query }) {
     const status = el("span");
     const info = el("div");
     const log = el("pre", { class: "log", "aria-live": "off" }, "Waiting for log lines…");
+    const logState = el("span", { class: "muted log-state" });
     const viewer = sampleViewer(pid);
     const root = el("section", { class: "panel pipeline", "data-pipeline-id": pid, "aria-label": "Pipeline" },
       el("div", { class: "row" }, title, status,
@@ -100,15 +115,19 @@ export function mount(main, { id, query }) {
           if (ok) await run("Pipeline restart", () => api("POST", "/api/v1/fleet/" + id + "/actions", { type: "restart", pipelineId: pid }),
             () => "Restart of " + name + " sent to " + node.host);
         } }, "Restart this pipeline") : null),
-      info, viewer.controls, el("h4", {}, "Live log"), log, viewer.root);
-    let first = true;
+      info, viewer.controls, el("h4", {}, "Live log ", logState), log, viewer.root);
+    let kept = [];
     return {
       root,
       log(lines) {
-        if (first) { log.textContent = ""; first = false; }
-        log.textContent += (log.textContent ? "\n" : "") + lines.join("\n");
+        kept.push(...lines);
+        if (kept.length > LOG_LINES) kept = kept.slice(-LOG_LINES);
+        log.textContent = kept.join("\n");
         log.scrollTop = log.scrollHeight;
       },
+      // A (re)opened stream sends the kept lines again: they replace what is shown.
+      restart() { kept = []; logState.textContent = ""; },
+      streamState(text) { logState.textContent = text; },
       update(p) {
         const stale = p.lastKnown || node.status === "UNREACHABLE";
         title.textContent = (names[pid] || pid) + " v" + p.version;
@@ -127,7 +146,7 @@ export function mount(main, { id, query }) {
     const component = el("input", { class: "component", list: "components-" + pid, placeholder: "component key", "aria-label": "Component" });
     const options = el("datalist", { id: "components-" + pid });
     const out = el("pre", { class: "sample-events", "aria-live": "polite" });
-    let tap = null, poll = null;
+    let tap = null, poll = null, starting = false;
     const tapButton = el("button", { type: "button", class: "tap", onclick: () => (tap ? stopTap() : startTap()) }, "Start live tap");
     api("GET", "/api/v1/pipelines/" + pid).then(p => {
       const version = p.versions.find(v => v.version === (p.deployedVersion ?? p.latestVersion)) || p.versions[p.versions.length - 1];
@@ -159,28 +178,46 @@ export function mount(main, { id, query }) {
       check();
     }
 
+    // One tap at a time: the button is off while one starts, and a view left meanwhile
+    // ends the tap it started.
     async function startTap() {
+      if (starting || tap) return;
       const key = component.value.trim();
       if (!key) { toast("Name a component to tap", "error"); return; }
-      const r = await run("Live tap", () => api("POST", "/api/v1/taps", { nodeId: id, pipelineId: pid, componentId: key }),
-        () => "Live tap of " + key + " started on " + node.host);
+      starting = true;
+      tapButton.disabled = true;
+      let r;
+      try {
+        r = await run("Live tap", () => api("POST", "/api/v1/taps", { nodeId: id, pipelineId: pid, componentId: key }),
+          () => "Live tap of " + key + " started on " + node.host);
+      } finally { starting = false; tapButton.disabled = false; }
       if (!r) return;
+      if (stopped) { api("DELETE", "/api/v1/taps/" + r.requestId).catch(() => {}); return; }
       const events = [];
       show("Tapping " + key + "…", events);
       const es = new EventSource("/api/v1/taps/" + r.requestId + "/events");
       tap = { es, requestId: r.requestId };
       tapButton.textContent = "Stop live tap";
+      const parse = data => { try { return JSON.parse(data); } catch { return null; } };
       es.addEventListener("events", ev => {
-        events.push(...JSON.parse(ev.data).events);
+        const batch = parse(ev.data);
+        if (!batch || !Array.isArray(batch.events)) return;
+        events.push(...batch.events);
         events.splice(0, Math.max(0, events.length - 200));
         show("Live tap of " + key + ": " + plural(events.length, "event"), events);
       });
-      es.addEventListener("stopped", ev => { show("Tap stopped: " + JSON.parse(ev.data).reason, events); endTap(); });
+      es.addEventListener("stopped", ev => { show("Tap stopped: " + (parse(ev.data)?.reason ?? "unknown reason"), events); endTap(); });
+      es.addEventListener("error", () => {
+        if (tap?.es !== es) return;
+        if (es.readyState === EventSource.CLOSED) { show("Tap stream closed", events); endTap(); }
+        else show("Live tap of " + key + ": reconnecting…", events);
+      });
     }
     function endTap() { if (tap) tap.es.close(); tap = null; tapButton.textContent = "Start live tap"; }
     // Ended on the server first: closing the stream first would end it as its last viewer
     // left, and the DELETE would find nothing. One that has already ended is as good as stopped.
     async function stopTap() {
+      if (!tap) return;
       const requestId = tap.requestId;
       await run("Stopping the tap", async () => {
         try { await api("DELETE", "/api/v1/taps/" + requestId); }
@@ -196,16 +233,30 @@ export function mount(main, { id, query }) {
     return { root, controls, stop() { clearTimeout(poll); if (tap) { tap.es.close(); api("DELETE", "/api/v1/taps/" + tap.requestId).catch(() => {}); } } };
   }
 
+  // The first load that fails replaces the page; a failed refresh only says so (once until
+  // one succeeds) and keeps what is shown. A node that is gone is said so either way.
   async function load() {
+    let fresh;
     try {
-      node = await api("GET", "/api/v1/fleet/" + id);
+      fresh = await api("GET", "/api/v1/fleet/" + id);
     } catch (e) {
-      put(main, el("p", { class: "empty" }, e.status === 404 ? "This node is gone (revoked or never enrolled)." : "Loading the node failed: " + describe(e)),
-        el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")));
-      main.setAttribute("aria-busy", "false");
+      if (stopped) return false;
+      if (!loaded || (e instanceof ApiError && e.status === 404)) {
+        put(main, el("p", { class: "empty" }, e.status === 404 ? "This node is gone (revoked or never enrolled)." : "Loading the node failed: " + describe(e)),
+          el("p", {}, el("a", { href: "#/fleet" }, "← Fleet")));
+        main.setAttribute("aria-busy", "false");
+        stop();
+      } else if (!failing) {
+        failing = true;
+        toast("Refreshing the node failed: " + describe(e), "error");
+      }
       return false;
     }
-    if (!stopped) render();
+    if (stopped) return false;
+    node = fresh;
+    loaded = true;
+    failing = false;
+    render();
     return true;
   }
 
@@ -229,9 +280,15 @@ export function mount(main, { id, query }) {
     if (!(await load()) || stopped) return;
     // One stream carries every pipeline's lines: the kept ones first, then new ones.
     const logs = new EventSource("/api/v1/fleet/" + id + "/logs");
+    logs.addEventListener("open", () => { for (const s of sections.values()) s.restart(); });
     logs.addEventListener("lines", ev => {
-      const batch = JSON.parse(ev.data);
-      sections.get(batch.pipelineId)?.log(batch.lines);
+      let batch;
+      try { batch = JSON.parse(ev.data); } catch { return; }
+      if (Array.isArray(batch.lines)) sections.get(batch.pipelineId)?.log(batch.lines);
+    });
+    logs.addEventListener("error", () => {
+      const state = logs.readyState === EventSource.CLOSED ? "(stream closed: reload the page to follow it again)" : "(reconnecting…)";
+      for (const s of sections.values()) s.streamState(state);
     });
     cleanups.push(() => logs.close());
     const wanted = query.get("pipeline");
@@ -243,13 +300,15 @@ export function mount(main, { id, query }) {
   })();
   document.addEventListener("fleet-event", onEvent);
 
-  return () => {
+  function stop() {
+    if (stopped) return;
     stopped = true;
     clearTimeout(refreshTimer);
     document.removeEventListener("fleet-event", onEvent);
     for (const s of sections.values()) s.stop();
     for (const c of cleanups) c();
-  };
+  }
+  return stop;
 }
 
 /** A reported metrics object as facts (one level of nesting flattened). */
