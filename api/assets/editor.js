@@ -1,12 +1,16 @@
 // A plain YAML editor: a monospace textarea with a line-number gutter that marks the line an
-// error names; Tab inserts two spaces (Shift+Tab still leaves the field).
+// error names. Tab inserts two spaces, or indents the selected lines; Shift+Tab outdents the
+// selected lines (with nothing selected it still leaves the field).
 import { el, put } from "./lib.js";
 
 /** A unified diff with its lines classed as added, removed, hunk header or context. */
 export function renderDiff(text) {
   const pre = el("pre", { class: "diff", id: "diff" });
-  for (const line of text.split("\n")) {
-    const kind = line.startsWith("+++") || line.startsWith("---") ? "meta"
+  const lines = text.split("\n");
+  // Only the first two lines are the file headers: a removed "-- x" line later reads "--- x".
+  const headers = lines[0]?.startsWith("---") && lines[1]?.startsWith("+++") ? 2 : 0;
+  for (const [i, line] of lines.entries()) {
+    const kind = i < headers ? "meta"
       : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk" : "ctx";
     pre.append(el("span", { class: "line " + kind }, line + "\n"));
   }
@@ -32,11 +36,28 @@ export function yamlEditor(initial, { onInput = () => {}, readOnly = false } = {
   }
 
   area.addEventListener("keydown", ev => {
-    if (ev.key !== "Tab" || ev.shiftKey || ev.ctrlKey || ev.altKey || ev.metaKey || readOnly) return;
+    if (ev.key !== "Tab" || ev.ctrlKey || ev.altKey || ev.metaKey || readOnly) return;
+    const { selectionStart: from, selectionEnd: to } = area;
+    if (from === to && ev.shiftKey) return;
     ev.preventDefault();
-    area.setRangeText("  ", area.selectionStart, area.selectionEnd, "end");
+    if (from === to) area.setRangeText("  ", from, to, "end");
+    else shiftLines(from, to, ev.shiftKey ? -1 : 1);
     area.dispatchEvent(new Event("input", { bubbles: true }));
   });
+
+  // Indents (1) or outdents (-1) by two spaces every line the selection touches, and keeps
+  // those lines selected.
+  function shiftLines(from, to, direction) {
+    const text = area.value;
+    const start = text.lastIndexOf("\n", from - 1) + 1;
+    // A selection ending at the start of a line does not take that line in.
+    const last = to > from && text[to - 1] === "\n" ? to - 1 : to;
+    const endOfLine = text.indexOf("\n", last);
+    const end = endOfLine < 0 ? text.length : endOfLine;
+    const lines = text.slice(start, end).split("\n").map(line =>
+      direction > 0 ? (line ? "  " + line : line) : line.replace(/^ {1,2}/, ""));
+    area.setRangeText(lines.join("\n"), start, end, "select");
+  }
   area.addEventListener("input", () => { numbers(); onInput(area.value); });
   area.addEventListener("scroll", () => { gutter.scrollTop = area.scrollTop; });
   numbers();

@@ -22,15 +22,17 @@ function envPicker(environments, current, onChange) {
 }
 
 export function mountList(main) {
-  let stopped = false;
+  let stopped = false, showing = 0;
   const body = el("div");
   main.append(el("div", { class: "row" }, el("h1", { class: "view-title" }, "Pipelines"), el("span", { class: "spacer" }),
     can("editor") ? el("a", { class: "button primary", href: "#/pipeline/new", id: "new-pipeline" }, "New pipeline") : null), body);
 
+  // Environments picked in quick succession: only the newest one's answer is shown.
   async function show(envId) {
+    const mine = ++showing;
     try {
       const { pipelines } = await api("GET", "/api/v1/pipelines?environmentId=" + envId);
-      if (stopped) return;
+      if (stopped || mine !== showing) return;
       const rows = pipelines.map(p => el("tr", { "data-pipeline-id": p.id },
         el("th", { scope: "row" }, el("a", { href: "#/pipeline/" + p.id }, p.name)),
         el("td", {}, p.deployedVersion ? pill("DEPLOYED") : pill("NOT_DEPLOYED"), p.deployedVersion ? " v" + p.deployedVersion : ""),
@@ -39,7 +41,10 @@ export function mountList(main) {
         el("td", {}, when(p.updatedAt))));
       put(table.querySelector("tbody"), ...rows);
       if (!rows.length) table.querySelector("tbody").append(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No pipelines in this environment yet.")));
-    } catch (e) { toast("Loading pipelines failed: " + describe(e), "error"); }
+    } catch (e) {
+      if (stopped || mine !== showing) return;
+      toast("Loading pipelines failed: " + describe(e), "error");
+    }
     main.setAttribute("aria-busy", "false");
   }
   const table = el("section", { class: "panel table", "aria-label": "Pipelines" }, el("table", { id: "pipelines" },
@@ -57,11 +62,17 @@ export function mountList(main) {
 
 export function mountEditor(main, { id }) {
   const creating = id === "new";
-  let pipeline = null, environments = [], stopped = false, validating = 0;
+  let pipeline = null, environments = [], stopped = false, validating = 0, saving = false, loaded = false;
   const editable = can("editor");
+  // Creating is for editors; a viewer who follows a link here is sent to the list.
+  if (creating && !editable) {
+    location.replace("#/pipelines");
+    return () => {};
+  }
 
   const validation = el("p", { id: "validation", class: "validation", "aria-live": "polite" });
-  const editor = yamlEditor(creating ? STARTER : "", { readOnly: !editable, onInput: debounce(validate, VALIDATE_DELAY_MS) });
+  const validateSoon = debounce(validate, VALIDATE_DELAY_MS);
+  const editor = yamlEditor(creating ? STARTER : "", { readOnly: !editable, onInput: validateSoon });
   const name = el("input", { id: "pipeline-name", required: true, placeholder: "nginx-logs", autocomplete: "off" });
   const envSelect = el("select", { id: "pipeline-env", onchange: () => previewSoon() });
   const selector = el("input", { id: "selector", placeholder: "key=value, key=value (empty: every node)", autocomplete: "off", readonly: !editable, oninput: () => previewSoon() });
@@ -91,8 +102,10 @@ export function mountEditor(main, { id }) {
     try { return { ok: true, value: parseLabels(selector.value) }; } catch (e) { return { ok: false, error: e.message }; }
   }
 
-  // Validation answers may arrive out of order; only the newest one is shown.
+  // Validation answers may arrive out of order; only the newest one is shown. Validating is
+  // an editor's right: a viewer's read-only editor is not checked.
   async function validate() {
+    if (!editable || stopped) return;
     const mine = ++validating;
     const text = editor.value();
     validation.className = "validation pending";
@@ -117,7 +130,8 @@ export function mountEditor(main, { id }) {
       return;
     }
     validation.className = "validation bad";
-    validation.textContent = (d.line ? "Line " + d.line + ": " : "") + (d.reason || (e instanceof ApiError ? e.describe() : e.message));
+    const where = d.line ? "Line " + d.line + (d.column ? ", column " + d.column : "") + ": " : "";
+    validation.textContent = where + (d.reason || (e instanceof ApiError ? e.describe() : e.message));
     validation.dataset.line = d.line || "";
     editor.mark(d.line || null);
   }
@@ -152,10 +166,14 @@ export function mountEditor(main, { id }) {
     }
   }
 
+  // One save at a time: a double click must not make two versions.
   async function submit() {
+    if (saving) return;
     const sel = selectorValue();
     if (!sel.ok) { toast("Node selector: " + sel.error, "error"); return; }
     const body = { configYaml: editor.value(), nodeSelector: sel.value, selectorLabels: selectorLabels.value, logLevel: logLevel.value || undefined };
+    saving = true;
+    save.disabled = true;
     try {
       if (creating) {
         const p = await api("POST", "/api/v1/pipelines", { ...body, environmentId: envSelect.value, name: name.value.trim() });
@@ -168,6 +186,9 @@ export function mountEditor(main, { id }) {
     } catch (e) {
       if (e instanceof ApiError && e.status === 422 && e.details && (e.details.line || e.details.field === "configYaml")) showInvalid(e);
       toast((creating ? "Creating" : "Saving") + " failed: " + describe(e), "error");
+    } finally {
+      saving = false;
+      save.disabled = false;
     }
   }
 
@@ -180,7 +201,7 @@ export function mountEditor(main, { id }) {
       editable ? el("span", { class: "actions" },
         el("button", { type: "button", class: "primary", id: "deploy", onclick: deploy }, "Deploy…"),
         el("button", { type: "button", id: "undeploy", disabled: !p.deployedVersion, onclick: undeploy }, "Undeploy"),
-        el("button", { type: "button", id: "rollback", disabled: p.versions.length < 2, onclick: rollback }, "Roll back…"),
+        el("button", { type: "button", id: "rollback", disabled: !olderThanDeployed(p).length, onclick: rollback }, "Roll back…"),
         el("button", { type: "button", class: "danger", id: "delete", onclick: remove }, "Delete")) : null,
       can("admin") ? el("a", { href: historyOf("pipeline", p.id), id: "pipeline-history" }, "History") : null);
     const rows = [...p.versions].sort((a, b) => b.version - a.version).map(v => el("tr", { "data-version": v.version },
@@ -239,7 +260,7 @@ export function mountEditor(main, { id }) {
 
   async function rollback() {
     const p = pipeline;
-    const older = [...p.versions].filter(v => v.version !== p.deployedVersion).reverse();
+    const older = olderThanDeployed(p);
     const choose = versionSelect("rollback-version", older, older[0]?.version);
     const ok = await confirmDialog({ title: "Roll back " + p.name, ok: "Roll back", danger: true,
       text: "Deploy an earlier version of " + p.name + " in place of " + (p.deployedVersion ? "v" + p.deployedVersion : "nothing") + ".",
@@ -257,15 +278,23 @@ export function mountEditor(main, { id }) {
     if (ok && await run("Delete", () => api("DELETE", "/api/v1/pipelines/" + id), () => p.name + " deleted")) location.hash = "#/pipelines";
   }
 
+  // A failed first load replaces the page; a failed reload after a change only says so,
+  // leaving the page (and the editor's text) as it was.
   async function load(fillEditor) {
+    let fresh;
     try {
-      pipeline = await api("GET", "/api/v1/pipelines/" + id);
+      fresh = await api("GET", "/api/v1/pipelines/" + id);
     } catch (e) {
+      if (stopped) return;
+      if (loaded) { toast("Reloading the pipeline failed: " + describe(e), "error"); return; }
       put(main, el("p", { class: "empty" }, e.status === 404 ? "No such pipeline." : "Loading the pipeline failed: " + describe(e)),
         el("p", {}, el("a", { href: "#/pipelines" }, "← Pipelines")));
+      main.setAttribute("aria-busy", "false");
       return;
     }
     if (stopped) return;
+    pipeline = fresh;
+    loaded = true;
     if (fillEditor) {
       const latest = pipeline.versions.find(v => v.version === pipeline.latestVersion);
       editor.set(latest.configYaml);
@@ -280,6 +309,7 @@ export function mountEditor(main, { id }) {
   }
 
   api("GET", "/api/v1/environments").then(({ environments: envs }) => {
+    if (stopped) return;
     environments = envs;
     if (creating) {
       const env = pickEnv(environments);
@@ -291,5 +321,11 @@ export function mountEditor(main, { id }) {
     }
   }).catch(e => toast("Loading environments failed: " + describe(e), "error"));
   if (!creating) load(true);
-  return () => { stopped = true; };
+  return () => { stopped = true; validateSoon.cancel(); previewSoon.cancel(); };
+}
+
+/** The versions a rollback may go to: those below the deployed one, highest first. */
+function olderThanDeployed(p) {
+  if (!p.deployedVersion) return [];
+  return p.versions.filter(v => v.version < p.deployedVersion).sort((a, b) => b.version - a.version);
 }
