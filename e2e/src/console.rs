@@ -125,6 +125,26 @@ impl<'a> Console<'a> {
         said
     }
 
+    /// Whether the confirmation dialog is open.
+    pub async fn dialog_open(&self) -> bool {
+        self.client
+            .execute("return document.getElementById('confirm').open", json!([]))
+            .await
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    }
+
+    /// Waits for the confirmation dialog, cancels it and waits until it has closed.
+    pub async fn cancel(&self) {
+        self.wait_for("dialog#confirm[open]").await;
+        self.click("#confirm-cancel").await;
+        eventually("the dialog closed", STEP, || async {
+            (!self.dialog_open().await).then_some(())
+        })
+        .await
+    }
+
     /// Waits for a success toast containing `needle`; returns its text. A timeout names the
     /// toasts that were shown instead.
     pub async fn toast(&self, needle: &str) -> String {

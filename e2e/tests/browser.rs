@@ -391,11 +391,52 @@ async fn the_ws_badge_follows_the_agent_live() {
     );
     assert!(fleet_reads("n.includes('ids=')").await > rows_before);
 
-    // Actions from the page are confirmed in its dialog and sent as same-origin JSON.
+    // Actions from the page are confirmed in its dialog and sent as same-origin JSON. A
+    // cancelled one does nothing; while one is open no second opens, so one Confirm runs one
+    // action.
     let edge2 = format!(r#"tr[data-node-id="{}"]"#, nodes[1].0);
     page.click(&format!("{edge2} button.maintenance")).await;
+    page.cancel().await;
+    page.click(&format!("{edge2} button.maintenance")).await;
+    page.wait_for("dialog#confirm[open]").await;
+    // The modal keeps the mouse off the row, so the second click comes from script.
+    client
+        .execute(
+            "document.querySelector(arguments[0]).click()",
+            json!([format!("{edge2} button.restart")]),
+        )
+        .await
+        .unwrap();
     page.confirm("Maintenance for edge-2.example.net").await;
     page.toast("Maintenance on for edge-2.example.net").await;
+    page.wait_text(&format!("{edge2} .pill"), "MAINTENANCE")
+        .await;
+    let said = page.texts("#toasts .toast").await;
+    assert_eq!(
+        said.iter().filter(|t| t.contains("Maintenance on")).count(),
+        1,
+        "the cancelled dialog did nothing: {said:?}"
+    );
+    let (_, edge2_node) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet/{}", nodes[1].0),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert!(
+        edge2_node["pendingAction"].is_null(),
+        "no restart rode on the maintenance confirmation: {edge2_node}"
+    );
+    assert!(!said.iter().any(|t| t.contains("Restart sent")), "{said:?}");
+    // A dialog left open when the operator leaves the view closes, confirming nothing.
+    page.click(&format!("{edge2} button.maintenance")).await;
+    page.wait_text("#confirm-title", "End maintenance of edge-2")
+        .await;
+    page.open("#/pipelines").await;
+    assert!(!page.dialog_open().await, "the dialog outlived its view");
+    page.open("#/fleet").await;
     page.wait_text(&format!("{edge2} .pill"), "MAINTENANCE")
         .await;
     let ingest = format!(r#"tr[data-node-id="{}"]"#, nodes[2].0);
@@ -486,6 +527,12 @@ async fn the_ws_badge_follows_the_agent_live() {
             "a viewer sees {write}"
         );
     }
+    // Validating is an editor's right: a viewer's read-only config is not sent to be checked.
+    assert_eq!(page.text("#validation").await.as_deref(), Some(""));
+    // A viewer sent to the new-pipeline form lands on the list instead.
+    page.open("#/pipeline/new").await;
+    page.wait_for(r#"main[data-view="pipelines"] #pipelines"#)
+        .await;
     page.open("#/fleet").await;
 
     // The console's styles applied, and nothing it did tripped its policy.
@@ -579,6 +626,8 @@ impl Drop for Agent {
 const BROKEN: &str = "sources:\n  in:\n    type: demo_logs\n   format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
 const FIXED: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
 const SECOND: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"two\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
+/// A third version: the same shape with another stage name.
+const THIRD: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"three\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
 
 #[tokio::test]
 async fn an_operator_runs_a_pipeline_from_the_console() {
@@ -730,9 +779,12 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     .await;
     assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{said}");
     let line = said["details"]["line"].as_u64().expect("the error's line");
-    let shown = page
-        .wait_text("#validation.bad", &format!("Line {line}:"))
-        .await;
+    // The column too, when the api knows it.
+    let at = match said["details"]["column"].as_u64() {
+        Some(column) => format!("Line {line}, column {column}:"),
+        None => format!("Line {line}:"),
+    };
+    let shown = page.wait_text("#validation.bad", &at).await;
     println!("validation shown: {shown}");
     assert_eq!(
         page.texts(".gutter .error-line").await,
@@ -796,10 +848,36 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     page.confirm("Deploy web-logs").await;
     page.toast("Deployed web-logs v2").await;
     page.wait_text("#deployed-version", "v2 deployed").await;
+    // A third version, saved but not deployed: a rollback never moves forward to it. From
+    // v2 only v1 is offered; from v3 (deployed), v2 then v1.
+    page.type_into("#yaml", THIRD).await;
+    page.wait_text("#validation.ok", "Valid").await;
+    page.click("#save").await;
+    page.toast("Saved web-logs v3").await;
+    page.wait_for(r#"#versions tr[data-version="3"]"#).await;
+    let offered = || async { page.texts("#rollback-version option").await };
     page.click("#rollback").await;
+    page.wait_for("dialog#confirm[open] #rollback-version")
+        .await;
+    assert_eq!(
+        offered().await,
+        ["v1"],
+        "only versions below the deployed v2"
+    );
+    page.cancel().await;
+    page.click("#deploy").await;
+    page.confirm("Deploy web-logs").await;
+    page.toast("Deployed web-logs v3").await;
+    page.wait_text("#deployed-version", "v3 deployed").await;
+    page.click("#rollback").await;
+    page.wait_for("dialog#confirm[open] #rollback-version")
+        .await;
+    assert_eq!(offered().await, ["v2", "v1"], "highest first");
+    page.click(r#"#rollback-version option[value="1"]"#).await;
     page.confirm("Roll back web-logs").await;
     page.toast("Rolled web-logs back to v1").await;
     page.wait_text("#deployed-version", "v1 deployed").await;
+    page.wait_for("#rollback[disabled]").await;
 
     // The node runs v1 again, and a sample of its events shows in the page.
     page.open(&format!("#/node/{node_id}")).await;
@@ -835,13 +913,42 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     assert!(tapped.contains("\"component\":\"in\""), "{tapped}");
     page.click(&format!("{section} button.tap")).await;
     page.toast("Live tap stopped").await;
-    // Labels, edited by an admin, are the node's own from then on.
+    // Labels: an admin edits the operator's labels, one per line (a value may hold a comma);
+    // the agent's own label stays the agent's, not promoted to an operator label.
+    page.wait_text("#node-reported-labels", "tier=edge").await;
     page.click("#labels-open").await;
-    page.type_into("#labels-edit", "tier=edge\nowner=web-team")
+    let editing = client
+        .execute(
+            "return document.getElementById('labels-edit').value",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(editing, "", "only operator labels are edited");
+    page.type_into("#labels-edit", "owner=web-team\nteams=web,ops")
         .await;
     page.click(".labels-form button[type=submit]").await;
     page.toast("saved").await;
-    page.wait_text("#node-labels", "owner=web-team").await;
+    page.wait_text("#node-operator-labels", "owner=web-team")
+        .await;
+    let mut operator_shown = page.texts("#node-operator-labels li").await;
+    operator_shown.sort();
+    assert_eq!(operator_shown, ["owner=web-team", "teams=web,ops"]);
+    let effective = page.wait_text("#node-labels", "owner=web-team").await;
+    assert!(effective.contains("tier=edge"), "{effective}");
+    let (_, labelled) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{lb}/api/v1/fleet/{node_id}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        labelled["operatorLabels"],
+        json!({"owner": "web-team", "teams": "web,ops"})
+    );
+    assert_eq!(labelled["reportedLabels"], json!({"tier": "edge"}));
     let shot = client.screenshot().await.unwrap();
     let out = repo_root().join("test-output");
     std::fs::create_dir_all(&out).unwrap();
