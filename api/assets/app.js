@@ -1,6 +1,6 @@
 // The operator console's entry point: hash routes to views, and the one live fleet-event
 // stream the views listen to.
-import { can, cancelDialog } from "./lib.js";
+import { api, ApiError, can, cancelDialog } from "./lib.js";
 import * as fleet from "./fleet.js";
 import * as node from "./node.js";
 import * as pipelines from "./pipelines.js";
@@ -66,10 +66,10 @@ function connect() {
     const wait = retryMs;
     retryMs = Math.min(RETRY_MAX_MS, retryMs * 2);
     setTimeout(async () => {
-      try {
-        const r = await fetch("/api/v1/me", { credentials: "same-origin" });
-        if (r.status === 401) { location.reload(); return; }
-      } catch { /* the api is unreachable: the stream's retry below waits for it */ }
+      // The request helper reloads a signed-out page (401); any other failure is left to the
+      // new stream, which backs off again if the api is still away.
+      try { await api("GET", "/api/v1/me"); }
+      catch (e) { if (e instanceof ApiError && e.status === 401) return; }
       connect();
     }, wait);
   });
