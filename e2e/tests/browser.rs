@@ -626,8 +626,8 @@ impl Drop for Agent {
 const BROKEN: &str = "sources:\n  in:\n    type: demo_logs\n   format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
 const FIXED: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\nsinks:\n  out:\n    type: blackhole\n    inputs: [in]\n";
 const SECOND: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"two\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
-/// A third version: the same shape with another stage name.
-const THIRD: &str = "sources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"three\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
+/// A third version: another stage name, and a YAML document marker first.
+const THIRD: &str = "---\nsources:\n  in:\n    type: demo_logs\n    format: syslog\ntransforms:\n  tag:\n    type: remap\n    inputs: [in]\n    source: '.stage = \"three\"'\nsinks:\n  out:\n    type: blackhole\n    inputs: [tag]\n";
 
 #[tokio::test]
 async fn an_operator_runs_a_pipeline_from_the_console() {
@@ -855,6 +855,38 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
     page.click("#save").await;
     page.toast("Saved web-logs v3").await;
     page.wait_for(r#"#versions tr[data-version="3"]"#).await;
+    // Only a diff's first two lines are its headers: v3's "---" document marker, removed on
+    // the way back to v2, is a removed line like any other.
+    page.click(r#"#diff-from option[value="3"]"#).await;
+    page.click(r#"#diff-to option[value="2"]"#).await;
+    page.click("#show-diff").await;
+    page.wait_text("#diff", "version 3").await;
+    assert_eq!(page.texts("#diff .meta").await.len(), 2);
+    assert!(
+        page.texts("#diff .del").await.iter().any(|l| l == "----\n"),
+        "{:?}",
+        page.texts("#diff .line").await
+    );
+    // Tab indents the selected lines and Shift+Tab outdents them, leaving the text otherwise.
+    let yaml = "a: 1\nb: 2\nc: 3";
+    client
+        .execute(
+            "const a = document.getElementById('yaml'); a.value = arguments[0]; a.focus(); a.setSelectionRange(2, 7);",
+            json!([yaml]),
+        )
+        .await
+        .unwrap();
+    let area = client.find("#yaml").await.unwrap();
+    let value = || async {
+        client
+            .execute("return document.getElementById('yaml').value", json!([]))
+            .await
+            .unwrap()
+    };
+    area.send_keys("\u{E004}").await.unwrap();
+    assert_eq!(value().await, "  a: 1\n  b: 2\nc: 3");
+    area.send_keys("\u{E008}\u{E004}").await.unwrap();
+    assert_eq!(value().await, yaml);
     let offered = || async { page.texts("#rollback-version option").await };
     page.click("#rollback").await;
     page.wait_for("dialog#confirm[open] #rollback-version")
