@@ -199,7 +199,6 @@ export function mount(main, { query: params }) {
     if (bulkScope.selectedOptions[0]?.disabled) {
       bulkScope.value = !selectionOption.disabled ? "selection" : !filterOption.disabled ? "filter" : "";
     }
-    // Disabled while a bulk action is being counted or confirmed: one Apply, one action.
     bulkApply.disabled = bulkBusy || !bulkScope.value;
     clearSelection.hidden = !state.selected.size;
   }
@@ -218,7 +217,16 @@ export function mount(main, { query: params }) {
     return { count, exact: false };
   }
 
+  // Apply is disabled from the click until the action is done (counting, confirming, sending):
+  // a double click must not open a second confirmation.
   async function bulk(kind, scope) {
+    if (bulkBusy) return;
+    bulkBusy = true;
+    renderBulk();
+    try { await bulkOnce(kind, scope); } finally { bulkBusy = false; if (!stopped) renderBulk(); }
+  }
+
+  async function bulkOnce(kind, scope) {
     const labels = { maintenance_on: "Start maintenance", maintenance_off: "End maintenance", restart: "Restart", self_update: "Self-update" };
     const action = kind === "maintenance_on" || kind === "maintenance_off"
       ? { type: "maintenance", enabled: kind === "maintenance_on" }
@@ -228,10 +236,7 @@ export function mount(main, { query: params }) {
     let counted, target;
     if (scope === "selection") { counted = { count: state.selected.size, exact: true }; target = { nodeIds: [...state.selected] }; }
     else {
-      bulkBusy = true;
-      renderBulk();
       try { counted = await countMatching(); } catch (e) { toast("Counting the nodes failed: " + describe(e), "error"); return; }
-      finally { bulkBusy = false; if (!stopped) renderBulk(); }
       if (stopped) return;
       target = { filter: bulkFilter() };
     }
@@ -243,7 +248,7 @@ export function mount(main, { query: params }) {
     if (!ok || stopped) return;
     const r = await run(labels[kind], () => api("POST", "/api/v1/fleet/actions", { ...target, action }),
       r => labels[kind] + ": " + plural(r.affected, "node") + " affected" + skippedText(r.skipped));
-    if (r) { state.selected.clear(); loadPage(); refreshSummary(true); }
+    if (r && !stopped) { state.selected.clear(); loadPage(); refreshSummary(true); }
   }
 
   // The filter for a bulk action: the list's keys, with booleans as booleans.

@@ -219,10 +219,13 @@ export function mount(main, { id, query }) {
     async function stopTap() {
       if (!tap) return;
       const requestId = tap.requestId;
-      await run("Stopping the tap", async () => {
-        try { await api("DELETE", "/api/v1/taps/" + requestId); }
-        catch (e) { if (!(e instanceof ApiError && e.status === 404)) throw e; }
-      }, () => "Live tap stopped");
+      tapButton.disabled = true;
+      try {
+        await run("Stopping the tap", async () => {
+          try { await api("DELETE", "/api/v1/taps/" + requestId); }
+          catch (e) { if (!(e instanceof ApiError && e.status === 404)) throw e; }
+        }, () => "Live tap stopped");
+      } finally { tapButton.disabled = false; }
       endTap();
     }
     // The controls sit above the live log, whose growth would otherwise move them.
