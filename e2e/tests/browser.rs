@@ -267,6 +267,29 @@ async fn the_ws_badge_follows_the_agent_live() {
     );
     page.open("#/fleet").await;
     page.wait_for(&row).await;
+    // With no filter and every environment, the only scope a bulk action has is a selection
+    // (the api refuses an empty filter).
+    page.wait_for("#bulk-scope option[value=filter]:disabled")
+        .await;
+    page.wait_for("#bulk-apply:disabled").await;
+    // A remembered environment that no longer exists is forgotten, not kept as a filter that
+    // hides every node.
+    client
+        .execute(
+            "localStorage.setItem('flotilla.env', '00000000-0000-4000-8000-000000000000'); location.reload()",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    page.wait_for(&row).await;
+    let remembered = client
+        .execute(
+            "return [document.getElementById('fleet-env').value, localStorage.getItem('flotilla.env')]",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(remembered, json!(["", null]));
 
     // Connect: the badge appears without a reload.
     let push = PushClient::connect(topo.get("WS_URL"), &token)
@@ -716,6 +739,21 @@ async fn an_operator_runs_a_pipeline_from_the_console() {
         reqwest::StatusCode::UNAUTHORIZED,
         "revoked for real"
     );
+    // A token shown once stays through the table's redraws until the operator hides it.
+    assert_eq!(
+        page.text("#token-secret code").await.as_deref(),
+        Some(made.as_str())
+    );
+    page.click("#token-secret button.done").await;
+    eventually("the token hidden", STEP, || async {
+        client
+            .find_all("#token-secret .secret")
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     page.type_into("#poll-interval", "2000").await;
     page.click("#settings button[type=submit]").await;
     page.toast("Poll interval set to 2000 ms").await;
