@@ -60,8 +60,15 @@ pub struct NodeView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     agent_health: Option<Value>,
+    /// Effective labels: the agent's own, overlaid with the operator's.
     #[schema(value_type = Object)]
     labels: Value,
+    /// The labels an operator set (what `PUT …/labels` replaces; no agent can claim them).
+    #[schema(value_type = Object)]
+    operator_labels: Value,
+    /// The labels the agent reports about itself.
+    #[schema(value_type = Object)]
+    reported_labels: Value,
     #[sqlx(rename = "maintenance")]
     maintenance_mode: bool,
     #[schema(value_type = Option<Object>)]
@@ -95,7 +102,8 @@ pub struct NodeView {
 pub(crate) fn select_nodes(node: &str, detail: &str) -> String {
     format!(
         "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
-        n.vector_version, n.os, n.deployment_mode, {node}, (n.reported_labels || n.labels) AS labels, n.maintenance,
+        n.vector_version, n.os, n.deployment_mode, {node}, (n.reported_labels || n.labels) AS labels,
+        n.labels AS operator_labels, n.reported_labels, n.maintenance,
         n.pending_action, n.last_update_error, n.enrolled_at,
         coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status{detail})
                                   ORDER BY s.pipeline_id)
