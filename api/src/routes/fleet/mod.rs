@@ -170,6 +170,12 @@ pub(crate) async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) ->
 /// One node in detail: its reported metrics, and each pipeline's kept log lines as
 /// `recentLogs` (left out, with a warning, while Redis is unavailable).
 pub(crate) async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
+    load_node_with(state, id, true).await
+}
+
+/// [`load_node`], with each pipeline's kept log lines only when `logs` (a page that follows
+/// the live log does not need them again on every refresh).
+pub(crate) async fn load_node_with(state: &AppState, id: Uuid, logs: bool) -> Result<NodeView> {
     let mut node: NodeView = sqlx::query_as(&format!(
         "{} WHERE n.id = $1",
         select_nodes(NODE_DETAIL, PIPELINE_DETAIL)
@@ -178,7 +184,7 @@ pub(crate) async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("node"))?;
-    if let Value::Array(pipelines) = &mut node.pipelines {
+    if let (true, Value::Array(pipelines)) = (logs, &mut node.pipelines) {
         let ids: Vec<Uuid> = pipelines
             .iter()
             .filter_map(|p| p["pipelineId"].as_str()?.parse().ok())
