@@ -748,6 +748,17 @@ async fn recent_logs_are_kept_bounded_and_shown_on_the_node() {
     assert_eq!(logs[24], r#"{"level":"error","message":"bind failed"}"#);
     assert_eq!(logs[25].as_str().unwrap().len(), 4096);
     assert_eq!(node["pipelines"][0]["status"], "CRASHED");
+    // A page that follows the live log asks for the node without them.
+    let lean = api
+        .admin(
+            Method::GET,
+            &format!("/api/v1/fleet/{node_id}?recentLogs=false"),
+            None,
+        )
+        .await
+        .body;
+    assert_eq!(lean["pipelines"][0]["status"], "CRASHED");
+    assert!(lean["pipelines"][0].get("recentLogs").is_none(), "{lean}");
 
     let fleet = api.admin(Method::GET, "/api/v1/fleet", None).await.body;
     let listed = &fleet["nodes"][0]["pipelines"][0];

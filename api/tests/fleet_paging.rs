@@ -1115,3 +1115,34 @@ async fn a_restart_taken_by_a_poll_is_announced() {
     let shown = get(&api, &format!("/api/v1/fleet/{node}")).await;
     assert!(shown["pendingAction"].is_null(), "{shown}");
 }
+
+#[tokio::test]
+async fn a_node_shows_its_operator_and_reported_labels_apart() {
+    let (_db, api) = common::start().await;
+    let (env, enroll) = api.create_environment("prod").await;
+    let (node, token) = api.enroll(&enroll, "h").await;
+    heartbeat(
+        &api,
+        &token,
+        json!({"pipelines": [], "labels": {"zone": "eu", "role": "db"}}),
+    )
+    .await;
+    api.set_labels(&node, json!({"role": "web"})).await;
+    let detail = get(&api, &format!("/api/v1/fleet/{node}")).await;
+    let listed = get(&api, &format!("/api/v1/fleet?environmentId={env}")).await;
+    for shown in [&detail, &listed["nodes"][0]] {
+        // The operator's value wins in the effective labels; each source is also shown alone,
+        // so an editor of operator labels never copies the agent's claims into them.
+        assert_eq!(
+            shown["labels"],
+            json!({"zone": "eu", "role": "web"}),
+            "{shown}"
+        );
+        assert_eq!(shown["operatorLabels"], json!({"role": "web"}), "{shown}");
+        assert_eq!(
+            shown["reportedLabels"],
+            json!({"zone": "eu", "role": "db"}),
+            "{shown}"
+        );
+    }
+}

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Beats between two reconciliations of the gateway's node sets.
+const RECONCILE_EVERY: u64 = 60;
+
 /// Runs a beat every `heartbeat_interval_ms` until `stop` is cancelled.
 pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
     let mut interval =
@@ -32,7 +35,8 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
 }
 
 /// One beat: refresh the liveness key (restoring presence if it had vanished or a claim
-/// failed, retrying releases that failed), probe the subscription, prune the reconnect limiter.
+/// failed, retrying releases that failed, reconciling the node sets every
+/// [`RECONCILE_EVERY`] beats), probe the subscription, prune the reconnect limiter.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
     set.arg(gateway_alive_key(&state.id))
@@ -47,6 +51,17 @@ pub async fn beat(state: &GatewayState, seq: u64) {
                 crate::presence::restore_all(state).await;
             }
             crate::presence::retry_releases(state).await;
+            // At start and now and then: forget nodes left in this gateway's node sets that
+            // it no longer holds (see `presence::reconcile`).
+            if seq.is_multiple_of(RECONCILE_EVERY) {
+                let registry = &state.registry;
+                let holds = |node| registry.contains(node);
+                match flotilla_shared::presence::reconcile(&state.redis, &state.id, holds).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(forgotten = n, "node sets reconciled"),
+                    Err(e) => tracing::warn!(error = %e, "cannot reconcile the node sets"),
+                }
+            }
         }
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }

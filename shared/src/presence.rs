@@ -343,6 +343,62 @@ pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
     Ok(out)
 }
 
+/// `KEYS[1]` = a gateway's node set, `KEYS[2]` = a node's presence hash; `ARGV[1]` = the
+/// node, `ARGV[2]` = the gateway. Takes the node out of the set unless the hash names that
+/// gateway.
+static FORGET_STRAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('HGET', KEYS[2], 'gateway') ~= ARGV[2] then
+          return redis.call('SREM', KEYS[1], ARGV[1])
+        end
+        return 0",
+    )
+});
+
+/// Takes out of `gateway`'s node sets every node that `holds` says the gateway does not hold
+/// and whose presence no longer names it: left behind when a node moved to a gateway that
+/// does not keep these sets (a rolling upgrade), or by an earlier process under the same id.
+/// A node that `holds` or whose presence names the gateway (a connect or close in flight)
+/// stays. Returns how many were taken out.
+pub async fn reconcile(
+    redis: &Redis,
+    gateway: &str,
+    holds: impl Fn(Uuid) -> bool,
+) -> RedisResult<usize> {
+    let mut removed = 0;
+    for transport in [Transport::Websocket, Transport::Sse] {
+        let key = format!("{NODES_KEY_PREFIX}{gateway}:{}", transport.as_str());
+        let mut strays = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SSCAN");
+            scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            let (next, members): (u64, Vec<String>) = redis.query(&scan).await?;
+            strays.extend(
+                members
+                    .into_iter()
+                    .filter(|m| Uuid::parse_str(m).map_or(true, |id| !holds(id))),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for member in strays {
+            let node = Uuid::parse_str(&member).unwrap_or_default();
+            let mut invocation = FORGET_STRAY.prepare_invoke();
+            invocation
+                .key(&key)
+                .key(presence_key(node))
+                .arg(&member)
+                .arg(gateway);
+            removed += invoke::<usize>(redis, invocation).await?;
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     //! These run against the Redis at `FLOTILLA_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
@@ -553,5 +609,38 @@ mod tests {
         claim(&redis, node, &at("g2", "c2", 2), None).await.unwrap();
         assert!(!restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
         assert!(release(&redis, node, "c2", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reconcile_forgets_only_nodes_the_gateway_no_longer_holds() {
+        let redis = redis();
+        let gw = format!("gw-{}", Uuid::new_v4().simple());
+        let other = format!("gw-{}", Uuid::new_v4().simple());
+        let (held, moved, connecting) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for node in [held, moved, connecting] {
+            claim(&redis, node, &at(&gw, &node.to_string(), 1), None)
+                .await
+                .unwrap();
+        }
+        // `moved` went to a gateway that keeps no sets: its hash names the other gateway, and
+        // nothing took it out of this one's set.
+        let mut hset = redis::cmd("HSET");
+        hset.arg(presence_key(moved)).arg("gateway").arg(&other);
+        redis.query::<()>(&hset).await.unwrap();
+        let key = format!("{NODES_KEY_PREFIX}{gw}:websocket");
+        let members = |redis: Redis, key: String| async move {
+            let mut m: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(&key)).await.unwrap();
+            m.sort();
+            m
+        };
+        // The gateway holds `held`; `connecting` is not registered yet but its hash names the
+        // gateway, so it stays.
+        let removed = reconcile(&redis, &gw, |id| id == held).await.unwrap();
+        assert_eq!(removed, 1);
+        let mut want = vec![held.to_string(), connecting.to_string()];
+        want.sort();
+        assert_eq!(members(redis.clone(), key.clone()).await, want);
+        // Nothing left to do the second time.
+        assert_eq!(reconcile(&redis, &gw, |id| id == held).await.unwrap(), 0);
     }
 }

@@ -41,7 +41,6 @@ pub fn prepare(yaml: &str, data_dir: &Path) -> Prepared {
     }
     // Appended as text so the user's file (comments, order) stays as it was; a config in flow
     // style (`{sources: …}`) cannot take a block after it and is re-serialised instead.
-    // The playground (a browser IDE on the API) stays off: the API is for this agent only.
     let mut text = yaml.to_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -49,9 +48,7 @@ pub fn prepare(yaml: &str, data_dir: &Path) -> Prepared {
     text.push_str(ADDED_BLOCK);
     text.push('\n');
     if let (true, Some(addr)) = (add_api, api) {
-        text.push_str(&format!(
-            "api:\n  enabled: true\n  address: \"{addr}\"\n  playground: false\n"
-        ));
+        text.push_str(&format!("api:\n  enabled: true\n  address: \"{addr}\"\n"));
     }
     if add_dir {
         // A JSON string is a YAML double-quoted scalar: any path survives.
@@ -67,10 +64,8 @@ pub fn prepare(yaml: &str, data_dir: &Path) -> Prepared {
     if let (true, Some(addr)) = (add_api, api) {
         map.insert(
             "api".into(),
-            serde_norway::to_value(
-                json!({"enabled": true, "address": addr.to_string(), "playground": false}),
-            )
-            .expect("a JSON object converts"),
+            serde_norway::to_value(json!({"enabled": true, "address": addr.to_string()}))
+                .expect("a JSON object converts"),
         );
     }
     if add_dir {
@@ -192,15 +187,21 @@ mod tests {
     }
 
     #[test]
-    fn each_pipeline_gets_its_own_data_dir_and_no_playground() {
+    fn each_pipeline_gets_its_own_data_dir() {
+        // Only `enabled` and `address` go in the api block: Vector 0.55 and later refuse a
+        // config naming `playground` or `graphql`.
         let p = prepare("sources: {}\n", Path::new(DIR));
         assert_eq!(data_dir_of(&p.yaml).as_deref(), Some(DIR));
         let doc: serde_norway::Value = serde_norway::from_str(&p.yaml).unwrap();
-        assert_eq!(doc["api"]["playground"].as_bool(), Some(false));
+        let keys: Vec<&str> = doc["api"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["enabled", "address"]);
         let p = prepare("{\"sources\": {}}", Path::new("/odd: path/#x"));
         assert_eq!(data_dir_of(&p.yaml).as_deref(), Some("/odd: path/#x"));
-        let doc: serde_norway::Value = serde_norway::from_str(&p.yaml).unwrap();
-        assert_eq!(doc["api"]["playground"].as_bool(), Some(false));
         let p = prepare("data_dir: /mine\nsources: {}\n", Path::new(DIR));
         assert_eq!(data_dir_of(&p.yaml).as_deref(), Some("/mine"));
     }

@@ -60,8 +60,15 @@ pub struct NodeView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     agent_health: Option<Value>,
+    /// Effective labels: the agent's own, overlaid with the operator's.
     #[schema(value_type = Object)]
     labels: Value,
+    /// The labels an operator set (what `PUT …/labels` replaces; no agent can claim them).
+    #[schema(value_type = Object)]
+    operator_labels: Value,
+    /// The labels the agent reports about itself.
+    #[schema(value_type = Object)]
+    reported_labels: Value,
     #[sqlx(rename = "maintenance")]
     maintenance_mode: bool,
     #[schema(value_type = Option<Object>)]
@@ -95,7 +102,8 @@ pub struct NodeView {
 pub(crate) fn select_nodes(node: &str, detail: &str) -> String {
     format!(
         "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
-        n.vector_version, n.os, n.deployment_mode, {node}, (n.reported_labels || n.labels) AS labels, n.maintenance,
+        n.vector_version, n.os, n.deployment_mode, {node}, (n.reported_labels || n.labels) AS labels,
+        n.labels AS operator_labels, n.reported_labels, n.maintenance,
         n.pending_action, n.last_update_error, n.enrolled_at,
         coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status{detail})
                                   ORDER BY s.pipeline_id)
@@ -162,6 +170,12 @@ pub(crate) async fn with_presence(state: &AppState, mut nodes: Vec<NodeView>) ->
 /// One node in detail: its reported metrics, and each pipeline's kept log lines as
 /// `recentLogs` (left out, with a warning, while Redis is unavailable).
 pub(crate) async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
+    load_node_with(state, id, true).await
+}
+
+/// [`load_node`], with each pipeline's kept log lines only when `logs` (a page that follows
+/// the live log does not need them again on every refresh).
+pub(crate) async fn load_node_with(state: &AppState, id: Uuid, logs: bool) -> Result<NodeView> {
     let mut node: NodeView = sqlx::query_as(&format!(
         "{} WHERE n.id = $1",
         select_nodes(NODE_DETAIL, PIPELINE_DETAIL)
@@ -170,7 +184,7 @@ pub(crate) async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("node"))?;
-    if let Value::Array(pipelines) = &mut node.pipelines {
+    if let (true, Value::Array(pipelines)) = (logs, &mut node.pipelines) {
         let ids: Vec<Uuid> = pipelines
             .iter()
             .filter_map(|p| p["pipelineId"].as_str()?.parse().ok())

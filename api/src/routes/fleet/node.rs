@@ -5,7 +5,7 @@ use super::rules::{is_docker, push_of, validate_action};
 use super::{load_node, NodeView};
 use crate::audit::{self, Change};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator};
+use crate::extract::{id_of, Json, Operator, Query};
 use crate::fleet_events::node_changed;
 use crate::operator_auth::Role;
 use crate::selector::validate_labels;
@@ -23,18 +23,30 @@ use uuid::Uuid;
     get,
     path = "/api/v1/fleet/{id}",
     tag = "operator",
-    params(("id" = String, Path, description = "id (UUID)")),
-    responses((status = 200, body = NodeView), crate::openapi::NotFound, crate::openapi::OperatorErrors),
+    params(
+        ("id" = String, Path, description = "id (UUID)"),
+        ("recentLogs" = Option<bool>, Query, description = "false: leave each pipeline's kept log lines out (default true)"),
+    ),
+    responses((status = 200, body = NodeView), (status = 400, description = "bad query", body = flotilla_shared::protocol::ErrorBody), crate::openapi::NotFound, crate::openapi::OperatorErrors),
     security(("operator_token" = []), ("session_cookie" = []))
 )]
 pub(crate) async fn show(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
 ) -> Result<axum::Json<NodeView>> {
     op.require(Role::Viewer)?;
     let id = id_of(&id, "node")?;
-    Ok(axum::Json(load_node(&state, id).await?))
+    let logs = q.recent_logs.unwrap_or(true);
+    Ok(axum::Json(super::load_node_with(&state, id, logs).await?))
+}
+
+/// What `GET /api/v1/fleet/{id}` may leave out.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ShowQuery {
+    recent_logs: Option<bool>,
 }
 
 /// A node's new operator labels.
