@@ -241,7 +241,8 @@ export function mount(main, { id, query }) {
   async function load() {
     let fresh;
     try {
-      fresh = await api("GET", "/api/v1/fleet/" + id);
+      // The kept log lines come over the log stream; each refresh leaves them out.
+      fresh = await api("GET", "/api/v1/fleet/" + id + "?recentLogs=false");
     } catch (e) {
       if (stopped) return false;
       if (!loaded || (e instanceof ApiError && e.status === 404)) {
