@@ -39,6 +39,22 @@ pub fn decode<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>> {
         .ok_or_else(|| ApiError::invalid("cursor", "a nextCursor from an earlier page"))
 }
 
+/// Given the rows of a query asked for `limit + 1` rows, keeps the first `limit` and returns
+/// the cursor of the next page (where the last kept row ends, as `position` gives it), or
+/// `None` when no row beyond the page came back.
+pub fn next_cursor<T, P: Serialize>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    position: impl FnOnce(&T) -> P,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|last| encode(&position(last)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +77,16 @@ mod tests {
         assert_eq!(decode::<(String, i32)>(None).unwrap(), None);
         assert!(decode::<(String, i32)>(Some("not a cursor!")).is_err());
         assert!(decode::<(String, i32)>(Some(&encode(&"other shape"))).is_err());
+    }
+
+    #[test]
+    fn a_page_keeps_its_limit_and_names_where_it_ended() {
+        let mut rows = vec![1, 2, 3];
+        assert_eq!(next_cursor(&mut rows, 3, |r| *r), None);
+        assert_eq!(rows, [1, 2, 3]);
+        let mut rows = vec![1, 2, 3];
+        let cursor = next_cursor(&mut rows, 2, |r| *r);
+        assert_eq!(rows, [1, 2]);
+        assert_eq!(decode::<i32>(cursor.as_deref()).unwrap(), Some(2));
     }
 }

@@ -96,10 +96,7 @@ async fn list(
     .bind(q.token_id)
     .fetch_all(&state.pool)
     .await?;
-    let next_cursor = (entries.len() as i64 > limit).then(|| {
-        entries.truncate(limit as usize);
-        paging::encode(&entries.last().map(|e| e.id))
-    });
+    let next_cursor = paging::next_cursor(&mut entries, limit, |e| e.id);
     Ok(axum::Json(AuditPage {
         entries,
         next_cursor,

@@ -174,19 +174,15 @@ pub(crate) async fn list(
         .persistent(false)
         .fetch_all(&state.pool)
         .await?;
-    let next_cursor = (nodes.len() as i64 > params.limit).then(|| {
-        nodes.truncate(params.limit as usize);
-        let last = nodes.last().expect("a full page has a last row");
-        paging::encode(&match params.sort {
-            Sort::Host => After::Host {
-                host: last.sort_host.clone().unwrap_or_default(),
-                id: last.id,
-            },
-            Sort::LastSeen => After::LastSeen {
-                at: last.last_seen,
-                id: last.id,
-            },
-        })
+    let next_cursor = paging::next_cursor(&mut nodes, params.limit, |last| match params.sort {
+        Sort::Host => After::Host {
+            host: last.sort_host.clone().unwrap_or_default(),
+            id: last.id,
+        },
+        Sort::LastSeen => After::LastSeen {
+            at: last.last_seen,
+            id: last.id,
+        },
     });
     let nodes = with_presence(&state, with_crash_counts(nodes)).await;
     Ok(axum::Json(FleetPage { nodes, next_cursor }))
