@@ -10,7 +10,9 @@
 //! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
 //!
 //! Routes: `GET /api/agent/ws` and `GET /api/agent/push` (the push channel), `GET /healthz`
-//! (503 while draining, for load balancers), `GET /metrics` (Prometheus text).
+//! (503 while draining, for load balancers), `GET /readyz` (503 also while the Redis
+//! subscription is down), `GET /livez` (200 while the process serves, draining included, for
+//! liveness probes that must not kill a drain), `GET /metrics` (Prometheus text).
 //!
 //! # Layout
 //! - `handshake`: admitting a push connection of either transport (bearer auth, handshake
@@ -201,6 +203,7 @@ fn router(state: GatewayState) -> Router {
         .route("/api/agent/push", get(sse::open))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
+        .route("/livez", get(live))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -222,6 +225,12 @@ async fn ready(State(state): State<GatewayState>) -> StatusCode {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+/// 200 whenever the process answers: a draining gateway is alive (a liveness probe that
+/// failed here would kill it mid-drain).
+async fn live() -> StatusCode {
+    StatusCode::OK
 }
 
 async fn metrics(State(state): State<GatewayState>) -> String {
