@@ -304,19 +304,8 @@ async fn terminate(agent: &mut AgentProcess) {
 /// The fleet view of the node enrolled as `host` in `env`, once it exists.
 async fn node_named(stack: &Stack, env: &str, host: &str) -> Value {
     eventually("the node enrolled", Duration::from_secs(10), || async {
-        let r = stack
-            .api
-            .admin(
-                reqwest::Method::GET,
-                &format!("/api/v1/fleet?environmentId={env}"),
-                None,
-            )
-            .await;
-        r.body["nodes"]
-            .as_array()?
-            .iter()
-            .find(|n| n["host"] == json!(host))
-            .cloned()
+        let nodes = stack.fleet(env).await;
+        nodes.into_iter().find(|n| n["host"] == json!(host))
     })
     .await
 }

@@ -130,18 +130,17 @@ impl Stack {
         assert!(r.status.is_success(), "undeploy: {}", r.text);
     }
 
+    /// The fleet view of the nodes of `env`.
+    pub async fn fleet(&self, env: &str) -> Vec<Value> {
+        let path = format!("/api/v1/fleet?environmentId={env}");
+        let r = self.api.admin(Method::GET, &path, None).await;
+        r.body["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The fleet view of the only node of `env`, once it exists.
     pub async fn node_of(&self, env: &str) -> Value {
         eventually("the node enrolled", Duration::from_secs(10), || async {
-            let r = self
-                .api
-                .admin(
-                    Method::GET,
-                    &format!("/api/v1/fleet?environmentId={env}"),
-                    None,
-                )
-                .await;
-            r.body["nodes"].as_array().and_then(|n| n.first().cloned())
+            self.fleet(env).await.first().cloned()
         })
         .await
     }

@@ -126,15 +126,7 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
         "the agent reconnects with its stored token",
         Duration::from_secs(10),
         || async {
-            let r = stack
-                .api
-                .admin(
-                    reqwest::Method::GET,
-                    &format!("/api/v1/fleet?environmentId={env}"),
-                    None,
-                )
-                .await;
-            let nodes = r.body["nodes"].as_array().cloned().unwrap_or_default();
+            let nodes = stack.fleet(&env).await;
             assert_eq!(nodes.len(), 1, "no second enrollment");
             (nodes[0]["wsConnected"] == json!(true) && nodes[0]["id"] == json!(node_id))
                 .then_some(())
