@@ -6,7 +6,8 @@
 //! select a single node.
 
 use anyhow::Context;
-use flotilla_shared::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
+use flotilla_shared::tokens::{self, ENROLL_PREFIX};
+use flotilla_testkit::seed;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -119,36 +120,14 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<serde_json::Value> {
     };
     for start in (0..args.nodes).step_by(BATCH) {
         let end = (start + BATCH).min(args.nodes);
-        let issued: Vec<_> = (start..end).map(|_| tokens::issue(NODE_PREFIX)).collect();
-        let digests: Vec<Vec<u8>> = issued
-            .iter()
-            .map(|t| tokens::node_digest(&t.token).to_vec())
-            .collect();
-        let ids: Vec<Uuid> = issued.iter().map(|_| Uuid::new_v4()).collect();
         let hosts: Vec<String> = (start..end).map(|i| format!("bench-{i:06}")).collect();
-        let lookups: Vec<&str> = issued.iter().map(|t| t.lookup.as_str()).collect();
         let labels: Vec<serde_json::Value> = (start..end)
             .map(|i| json!({ "bench": i.to_string() }))
             .collect();
-        sqlx::query(
-            "INSERT INTO nodes (id, environment_id, host, token_lookup, token_digest, labels, last_seen)
-             SELECT t.id, $1, t.host, t.lookup, t.digest, t.labels, now()
-             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])
-               AS t(id, host, lookup, digest, labels)",
-        )
-        .bind(environment_id)
-        .bind(&ids)
-        .bind(&hosts)
-        .bind(&lookups)
-        .bind(&digests)
-        .bind(&labels)
-        .execute(&mut db)
-        .await?;
-        fleet.nodes.extend(
-            ids.into_iter()
-                .zip(issued)
-                .map(|(id, t)| Node { id, token: t.token }),
-        );
+        let seeded = seed::nodes(&mut db, environment_id, &hosts, &labels, true).await?;
+        fleet
+            .nodes
+            .extend(seeded.into_iter().map(|(id, token)| Node { id, token }));
         bar.set_position(end as u64);
     }
     bar.finish_and_clear();

@@ -1,23 +1,20 @@
 //! The services under test, started as real processes against the bench database.
 //!
-//! A [`Service`] is killed when dropped. Its output is kept (last lines) for error messages;
-//! its RSS and CPU time come from `/proc/<pid>`.
+//! A [`Service`] is the harness's [`Process`] (killed when dropped, its last output lines
+//! kept for error messages) with a name; its RSS and CPU time come from `/proc/<pid>`.
 
 use anyhow::Context;
-use std::collections::{HashMap, VecDeque};
+use flotilla_testkit::process::{self, Limits, Process};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
 
-/// How long a service may take to log its `listening on` line.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Output lines kept per service.
-const KEPT_LINES: usize = 40;
+/// How long a service may take to log its `listening on` line, and the output kept of it.
+const LIMITS: Limits = Limits {
+    start_timeout: Duration::from_secs(60),
+    kept_lines: 40,
+};
 /// The operator token the bench's api is started with.
 pub const ADMIN_TOKEN: &str = "bench-admin-5b7d9f1a3c5e7092b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a5";
 /// Linux clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`).
@@ -25,14 +22,13 @@ const CLOCK_TICKS: f64 = 100.0;
 
 /// A running service process.
 pub struct Service {
-    child: Child,
+    process: Process,
     /// Its name, for messages.
     pub name: String,
     /// The address it listens on.
     pub addr: SocketAddr,
     /// Its process id.
     pub pid: u32,
-    output: Arc<Mutex<VecDeque<String>>>,
 }
 
 fn base_env(common: &crate::Common) -> Vec<(String, String)> {
@@ -40,7 +36,6 @@ fn base_env(common: &crate::Common) -> Vec<(String, String)> {
         ("FLOTILLA__DATABASE__URL", common.database_url.as_str()),
         ("FLOTILLA__REDIS__URL", common.redis_url.as_str()),
         ("FLOTILLA__LOG__LEVEL", "info"),
-        ("NO_COLOR", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -74,75 +69,15 @@ pub async fn gateway(
 }
 
 async fn start(name: &str, program: &Path, env: Vec<(String, String)>) -> anyhow::Result<Service> {
-    let mut child = Command::new(program)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (build it, or pass --bin-dir)",
-                program.display()
-            )
-        })?;
-    let pid = child.id().context("no pid")?;
-    let output = Arc::new(Mutex::new(VecDeque::new()));
-    let (tx, mut rx) = watch::channel(None);
-    let tx = Arc::new(tx);
-    tokio::spawn(capture(
-        child.stdout.take().context("stdout")?,
-        output.clone(),
-        tx.clone(),
-    ));
-    tokio::spawn(capture(
-        child.stderr.take().context("stderr")?,
-        output.clone(),
-        tx,
-    ));
-    let started = tokio::time::timeout(START_TIMEOUT, rx.wait_for(Option::is_some)).await;
-    let addr = match started {
-        Ok(Ok(addr)) => addr.expect("checked"),
-        _ => {
-            let _ = child.start_kill();
-            let lines: Vec<String> = output.lock().unwrap().iter().cloned().collect();
-            anyhow::bail!("{name} did not start; output:\n{}", lines.join("\n"));
-        }
-    };
+    let process = process::try_start(program, &env, LIMITS)
+        .await
+        .with_context(|| format!("{name} did not start (build it, or pass --bin-dir)"))?;
     Ok(Service {
-        child,
         name: name.to_owned(),
-        addr,
-        pid,
-        output,
+        addr: process.addr,
+        pid: process.pid(),
+        process,
     })
-}
-
-async fn capture(
-    stream: impl AsyncRead + Unpin,
-    output: Arc<Mutex<VecDeque<String>>>,
-    addr: Arc<watch::Sender<Option<SocketAddr>>>,
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(found) = listening_addr(&line) {
-            addr.send_replace(Some(found));
-        }
-        let mut out = output.lock().unwrap();
-        if out.len() == KEPT_LINES {
-            out.pop_front();
-        }
-        out.push_back(line);
-    }
-}
-
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
 
 impl Service {
@@ -158,15 +93,12 @@ impl Service {
 
     /// The last lines it printed.
     pub fn output(&self) -> String {
-        let lines: Vec<String> = self.output.lock().unwrap().iter().cloned().collect();
-        lines.join("\n")
+        self.process.output()
     }
 
     /// `kill -9`, then reaps it.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await??;
-        Ok(())
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
     }
 
     /// Its `/metrics` as name → value (label sets are part of the name).

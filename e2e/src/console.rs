@@ -8,7 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// How long one step of the page may take (a live update, a server answer, a navigation).
-pub const STEP: Duration = Duration::from_secs(10);
+pub use flotilla_testkit::STEP;
 
 /// The console of one browser session.
 pub struct Console<'a> {

@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The repository root.
@@ -131,22 +130,38 @@ fn read_env(path: &Path) -> HashMap<String, String> {
         .collect()
 }
 
+/// An HTTP call to `url` with an optional bearer token; the answer's status and JSON body
+/// (`Value::Null` when it is not JSON).
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = flotilla_testkit::within("an api call", req.send())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A WebSocket connection to the push channel, as an agent holds it.
 pub struct PushClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: flotilla_testkit::ws_client::Ws,
 }
 
 impl PushClient {
     /// Connects to `url` with a node token.
     pub async fn connect(url: &str, token: &str) -> anyhow::Result<Self> {
-        let mut req = url.into_client_request()?;
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let (ws, _) =
-            flotilla_testkit::within("websocket connect", tokio_tungstenite::connect_async(req))
-                .await?;
+        let ws = flotilla_testkit::ws_client::connect(url, token).await?;
         Ok(Self { ws })
     }
 

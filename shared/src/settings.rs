@@ -2,6 +2,8 @@
 //!
 //! Layers, later ones winning: built-in defaults, the optional file named by
 //! `FLOTILLA_CONFIG` (TOML), then environment variables `FLOTILLA__SECTION__KEY`.
+//! [`Settings::load_with`] takes dotted keys (`section.key`) through the environment's layer,
+//! for tests and tools that set a few values in code.
 
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -189,6 +191,9 @@ pub enum SettingsError {
     /// The sources could not be merged or deserialised; the message names the setting.
     #[error("invalid settings: {0}")]
     Load(#[from] config::ConfigError),
+    /// A key given to [`Settings::load_with`] names no setting.
+    #[error("unknown setting `{0}`")]
+    Unknown(String),
     /// A value is outside its allowed range.
     #[error("invalid setting `{name}`: {reason}")]
     Invalid {
@@ -269,6 +274,33 @@ impl Settings {
         file: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
+        let settings = Self::sources(file, env)?.try_deserialize()?;
+        Self::finish(settings)
+    }
+
+    /// The defaults with `overrides` applied, each as its environment variable is
+    /// (`("gateway.pong_timeout_ms", "200")` as `FLOTILLA__GATEWAY__PONG_TIMEOUT_MS=200`); no
+    /// file, no process environment. Of two overrides of one key the later wins. A key that
+    /// names no setting is an error, unlike an unknown variable in the environment.
+    pub fn load_with(overrides: &[(&str, &str)]) -> Result<Self, SettingsError> {
+        let env = overrides
+            .iter()
+            .map(|(key, value)| (env_name(key), (*value).to_owned()));
+        let mut unknown = None;
+        let settings = serde_ignored::deserialize(Self::sources(None, env)?, |path| {
+            unknown.get_or_insert_with(|| path.to_string());
+        })?;
+        match unknown {
+            Some(key) => Err(SettingsError::Unknown(key)),
+            None => Self::finish(settings),
+        }
+    }
+
+    /// The merged layers: defaults, `file`, then the `FLOTILLA__` variables of `env`.
+    fn sources(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<config::Config, SettingsError> {
         let mut builder = config::Config::builder();
         for (key, value) in DEFAULTS {
             builder = builder.set_default(*key, *value)?;
@@ -287,7 +319,11 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        Ok(builder.build()?)
+    }
+
+    /// Normalises what the layers gave and checks ranges.
+    fn finish(mut settings: Settings) -> Result<Self, SettingsError> {
         // An empty variable (compose's `${FLOTILLA_ADMIN_TOKEN:-}`) means none.
         if settings
             .api
@@ -379,6 +415,12 @@ impl Settings {
     }
 }
 
+/// The environment variable of a dotted setting key: `gateway.pong_timeout_ms` →
+/// `FLOTILLA__GATEWAY__PONG_TIMEOUT_MS`.
+fn env_name(key: &str) -> String {
+    format!("FLOTILLA__{}", key.replace('.', "__").to_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +508,52 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn overrides_apply_as_their_variables_do() {
+        let s = Settings::load_with(&[
+            ("gateway.pong_timeout_ms", "200"),
+            ("gateway.ping_interval_ms", "100"),
+            ("gateway.id", "gw-7"),
+            ("auth.bcrypt_cost", "5"),
+            ("auth.bcrypt_cost", "4"),
+        ])
+        .unwrap();
+        let by_env = Settings::load_from(
+            None,
+            env(&[
+                ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "200"),
+                ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "100"),
+                ("FLOTILLA__GATEWAY__ID", "gw-7"),
+                ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(format!("{s:?}"), format!("{by_env:?}"));
+        assert_eq!(s.gateway.pong_timeout_ms, 200);
+        assert_eq!(s.gateway.id.as_deref(), Some("gw-7"));
+        assert_eq!(s.auth.bcrypt_cost, 4, "the later override wins");
+    }
+
+    #[test]
+    fn an_unknown_override_or_a_bad_value_is_an_error() {
+        let err = Settings::load_with(&[("gateway.pong_timeout", "200")]).unwrap_err();
+        assert!(
+            matches!(&err, SettingsError::Unknown(key) if key == "gateway.pong_timeout"),
+            "{err}"
+        );
+        let err = Settings::load_with(&[("gatway.pong_timeout_ms", "200")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gatway"), "{err}");
+        let err = Settings::load_with(&[("gateway.pong_timeout_ms", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pong_timeout_ms"), "{err}");
+        let err = Settings::load_with(&[("auth.bcrypt_cost", "99")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.bcrypt_cost"), "{err}");
     }
 }

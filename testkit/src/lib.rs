@@ -1,20 +1,40 @@
 //! Harness for Flotilla's integration tests: a fresh Postgres database per test, the local Redis
 //! (or one the test starts), the real services started in-process on port 0 or as real
-//! processes, and typed HTTP helpers.
+//! processes, and typed HTTP helpers. It is the only harness: the crates' test binaries, the
+//! end-to-end tests and the benchmarks all build on it.
 //!
 //! Environment: `FLOTILLA_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! names a database the harness can `CREATE DATABASE` from; `FLOTILLA_TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`).
+//!
+//! # Layout
+//! - this file: [`within`] and [`eventually`] (every wait has a limit), [`settings`] (test
+//!   settings through `Settings::load_with`), [`vector_config`].
+//! - [`api`]: the api in-process, typed requests to it, the bootstrap admin token.
+//! - [`gateway`]: a gateway in-process, and connecting to its push channel.
+//! - [`db`]: a fresh database per test, migrated.
+//! - [`listen`]: a Redis subscriber on nodes' channels, as a gateway would be.
+//! - [`process`]: a service as a real process: its `listening on` address, signals, exit.
+//! - [`proxy`]: a TCP proxy to cut, heal, re-route or deafen, with byte counts.
+//! - [`redis_server`]: a private Redis a test can kill and restart.
+//! - [`seed`]: many nodes written straight into the database, as enrolled.
+//! - [`slow_client`]: a client that sends part of a request and stalls.
+//! - [`sse_client`]: a push-channel client over SSE, reading as current agents read.
+//! - [`ws_client`]: a push-channel client over WebSocket.
+//! - [`webdriver`]: a minimal WebDriver client for Chromium.
 
 pub mod api;
 pub mod db;
+pub mod gateway;
 pub mod listen;
 pub mod process;
 pub mod proxy;
 pub mod redis_server;
+pub mod seed;
 pub mod slow_client;
 pub mod sse_client;
 pub mod webdriver;
+pub mod ws_client;
 
 use flotilla_shared::settings::Settings;
 use std::time::Duration;
@@ -54,31 +74,34 @@ pub fn redis_url() -> String {
 
 /// Settings for a test: the given database, the given Redis, cost-4 bcrypt, short intervals.
 pub fn settings(database_url: &str, redis_url: &str) -> Settings {
-    let pairs = [
-        ("FLOTILLA__DATABASE__URL", database_url),
-        ("FLOTILLA__DATABASE__MAX_CONNECTIONS", "10"),
-        ("FLOTILLA__DATABASE__ACQUIRE_TIMEOUT_MS", "1000"),
-        ("FLOTILLA__REDIS__URL", redis_url),
-        ("FLOTILLA__REDIS__COMMAND_TIMEOUT_MS", "500"),
-        ("FLOTILLA__API__LISTEN", "127.0.0.1:0"),
-        ("FLOTILLA__API__BOOTSTRAP_ADMIN_TOKEN", api::ADMIN_TOKEN),
-        ("FLOTILLA__API__HEALTH_SWEEP_INTERVAL_MS", "100"),
-        ("FLOTILLA__API__SHUTDOWN_GRACE_MS", "1000"),
-        ("FLOTILLA__GATEWAY__LISTEN", "127.0.0.1:0"),
-        ("FLOTILLA__GATEWAY__PING_INTERVAL_MS", "300"),
-        ("FLOTILLA__GATEWAY__PONG_TIMEOUT_MS", "1000"),
-        ("FLOTILLA__GATEWAY__UNSOLICITED_PONG_INTERVAL_MS", "200"),
-        ("FLOTILLA__GATEWAY__LIVENESS_TTL_MS", "2000"),
-        ("FLOTILLA__GATEWAY__HEARTBEAT_INTERVAL_MS", "500"),
-        ("FLOTILLA__GATEWAY__SHUTDOWN_GRACE_MS", "3000"),
-        ("FLOTILLA__AUTH__BCRYPT_COST", "4"),
-        ("FLOTILLA__LOG__LEVEL", "warn"),
+    settings_with(database_url, redis_url, &[])
+}
+
+/// [`settings`] with `overrides` (dotted keys, `("gateway.pong_timeout_ms", "200")`) applied
+/// after the test defaults, through [`Settings::load_with`].
+pub fn settings_with(database_url: &str, redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let defaults = [
+        ("database.url", database_url),
+        ("database.max_connections", "10"),
+        ("database.acquire_timeout_ms", "1000"),
+        ("redis.url", redis_url),
+        ("redis.command_timeout_ms", "500"),
+        ("api.listen", "127.0.0.1:0"),
+        ("api.bootstrap_admin_token", api::ADMIN_TOKEN),
+        ("api.health_sweep_interval_ms", "100"),
+        ("api.shutdown_grace_ms", "1000"),
+        ("gateway.listen", "127.0.0.1:0"),
+        ("gateway.ping_interval_ms", "300"),
+        ("gateway.pong_timeout_ms", "1000"),
+        ("gateway.unsolicited_pong_interval_ms", "200"),
+        ("gateway.liveness_ttl_ms", "2000"),
+        ("gateway.heartbeat_interval_ms", "500"),
+        ("gateway.shutdown_grace_ms", "3000"),
+        ("auth.bcrypt_cost", "4"),
+        ("log.level", "warn"),
     ];
-    Settings::load_from(
-        None,
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-    )
-    .expect("test settings are valid")
+    let all: Vec<_> = defaults.iter().chain(overrides).copied().collect();
+    Settings::load_with(&all).unwrap_or_else(|e| panic!("test settings: {e}"))
 }
 
 /// A small pipeline config the api accepts (one source, one sink), told apart by `marker`

@@ -4,10 +4,13 @@
 //! logged `listening on <addr>`. Integration tests of the binary's own crate find it with
 //! `env!("CARGO_BIN_EXE_<name>")`.
 
+use anyhow::Context as _;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -17,12 +20,49 @@ pub struct Process {
     child: Child,
     /// The address it logged as listening on.
     pub addr: SocketAddr,
-    output: Arc<Mutex<String>>,
+    output: Arc<Mutex<Output>>,
+}
+
+/// How long a process may take to listen, and how much of its output is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed until its `listening on` line.
+    pub start_timeout: Duration,
+    /// Output lines kept, the latest ones.
+    pub kept_lines: usize,
+}
+
+impl Default for Limits {
+    /// A test's: [`crate::STEP`] to start, every line kept.
+    fn default() -> Self {
+        Self {
+            start_timeout: crate::STEP,
+            kept_lines: usize::MAX,
+        }
+    }
+}
+
+/// The latest lines a process printed.
+struct Output {
+    lines: VecDeque<String>,
+    kept: usize,
 }
 
 /// Starts `program` with `env` added to the test's environment, and waits for its
-/// `listening on <addr>` line.
+/// `listening on <addr>` line; panics, with its output, if it does not come.
 pub async fn start(program: impl AsRef<Path>, env: &[(String, String)]) -> Process {
+    try_start(program, env, Limits::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Like [`start`] within `limits`; an error, with the output so far, if the program cannot
+/// be started or exits or stays silent before listening.
+pub async fn try_start(
+    program: impl AsRef<Path>,
+    env: &[(String, String)],
+    limits: Limits,
+) -> anyhow::Result<Process> {
     let program = program.as_ref();
     let mut child = Command::new(program)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -32,37 +72,40 @@ pub async fn start(program: impl AsRef<Path>, env: &[(String, String)]) -> Proce
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    let output = Arc::new(Mutex::new(String::new()));
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let output = Arc::new(Mutex::new(Output {
+        lines: VecDeque::new(),
+        kept: limits.kept_lines,
+    }));
     let (addr_tx, mut addr_rx) = watch::channel(None);
     let addr_tx = Arc::new(addr_tx);
     let stdout = child.stdout.take().expect("stdout piped");
     let stderr = child.stderr.take().expect("stderr piped");
     tokio::spawn(capture(stdout, output.clone(), addr_tx.clone()));
     tokio::spawn(capture(stderr, output.clone(), addr_tx));
-    let started = crate::within(
-        "the process's `listening on` line",
-        addr_rx.wait_for(Option::is_some),
-    )
-    .await;
-    let addr = match started {
-        Ok(addr) => addr.expect("checked above"),
-        Err(_) => panic!(
-            "{} exited before listening; output:\n{}",
-            program.display(),
-            output.lock().unwrap()
-        ),
+    let started = tokio::time::timeout(limits.start_timeout, addr_rx.wait_for(Option::is_some));
+    let addr = match started.await {
+        Ok(Ok(addr)) => addr.expect("checked above"),
+        Ok(Err(_)) | Err(_) => {
+            let _ = child.start_kill();
+            anyhow::bail!(
+                "{} did not log `listening on` within {:?}; output:\n{}",
+                program.display(),
+                limits.start_timeout,
+                output.lock().unwrap().text()
+            );
+        }
     };
-    Process {
+    Ok(Process {
         child,
         addr,
         output,
-    }
+    })
 }
 
 async fn capture(
     stream: impl AsyncRead + Unpin,
-    output: Arc<Mutex<String>>,
+    output: Arc<Mutex<Output>>,
     addr: Arc<watch::Sender<Option<SocketAddr>>>,
 ) {
     let mut lines = BufReader::new(stream).lines();
@@ -70,9 +113,21 @@ async fn capture(
         if let Some(found) = listening_addr(&line) {
             addr.send_replace(Some(found));
         }
-        let mut out = output.lock().unwrap();
-        out.push_str(&line);
-        out.push('\n');
+        output.lock().unwrap().push(line);
+    }
+}
+
+impl Output {
+    fn push(&mut self, line: String) {
+        if self.lines.len() == self.kept {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    /// The kept lines, each ended by a newline.
+    fn text(&self) -> String {
+        self.lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect()
     }
 }
 
@@ -91,9 +146,9 @@ impl Process {
         self.child.id().expect("process still running")
     }
 
-    /// Everything it printed so far.
+    /// What it printed so far (every line, unless [`Limits::kept_lines`] said fewer).
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
+        self.output.lock().unwrap().text()
     }
 
     /// Sends SIGKILL and reaps it.

@@ -1,5 +1,6 @@
-//! A TCP proxy a test can cut, to make a server unreachable without losing its data, or use to
-//! make a Redis subscription go silently deaf. It counts the bytes it carries each way.
+//! A TCP proxy a test can cut, to make a server unreachable without losing its data; re-route,
+//! as a load balancer sends new connections elsewhere; or use to make a Redis subscription go
+//! silently deaf. It counts the bytes it carries each way.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +14,8 @@ use tokio::task::JoinHandle;
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Where new connections go; none refuses them.
+    target: Arc<Mutex<Option<SocketAddr>>>,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     deafen: Arc<Notify>,
@@ -32,14 +35,45 @@ struct Bytes {
 impl Proxy {
     /// Proxies `127.0.0.1:<port 0>` to `target`.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::listen(Some(target)).await
+    }
+
+    /// A proxy in front of the server `url` names (`postgres://…`, `redis://…`), and `url` with
+    /// the proxy's address in place of the server's.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        let mut url = reqwest::Url::parse(url).expect("a server URL");
+        let host = url.host_str().expect("a host in the URL").to_owned();
+        // Without a port: the default of Redis or of Postgres.
+        let port = url
+            .port()
+            .unwrap_or(if url.scheme() == "redis" { 6379 } else { 5432 });
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .expect("the server's host resolves")
+            .next()
+            .expect("an address for the server's host");
+        let proxy = Self::start(target).await;
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        (proxy, url.to_string())
+    }
+
+    /// A proxy with nowhere to go yet: it refuses connections until [`Proxy::route_to`].
+    pub async fn unrouted() -> Self {
+        Self::listen(None).await
+    }
+
+    async fn listen(target: Option<SocketAddr>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(target));
         let cut = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let deafen = Arc::new(Notify::new());
         let parked: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let bytes: Arc<Bytes> = Arc::default();
-        let (c, k, d, p, b) = (
+        let (t, c, k, d, p, b) = (
+            target.clone(),
             cut.clone(),
             conns.clone(),
             deafen.clone(),
@@ -48,10 +82,12 @@ impl Proxy {
         );
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close at once
-                }
-                let Ok(outbound) = TcpStream::connect(target).await else {
+                let to = *t.lock().unwrap();
+                // Dropped: the client sees the connection close at once.
+                let Some(to) = to.filter(|_| !c.load(Ordering::SeqCst)) else {
+                    continue;
+                };
+                let Ok(outbound) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let mut conns = k.lock().unwrap();
@@ -67,6 +103,7 @@ impl Proxy {
         });
         Self {
             addr,
+            target,
             cut,
             conns,
             deafen,
@@ -93,6 +130,11 @@ impl Proxy {
             conn.abort();
         }
         self.parked.lock().unwrap().clear();
+    }
+
+    /// Sends new connections to `target`; open ones stay where they are.
+    pub fn route_to(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = Some(target);
     }
 
     /// Lets connections through again.

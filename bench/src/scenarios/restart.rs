@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 
     let needed = (agents as f64 * BACK).ceil() as usize;
     let killed = Instant::now();
-    old.kill().await?;
+    old.kill().await;
     let mut redis = crate::redis_connection(&common.redis_url).await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut redis).await?;
     tokio::time::sleep(Duration::from_millis(args.down_ms)).await;
