@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
+use flotilla_shared::auth::tokens;
 use flotilla_shared::close_codes::REVOKED;
-use flotilla_shared::tokens;
 use flotilla_testkit::{api, db, eventually, redis_url};
 use reqwest::Method;
 use serde_json::{json, Value};

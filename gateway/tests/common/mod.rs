@@ -2,12 +2,12 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use flotilla_gateway::{Gateway, GatewayState};
+use flotilla_shared::auth::tokens::{self, NODE_PREFIX};
 use flotilla_shared::channels::node_channel;
 use flotilla_shared::frames::{PushFrame, PushMessage};
 use flotilla_shared::presence::{self, Presence};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
-use flotilla_shared::tokens::{self, NODE_PREFIX};
 use flotilla_testkit::db::TestDb;
 use flotilla_testkit::sse_client::{OpenError, SseClient};
 use flotilla_testkit::{eventually, within};
