@@ -5,6 +5,17 @@
 //! Environment: `FLOTILLA_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! names a database the harness can `CREATE DATABASE` from; `FLOTILLA_TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`).
+//!
+//! # Layout
+//! - [`db`]: a fresh, migrated Postgres database per test.
+//! - [`api`]: the api started in-process on port 0, and typed requests to it.
+//! - [`process`]: services started as real processes, to kill or signal.
+//! - [`redis_server`]: a private `redis-server` a test can kill and restart.
+//! - [`proxy`]: a TCP proxy a test can cut or make deaf, counting the bytes it carries.
+//! - [`listen`]: watching node channels in Redis, as a gateway would.
+//! - [`sse_client`]: a push-channel client that reads SSE exactly as a current agent does.
+//! - [`slow_client`]: clients that stall mid-request, to check servers cut them off.
+//! - [`webdriver`]: a minimal WebDriver client and headless Chromium.
 
 pub mod api;
 pub mod db;
