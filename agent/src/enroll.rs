@@ -3,9 +3,9 @@
 use crate::backoff::Backoff;
 use crate::client::{ApiClient, ClientError};
 use crate::config::Config;
+use flotilla_shared::auth::tokens::NODE_PREFIX;
 use flotilla_shared::protocol::EnrollRequest;
 use flotilla_shared::secret::Secret;
-use flotilla_shared::tokens::NODE_PREFIX;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;

@@ -4,8 +4,8 @@
 //! change used, so a change that is rolled back leaves no record and a record that cannot be
 //! written fails the change. Each record is also logged, naming the token.
 
+use crate::auth::Operator;
 use crate::error::Result;
-use crate::extract::Operator;
 use serde_json::Value;
 use sqlx::PgExecutor;
 

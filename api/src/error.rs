@@ -5,7 +5,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flotilla_shared::node_auth::AuthError;
+use flotilla_shared::auth::node::AuthError;
+use flotilla_shared::limiter::OverLimit;
 use flotilla_shared::protocol::ErrorBody;
 use serde_json::Value;
 
@@ -91,6 +92,12 @@ impl From<AuthError> for ApiError {
             AuthError::Busy => Self::Busy,
             AuthError::Database(e) => Self::Database(e),
         }
+    }
+}
+
+impl From<OverLimit> for ApiError {
+    fn from(over: OverLimit) -> Self {
+        Self::RateLimited(over.retry_after_secs())
     }
 }
 

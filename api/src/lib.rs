@@ -4,9 +4,10 @@
 //! # Layout
 //! - [`state`]: [`AppState`], the cheap handles every handler gets.
 //! - [`error`]: [`ApiError`](error::ApiError), the one error type of this service, and its HTTP mapping.
-//! - [`extract`]: JSON bodies with uniform errors, the authenticated node and operator.
-//! - [`operator_auth`]: operator roles, token verification and the bootstrap admin token.
-//! - [`sessions`]: fleet-page sessions, kept server-side behind a random cookie id.
+//! - [`extract`]: request shapes: JSON bodies and queries with uniform errors, client address,
+//!   path ids.
+//! - [`auth`]: who is calling: the node extractors, operator roles and tokens, the bootstrap
+//!   admin token, fleet-page sessions and their cookie.
 //! - [`same_origin`]: the forgery check on what a browser sends with the session cookie.
 //! - [`revocation`]: live operator streams end when their token or session stops standing.
 //! - [`notify`]: publishing agent frames to the nodes' Redis channels.
@@ -15,8 +16,11 @@
 //! - [`node_logs`]: pipeline log lines per node, in bounded Redis rings.
 //! - [`taps`]: live taps, relayed through Redis and never stored.
 //! - [`live`]: operator streams that follow one Redis channel.
-//! - [`redis_rate`]: per-second budgets shared by every api, counted in Redis.
+//! - [`shared_budget`]: per-second budgets shared by every api instance, counted in Redis (per
+//!   tap, per node's logs); the per-address limits are [`flotilla_shared::limiter`]s.
 //! - [`audit`]: the audit trail of operator changes, written with the change it records.
+//! - [`polls`]: config polls' reads, coalesced with concurrent polls', and what a poll hands
+//!   out (pipelines, the pending action).
 //! - [`paging`]: page sizes and opaque cursors for operator listings.
 //! - [`selector`]: node-selector rules and the nodes a pipeline change reaches.
 //! - [`vector_config`]: pipeline configs checked against Vector's top-level shape, with the line.
@@ -26,6 +30,7 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
 pub mod audit;
+pub mod auth;
 pub mod download_url;
 pub mod error;
 pub mod extract;
@@ -34,15 +39,14 @@ pub mod live;
 pub mod node_logs;
 pub mod notify;
 pub mod openapi;
-pub mod operator_auth;
 pub mod paging;
-pub mod redis_rate;
+pub mod polls;
 pub mod restarts;
 pub mod revocation;
 pub mod routes;
 pub mod same_origin;
 pub mod selector;
-pub mod sessions;
+pub mod shared_budget;
 pub mod state;
 pub mod sweep;
 pub mod taps;
@@ -51,10 +55,11 @@ pub mod vector_config;
 pub use state::AppState;
 
 use anyhow::Context;
-use flotilla_shared::bcrypt_gate::BcryptGate;
+use auth::bootstrap;
+use flotilla_shared::auth::bcrypt_gate::BcryptGate;
+use flotilla_shared::auth::node::NodeAuthenticator;
 use flotilla_shared::http_server::{self, ServeOptions};
-use flotilla_shared::node_auth::NodeAuthenticator;
-use flotilla_shared::rate_limit::RateLimiter;
+use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use std::sync::Arc;
@@ -83,16 +88,16 @@ impl Api {
         .await?;
         let bootstrap_changed = match &settings.api.bootstrap_admin_token {
             Some(token) => {
-                operator_auth::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
+                bootstrap::ensure_bootstrap(&pool, token.expose(), settings.auth.bcrypt_cost)
                     .await?
             }
             None => {
-                let removed = operator_auth::remove_bootstrap(&pool).await?;
+                let removed = bootstrap::remove_bootstrap(&pool).await?;
                 if let Some(token) =
-                    operator_auth::ensure_first_admin(&pool, settings.auth.bcrypt_cost).await?
+                    bootstrap::ensure_first_admin(&pool, settings.auth.bcrypt_cost).await?
                 {
                     // Printed, never logged: the one time anyone sees it.
-                    println!("{}{}", operator_auth::FIRST_ADMIN_BANNER, token.expose());
+                    println!("{}{}", bootstrap::FIRST_ADMIN_BANNER, token.expose());
                 }
                 removed
             }
@@ -118,9 +123,9 @@ impl Api {
         // One cap on bcrypt work for node, operator and enrollment tokens alike.
         let bcrypt = BcryptGate::new(&settings.auth);
         let state = AppState {
-            polls: routes::agent_config::poll_reads(pool.clone()),
+            polls: polls::poll_reads(pool.clone()),
             node_auth: NodeAuthenticator::with_gate(pool.clone(), bcrypt.clone()),
-            operator_auth: operator_auth::OperatorAuthenticator::new(
+            operator_auth: auth::operator::OperatorAuthenticator::new(
                 pool.clone(),
                 &settings.auth,
                 bcrypt,
@@ -130,12 +135,12 @@ impl Api {
             live: live::LiveStreams::default(),
             self_update_hosts,
             limits: state::Limits {
-                enroll: RateLimiter::new(settings.api.enroll_per_minute, Duration::from_secs(60)),
-                auth_failures: RateLimiter::new(
+                enroll: KeyedLimiter::new(settings.api.enroll_per_minute, Duration::from_secs(60)),
+                auth_failures: KeyedLimiter::new(
                     settings.api.auth_failures_per_minute,
                     Duration::from_secs(60),
                 ),
-                operator_guesses: RateLimiter::new(
+                operator_guesses: KeyedLimiter::new(
                     settings.api.auth_failures_per_minute,
                     Duration::from_secs(60),
                 ),

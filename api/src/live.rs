@@ -5,8 +5,8 @@
 //! ended once [`BUFFER`] messages or [`BUFFER_BYTES`] wait for it, so a slow client never
 //! grows the api's memory.
 
+use crate::auth::Operator;
 use crate::error::{ApiError, Result};
-use crate::extract::Operator;
 use crate::state::AppState;
 use flotilla_shared::redis_conn::Redis;
 use futures_util::{Stream, StreamExt};

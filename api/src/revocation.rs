@@ -3,7 +3,7 @@
 //! credential is revoked (on this api or, through Redis, on another) and every
 //! `api.live_recheck_ms` regardless, and ends when its token is revoked or its session ended.
 
-use crate::extract::Operator;
+use crate::auth::Operator;
 use crate::state::AppState;
 use std::future::Future;
 use std::time::Duration;

@@ -1,14 +1,15 @@
 //! Shared application state handed to every handler.
 
+use crate::auth::operator::OperatorAuthenticator;
 use crate::fleet_events::FleetEvents;
 use crate::notify::Notifier;
-use crate::operator_auth::OperatorAuthenticator;
-use crate::routes::agent_config::PollReads;
-use flotilla_shared::node_auth::NodeAuthenticator;
-use flotilla_shared::rate_limit::RateLimiter;
+use crate::polls::PollReads;
+use flotilla_shared::auth::node::NodeAuthenticator;
+use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use sqlx::PgPool;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -45,9 +46,9 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct Limits {
     /// Enrollment attempts per address.
-    pub enroll: RateLimiter,
+    pub enroll: KeyedLimiter<IpAddr>,
     /// Failed node authentications per address.
-    pub auth_failures: RateLimiter,
+    pub auth_failures: KeyedLimiter<IpAddr>,
     /// Wrong operator tokens per address that cost a bcrypt run (sign-in guesses).
-    pub operator_guesses: RateLimiter,
+    pub operator_guesses: KeyedLimiter<IpAddr>,
 }

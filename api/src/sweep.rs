@@ -57,7 +57,7 @@ pub async fn sweep_once(state: &AppState) -> Result<SweepReport, sqlx::Error> {
     .await?
     .rows_affected();
     // Expired sessions already fail every check; this only keeps the table small.
-    crate::sessions::purge_expired(&state.pool).await?;
+    crate::auth::session::purge_expired(&state.pool).await?;
     if unreachable > 0 {
         tracing::info!(count = unreachable, "nodes marked UNREACHABLE");
     }

@@ -168,7 +168,7 @@ pub async fn viewer_left(state: &AppState, id: Uuid) {
 
 /// Takes one event batch of the tap against its rate; false when over it.
 pub async fn admit_batch(redis: &Redis, id: Uuid) -> redis::RedisResult<bool> {
-    crate::redis_rate::admit(redis, &tap_key(id), MAX_BATCHES_PER_SEC).await
+    crate::shared_budget::admit(redis, &tap_key(id), MAX_BATCHES_PER_SEC).await
 }
 
 /// Sends a message to the tap's viewers.

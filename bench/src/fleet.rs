@@ -6,7 +6,7 @@
 //! select a single node.
 
 use anyhow::Context;
-use flotilla_shared::tokens::{self, ENROLL_PREFIX};
+use flotilla_shared::auth::tokens::{self, ENROLL_PREFIX};
 use flotilla_testkit::seed;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;

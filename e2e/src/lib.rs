@@ -3,6 +3,10 @@
 //! console driven through it.
 //!
 //! The topology runs the binaries in `target/debug`: build them first (`scripts/test` does).
+//!
+//! # Layout
+//! - this file: the topology, the push-channel client.
+//! - [`console`]: the operator console driven through WebDriver.
 
 pub mod console;
 /// The WebDriver client lives in the test harness, which the benchmarks share.

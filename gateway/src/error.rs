@@ -5,7 +5,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::Duration;
+use flotilla_shared::limiter::OverLimit;
 
 /// A refused handshake.
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +24,11 @@ pub enum Rejection {
     Unavailable,
     /// The node connected too often within the reconnect window.
     #[error("Too many reconnects")]
-    TooManyReconnects(Duration),
+    TooManyReconnects(OverLimit),
     /// The source address failed authentication too often; tokens that would need bcrypt (a
     /// node enrolled before digests, not seen since) are refused from it until the window ends.
     #[error("Too many failed authentications")]
-    TooManyFailures(Duration),
+    TooManyFailures(OverLimit),
 }
 
 impl Rejection {
@@ -45,8 +45,8 @@ impl Rejection {
             Self::Unauthorized => None,
             Self::Draining | Self::Busy => Some(1),
             Self::Unavailable => Some(5),
-            Self::TooManyReconnects(wait) | Self::TooManyFailures(wait) => {
-                Some(wait.as_secs().max(1))
+            Self::TooManyReconnects(over) | Self::TooManyFailures(over) => {
+                Some(over.retry_after_secs())
             }
         }
     }

@@ -1,10 +1,9 @@
 //! Admitting a push connection of either transport ([`admit`]), and `GET /api/agent/ws`:
 //! admit, then upgrade.
 //!
-//! The bearer token is checked before the upgrade (401 without upgrading; 503 while the
-//! database is unreachable, the gateway is draining, or too many handshakes are in flight;
-//! 429 when the node reconnects too often, or when the source address has failed
-//! authentication too often and the token would need bcrypt). The token is never logged.
+//! Admission happens before the upgrade: 503 while the gateway is draining or too many
+//! handshakes are in flight; then the token ([`crate::auth`]: 401, 429, 503); then 429 when
+//! the node reconnects too often.
 
 use crate::error::Rejection;
 use crate::metrics::Counters;
@@ -12,10 +11,10 @@ use crate::session::Link;
 use crate::state::GatewayState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use flotilla_shared::node_auth::{AuthError, AuthedNode, BudgetedError};
-use flotilla_shared::rate_limit::client_address;
+use flotilla_shared::auth::node::AuthedNode;
+use flotilla_shared::client_address::client_address;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -69,12 +68,7 @@ pub(crate) async fn admit(
 /// The client's address: the peer, or the last `X-Forwarded-For` hop behind a trusted
 /// balancer (`gateway.trust_forwarded_for`).
 fn client_ip(state: &GatewayState, peer: SocketAddr, headers: &HeaderMap) -> Option<IpAddr> {
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    client_address(
-        Some(peer.ip()),
-        forwarded,
-        state.settings.trust_forwarded_for,
-    )
+    client_address(Some(peer.ip()), headers, state.settings.trust_forwarded_for)
 }
 
 /// Admits a push connection: not draining, a handshake slot, a valid token within the
@@ -94,39 +88,20 @@ async fn accept(
         .await
         .map_err(|_| Rejection::Busy)?
         .map_err(|_| Rejection::Busy)?;
-    let token = bearer(headers).ok_or(Rejection::Unauthorized)?;
-    let node = state
-        .auth
-        .authenticate_budgeted(token, ip, &state.auth_failures)
-        .await
-        .map_err(|e| match e {
-            BudgetedError::OverBudget(wait) => Rejection::TooManyFailures(wait),
-            BudgetedError::Auth(AuthError::Invalid) => Rejection::Unauthorized,
-            BudgetedError::Auth(AuthError::Busy) => Rejection::Busy,
-            BudgetedError::Auth(AuthError::Database(e)) => {
-                tracing::warn!(error = %e, "database unavailable during a handshake");
-                Rejection::Unavailable
-            }
-        })?;
-    state
-        .reconnects
-        .check(node.node_id, tokio::time::Instant::now())
-        .map_err(|wait| {
+    let node = crate::auth::authenticate(state, headers, ip).await?;
+    if let Some(reconnects) = &state.reconnects {
+        reconnects.hit(node.node_id).map_err(|over| {
             tracing::info!(node_id = %node.node_id, "refused a reconnect over the limit");
-            Rejection::TooManyReconnects(wait)
+            Rejection::TooManyReconnects(over)
         })?;
+    }
     Ok(node)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
     use flotilla_shared::settings::Settings;
 
     async fn state(max_pending: &str) -> GatewayState {
@@ -168,17 +143,5 @@ mod tests {
             accept(&state, &with_token(), None).await,
             Err(Rejection::Draining)
         ));
-    }
-
-    #[test]
-    fn bearer_is_case_insensitive_and_strict() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer vf_node_x".parse().unwrap());
-        assert_eq!(bearer(&h), Some("vf_node_x"));
-        h.insert(header::AUTHORIZATION, "bearer  vf_node_y".parse().unwrap());
-        assert_eq!(bearer(&h), Some("vf_node_y"));
-        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
     }
 }

@@ -15,8 +15,9 @@
 //! liveness probes that must not kill a drain), `GET /metrics` (Prometheus text).
 //!
 //! # Layout
-//! - `handshake`: admitting a push connection of either transport (bearer auth, handshake
-//!   cap, reconnect limit), and the WebSocket upgrade route.
+//! - `handshake`: admitting a push connection of either transport (drain, handshake cap,
+//!   auth, reconnect limit), and the WebSocket upgrade route.
+//! - `auth`: the node token of a push connection, checked within the address's failure budget.
 //! - `sse`: the SSE route (served by the gateway itself on a fresh connection, through the
 //!   router on a kept-alive one) and its event framing.
 //! - [`error`]: why a handshake is refused and the status for each reason.
@@ -26,24 +27,25 @@
 //! - `registry`: node id → the socket this gateway holds.
 //! - `subscriptions`: the one pub/sub connection and message dispatch.
 //! - `presence`: announcing and withdrawing sockets in Redis.
-//! - [`heartbeat`]: the liveness key, the subscription probe, presence restore.
-//! - `reconnects`: per-node connect rate limit.
+//! - [`liveness`]: the gateway's own liveness key, the subscription probe, presence restore
+//!   and memory trims, every `gateway.heartbeat_interval_ms`.
+//! - `memory`: handing freed heap pages back to the operating system after a burst.
 //! - [`drain`]: paced closing on shutdown.
 //! - [`metrics`]: counters and `GET /metrics`.
 //! - [`os`]: open-files limit and termination signals.
 //! - [`state`]: the shared state handle.
 
+mod auth;
 pub mod drain;
 pub mod error;
 mod handshake;
-pub mod heartbeat;
 mod keepalive;
+pub mod liveness;
 mod memory;
 pub mod metrics;
 pub mod os;
 mod outbox;
 mod presence;
-mod reconnects;
 mod registry;
 mod session;
 mod sse;
@@ -57,9 +59,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use flotilla_shared::auth::node::NodeAuthenticator;
 use flotilla_shared::http_server::{self, ServeOptions};
-use flotilla_shared::node_auth::NodeAuthenticator;
-use flotilla_shared::rate_limit::RateLimiter;
+use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
 use std::sync::Arc;
@@ -109,11 +111,14 @@ impl Gateway {
             subscriptions,
             counters: metrics::Counters::default(),
             handshakes: Semaphore::new(gw.max_pending_handshakes.max(1)),
-            reconnects: reconnects::ReconnectLimiter::new(
-                gw.reconnect_limit,
-                Duration::from_secs(gw.reconnect_window_secs),
-            ),
-            auth_failures: RateLimiter::new(gw.auth_failures_per_minute, Duration::from_secs(60)),
+            // A limit of 0 turns the reconnect limit off.
+            reconnects: (gw.reconnect_limit > 0).then(|| {
+                KeyedLimiter::new(
+                    gw.reconnect_limit,
+                    Duration::from_secs(gw.reconnect_window_secs),
+                )
+            }),
+            auth_failures: KeyedLimiter::new(gw.auth_failures_per_minute, Duration::from_secs(60)),
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
             presence_stale: Default::default(),
@@ -145,7 +150,7 @@ impl Gateway {
             requests,
             background.clone(),
         ));
-        tasks.spawn(heartbeat::run(state.clone(), background.clone()));
+        tasks.spawn(liveness::run(state.clone(), background.clone()));
 
         let http_stop = CancellationToken::new();
         let options = ServeOptions {
@@ -189,7 +194,7 @@ impl Gateway {
         let _ = tokio::time::timeout_at(deadline, async {
             let _ = server.await;
             tasks.wait().await;
-            heartbeat::retire(&state).await;
+            liveness::retire(&state).await;
         })
         .await;
         tracing::info!("stopped");

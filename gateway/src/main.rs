@@ -8,7 +8,7 @@ use flotilla_shared::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc: about 30% less gateway CPU per upgrade than glibc's malloc (BENCHMARKS.md); the
-/// heartbeat purges what a burst freed (`memory` module).
+/// liveness beat purges what a burst freed (`memory` module).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

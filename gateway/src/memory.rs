@@ -4,7 +4,7 @@
 //! long-lived allocations of the sockets it opened. The allocator keeps those pages (glibc
 //! until trimmed: about 9 MB at 10k sockets, a fifth of the gateway's memory; jemalloc until
 //! its decay timer runs, which needs allocator activity an idle gateway does not have). Once a
-//! burst has settled, the heartbeat asks the allocator to return them.
+//! burst has settled, the liveness beat asks the allocator to return them.
 
 use crate::metrics::Counters;
 use crate::state::GatewayState;

@@ -2,7 +2,7 @@
 //!
 //! Labels are bounded: never a node id.
 
-use flotilla_shared::node_auth::AuthCounters;
+use flotilla_shared::auth::node::AuthCounters;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 

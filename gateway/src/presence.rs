@@ -67,7 +67,7 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
 }
 
 /// A socket closed: release its presence unless a newer socket holds it. If Redis cannot be
-/// asked, the release is kept and retried by the heartbeat, so the node does not read as
+/// asked, the release is kept and retried by the liveness beat, so the node does not read as
 /// connected through a socket that is gone.
 pub(crate) async fn withdraw(state: &GatewayState, node_id: Uuid, conn: &Conn) {
     if !release(state, node_id, conn.id).await {

@@ -12,10 +12,10 @@ use crate::sse::SseLink;
 use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use flotilla_shared::auth::node::AuthedNode;
 use flotilla_shared::close_codes::{
     DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
-use flotilla_shared::node_auth::AuthedNode;
 use flotilla_shared::presence::Transport;
 use futures_util::{SinkExt, StreamExt};
 use std::future::{poll_fn, Future};

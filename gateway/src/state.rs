@@ -1,13 +1,13 @@
 //! The state every handler, session and background task shares.
 
 use crate::metrics::Counters;
-use crate::reconnects::ReconnectLimiter;
 use crate::registry::Registry;
 use crate::subscriptions::Subscriptions;
-use flotilla_shared::node_auth::{AuthCounters, NodeAuthenticator};
-use flotilla_shared::rate_limit::RateLimiter;
+use flotilla_shared::auth::node::{AuthCounters, NodeAuthenticator};
+use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::GatewaySettings;
+use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -32,14 +32,15 @@ pub struct Shared {
     pub(crate) counters: Counters,
     /// Caps handshakes being authenticated at once.
     pub(crate) handshakes: Semaphore,
-    pub(crate) reconnects: ReconnectLimiter,
+    /// Connects per node (`None`: `gateway.reconnect_limit` is 0, no limit).
+    pub(crate) reconnects: Option<KeyedLimiter<Uuid>>,
     /// Failed authentications per source address.
-    pub(crate) auth_failures: RateLimiter,
+    pub(crate) auth_failures: KeyedLimiter<IpAddr>,
     /// Cancelled when the drain starts: handshakes get 503 from then on.
     pub(crate) draining: CancellationToken,
     /// Every socket session (axum detaches them; the drain waits for them here).
     pub(crate) sessions: TaskTracker,
-    /// Set when a presence claim failed: the next heartbeat restores every held socket's.
+    /// Set when a presence claim failed: the next liveness beat restores every held socket's.
     pub(crate) presence_stale: AtomicBool,
     /// Closed sockets (node, connection) whose presence Redis could not release yet.
     pub(crate) unreleased: Mutex<Vec<(Uuid, Uuid)>>,

@@ -5,7 +5,7 @@
 //! through [`Subscriptions`]; because only the manager issues SUBSCRIBE/UNSUBSCRIBE and it decides
 //! from the registry's current state, a close racing a reconnect of the same node cannot leave
 //! the channel unsubscribed. A reader task forwards each message to its socket's outbox. When the
-//! connection drops (or the heartbeat's probe finds it deaf), the manager reconnects with backoff
+//! connection drops (or the liveness beat's probe finds it deaf), the manager reconnects with backoff
 //! and subscribes every held node again.
 
 use crate::metrics::{self, Counters};
@@ -37,7 +37,7 @@ pub(crate) struct Request {
 /// The receiving end, handed to [`run`].
 pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;
 
-/// Handle sessions and the heartbeat use to talk to the manager.
+/// Handle sessions and the liveness beat use to talk to the manager.
 pub(crate) struct Subscriptions {
     requests: mpsc::UnboundedSender<Request>,
     reconnect: Notify,
@@ -90,7 +90,7 @@ impl Subscriptions {
         self.reconnect.notify_waiters();
     }
 
-    /// The channel the heartbeat's self-probe is published on.
+    /// The channel the liveness beat's self-probe is published on.
     pub(crate) fn probe_channel(&self) -> &str {
         &self.probe_channel
     }

@@ -1,10 +1,10 @@
 //! The checks the fuzz targets (`fuzz/`) run on untrusted input, shared with the regression
 //! test that replays every input under `fuzz/regressions/`.
 
+use crate::auth::tokens::{self, ENROLL_PREFIX, NODE_PREFIX, OPERATOR_PREFIX};
 use crate::channels::ControlMessage;
 use crate::frames::PushFrame;
 use crate::protocol::{ConfigResponse, EnrollRequest, Heartbeat, SamplesRequest};
-use crate::tokens::{self, ENROLL_PREFIX, NODE_PREFIX, OPERATOR_PREFIX};
 
 /// Push frames and Redis payloads: parsing never panics, and whatever parses round-trips.
 pub fn push_frame(data: &[u8]) {

@@ -4,9 +4,11 @@
 //! - [`settings`]: typed configuration (defaults → `FLOTILLA_CONFIG` file → `FLOTILLA__*` env).
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
-//! - [`tokens`]: node, enrollment and operator token formats, generation and hashing.
-//! - [`bcrypt_gate`]: the one cap on concurrent bcrypt work in a process.
-//! - [`node_auth`]: node-token authentication: a row read and a digest, no cache.
+//! - [`auth`]: authentication both services share: token formats and hashing
+//!   (`auth::tokens`), the `Authorization: Bearer` parser (`auth::bearer`), node-token
+//!   authentication (`auth::node`) and the one cap on bcrypt work (`auth::bcrypt_gate`).
+//! - [`limiter`]: one fixed-window rate limiter per key (address budgets, node reconnects).
+//! - [`client_address`]: which address a request counts against (peer or trusted hop).
 //! - [`batched_reads`]: concurrent reads of rows by key, coalesced into one query a round.
 //! - [`frames`]: the JSON frames pushed to agents over the WebSocket.
 //! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.
@@ -18,11 +20,11 @@
 //! - [`db`]: Postgres pool construction and the embedded migrations.
 //! - [`redis_conn`]: a lazily connected Redis handle with per-command timeouts.
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
-//! - [`rate_limit`]: per-source-address budgets (enrollment, failed authentications).
 
+pub mod auth;
 pub mod batched_reads;
-pub mod bcrypt_gate;
 pub mod channels;
+pub mod client_address;
 pub mod close_codes;
 pub mod db;
 pub mod frames;
@@ -30,12 +32,10 @@ pub mod fuzzing;
 pub mod healthcheck;
 #[cfg(feature = "server")]
 pub mod http_server;
-pub mod node_auth;
+pub mod limiter;
 pub mod presence;
 pub mod protocol;
-pub mod rate_limit;
 pub mod redis_conn;
 pub mod secret;
 pub mod settings;
 pub mod telemetry;
-pub mod tokens;

@@ -365,7 +365,7 @@ impl Settings {
             return invalid("database.url", "must start with postgres://");
         }
         if let Some(t) = &self.api.bootstrap_admin_token {
-            if !crate::tokens::strong_enough_for_bootstrap(t.expose()) {
+            if !crate::auth::tokens::strong_enough_for_bootstrap(t.expose()) {
                 return invalid(
                     "api.bootstrap_admin_token",
                     "is too easy to guess: use a vf_op_ token or at least 40 random characters \
@@ -375,7 +375,8 @@ impl Settings {
             }
         }
         if let Some(t) = &self.api.bootstrap_enrollment_token {
-            if crate::tokens::parse(crate::tokens::ENROLL_PREFIX, t.expose()).is_none() {
+            if crate::auth::tokens::parse(crate::auth::tokens::ENROLL_PREFIX, t.expose()).is_none()
+            {
                 return invalid(
                     "api.bootstrap_enrollment_token",
                     "must be vf_enroll_<16 hex>_<48 hex>",

@@ -1,7 +1,7 @@
 //! Nodes written straight into the database as enrollment leaves them, for tests and benchmarks
 //! that need many at once.
 
-use flotilla_shared::tokens::{self, NODE_PREFIX};
+use flotilla_shared::auth::tokens::{self, NODE_PREFIX};
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -156,7 +156,7 @@ async fn self_update_replaces_and_reexecutes_and_a_bad_checksum_is_reported() {
     new_binary.extend_from_slice(
         format!("\nflotilla self-update test {}\n", uuid::Uuid::new_v4()).as_bytes(),
     );
-    let checksum = flotilla_shared::tokens::sha256_hex(&new_binary);
+    let checksum = flotilla_shared::auth::tokens::sha256_hex(&new_binary);
     let url = serve_file(new_binary.clone()).await;
     stage_update(&stack, &node_id, "9.9.9", &url, &checksum).await;
     eventually(
@@ -197,7 +197,7 @@ async fn self_update_replaces_and_reexecutes_and_a_bad_checksum_is_reported() {
     .await;
 
     // A wrong checksum: nothing is replaced, the agent keeps running and reports the error.
-    let wrong = flotilla_shared::tokens::sha256_hex(b"something else");
+    let wrong = flotilla_shared::auth::tokens::sha256_hex(b"something else");
     stage_update(&stack, &node_id, "9.9.10", &url, &wrong).await;
     let error = eventually(
         "the update error is reported",

@@ -76,7 +76,7 @@ async fn deploy_runs_within_200ms_update_restarts_undeploy_stops_and_the_token_i
     assert_eq!((status.as_str(), pid), ("RUNNING", Some(i64::from(pid1))));
     assert_eq!(
         checksum.unwrap(),
-        flotilla_shared::tokens::sha256_hex(v1.as_bytes())
+        flotilla_shared::auth::tokens::sha256_hex(v1.as_bytes())
     );
 
     // A new version: the old process is replaced by one running the new config.

@@ -1,15 +1,16 @@
 //! `POST /api/agent/samples`, and the one code path every sample result goes through
 //! (legacy heartbeats carry `sampleResults` too).
 
+use crate::auth::NodeCaller;
 use crate::error::{ApiError, Result};
-use crate::extract::{Json, NodeCaller};
+use crate::extract::Json;
 use crate::selector::places_sql;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
+use flotilla_shared::auth::node::AuthedNode;
 use flotilla_shared::frames::PushMessage;
-use flotilla_shared::node_auth::AuthedNode;
 #[allow(unused_imports)]
 use flotilla_shared::protocol::{Ok, SampleResult, SamplesRequest};
 use serde_json::Value;

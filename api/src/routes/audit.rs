@@ -1,9 +1,9 @@
 //! The audit trail (admin): every operator change, newest first, paged by cursor, optionally
 //! narrowed to one action, target or token.
 
+use crate::auth::{Operator, Role};
 use crate::error::Result;
-use crate::extract::{Operator, Query};
-use crate::operator_auth::Role;
+use crate::extract::Query;
 use crate::paging;
 use crate::state::AppState;
 use axum::extract::State;

@@ -6,10 +6,10 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
+use flotilla_shared::auth::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
 #[allow(unused_imports)]
 use flotilla_shared::protocol::ErrorBody;
 use flotilla_shared::protocol::{EnrollRequest, EnrollResponse};
-use flotilla_shared::tokens::{self, ENROLL_PREFIX, NODE_PREFIX};
 use uuid::Uuid;
 
 /// Enrollment route.
@@ -42,8 +42,7 @@ async fn enroll(
     Json(req): Json<EnrollRequest>,
 ) -> Result<axum::Json<EnrollResponse>> {
     if let Some(ip) = ip {
-        let limit = state.limits.enroll.hit(ip);
-        limit.map_err(|wait| ApiError::RateLimited(wait.as_secs()))?;
+        state.limits.enroll.hit(ip)?;
     }
     let hostname = req.hostname.trim();
     if hostname.is_empty() || hostname.len() > 255 {

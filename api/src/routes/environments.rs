@@ -2,9 +2,9 @@
 //! their nodes a selector matches (viewer).
 
 use crate::audit::{self, Change};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator};
-use crate::operator_auth::Role;
+use crate::extract::{id_of, Json};
 use crate::selector::{selector_params, validate_labels, Placement, SelectorLabels, MATCHES_SQL};
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use flotilla_shared::tokens::{self, ENROLL_PREFIX};
+use flotilla_shared::auth::tokens::{self, ENROLL_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -1,14 +1,15 @@
 //! `POST /api/agent/heartbeat`: versions, labels, pipeline statuses, update errors.
 
+use crate::auth::NodeBearer;
 use crate::error::{ApiError, Result};
-use crate::extract::{JsonBody, NodeBearer};
+use crate::extract::JsonBody;
 use crate::node_logs::{self, Lines};
 use crate::routes::agent_samples;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use flotilla_shared::node_auth::AuthedNode;
+use flotilla_shared::auth::node::AuthedNode;
 #[allow(unused_imports)]
 use flotilla_shared::protocol::Heartbeat;
 use flotilla_shared::protocol::{Ok, SampleResult};

@@ -1,10 +1,10 @@
 //! Pipeline logs: agents ship them (`POST /api/agent/logs`), operators follow them
 //! (`GET /api/v1/fleet/{id}/logs`, server-sent events).
 
+use crate::auth::{NodeCaller, Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, NodeCaller, Operator, Query};
+use crate::extract::{id_of, Json, Query};
 use crate::node_logs::{self, Lines};
-use crate::operator_auth::Role;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, Sse};
@@ -104,7 +104,7 @@ async fn ship(
         })
         .collect();
     let budget = flotilla_shared::channels::log_channel(node.node_id);
-    if !crate::redis_rate::admit(&state.redis, &budget, MAX_REQUESTS_PER_SEC)
+    if !crate::shared_budget::admit(&state.redis, &budget, MAX_REQUESTS_PER_SEC)
         .await
         .map_err(ApiError::Redis)?
     {

@@ -2,7 +2,7 @@
 //! the scripts (ES modules) and styles they load from `/assets/` (the policy allows no inline
 //! script or style).
 
-use crate::extract::Operator;
+use crate::auth::Operator;
 use crate::state::AppState;
 use axum::extract::Path;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};

@@ -1,9 +1,9 @@
 //! A pipeline's stored versions (viewer): the list, one version with its YAML, and a unified
 //! diff between any two.
 
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Operator, Query};
-use crate::operator_auth::Role;
+use crate::extract::{id_of, Query};
 use crate::selector::SelectorLabels;
 use crate::state::AppState;
 use axum::extract::{Path, State};

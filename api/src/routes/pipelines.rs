@@ -3,9 +3,9 @@
 //! the one after it. Configs are checked as Vector would read them before they are stored.
 
 use crate::audit::{self, Change};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator, OptionalJson, Query};
-use crate::operator_auth::Role;
+use crate::extract::{id_of, Json, OptionalJson, Query};
 use crate::selector::{matching_nodes, validate_labels, Placement, SelectorLabels};
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -148,7 +148,7 @@ fn validate_yaml(yaml: &str) -> Result<()> {
 }
 
 fn checksum(yaml: &str) -> String {
-    flotilla_shared::tokens::sha256_hex(yaml.as_bytes())
+    flotilla_shared::auth::tokens::sha256_hex(yaml.as_bytes())
 }
 
 async fn insert_version(

@@ -1,9 +1,9 @@
 //! Sample requests (editor; audited, since they make agents act) and their results (viewer).
 
 use crate::audit::{self, Change};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator};
-use crate::operator_auth::Role;
+use crate::extract::{id_of, Json};
 use crate::selector::places_sql;
 use crate::state::AppState;
 use axum::extract::{Path, State};

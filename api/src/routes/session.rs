@@ -2,12 +2,12 @@
 //! only a random session id in an HttpOnly cookie), sign-out, who-am-I, and the live fleet
 //! event stream the page listens to.
 
+use crate::auth::{session, Operator};
 use crate::error::{ApiError, Result};
-use crate::extract::{ClientIp, Operator};
+use crate::extract::ClientIp;
 use crate::fleet_events::RESYNC;
 use crate::routes::page::sign_in_page;
 use crate::same_origin;
-use crate::sessions::{self, COOKIE};
 use crate::state::AppState;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Request, State};
@@ -39,20 +39,6 @@ pub fn router() -> Router<AppState> {
 pub struct SignIn {
     /// An operator token.
     token: String,
-}
-
-fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
-    ))
-    .expect("cookie is ASCII")
-}
-
-fn is_https(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 fn see_other_home() -> Response {
@@ -112,11 +98,11 @@ pub async fn sign_in(
         Err(e) => return e.into_response(),
     };
     let ttl = Duration::from_secs(state.settings.api.session_ttl_secs);
-    match sessions::open(&state.pool, token_id, ttl).await {
+    match session::open(&state.pool, token_id, ttl).await {
         Ok(id) => {
             let mut r = see_other_home();
             r.headers_mut()
-                .insert(SET_COOKIE, cookie(&id, ttl.as_secs(), is_https(&headers)));
+                .insert(SET_COOKIE, session::set_cookie(&id, ttl, &headers));
             r
         }
         Err(e) => ApiError::from(e).into_response(),
@@ -140,8 +126,8 @@ pub async fn sign_out(State(state): State<AppState>, request: Request) -> Respon
     if !same_origin::is_same_origin(&parts.headers) {
         return ApiError::CrossSite("sign out from this page").into_response();
     }
-    if let Some(key) = sessions::from_cookie(&parts) {
-        match sessions::end(&state.pool, key).await {
+    if let Some(key) = session::from_cookie(&parts.headers) {
+        match session::end(&state.pool, key).await {
             Ok(true) => state.fleet_events.credentials_revoked(&state.redis).await,
             Ok(false) => {}
             Err(e) => return ApiError::from(e).into_response(),
@@ -149,7 +135,7 @@ pub async fn sign_out(State(state): State<AppState>, request: Request) -> Respon
     }
     let mut r = see_other_home();
     r.headers_mut()
-        .insert(SET_COOKIE, cookie("", 0, is_https(&parts.headers)));
+        .insert(SET_COOKIE, session::clear_cookie(&parts.headers));
     r
 }
 

@@ -1,9 +1,9 @@
 //! Fleet-wide settings: the poll interval (changes are audited).
 
 use crate::audit::{self, Change};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{Json, Operator};
-use crate::operator_auth::Role;
+use crate::extract::Json;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;

@@ -2,9 +2,9 @@
 //! (`GET /api/v1/taps/{id}/events`, server-sent events) and stops it; the agent posts its
 //! batches to `POST /api/agent/tap-events`.
 
+use crate::auth::{NodeCaller, Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, NodeCaller, Operator};
-use crate::operator_auth::Role;
+use crate::extract::{id_of, Json};
 use crate::state::AppState;
 use crate::taps::{self, Tap, TapMessage};
 use axum::extract::{Path, State};

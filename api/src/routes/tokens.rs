@@ -2,9 +2,10 @@
 //! audit trail records each issue and revocation by name and role, never the token.
 
 use crate::audit::{self, Change};
+use crate::auth::operator::create_token;
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator};
-use crate::operator_auth::{create_token, Role};
+use crate::extract::{id_of, Json};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -108,7 +109,7 @@ async fn revoke(
     .fetch_optional(&mut *tx)
     .await?;
     let (name, role) = revoked.ok_or(ApiError::NotFound("token"))?;
-    crate::sessions::end_all_of(&mut *tx, id).await?;
+    crate::auth::session::end_all_of(&mut *tx, id).await?;
     let detail = json!({ "name": name, "role": role });
     audit::record(&mut *tx, &op, change("token.revoke", id, &detail)).await?;
     tx.commit().await?;

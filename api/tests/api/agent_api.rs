@@ -34,7 +34,7 @@ async fn enroll_returns_a_node_token_once_and_stores_only_its_digest() {
     let (lookup, digest, hash) = &stored[0];
     assert_eq!(
         digest.as_slice(),
-        flotilla_shared::tokens::node_digest(token),
+        flotilla_shared::auth::tokens::node_digest(token),
         "the token's SHA-256 is stored"
     );
     assert_eq!(*hash, None, "no bcrypt hash for a node token");
@@ -161,10 +161,10 @@ async fn node_tokens_cost_no_bcrypt_and_a_replaced_digest_is_rejected_at_once() 
         assert_eq!(bcrypt.load(Ordering::SeqCst), 0, "no bcrypt run");
     }
 
-    let issued = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX);
+    let issued = flotilla_shared::auth::tokens::issue(flotilla_shared::auth::tokens::NODE_PREFIX);
     sqlx::query("UPDATE nodes SET token_digest = $2, token_lookup = $3 WHERE id = $1::uuid")
         .bind(&node_id)
-        .bind(flotilla_shared::tokens::node_digest(&issued.token).as_slice())
+        .bind(flotilla_shared::auth::tokens::node_digest(&issued.token).as_slice())
         .bind(&issued.lookup)
         .execute(&db.pool)
         .await
@@ -193,10 +193,10 @@ async fn a_heartbeat_writes_nothing_once_the_digest_changed() {
     };
     assert_eq!(beat("1.0.1").await.status, StatusCode::OK);
 
-    let other = flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX);
+    let other = flotilla_shared::auth::tokens::issue(flotilla_shared::auth::tokens::NODE_PREFIX);
     sqlx::query("UPDATE nodes SET token_digest = $2 WHERE id = $1::uuid")
         .bind(&node_id)
-        .bind(flotilla_shared::tokens::node_digest(&other.token).as_slice())
+        .bind(flotilla_shared::auth::tokens::node_digest(&other.token).as_slice())
         .execute(&db.pool)
         .await
         .unwrap();
@@ -220,7 +220,7 @@ async fn a_bcrypt_hashed_node_token_works_once_then_is_checked_by_its_digest() {
     let (_, enroll_token) = api.create_environment("prod").await;
     let (node_id, token) = api.enroll(&enroll_token, "h1").await;
     let secret = token.rsplit('_').next().unwrap().to_owned();
-    let hash = flotilla_shared::tokens::hash_secret(secret, 4)
+    let hash = flotilla_shared::auth::tokens::hash_secret(secret, 4)
         .await
         .unwrap();
     sqlx::query("UPDATE nodes SET token_hash = $2, token_digest = NULL WHERE id = $1::uuid")
@@ -273,7 +273,7 @@ async fn a_bcrypt_hashed_node_token_works_once_then_is_checked_by_its_digest() {
         .unwrap();
     assert_eq!(
         digest.as_deref(),
-        Some(&flotilla_shared::tokens::node_digest(&token)[..])
+        Some(&flotilla_shared::auth::tokens::node_digest(&token)[..])
     );
     assert_eq!(hash, None);
     assert_eq!(
@@ -359,7 +359,9 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     assert_eq!(p["configYaml"], flotilla_testkit::vector_config("base"));
     assert_eq!(
         p["checksum"],
-        flotilla_shared::tokens::sha256_hex(flotilla_testkit::vector_config("base").as_bytes())
+        flotilla_shared::auth::tokens::sha256_hex(
+            flotilla_testkit::vector_config("base").as_bytes()
+        )
     );
     assert_eq!(c.body["pollIntervalMs"], 15000);
     assert_eq!(c.body["secretBackend"], "BUILTIN");
@@ -398,7 +400,9 @@ async fn config_serves_deployed_matching_pipelines_with_checksums() {
     assert_eq!(c.body["pipelines"][0]["version"], 2);
     assert_eq!(
         c.body["pipelines"][0]["checksum"],
-        flotilla_shared::tokens::sha256_hex(flotilla_testkit::vector_config("base").as_bytes())
+        flotilla_shared::auth::tokens::sha256_hex(
+            flotilla_testkit::vector_config("base").as_bytes()
+        )
     );
 }
 

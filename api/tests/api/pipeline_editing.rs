@@ -213,7 +213,7 @@ async fn a_valid_config_is_stored_and_served_byte_for_byte() {
     assert_eq!(r.body["configYaml"], yaml);
     assert_eq!(
         r.body["checksum"],
-        flotilla_shared::tokens::sha256_hex(yaml.as_bytes())
+        flotilla_shared::auth::tokens::sha256_hex(yaml.as_bytes())
     );
     assert_eq!(api.deploy(&id).await.status, StatusCode::OK);
     let c = api.agent_config(&node).await;
@@ -263,7 +263,7 @@ async fn versions_are_listed_newest_first_shown_and_diffed() {
     assert_eq!(versions[2]["selectorLabels"], "any");
     assert_eq!(
         versions[2]["checksum"],
-        flotilla_shared::tokens::sha256_hex(v1.as_bytes())
+        flotilla_shared::auth::tokens::sha256_hex(v1.as_bytes())
     );
     assert!(versions[2]["createdAt"].is_string());
     assert!(versions[0].get("configYaml").is_none());

@@ -47,7 +47,7 @@ async fn a_flood_of_bogus_tokens_costs_no_bcrypt_and_real_agents_stay_served() {
     sqlx::query("UPDATE nodes SET token_hash = $2, token_digest = NULL WHERE id = $1::uuid")
         .bind(&legacy_id)
         .bind(
-            flotilla_shared::tokens::hash_secret(secret, 4)
+            flotilla_shared::auth::tokens::hash_secret(secret, 4)
                 .await
                 .unwrap(),
         )
@@ -60,7 +60,10 @@ async fn a_flood_of_bogus_tokens_costs_no_bcrypt_and_real_agents_stay_served() {
     let bogus: Vec<String> = (0..10_000)
         .map(|i| match i % 3 {
             0 => format!("garbage-{i}"),
-            1 => flotilla_shared::tokens::issue(flotilla_shared::tokens::NODE_PREFIX).token,
+            1 => {
+                flotilla_shared::auth::tokens::issue(flotilla_shared::auth::tokens::NODE_PREFIX)
+                    .token
+            }
             _ => format!("vf_node_{lookup}_{:048x}", i),
         })
         .collect();

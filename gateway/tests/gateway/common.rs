@@ -1,10 +1,10 @@
 //! Helpers shared by the gateway's integration tests.
 
+use flotilla_shared::auth::tokens::{self, NODE_PREFIX};
 use flotilla_shared::channels::node_channel;
 use flotilla_shared::frames::{PushFrame, PushMessage};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::settings::Settings;
-use flotilla_shared::tokens::{self, NODE_PREFIX};
 use flotilla_testkit::db::TestDb;
 use flotilla_testkit::sse_client::{OpenError, SseClient};
 use flotilla_testkit::{eventually, within};

@@ -3,8 +3,8 @@
 
 use crate::common;
 
+use flotilla_shared::auth::node::{lookup_id, NodeCredentials, CREDENTIALS_ANY};
 use flotilla_shared::batched_reads::BatchedReads;
-use flotilla_shared::node_auth::{lookup_id, NodeCredentials, CREDENTIALS_ANY};
 use flotilla_testkit::proxy::Proxy;
 use flotilla_testkit::{eventually, redis_url, within};
 use futures_util::future::join_all;

@@ -1,8 +1,8 @@
 //! The gateway with the real api: what an operator does reaches the agent's socket.
 
 use crate::common::*;
+use flotilla_shared::auth::tokens;
 use flotilla_shared::close_codes::REVOKED;
-use flotilla_shared::tokens;
 use flotilla_testkit::{api, db, eventually, redis_url};
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -7,9 +7,9 @@
 
 use super::filter::{Filter, Presence};
 use super::{select_nodes, with_crash_counts, with_presence, NodeView, NODE_SUMMARY};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{Operator, Query};
-use crate::operator_auth::Role;
+use crate::extract::Query;
 use crate::paging;
 use crate::state::AppState;
 use axum::extract::{RawQuery, State};

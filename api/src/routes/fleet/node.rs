@@ -4,10 +4,10 @@
 use super::rules::{is_docker, push_of, validate_action};
 use super::{load_node, NodeView};
 use crate::audit::{self, Change};
+use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
-use crate::extract::{id_of, Json, Operator, Query};
+use crate::extract::{id_of, Json, Query};
 use crate::fleet_events::node_changed;
-use crate::operator_auth::Role;
 use crate::selector::validate_labels;
 use crate::state::AppState;
 use axum::extract::{Path, State};

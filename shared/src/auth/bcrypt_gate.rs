@@ -2,8 +2,8 @@
 //! enrollment tokens and operator tokens all wait for the same few permits, so no mix of
 //! requests can take more than `auth.max_concurrent_bcrypt` cores.
 
+use super::tokens;
 use crate::settings::AuthSettings;
-use crate::tokens;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

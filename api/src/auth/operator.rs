@@ -1,11 +1,16 @@
-//! Operator tokens: roles, verification with a warm cache, and the bootstrap admin token.
+//! Operators: roles, operator-token verification with a warm cache, issuing tokens, and the
+//! [`Operator`] extractor (by bearer token, or by the fleet page's session cookie).
 
+use super::session;
 use crate::error::ApiError;
-use flotilla_shared::bcrypt_gate::BcryptGate;
-use flotilla_shared::rate_limit::RateLimiter;
-use flotilla_shared::secret::Secret;
+use crate::extract::client_ip;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::request::Parts;
+use flotilla_shared::auth::bcrypt_gate::BcryptGate;
+use flotilla_shared::auth::{bearer, tokens};
+use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::settings::AuthSettings;
-use flotilla_shared::tokens;
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -102,7 +107,7 @@ impl OperatorAuthenticator {
         &self,
         token: &str,
         ip: Option<IpAddr>,
-        guesses: &RateLimiter,
+        guesses: &KeyedLimiter<IpAddr>,
     ) -> Result<(Uuid, Role), ApiError> {
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::Unauthorized("Unauthorized"));
@@ -124,8 +129,8 @@ impl OperatorAuthenticator {
         if rows.is_empty() {
             return Err(ApiError::Unauthorized("Unauthorized"));
         }
-        if ip.is_some_and(|ip| guesses.exhausted(ip)) {
-            return Err(ApiError::RateLimited(guesses.retry_after().as_secs()));
+        if let Some(over) = ip.and_then(|ip| guesses.over_limit(&ip)) {
+            return Err(over.into());
         }
         // Concurrent checks of one token share this bcrypt run and its answer.
         let verified = self
@@ -221,86 +226,71 @@ pub async fn create_token(
     Ok((id, issued.token))
 }
 
-/// What precedes the generated first admin token on the api's standard output.
-pub const FIRST_ADMIN_BANNER: &str =
-    "First admin token (shown once; sign in with it, then create your own): ";
-
-/// With no bootstrap token configured: issues an admin token if no usable one exists (a
-/// first start), and returns it to be shown once. Concurrent first starts of several apis
-/// issue one token between them.
-pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Option<Secret>> {
-    let mut tx = pool.begin().await?;
-    // Serialises first starts; released at commit.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('flotilla:first-admin'))")
-        .execute(&mut *tx)
-        .await?;
-    let any_admin: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE role = 'admin' AND NOT revoked)",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if any_admin {
-        return Ok(None);
-    }
-    let issued = tokens::issue(tokens::OPERATOR_PREFIX);
-    let hash = tokens::hash_secret(issued.secret.clone(), cost).await?;
-    sqlx::query(
-        "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash)
-         VALUES ($1, 'first admin', 'admin', $2, $3)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(&issued.lookup)
-    .bind(&hash)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!("first admin token issued and printed to standard output");
-    Ok(Some(Secret::new(issued.token)))
+/// The operator calling an operator endpoint: by bearer token, or by the fleet page's session
+/// cookie (then a write must also be same-origin JSON, see [`crate::same_origin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator {
+    /// The operator token's id.
+    pub token_id: Uuid,
+    /// Its role.
+    pub role: Role,
+    /// The session it came through, if it came through the cookie.
+    pub session: Option<session::SessionKey>,
 }
 
-/// Makes the configured bootstrap token the (single) bootstrap admin token.
-/// Returns whether a different bootstrap token was replaced.
-pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::Result<bool> {
-    let (lookup, secret) = tokens::operator_parts(token);
-    let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT token_lookup, token_hash FROM operator_tokens WHERE bootstrap")
-            .fetch_optional(pool)
-            .await?;
-    let replaced = existing.is_some();
-    if let Some((stored_lookup, hash)) = existing {
-        if stored_lookup == lookup && tokens::verify_secret(secret.clone(), hash).await {
-            return Ok(false);
+impl Operator {
+    /// Fails with 403 unless the operator has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(role.as_str()))
         }
     }
-    let hash = tokens::hash_secret(secret, cost).await?;
-    let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM operator_tokens WHERE bootstrap")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash, bootstrap)
-         VALUES ($1, 'bootstrap admin', 'admin', $2, $3, true)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(&lookup)
-    .bind(&hash)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!("bootstrap admin token installed");
-    Ok(replaced)
+
+    /// Whether the credential it came with still stands (token not revoked; session not
+    /// ended or expired); for live streams, which outlast the request that authenticated.
+    pub async fn still_stands(&self, state: &AppState) -> Result<bool, sqlx::Error> {
+        match self.session {
+            Some(key) => Ok(session::find(&state.pool, key).await?.is_some()),
+            None => state.operator_auth.is_active(self.token_id).await,
+        }
+    }
 }
 
-/// With no bootstrap token configured, none may stand: removes the one a previous
-/// configuration installed (a release that shipped a well-known default installed one), and
-/// its sessions with it. Returns whether there was one.
-pub async fn remove_bootstrap(pool: &PgPool) -> anyhow::Result<bool> {
-    let removed = sqlx::query("DELETE FROM operator_tokens WHERE bootstrap")
-        .execute(pool)
-        .await?
-        .rows_affected();
-    if removed > 0 {
-        tracing::warn!("api.bootstrap_admin_token is unset: the bootstrap admin token it installed before is removed");
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(&parts.headers) else {
+            return session::operator(parts, state).await;
+        };
+        let ip = client_ip(parts, state);
+        let guesses = &state.limits.operator_guesses;
+        let (token_id, role) = state.operator_auth.authenticate(token, ip, guesses).await?;
+        Ok(Operator {
+            token_id,
+            role,
+            session: None,
+        })
     }
-    Ok(removed > 0)
+}
+
+impl OptionalFromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    /// `None` when there is no valid operator token; other failures (database down) stand.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Operator as FromRequestParts<AppState>>::from_request_parts(parts, state).await {
+            Ok(op) => Ok(Some(op)),
+            Err(ApiError::Unauthorized(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The gateway's heartbeat: its liveness key, a probe of its subscription, and housekeeping.
+//! The gateway's liveness: every `gateway.heartbeat_interval_ms` a beat refreshes its liveness
+//! key, probes its subscription, and does the housekeeping that rides along.
 //!
 //! Presence counts only while the liveness key exists, so a crashed gateway's sockets read as
 //! gone within `liveness_ttl_ms`. A beat that finds the key missing (Redis restarted and lost
@@ -36,7 +37,7 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
 
 /// One beat: refresh the liveness key (restoring presence if it had vanished or a claim
 /// failed, retrying releases that failed, reconciling the node sets every
-/// [`RECONCILE_EVERY`] beats), probe the subscription, prune the reconnect limiter.
+/// [`RECONCILE_EVERY`] beats), probe the subscription.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
     set.arg(gateway_alive_key(&state.id))
@@ -75,7 +76,6 @@ pub async fn beat(state: &GatewayState, seq: u64) {
             state.subscriptions.reconnect();
         }
     }
-    state.reconnects.prune(tokio::time::Instant::now());
 }
 
 /// Deletes the liveness key (after a drain), so any presence left behind reads as gone.

@@ -10,16 +10,15 @@
 //! bcrypt-verified once, under the bcrypt concurrency cap and only for an address within its
 //! failure budget, and the digest replaces the hash in the same step.
 
+use super::bcrypt_gate::BcryptGate;
+use super::tokens::{self, NODE_PREFIX};
 use crate::batched_reads::{BatchedReads, Keyed};
-use crate::bcrypt_gate::BcryptGate;
-use crate::rate_limit::RateLimiter;
+use crate::limiter::{KeyedLimiter, OverLimit};
 use crate::settings::AuthSettings;
-use crate::tokens::{self, NODE_PREFIX};
 use sqlx::PgPool;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// An authenticated node.
@@ -53,9 +52,9 @@ pub enum BudgetedError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// The source address is over its failure budget and the token would need bcrypt; retry
-    /// after this long.
+    /// when its window ends.
     #[error("too many failed authentications")]
-    OverBudget(Duration),
+    OverBudget(OverLimit),
 }
 
 /// Counters exposed as metrics and used by tests.
@@ -142,7 +141,7 @@ impl NodeAuthenticator {
         &self,
         token: &str,
         ip: Option<IpAddr>,
-        failures: &RateLimiter,
+        failures: &KeyedLimiter<IpAddr>,
     ) -> Result<AuthedNode, BudgetedError> {
         let row = match lookup_id(token) {
             Some(lookup) => self.read_lookup(lookup).await.map_err(AuthError::from)?,
@@ -161,12 +160,16 @@ impl NodeAuthenticator {
         token: &str,
         row: Option<&NodeCredentials>,
         ip: Option<IpAddr>,
-        failures: &RateLimiter,
+        failures: &KeyedLimiter<IpAddr>,
     ) -> Result<AuthedNode, BudgetedError> {
-        let allow_bcrypt = !ip.is_some_and(|ip| failures.exhausted(ip));
-        match self.verify(token, row, allow_bcrypt).await {
+        let over = ip.and_then(|ip| failures.over_limit(&ip));
+        match self.verify(token, row, over.is_none()).await {
             Ok(Some(node)) => Ok(node),
-            Ok(None) => Err(BudgetedError::OverBudget(failures.retry_after())),
+            // bcrypt is refused only to an address over its budget.
+            Ok(None) => Err(match over {
+                Some(over) => BudgetedError::OverBudget(over),
+                None => BudgetedError::Auth(AuthError::Invalid),
+            }),
             Err(AuthError::Invalid) => {
                 if let Some(ip) = ip {
                     let _ = failures.hit(ip);
