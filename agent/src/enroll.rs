@@ -1,8 +1,8 @@
 //! The node token: read from `<data dir>/node-token`, or obtained once by enrolling.
 
-use crate::backoff::Backoff;
 use crate::client::{ApiClient, ClientError};
 use crate::config::Config;
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::protocol::EnrollRequest;
 use flotilla_shared::secret::Secret;
 use flotilla_shared::tokens::NODE_PREFIX;

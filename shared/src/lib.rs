@@ -1,6 +1,7 @@
 //! Types and contracts shared by every Flotilla binary.
 //!
 //! # Layout
+//! - [`backoff`]: exponential backoff with full jitter, for every reconnect loop.
 //! - [`settings`]: typed configuration (defaults → `FLOTILLA_CONFIG` file → `FLOTILLA__*` env).
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
@@ -20,6 +21,7 @@
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
 //! - [`rate_limit`]: per-source-address budgets (enrollment, failed authentications).
 
+pub mod backoff;
 pub mod batched_reads;
 pub mod bcrypt_gate;
 pub mod channels;
