@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            flotilla_shared::shutdown::signal().await;
+            tracing::info!("shutting down");
+            trigger.cancel();
+        });
         flotilla_agent::run(config, shutdown).await
     });
     drop(runtime);
@@ -68,15 +73,4 @@ fn init_logging(config: &Config) {
             builder.with_ansi(colour).init()
         }
     }
-}
-
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

@@ -28,7 +28,7 @@
 //! - `reconnects`: per-node connect rate limit.
 //! - [`drain`]: paced closing on shutdown.
 //! - [`metrics`]: counters and `GET /metrics`.
-//! - [`os`]: open-files limit and termination signals.
+//! - [`os`]: open-files limit and the return of freed memory.
 //! - [`state`]: the shared state handle.
 
 pub mod drain;

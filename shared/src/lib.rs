@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`backoff`]: exponential backoff with full jitter, for every reconnect loop.
+//! - [`shutdown`]: the termination signals (SIGTERM, SIGINT) every binary stops on.
 //! - [`settings`]: typed configuration (defaults → `FLOTILLA_CONFIG` file → `FLOTILLA__*` env).
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
@@ -39,5 +40,6 @@ pub mod rate_limit;
 pub mod redis_conn;
 pub mod secret;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;
