@@ -2,9 +2,13 @@
 //!
 //! The variables are those of existing VectorFlow agents, so this agent is a drop-in
 //! replacement: `VF_URL`, `VF_TOKEN`, `VF_DATA_DIR`, `VF_VECTOR_BIN`, `VF_POLL_INTERVAL`,
-//! `VF_LOG_LEVEL` (plus `VF_LABELS`, `VF_HOSTNAME`, `VF_LOG_FORMAT`). Each has a flag of the
-//! same name (`--poll-interval`).
+//! `VF_LOG_LEVEL`, `VF_NODE_LABELS` (plus `VF_LABELS`, `VF_HOSTNAME`, `VF_LOG_FORMAT`,
+//! `VF_DEPLOYMENT_MODE`, `VF_ALLOW_HTTP_UPDATES`). Each has a flag of the same name
+//! (`--poll-interval`). clap reads both into [`Flags`]; [`Config::from_flags`] checks the
+//! values, with errors that name the variable and the flag. An empty value counts as unset
+//! (except for the hostname, where it is an error).
 
+use clap::Parser;
 use flotilla_shared::protocol::Labels;
 use flotilla_shared::secret::Secret;
 use reqwest::Url;
@@ -13,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// What went wrong reading the configuration; the message names the setting.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A required setting is missing.
     #[error("{0} is required")]
@@ -28,40 +32,71 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
-    /// An unknown or malformed command-line argument.
-    #[error("{0}\n\n{USAGE}")]
-    Usage(String),
+    /// An unknown or malformed command-line argument, or `--help` / `--version`:
+    /// [`clap::Error::exit`] prints it and exits with the right status.
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
 }
 
-/// Result of parsing the command line.
-#[derive(Debug)]
-pub enum Invocation {
-    /// Run the agent.
-    Run(Box<Config>),
-    /// Print help and exit.
-    Help,
-    /// Print the version and exit.
-    Version,
+/// The agent's command line. Every setting is a flag that falls back to its `VF_*` variable;
+/// values are checked by [`Config::from_flags`], so an error names both.
+#[derive(Parser)]
+#[command(
+    name = "flotilla-agent",
+    version = crate::VERSION,
+    about = "Flotilla agent: enrolls, polls the api, holds the push channel and runs Vector.",
+    // As with most tools, a repeated flag's last value wins.
+    args_override_self = true
+)]
+pub struct Flags {
+    /// Flotilla api base URL (required), e.g. https://flotilla.example.com
+    #[arg(long, env = "VF_URL", value_name = "URL")]
+    url: Option<String>,
+    /// Enrollment token; needed only until the node is enrolled
+    #[arg(long, env = "VF_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// State and pipeline configs
+    #[arg(long, env = "VF_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: String,
+    /// The vector binary (looked up on PATH unless it is a path)
+    #[arg(long, env = "VF_VECTOR_BIN", value_name = "PATH", default_value = DEFAULT_VECTOR_BIN)]
+    vector_bin: String,
+    /// Poll interval until the server sets one, e.g. 500ms, 15s, 2m (100ms to 24h)
+    #[arg(long, env = "VF_POLL_INTERVAL", value_name = "DUR", default_value = DEFAULT_POLL_INTERVAL)]
+    poll_interval: String,
+    /// trace, debug, info, warn or error (RUST_LOG overrides)
+    #[arg(long, env = "VF_LOG_LEVEL", value_name = "LEVEL", default_value = DEFAULT_LOG_LEVEL)]
+    log_level: String,
+    /// text or json (one JSON object per line)
+    #[arg(long, env = "VF_LOG_FORMAT", value_name = "FORMAT", default_value = DEFAULT_LOG_FORMAT)]
+    log_format: String,
+    /// The hostname to enroll with (default: this machine's hostname)
+    #[arg(long, env = "VF_HOSTNAME", value_name = "NAME")]
+    hostname: Option<String>,
+    /// Labels sent at enrollment and in heartbeats
+    #[arg(long, env = "VF_LABELS", value_name = "K=V,K=V")]
+    labels: Option<String>,
+    /// VectorFlow's name for --labels, used when --labels is not set
+    #[arg(long, env = "VF_NODE_LABELS", value_name = "K=V,K=V")]
+    node_labels: Option<String>,
+    /// STANDALONE or DOCKER, as reported (default: DOCKER when /.dockerenv exists)
+    #[arg(long, env = "VF_DEPLOYMENT_MODE", value_name = "MODE")]
+    deployment_mode: Option<String>,
+    /// true: self-updates may download over plain http (false: https only)
+    #[arg(
+        long,
+        env = "VF_ALLOW_HTTP_UPDATES",
+        value_name = "BOOL",
+        default_value = "false"
+    )]
+    allow_http_updates: String,
 }
 
-/// Usage text for `--help`.
-pub const USAGE: &str = "\
-usage: flotilla-agent [options]
-
-options (each also read from the environment variable shown):
-  --url URL              VF_URL            Flotilla api base URL (required), e.g. https://flotilla.example.com
-  --token TOKEN          VF_TOKEN          enrollment token; needed only until the node is enrolled
-  --data-dir DIR         VF_DATA_DIR       state and pipeline configs (default /var/lib/vf-agent)
-  --vector-bin PATH      VF_VECTOR_BIN     the vector binary (default: vector on PATH)
-  --poll-interval DUR    VF_POLL_INTERVAL  poll interval until the server sets one (default 15s; e.g. 500ms, 15s, 2m)
-  --log-level LEVEL      VF_LOG_LEVEL      trace, debug, info, warn or error (default info)
-  --log-format FORMAT    VF_LOG_FORMAT     text or json (one JSON object per line) (default text)
-  --hostname NAME        VF_HOSTNAME       the hostname to enroll with (default: this machine's hostname)
-  --labels K=V,K=V       VF_LABELS         labels sent at enrollment and in heartbeats (VF_NODE_LABELS too)
-  --deployment-mode M    VF_DEPLOYMENT_MODE  STANDALONE or DOCKER, as reported (default: DOCKER when /.dockerenv exists)
-  --allow-http-updates B VF_ALLOW_HTTP_UPDATES  true: self-updates may download over plain http (default false: https only)
-  -h, --help                               show this help
-  -V, --version                            show the version";
+const DEFAULT_DATA_DIR: &str = "/var/lib/vf-agent";
+const DEFAULT_VECTOR_BIN: &str = "vector";
+const DEFAULT_POLL_INTERVAL: &str = "15s";
+const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_LOG_FORMAT: &str = "text";
 
 /// Timeouts, debounces and backoffs. Defaults are production values; tests shorten them.
 #[derive(Debug, Clone)]
@@ -231,122 +266,72 @@ impl Config {
     }
 
     /// Reads the process's own arguments and environment.
-    pub fn from_process() -> Result<Invocation, ConfigError> {
-        let mut args = std::env::args_os();
-        let _argv0 = args.next();
-        let args: Vec<OsString> = args.collect();
-        let mut inv = Self::parse(args.clone(), |k| std::env::var(k).ok())?;
-        if let Invocation::Run(config) = &mut inv {
-            if let Ok(exe) = std::env::current_exe() {
-                config.reexec = Some(ReExec { exe, args });
-            }
+    pub fn from_process() -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let mut config = Self::from_flags(Flags::try_parse()?)?;
+        if let Ok(exe) = std::env::current_exe() {
+            config.reexec = Some(ReExec { exe, args });
         }
-        Ok(inv)
+        Ok(config)
     }
 
-    /// Parses arguments (without `argv[0]`) over an environment lookup.
-    pub fn parse(
-        args: impl IntoIterator<Item = OsString>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Invocation, ConfigError> {
-        let mut flags: Vec<(&'static str, String)> = vec![];
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let arg = arg
-                .into_string()
-                .map_err(|a| ConfigError::Usage(format!("argument is not UTF-8: {a:?}")))?;
-            match arg.as_str() {
-                "-h" | "--help" => return Ok(Invocation::Help),
-                "-V" | "--version" => return Ok(Invocation::Version),
-                _ => {}
-            }
-            let Some(body) = arg.strip_prefix("--") else {
-                return Err(ConfigError::Usage(format!("unexpected argument {arg:?}")));
-            };
-            let (name, inline) = match body.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (body, None),
-            };
-            let Some(&(_, var)) = FLAGS.iter().find(|(flag, _)| *flag == name) else {
-                return Err(ConfigError::Usage(format!("unknown option --{name}")));
-            };
-            let value = match inline {
-                Some(v) => v,
-                None => args
-                    .next()
-                    .and_then(|v| v.into_string().ok())
-                    .ok_or_else(|| ConfigError::Usage(format!("--{name} needs a value")))?,
-            };
-            flags.push((var, value));
-        }
-        let lookup = |var: &str| {
-            flags
-                .iter()
-                .rev()
-                .find(|(v, _)| *v == var)
-                .map(|(_, value)| value.clone())
-                .or_else(|| env(var))
-        };
-        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+    /// Checks the flags (and the variables they fell back to) into a configuration.
+    pub fn from_flags(flags: Flags) -> Result<Config, ConfigError> {
+        // Unset, empty and blank are the same (a compose file's `VF_TOKEN=` means "none").
+        let set = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        let or_default =
+            |value: String, default: &str| set(Some(value)).unwrap_or_else(|| default.to_owned());
 
-        let url_text = get("VF_URL").ok_or(ConfigError::Missing(
+        let url_text = set(flags.url).ok_or(ConfigError::Missing(
             "VF_URL (or --url), the Flotilla api base URL,",
         ))?;
         let url = parse_url(&url_text)?;
-        let mut config = Config::new(
-            url,
-            get("VF_DATA_DIR").unwrap_or_else(|| "/var/lib/vf-agent".into()),
-        );
-        config.enrollment_token = get("VF_TOKEN").map(|t| Secret::new(t.trim()));
-        if let Some(bin) = get("VF_VECTOR_BIN") {
-            config.vector_bin = PathBuf::from(bin);
+        let mut config = Config::new(url, or_default(flags.data_dir, DEFAULT_DATA_DIR));
+        config.enrollment_token = set(flags.token).map(|t| Secret::new(t.trim()));
+        config.vector_bin = PathBuf::from(or_default(flags.vector_bin, DEFAULT_VECTOR_BIN));
+        let interval = or_default(flags.poll_interval, DEFAULT_POLL_INTERVAL);
+        config.poll_interval = parse_duration(&interval).map_err(|why| ConfigError::Invalid {
+            name: "VF_POLL_INTERVAL (--poll-interval)",
+            value: interval.clone(),
+            why,
+        })?;
+        let level = or_default(flags.log_level, DEFAULT_LOG_LEVEL)
+            .trim()
+            .to_ascii_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+            return Err(ConfigError::Invalid {
+                name: "VF_LOG_LEVEL (--log-level)",
+                value: level,
+                why: "expected trace, debug, info, warn or error".into(),
+            });
         }
-        if let Some(interval) = get("VF_POLL_INTERVAL") {
-            config.poll_interval =
-                parse_duration(&interval).map_err(|why| ConfigError::Invalid {
-                    name: "VF_POLL_INTERVAL (--poll-interval)",
-                    value: interval.clone(),
-                    why,
-                })?;
-        }
-        if let Some(level) = get("VF_LOG_LEVEL") {
-            let level = level.trim().to_ascii_lowercase();
-            if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        config.log_level = level;
+        let format = or_default(flags.log_format, DEFAULT_LOG_FORMAT);
+        config.log_format = match format.trim().to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
                 return Err(ConfigError::Invalid {
-                    name: "VF_LOG_LEVEL (--log-level)",
-                    value: level,
-                    why: "expected trace, debug, info, warn or error".into(),
-                });
+                    name: "VF_LOG_FORMAT (--log-format)",
+                    value: format,
+                    why: "expected text or json".into(),
+                })
             }
-            config.log_level = level;
-        }
-        if let Some(format) = get("VF_LOG_FORMAT") {
-            config.log_format = match format.trim().to_ascii_lowercase().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "VF_LOG_FORMAT (--log-format)",
-                        value: format,
-                        why: "expected text or json".into(),
-                    })
-                }
-            };
-        }
+        };
         // Unlike the other settings, an empty hostname is an error, not "use the default":
         // a script that meant to set one should not enroll under the machine's name.
-        if let Some(name) = lookup("VF_HOSTNAME") {
+        if let Some(name) = flags.hostname {
             config.hostname = parse_hostname(&name)?;
         }
         // VF_NODE_LABELS is what current VectorFlow agents read.
-        if let Some(labels) = get("VF_LABELS").or_else(|| get("VF_NODE_LABELS")) {
+        if let Some(labels) = set(flags.labels).or_else(|| set(flags.node_labels)) {
             config.labels = parse_labels(&labels).map_err(|why| ConfigError::Invalid {
                 name: "VF_LABELS (--labels)",
                 value: labels.clone(),
                 why,
             })?;
         }
-        if let Some(mode) = get("VF_DEPLOYMENT_MODE") {
+        if let Some(mode) = set(flags.deployment_mode) {
             let mode = mode.trim().to_ascii_uppercase();
             if !["STANDALONE", "DOCKER"].contains(&mode.as_str()) {
                 return Err(ConfigError::Invalid {
@@ -357,37 +342,21 @@ impl Config {
             }
             config.deployment_mode = Some(mode);
         }
-        if let Some(allow) = get("VF_ALLOW_HTTP_UPDATES") {
-            config.allow_http_updates = match allow.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "VF_ALLOW_HTTP_UPDATES (--allow-http-updates)",
-                        value: allow,
-                        why: "expected true or false".into(),
-                    })
-                }
-            };
-        }
-        Ok(Invocation::Run(Box::new(config)))
+        let allow = or_default(flags.allow_http_updates, "false");
+        config.allow_http_updates = match allow.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "VF_ALLOW_HTTP_UPDATES (--allow-http-updates)",
+                    value: allow,
+                    why: "expected true or false".into(),
+                })
+            }
+        };
+        Ok(config)
     }
 }
-
-/// Flag name → environment variable.
-const FLAGS: &[(&str, &str)] = &[
-    ("url", "VF_URL"),
-    ("token", "VF_TOKEN"),
-    ("data-dir", "VF_DATA_DIR"),
-    ("vector-bin", "VF_VECTOR_BIN"),
-    ("poll-interval", "VF_POLL_INTERVAL"),
-    ("log-level", "VF_LOG_LEVEL"),
-    ("log-format", "VF_LOG_FORMAT"),
-    ("hostname", "VF_HOSTNAME"),
-    ("labels", "VF_LABELS"),
-    ("deployment-mode", "VF_DEPLOYMENT_MODE"),
-    ("allow-http-updates", "VF_ALLOW_HTTP_UPDATES"),
-];
 
 fn parse_url(text: &str) -> Result<Url, ConfigError> {
     let invalid = |why: String| ConfigError::Invalid {
@@ -425,27 +394,21 @@ fn parse_hostname(text: &str) -> Result<String, ConfigError> {
     Ok(name.to_owned())
 }
 
-/// Parses `500ms`, `15s`, `2m`, `1h` or a bare number of seconds; at least 100 ms.
+/// Parses a duration as humantime reads it (`500ms`, `1.5s`, `2m`, `1h30m`) or a bare number
+/// of seconds; at least 100 ms and at most 24 h.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| "expected a number with a unit, e.g. 15s or 500ms".to_owned())?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    let bare_seconds = !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let parsed = if bare_seconds {
+        humantime::parse_duration(&format!("{t}s"))
+    } else {
+        humantime::parse_duration(t)
     };
-    if !secs.is_finite() || !(0.1..=86_400.0).contains(&secs) {
+    let duration = parsed.map_err(|e| format!("{e}; expected e.g. 15s or 500ms"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&duration) {
         return Err("must be between 100ms and 24h".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(duration)
 }
 
 fn parse_labels(text: &str) -> Result<Labels, String> {
@@ -465,139 +428,162 @@ fn parse_labels(text: &str) -> Result<Labels, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use clap::{CommandFactory, FromArgMatches};
 
-    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::parse(args.iter().map(OsString::from), move |k| {
-            env.get(k).cloned()
-        })
+    /// Parses flags alone: the variables of the environment the tests run in are ignored.
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let command = Flags::command().mut_args(|a| a.env(None));
+        let matches = command
+            .try_get_matches_from(std::iter::once("flotilla-agent").chain(args.iter().copied()))?;
+        Config::from_flags(Flags::from_arg_matches(&matches)?)
     }
 
-    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
-        match parse(args, env).unwrap() {
-            Invocation::Run(c) => *c,
-            other => panic!("{other:?}"),
-        }
+    fn config(args: &[&str]) -> Config {
+        parse(args).unwrap()
+    }
+
+    fn error(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
     }
 
     #[test]
-    fn defaults_and_environment() {
-        let c = config(&[], &[("VF_URL", "http://api:8080")]);
+    fn defaults() {
+        let c = config(&["--url", "http://api:8080"]);
         assert_eq!(c.url.as_str(), "http://api:8080/");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/vf-agent"));
         assert_eq!(c.vector_bin, PathBuf::from("vector"));
         assert_eq!(c.poll_interval, Duration::from_secs(15));
         assert!(c.enrollment_token.is_none());
         assert_eq!(c.hostname, crate::enroll::hostname());
+        assert_eq!(c.log_level, "info");
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.labels.is_empty());
+        assert!(c.deployment_mode.is_none());
         assert!(
             !c.allow_http_updates,
             "self-updates are https-only by default"
         );
-        let c = config(
-            &[],
-            &[
-                ("VF_URL", "https://x.example"),
-                ("VF_TOKEN", "vf_enroll_abc"),
-                ("VF_DATA_DIR", "/tmp/a"),
-                ("VF_VECTOR_BIN", "/opt/vector"),
-                ("VF_POLL_INTERVAL", "250ms"),
-                ("VF_LOG_LEVEL", "DEBUG"),
-                ("VF_LABELS", "region=eu, tier=edge"),
-                ("VF_DEPLOYMENT_MODE", "standalone"),
-                ("VF_ALLOW_HTTP_UPDATES", "TRUE"),
-                ("VF_HOSTNAME", " edge-07.example "),
-                ("VF_LOG_FORMAT", "JSON"),
-            ],
-        );
+    }
+
+    #[test]
+    fn every_setting() {
+        let c = config(&[
+            "--url=https://x.example",
+            "--token",
+            "vf_enroll_abc",
+            "--data-dir=/tmp/a",
+            "--vector-bin",
+            "/opt/vector",
+            "--poll-interval",
+            "250ms",
+            "--log-level=DEBUG",
+            "--labels",
+            "region=eu, tier=edge",
+            "--deployment-mode",
+            "standalone",
+            "--allow-http-updates",
+            "TRUE",
+            "--hostname",
+            " edge-07.example ",
+            "--log-format",
+            "JSON",
+        ]);
         assert_eq!(c.hostname, "edge-07.example");
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.allow_http_updates);
         assert_eq!(c.deployment_mode.as_deref(), Some("STANDALONE"));
         assert_eq!(c.enrollment_token.unwrap().expose(), "vf_enroll_abc");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/a"));
+        assert_eq!(c.vector_bin, PathBuf::from("/opt/vector"));
         assert_eq!(c.poll_interval, Duration::from_millis(250));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.labels.get("tier").map(String::as_str), Some("edge"));
     }
 
     #[test]
-    fn flags_override_environment() {
-        let c = config(
-            &[
-                "--url",
-                "http://flag",
-                "--poll-interval=2m",
-                "--data-dir",
-                "/d",
-                "--vector-bin=/v",
-                "--hostname",
-                "flag-host",
-                "--log-format=json",
-            ],
-            &[
-                ("VF_URL", "http://env"),
-                ("VF_POLL_INTERVAL", "1s"),
-                ("VF_HOSTNAME", "env-host"),
-                ("VF_LOG_FORMAT", "text"),
-            ],
+    fn each_flag_falls_back_to_its_variable() {
+        let command = Flags::command();
+        let pairs: Vec<(&str, &str)> = command
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?, a.get_env()?.to_str()?)))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("url", "VF_URL"),
+                ("token", "VF_TOKEN"),
+                ("data-dir", "VF_DATA_DIR"),
+                ("vector-bin", "VF_VECTOR_BIN"),
+                ("poll-interval", "VF_POLL_INTERVAL"),
+                ("log-level", "VF_LOG_LEVEL"),
+                ("log-format", "VF_LOG_FORMAT"),
+                ("hostname", "VF_HOSTNAME"),
+                ("labels", "VF_LABELS"),
+                ("node-labels", "VF_NODE_LABELS"),
+                ("deployment-mode", "VF_DEPLOYMENT_MODE"),
+                ("allow-http-updates", "VF_ALLOW_HTTP_UPDATES"),
+            ]
         );
-        assert_eq!(c.hostname, "flag-host");
-        assert_eq!(c.log_format, LogFormat::Json);
-        assert_eq!(c.url.host_str(), Some("flag"));
-        assert_eq!(c.poll_interval, Duration::from_secs(120));
-        assert_eq!(c.data_dir, PathBuf::from("/d"));
-        assert_eq!(c.vector_bin, PathBuf::from("/v"));
+        let hidden: Vec<&str> = command
+            .get_arguments()
+            .filter(|a| a.is_hide_env_values_set())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert_eq!(hidden, ["token"], "--help never shows the token's value");
+    }
+
+    #[test]
+    fn empty_values_are_unset_and_the_last_flag_wins() {
+        let c = config(&[
+            "--url=http://first",
+            "--url",
+            "http://last",
+            "--token",
+            "  ",
+            "--data-dir=",
+            "--poll-interval=",
+            "--labels=",
+            "--node-labels",
+            "team=edge",
+        ]);
+        assert_eq!(c.url.host_str(), Some("last"));
+        assert!(c.enrollment_token.is_none());
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/vf-agent"));
+        assert_eq!(c.poll_interval, Duration::from_secs(15));
+        assert_eq!(
+            c.labels.get("team").map(String::as_str),
+            Some("edge"),
+            "VectorFlow's VF_NODE_LABELS when VF_LABELS is unset"
+        );
+        let c = config(&["--url=http://x", "--labels=a=1", "--node-labels=b=2"]);
+        assert_eq!(c.labels.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(error(&["--url="]).contains("VF_URL"));
     }
 
     #[test]
     fn clear_errors_name_the_setting() {
-        let e = parse(&[], &[]).unwrap_err().to_string();
+        let url = "--url=http://x";
+        let e = error(&[]);
         assert!(e.contains("VF_URL"), "{e}");
-        let e = parse(&[], &[("VF_URL", "not a url")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&["--url", "not a url"]);
         assert!(e.contains("VF_URL"), "{e}");
-        let e = parse(&[], &[("VF_URL", "ftp://x")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&["--url", "ftp://x"]);
         assert!(e.contains("http"), "{e}");
-        let e = parse(&[], &[("VF_URL", "http://x"), ("VF_DEPLOYMENT_MODE", "vm")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&[url, "--deployment-mode", "vm"]);
         assert!(e.contains("VF_DEPLOYMENT_MODE"), "{e}");
-        let e = parse(&[], &[("VF_URL", "http://x"), ("VF_POLL_INTERVAL", "soon")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&[url, "--poll-interval", "soon"]);
         assert!(e.contains("VF_POLL_INTERVAL"), "{e}");
-        let e = parse(&["--log-level", "loud"], &[("VF_URL", "http://x")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&[url, "--log-level", "loud"]);
         assert!(e.contains("VF_LOG_LEVEL"), "{e}");
-        let e = parse(&["--bogus"], &[("VF_URL", "http://x")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown option --bogus"), "{e}");
-        let e = parse(&["--url"], &[]).unwrap_err().to_string();
-        assert!(e.contains("--url needs a value"), "{e}");
-        let e = parse(&[], &[("VF_URL", "http://x"), ("VF_LABELS", "novalue")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&[url, "--bogus"]);
+        assert!(e.contains("unexpected argument '--bogus'"), "{e}");
+        let e = error(&["--url"]);
+        assert!(e.contains("a value is required for '--url <URL>'"), "{e}");
+        let e = error(&[url, "--labels", "novalue"]);
         assert!(e.contains("VF_LABELS"), "{e}");
-        let e = parse(
-            &["--allow-http-updates", "maybe"],
-            &[("VF_URL", "http://x")],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = error(&[url, "--allow-http-updates", "maybe"]);
         assert!(e.contains("VF_ALLOW_HTTP_UPDATES"), "{e}");
-        let e = parse(&["--log-format", "xml"], &[("VF_URL", "http://x")])
-            .unwrap_err()
-            .to_string();
+        let e = error(&[url, "--log-format", "xml"]);
         assert!(
             e.contains("VF_LOG_FORMAT") && e.contains("text or json"),
             "{e}"
@@ -609,45 +595,53 @@ mod tests {
             ("two words", "spaces"),
             ("tab\there", "control"),
         ] {
-            let e = parse(&["--hostname", bad], &[("VF_URL", "http://x")])
-                .unwrap_err()
-                .to_string();
+            let e = error(&[url, "--hostname", bad]);
             assert!(e.contains("VF_HOSTNAME") && e.contains(why), "{bad:?}: {e}");
-            let e = parse(&[], &[("VF_URL", "http://x"), ("VF_HOSTNAME", bad)])
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("VF_HOSTNAME"), "{bad:?}: {e}");
         }
         let longest = "h".repeat(MAX_HOSTNAME);
-        assert_eq!(
-            config(&["--hostname", &longest], &[("VF_URL", "http://x")]).hostname,
-            longest
-        );
+        assert_eq!(config(&[url, "--hostname", &longest]).hostname, longest);
     }
 
     #[test]
-    fn help_and_version() {
-        assert!(matches!(parse(&["--help"], &[]).unwrap(), Invocation::Help));
-        assert!(matches!(parse(&["-V"], &[]).unwrap(), Invocation::Version));
+    fn help_lists_every_flag_and_variable_and_version_prints() {
+        let help = Flags::command().render_long_help().to_string();
+        for arg in Flags::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(help.contains(&format!("--{long}")), "--{long}: {help}");
+            }
+            if let Some(var) = arg.get_env() {
+                assert!(help.contains(var.to_str().unwrap()), "{var:?}: {help}");
+            }
+        }
+        assert!(help.contains("[default: 15s]"), "{help}");
+        let kind = |flag: &str| match parse(&[flag]) {
+            Err(ConfigError::Usage(e)) => e.kind(),
+            other => panic!("{flag}: {:?}", other.map(|_| ())),
+        };
+        assert_eq!(kind("--help"), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(kind("-h"), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(kind("-V"), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(kind("--version"), clap::error::ErrorKind::DisplayVersion);
     }
 
     #[test]
     fn durations() {
         assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration(" 2m ").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in ["", "s", "5d", "10ms", "-1s", "1e9"] {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "s", "5d", "10ms", "-1s", "1e9", "soon", "."] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn token_never_in_debug_output() {
-        let mut c = config(
-            &["--token", "vf_enroll_supersecret"],
-            &[("VF_URL", "http://x")],
-        );
+        let mut c = config(&["--url=http://x", "--token", "vf_enroll_supersecret"]);
         c.reexec = Some(ReExec {
             exe: "/usr/local/bin/flotilla-agent".into(),
             args: vec!["--token".into(), "vf_enroll_supersecret".into()],

@@ -1,9 +1,9 @@
 //! The node token: read from `<data dir>/node-token`, or obtained once by enrolling.
 
-use crate::backoff::Backoff;
 use crate::client::{ApiClient, ClientError};
 use crate::config::Config;
 use flotilla_shared::auth::tokens::NODE_PREFIX;
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::protocol::EnrollRequest;
 use flotilla_shared::secret::Secret;
 use std::io::Write;

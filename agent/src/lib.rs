@@ -8,7 +8,6 @@
 //! # Layout
 //! - [`config`]: flags and `VF_*` environment variables into a typed [`Config`], plus the
 //!   [`Tuning`] knobs (timeouts, debounce, backoff) tests shorten.
-//! - [`backoff`]: exponential backoff with full jitter, reset after a stable period.
 //! - [`client`]: the agent HTTP API (enroll, config, heartbeat, samples, logs, tap events)
 //!   with timeouts.
 //! - [`enroll`]: the node token in `<data dir>/node-token` (mode 0600); enrolls when missing.
@@ -28,7 +27,6 @@
 //! - [`update`]: self-update: download with timeouts, verify SHA-256, atomic replace.
 
 pub mod agent;
-pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod enroll;

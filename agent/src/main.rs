@@ -1,7 +1,7 @@
 //! `flotilla-agent`: parse flags and environment, run the agent until SIGTERM, re-execute
 //! after a self-update.
 
-use flotilla_agent::config::{Invocation, LogFormat, USAGE};
+use flotilla_agent::config::{ConfigError, LogFormat};
 use flotilla_agent::{Config, Outcome};
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
@@ -10,15 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let config = match Config::from_process() {
-        Ok(Invocation::Run(config)) => *config,
-        Ok(Invocation::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!("flotilla-agent {}", flotilla_agent::VERSION);
-            return ExitCode::SUCCESS;
-        }
+        Ok(config) => config,
+        // `--help` and `--version` (status 0), or a malformed command line (status 2).
+        Err(ConfigError::Usage(e)) => e.exit(),
         Err(e) => {
             eprintln!("flotilla-agent: {e}");
             return ExitCode::from(2);
@@ -32,7 +26,12 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            flotilla_shared::shutdown::signal().await;
+            tracing::info!("shutting down");
+            trigger.cancel();
+        });
         flotilla_agent::run(config, shutdown).await
     });
     drop(runtime);
@@ -68,15 +67,4 @@ fn init_logging(config: &Config) {
             builder.with_ansi(colour).init()
         }
     }
-}
-
-async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

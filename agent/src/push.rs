@@ -7,10 +7,10 @@
 //! short random delay, a superseded socket backs off (another agent may share the token), a
 //! revoked node stops the task.
 
-use crate::backoff::Backoff;
 use crate::config::Tuning;
 use crate::sse;
 use crate::state::{Event, PushEvent};
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::close_codes::{reconnect_policy, Reconnect, NORMAL};
 use flotilla_shared::frames::PushFrame;
 use flotilla_shared::protocol::ConfigResponse;

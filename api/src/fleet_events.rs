@@ -2,6 +2,7 @@
 //! updates (heartbeats, operator changes), relayed from one Redis subscription per api
 //! process to every open server-sent-events stream.
 
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::FLEET_EVENTS;
 use flotilla_shared::redis_conn::Redis;
 use futures_util::StreamExt;
@@ -14,6 +15,10 @@ use uuid::Uuid;
 
 /// Events buffered per slow page before it is told to resync.
 const BUFFER: usize = 1024;
+/// Resubscribe backoff: the ceiling doubles from 100 ms to 5 s, with full jitter so apis that
+/// lost the same Redis do not come back in lockstep.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Fan-out of fleet events to the page's streams; cheap to clone.
 #[derive(Clone)]
@@ -76,7 +81,7 @@ impl FleetEvents {
     /// Relays `flotilla:fleet-events` until shutdown, resubscribing with backoff when Redis
     /// drops; each reconnect also tells pages to resync, since events may have been missed.
     pub async fn relay(self, redis: Redis, shutdown: CancellationToken) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         loop {
             let attempt = async {
                 let mut pubsub = redis.client().get_async_pubsub().await?;
@@ -89,7 +94,7 @@ impl FleetEvents {
             };
             match pubsub {
                 Ok(Ok(pubsub)) => {
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                     self.subscribed.store(true, Ordering::SeqCst);
                     let _ = self.tx.send(Arc::from(RESYNC));
                     // A revocation may have been missed while unsubscribed.
@@ -119,9 +124,8 @@ impl FleetEvents {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        flotilla_api::shutdown_signal().await;
+        flotilla_shared::shutdown::signal().await;
         tracing::info!("shutting down");
         trigger.cancel();
     });

@@ -32,7 +32,7 @@
 //! - `memory`: handing freed heap pages back to the operating system after a burst.
 //! - [`drain`]: paced closing on shutdown.
 //! - [`metrics`]: counters and `GET /metrics`.
-//! - [`os`]: open-files limit and termination signals.
+//! - [`os`]: open-files limit and the return of freed memory.
 //! - [`state`]: the shared state handle.
 
 mod auth;

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use flotilla_gateway::{os, Gateway};
 use flotilla_shared::settings::Settings;
+use flotilla_shared::shutdown;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc: about 30% less gateway CPU per upgrade than glibc's malloc (BENCHMARKS.md); the
@@ -27,10 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        os::terminated().await;
+        shutdown::signal().await;
         trigger.cancel();
         // A second signal means "now": skip the rest of the drain.
-        os::terminated().await;
+        shutdown::signal().await;
         tracing::warn!("second signal: exiting without finishing the drain");
         std::process::exit(1);
     });

@@ -12,6 +12,7 @@ use crate::metrics::{self, Counters};
 use crate::state::GatewayState;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::{node_channel, node_from_channel, ControlMessage};
 use flotilla_shared::close_codes::{REVOKED, SUPERSEDED};
 use futures_util::StreamExt;
@@ -23,7 +24,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Reconnect backoff: the ceiling doubles from 100 ms to 5 s, with full jitter so gateways
+/// that lost the same Redis do not come back in lockstep.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels subscribed per burst when (re)subscribing everything.
 const RESUBSCRIBE_CHUNK: usize = 1000;
@@ -98,7 +101,7 @@ impl Subscriptions {
 
 /// Runs the manager until `stop` is cancelled.
 pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     loop {
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
@@ -106,7 +109,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
         };
         match opened {
             Ok((sink, stream, subscribed)) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 if serve(&state, &mut requests, &stop, sink, stream, subscribed).await {
                     return;
                 }
@@ -114,7 +117,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
             Err(e) => tracing::warn!(error = %e, "cannot subscribe through Redis; retrying"),
         }
         // Also after a lost connection: a server that accepts and drops must not make this spin.
-        if wait_backoff(&mut requests, &stop, &mut backoff).await {
+        if wait_backoff(&mut requests, &stop, backoff.next_delay()).await {
             return;
         }
     }
@@ -180,16 +183,11 @@ async fn serve(
     stopped
 }
 
-/// Waits out the backoff while answering requests (they are subscribed on reconnect);
-/// true when stopped.
-async fn wait_backoff(
-    requests: &mut Requests,
-    stop: &CancellationToken,
-    backoff: &mut Duration,
-) -> bool {
-    let sleep = tokio::time::sleep(*backoff);
+/// Waits out `delay` while answering requests (they are subscribed on reconnect); true when
+/// stopped.
+async fn wait_backoff(requests: &mut Requests, stop: &CancellationToken, delay: Duration) -> bool {
+    let sleep = tokio::time::sleep(delay);
     tokio::pin!(sleep);
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return true,

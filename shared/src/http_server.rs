@@ -4,8 +4,15 @@
 //! `axum::serve` configures no timer, so hyper applies no header timeout there and a client
 //! that sends its request head a byte at a time holds a connection forever. This server sets
 //! one, hands every request its peer address as [`ConnectInfo`], keeps upgrades (WebSocket)
-//! working, and stops gracefully: once `shutdown` resolves it accepts nothing more and waits
-//! for in-flight requests (upgraded sockets are the caller's to close).
+//! working, and stops gracefully: once `shutdown` resolves it accepts nothing more, lets each
+//! connection finish its in-flight request, and waits for them (upgraded sockets are the
+//! caller's to close).
+//!
+//! Connections are tracked with a [`TaskTracker`] and told to stop with a
+//! [`CancellationToken`], not hyper-util's `GracefulShutdown`: that one only watches
+//! connections without upgrades (or its `auto` connections, which also speak HTTP/2 and read
+//! the protocol preface before any header read timeout applies), and it cannot track the
+//! connections handed to a [`RawRoute`].
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -19,7 +26,8 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Connections the kernel completes before they are accepted. The default (128) overflows in
@@ -119,10 +127,8 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    // `stop` tells connections to finish; each holds an `alive` receiver, so the sender sees
-    // them all gone.
-    let (stop, stopping) = watch::channel(false);
-    let (alive, alive_rx) = watch::channel(());
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
@@ -156,18 +162,15 @@ pub async fn serve(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request
                 });
-        let (mut stopping, held) = (stopping.clone(), alive_rx.clone());
+        let (stopping, tracker) = (stopping.clone(), connections.clone());
         let (http, raw) = (http.clone(), options.raw.clone());
         let header_read_timeout = options.header_read_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Some(raw) = raw {
                 match starts_with(&tcp, raw.prefix, header_read_timeout).await {
                     Ok(true) => {
                         // A task of its own: this one is sized for a hyper connection.
-                        tokio::spawn(async move {
-                            (raw.handler)(tcp, peer).await;
-                            drop(held);
-                        });
+                        tracker.spawn(async move { (raw.handler)(tcp, peer).await });
                         return;
                     }
                     Ok(false) => {}
@@ -180,7 +183,7 @@ pub async fn serve(
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                () = stopping.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -188,18 +191,119 @@ pub async fn serve(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(held);
         });
     }
     drop(listener);
-    drop(alive_rx);
-    let _ = stop.send(true);
-    alive.closed().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{oneshot, Notify};
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    fn options() -> ServeOptions {
+        ServeOptions {
+            header_read_timeout: LIMIT,
+            nodelay: true,
+            tcp_keepalive: None,
+            raw: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_lets_an_in_flight_request_finish_before_serve_returns() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (e, r) = (entered.clone(), release.clone());
+        let router = Router::new().route(
+            "/slow",
+            get(move || async move {
+                e.notify_one();
+                r.notified().await;
+                "done"
+            }),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut server = tokio::spawn(serve(listener, router, options(), async {
+            let _ = stopped.await;
+        }));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(LIMIT, entered.notified())
+            .await
+            .expect("the request reached its handler");
+
+        stop.send(()).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut server).await;
+        assert!(early.is_err(), "serve returned with a request in flight");
+        release.notify_one();
+        let mut response = String::new();
+        tokio::time::timeout(LIMIT, client.read_to_string(&mut response))
+            .await
+            .expect("the connection closed after its response")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("done"), "{response}");
+        tokio::time::timeout(LIMIT, server)
+            .await
+            .expect("serve returned once the request finished")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_connections_handed_to_a_raw_route() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (e, r) = (entered.clone(), release.clone());
+        let raw = RawRoute {
+            prefix: b"GET /raw",
+            handler: Arc::new(move |_tcp, _peer| {
+                let (e, r) = (e.clone(), r.clone());
+                Box::pin(async move {
+                    e.notify_one();
+                    r.notified().await;
+                })
+            }),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            raw: Some(raw),
+            ..options()
+        };
+        let mut server = tokio::spawn(serve(listener, Router::new(), options, async {
+            let _ = stopped.await;
+        }));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /raw HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(LIMIT, entered.notified())
+            .await
+            .expect("the connection reached the raw handler");
+
+        stop.send(()).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut server).await;
+        assert!(early.is_err(), "serve returned before the raw handler did");
+        release.notify_one();
+        tokio::time::timeout(LIMIT, server)
+            .await
+            .expect("serve returned once the raw handler did")
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {

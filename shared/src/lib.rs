@@ -1,6 +1,8 @@
 //! Types and contracts shared by every Flotilla binary.
 //!
 //! # Layout
+//! - [`backoff`]: exponential backoff with full jitter, for every reconnect loop.
+//! - [`shutdown`]: the termination signals (SIGTERM, SIGINT) every binary stops on.
 //! - [`settings`]: typed configuration (defaults → `FLOTILLA_CONFIG` file → `FLOTILLA__*` env).
 //! - [`secret`]: a string wrapper that never shows up in `Debug` output or logs.
 //! - [`telemetry`]: tracing subscriber set-up (text or JSON).
@@ -22,6 +24,7 @@
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
 
 pub mod auth;
+pub mod backoff;
 pub mod batched_reads;
 pub mod channels;
 pub mod client_address;
@@ -38,4 +41,5 @@ pub mod protocol;
 pub mod redis_conn;
 pub mod secret;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
