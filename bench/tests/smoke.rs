@@ -29,12 +29,13 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The smoke database, on the server the other tests use.
+/// The smoke database, on the server the other tests use; named per run so that runs sharing
+/// one server (`seed` drops and recreates it) never meet. `scripts/test` drops old ones.
 fn database_url() -> String {
     let admin = std::env::var("FLOTILLA_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
-    format!("{base}/flotilla_bench_smoke")
+    format!("{base}/flotilla_bench_smoke_{}", std::process::id())
 }
 
 /// Runs `flotilla-bench <args> <common>` and parses its summary.
