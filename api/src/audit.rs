@@ -24,16 +24,16 @@ pub struct Change<'a> {
 /// Records `change` as made by `op`, through `db` (the change's own transaction where it has
 /// one), and logs it with the token's id and name.
 pub async fn record<'e>(db: impl PgExecutor<'e>, op: &Operator, change: Change<'_>) -> Result<()> {
-    let token_name: String = sqlx::query_scalar(
+    let token_name: String = sqlx::query_scalar!(
         "INSERT INTO audit_log (token_id, token_name, action, target_type, target_id, detail)
          SELECT $1, coalesce((SELECT name FROM operator_tokens WHERE id = $1), ''), $2, $3, $4, $5
          RETURNING token_name",
+        op.token_id,
+        change.action,
+        change.target_type,
+        change.target_id.as_deref(),
+        change.detail
     )
-    .bind(op.token_id)
-    .bind(change.action)
-    .bind(change.target_type)
-    .bind(&change.target_id)
-    .bind(change.detail)
     .fetch_one(db)
     .await?;
     tracing::info!(

@@ -80,10 +80,10 @@ impl Api {
             .run(&pool)
             .await
             .context("running database migrations")?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO settings (id, poll_interval_ms) VALUES (true, $1) ON CONFLICT DO NOTHING",
+            settings.api.default_poll_interval_ms as i32
         )
-        .bind(settings.api.default_poll_interval_ms as i32)
         .execute(&pool)
         .await?;
         let bootstrap_changed = match &settings.api.bootstrap_admin_token {

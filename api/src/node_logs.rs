@@ -102,18 +102,19 @@ pub async fn append_recent(
 /// Drops a revoked node's rings (one per pipeline of its environment). A failure is only
 /// logged: the rings expire on their own.
 pub async fn forget(state: &crate::state::AppState, node: Uuid, environment: Uuid) {
-    let pipelines: Vec<Uuid> =
-        match sqlx::query_scalar("SELECT id FROM pipelines WHERE environment_id = $1")
-            .bind(environment)
-            .fetch_all(&state.pool)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list a revoked node's log rings");
-                return;
-            }
-        };
+    let pipelines: Vec<Uuid> = match sqlx::query_scalar!(
+        "SELECT id FROM pipelines WHERE environment_id = $1",
+        environment
+    )
+    .fetch_all(&state.pool)
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list a revoked node's log rings");
+            return;
+        }
+    };
     if pipelines.is_empty() {
         return;
     }

@@ -34,10 +34,10 @@ async fn targets(state: &AppState, node: Uuid, restart: &PendingAction) -> Resul
     if let Some(p) = &restart.pipeline_id {
         return Ok(vec![p.clone()]);
     }
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let ids: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT pipeline_id FROM node_pipeline_status WHERE node_id = $1 ORDER BY pipeline_id",
+        node
     )
-    .bind(node)
     .fetch_all(&state.pool)
     .await?;
     Ok(ids.iter().map(Uuid::to_string).collect())
@@ -57,11 +57,11 @@ pub async fn push_to_current(
 /// restart is cleared once they arrived (only if it is still the same restart).
 pub async fn retry_on_poll(state: &AppState, node: Uuid, restart: &PendingAction) -> Result<()> {
     if push_to_current(state, node, restart).await? {
-        let cleared = sqlx::query(
+        let cleared = sqlx::query!(
             "UPDATE nodes SET pending_action = NULL WHERE id = $1 AND pending_action = $2",
+            node,
+            serde_json::json!(restart)
         )
-        .bind(node)
-        .bind(serde_json::json!(restart))
         .execute(&state.pool)
         .await?
         .rows_affected();

@@ -16,11 +16,17 @@ use uuid::Uuid;
 pub const EFFECTIVE_LABELS: &str = "(n.reported_labels || n.labels)";
 
 /// SQL: node `n` is one pipeline version `v` is placed on (its selector holds on the labels
-/// the version matches). A macro so `concat!` can build constant statements with it.
+/// the version matches). `places_sql!()` is the predicate as a literal, for `concat!`;
+/// `places_sql!(sqlx::query, [<before>], [<after>])` calls `sqlx::query!(<before> <predicate>
+/// <after>)`, so a compile-time-checked statement (whose SQL is literals joined by `+`)
+/// contains it: `[<before>]` ends with a `+`, `[<after>]` starts with one.
 macro_rules! places_sql {
     () => {
-        "(CASE WHEN v.selector_labels = 'operator' THEN n.labels
-               ELSE n.reported_labels || n.labels END) @> v.node_selector"
+        $crate::selector::places_sql!(concat, [], [])
+    };
+    ($($m:ident)::+, [$($before:tt)*], [$($after:tt)*]) => {
+        $($m)::+!($($before)* "(CASE WHEN v.selector_labels = 'operator' THEN n.labels
+               ELSE n.reported_labels || n.labels END) @> v.node_selector" $($after)*)
     };
 }
 pub(crate) use places_sql;
@@ -58,14 +64,32 @@ impl TryFrom<String> for SelectorLabels {
     }
 }
 
-/// Where a pipeline version runs: its selector, and the labels it matches.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Read from the text column `selector_labels` (in a checked query, as
+/// `selector_labels AS "selector_labels: SelectorLabels"`); an unknown value is an error.
+impl sqlx::Type<sqlx::Postgres> for SelectorLabels {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Postgres> for SelectorLabels {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        let stored = <String as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(Self::try_from(stored)?)
+    }
+}
+
+/// Where a pipeline version runs: its selector (`node_selector`), and the labels it matches
+/// (`selector_labels`).
+#[derive(Debug, Clone)]
 pub struct Placement {
     /// The selector (`node_selector`).
-    #[sqlx(rename = "node_selector")]
     pub selector: Value,
     /// The labels it matches (`selector_labels`).
-    #[sqlx(rename = "selector_labels", try_from = "String")]
     pub labels: SelectorLabels,
 }
 
@@ -135,12 +159,17 @@ pub fn reported_labels(value: &Value) -> Map<String, Value> {
 /// SQL: node `n` matches one of the selectors in JSON array `$2` (on its effective labels) or
 /// in `$3` (on its operator labels), as [`selector_params`] builds them. `@> ANY (ARRAY …)` on
 /// the exact indexed expressions lets Postgres use the GIN indexes (effective labels, operator
-/// labels); an empty array matches nothing.
-pub const MATCHES_SQL: &str =
-    "((n.reported_labels || n.labels) @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))
-     OR n.labels @> ANY (ARRAY(SELECT jsonb_array_elements($3::jsonb))))";
+/// labels); an empty array matches nothing. Written into a compile-time-checked statement as
+/// [`places_sql!`] is: `matches_sql!(sqlx::query, [<before> +], [+ <after>])`.
+macro_rules! matches_sql {
+    ($($m:ident)::+, [$($before:tt)*], [$($after:tt)*]) => {
+        $($m)::+!($($before)* "((n.reported_labels || n.labels) @> ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb)))
+     OR n.labels @> ANY (ARRAY(SELECT jsonb_array_elements($3::jsonb))))" $($after)*)
+    };
+}
+pub(crate) use matches_sql;
 
-/// The `$2` and `$3` of [`MATCHES_SQL`] for `placements` (`None` entries are skipped); `None`
+/// The `$2` and `$3` of [`matches_sql!`] for `placements` (`None` entries are skipped); `None`
 /// when no placement is left, which matches no node.
 pub fn selector_params(placements: &[Option<&Placement>]) -> Option<(Value, Value)> {
     let (operator, any): (Vec<&Placement>, Vec<&Placement>) = placements
@@ -164,12 +193,11 @@ pub async fn matching_nodes(
     let Some((any, operator)) = selector_params(placements) else {
         return Ok(Vec::new());
     };
-    sqlx::query_scalar(&format!(
-        "SELECT n.id FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
-    ))
-    .bind(environment)
-    .bind(any)
-    .bind(operator)
+    matches_sql!(
+        sqlx::query_scalar,
+        ["SELECT n.id FROM nodes n WHERE n.environment_id = $1 AND " +],
+        [, environment, any, operator]
+    )
     .fetch_all(db)
     .await
 }

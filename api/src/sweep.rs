@@ -36,22 +36,24 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// pending sample requests past their expiry become EXPIRED.
 pub async fn sweep_once(state: &AppState) -> Result<SweepReport, sqlx::Error> {
     let threshold = i64::from(state.settings.api.unhealthy_threshold);
-    let turned: Vec<uuid::Uuid> = sqlx::query_scalar(
+    // Bound as int8 (Postgres would infer int4 from the column), so a large threshold cannot
+    // overflow the product.
+    let turned: Vec<uuid::Uuid> = sqlx::query_scalar!(
         "UPDATE nodes SET status = 'UNREACHABLE'
          WHERE status = 'HEALTHY'
            AND coalesce(last_seen, enrolled_at)
                < now() - make_interval(secs => (SELECT poll_interval_ms FROM settings) * $1 / 1000.0)
          RETURNING id",
+        threshold as _
     )
-    .bind(threshold)
     .fetch_all(&state.pool)
     .await?;
     // Heartbeats announce only visible changes, so the page learns of these from here.
     crate::fleet_events::nodes_changed(&state.redis, &turned, "status");
     let unreachable = turned.len() as u64;
-    let expired = sqlx::query(
+    let expired = sqlx::query!(
         "UPDATE sample_requests SET status = 'EXPIRED', completed_at = now()
-         WHERE status = 'PENDING' AND expires_at <= now()",
+         WHERE status = 'PENDING' AND expires_at <= now()"
     )
     .execute(&state.pool)
     .await?

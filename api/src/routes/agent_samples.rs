@@ -74,45 +74,45 @@ pub fn accepted(results: &[Value]) -> Vec<SampleResult> {
         .collect()
 }
 
+/// Joins sample requests `r` to the node `$3` when the request's pipeline runs there: it is
+/// deployed, placed on the node ([`places_sql!`]), and the node is not in
+/// maintenance — what the node's poll hands it. Written into a checked statement as
+/// `places_sql!` is: `placed_sql!(sqlx::query, [<before> +], [+ <after>])`.
+macro_rules! placed_sql {
+    ($($m:ident)::+, [$($before:tt)*], [$($after:tt)*]) => {
+        places_sql!($($m)::+, [$($before)* "
+         JOIN pipelines p ON p.id = r.pipeline_id
+         JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+         JOIN nodes n ON n.id = $3 AND n.environment_id = p.environment_id AND NOT n.maintenance
+                     AND " +], [$($after)*])
+    };
+}
+
 /// Pushes the pending sample requests of `pipelines` to the node that just reported them
 /// RUNNING: requests made while a pipeline started reach it now, not at its next poll. Only
 /// pipelines placed on the node count: a report alone is the node's word.
 pub async fn push_pending(state: &AppState, node: AuthedNode, pipelines: &[Uuid]) -> Result<()> {
-    let pending: Vec<(Uuid, Uuid, Vec<String>, i32)> = sqlx::query_as(&format!(
-        "SELECT r.id, r.pipeline_id, r.component_keys, r.sample_limit FROM sample_requests r
-         {PLACED}
+    let pending = placed_sql!(
+        sqlx::query,
+        ["SELECT r.id, r.pipeline_id, r.component_keys, r.sample_limit FROM sample_requests r" +],
+        [+ "
          WHERE r.status = 'PENDING' AND r.expires_at > now() AND r.environment_id = $1
            AND r.pipeline_id = ANY($2)
-         ORDER BY r.created_at"
-    ))
-    .bind(node.environment_id)
-    .bind(pipelines)
-    .bind(node.node_id)
+         ORDER BY r.created_at", node.environment_id, pipelines, node.node_id]
+    )
     .fetch_all(&state.pool)
     .await?;
-    for (request_id, pipeline_id, component_keys, limit) in pending {
+    for r in pending {
         let message = PushMessage::SampleRequest {
-            request_id: request_id.to_string(),
-            pipeline_id: pipeline_id.to_string(),
-            component_keys,
-            limit: limit as u32,
+            request_id: r.id.to_string(),
+            pipeline_id: r.pipeline_id.to_string(),
+            component_keys: r.component_keys,
+            limit: r.sample_limit as u32,
         };
         state.notifier.push(&[node.node_id], message).await;
     }
     Ok(())
 }
-
-/// Joins sample requests `r` to the node `$3` when the request's pipeline runs there: it is
-/// deployed, placed on the node ([`places_sql!`]), and the node is not in
-/// maintenance — what the node's poll hands it.
-const PLACED: &str = concat!(
-    "
-         JOIN pipelines p ON p.id = r.pipeline_id
-         JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
-         JOIN nodes n ON n.id = $3 AND n.environment_id = p.environment_id AND NOT n.maintenance
-                     AND ",
-    places_sql!()
-);
 
 /// Stores results; each sample request is locked while its results are written, so the
 /// PENDING → COMPLETED/ERROR move happens exactly once however many agents submit at once.
@@ -130,43 +130,41 @@ pub async fn record(state: &AppState, node: AuthedNode, results: Vec<SampleResul
     // BTreeMap order: requests are always locked in the same order, so no deadlocks.
     for (request_id, results) in by_request {
         let mut tx = state.pool.begin().await?;
-        let keys: Option<Vec<String>> = sqlx::query_scalar(&format!(
-            "SELECT r.component_keys FROM sample_requests r
-             {PLACED}
+        let keys: Option<Vec<String>> = placed_sql!(
+            sqlx::query_scalar,
+            ["SELECT r.component_keys FROM sample_requests r" +],
+            [+ "
              WHERE r.id = $1 AND r.environment_id = $2 AND r.status = 'PENDING' AND r.expires_at > now()
-             FOR UPDATE OF r"
-        ))
-        .bind(request_id)
-        .bind(node.environment_id)
-        .bind(node.node_id)
+             FOR UPDATE OF r", request_id, node.environment_id, node.node_id]
+        )
         .fetch_optional(&mut *tx)
         .await?;
         let Some(keys) = keys else { continue };
         for r in results.iter().filter(|r| keys.contains(&r.component_key)) {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO samples (request_id, component_key, node_id, events, schema, error)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT ON CONSTRAINT samples_request_component_key DO NOTHING",
+                request_id,
+                r.component_key,
+                node.node_id,
+                r.events.as_ref().map(|e| serde_json::json!(e)),
+                r.schema.as_ref().map(|s| serde_json::json!(s)),
+                r.error.as_deref()
             )
-            .bind(request_id)
-            .bind(&r.component_key)
-            .bind(node.node_id)
-            .bind(r.events.as_ref().map(|e| serde_json::json!(e)))
-            .bind(r.schema.as_ref().map(|s| serde_json::json!(s)))
-            .bind(&r.error)
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE sample_requests r
              SET status = CASE WHEN EXISTS (SELECT 1 FROM samples s WHERE s.request_id = r.id AND s.error IS NOT NULL)
                                THEN 'ERROR' ELSE 'COMPLETED' END,
                  completed_at = now(), completed_by = $2
              WHERE r.id = $1 AND r.status = 'PENDING'
                AND (SELECT count(*) FROM samples s WHERE s.request_id = r.id) >= cardinality(r.component_keys)",
+            request_id,
+            node.node_id
         )
-        .bind(request_id)
-        .bind(node.node_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

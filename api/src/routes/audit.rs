@@ -31,7 +31,7 @@ struct AuditQuery {
 }
 
 /// One recorded change.
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     #[serde(skip)]
@@ -78,7 +78,8 @@ async fn list(
     op.require(Role::Admin)?;
     let limit = paging::limit(q.limit)?;
     let after: Option<i64> = paging::decode(q.cursor.as_deref())?;
-    let mut entries: Vec<AuditEntry> = sqlx::query_as(
+    let mut entries: Vec<AuditEntry> = sqlx::query_as!(
+        AuditEntry,
         "SELECT id, at, token_id, token_name, action, target_type, target_id, detail
          FROM audit_log
          WHERE ($1::bigint IS NULL OR id < $1)
@@ -87,13 +88,13 @@ async fn list(
            AND ($5::text IS NULL OR target_id = $5)
            AND ($6::uuid IS NULL OR token_id = $6)
          ORDER BY id DESC LIMIT $2",
+        after,
+        limit + 1,
+        q.action.filter(|a| !a.is_empty()),
+        q.target_type.filter(|t| !t.is_empty()),
+        q.target_id.filter(|t| !t.is_empty()),
+        q.token_id
     )
-    .bind(after)
-    .bind(limit + 1)
-    .bind(q.action.filter(|a| !a.is_empty()))
-    .bind(q.target_type.filter(|t| !t.is_empty()))
-    .bind(q.target_id.filter(|t| !t.is_empty()))
-    .bind(q.token_id)
     .fetch_all(&state.pool)
     .await?;
     let next_cursor = paging::next_cursor(&mut entries, limit, |e| e.id);

@@ -56,13 +56,14 @@ async fn enroll(
     let vector_version = optional("vectorVersion", req.vector_version)?;
 
     let parsed = tokens::parse(ENROLL_PREFIX, &req.token).ok_or(INVALID)?;
-    let env: Option<(Uuid, String, String)> = sqlx::query_as(
+    let env = sqlx::query!(
         "SELECT id, name, enrollment_token_hash FROM environments WHERE enrollment_token_lookup = $1",
+        parsed.lookup
     )
-    .bind(parsed.lookup)
     .fetch_optional(&state.pool)
-    .await?;
-    let (environment_id, environment_name, hash) = env.ok_or(INVALID)?;
+    .await?
+    .ok_or(INVALID)?;
+    let (environment_id, environment_name, hash) = (env.id, env.name, env.enrollment_token_hash);
     // Under the same bcrypt cap as every other token check.
     let bcrypt = state.node_auth.bcrypt_gate();
     let verified = bcrypt.verify(parsed.secret.to_owned(), hash).await;
@@ -72,25 +73,27 @@ async fn enroll(
 
     let issued = tokens::issue(NODE_PREFIX);
     let node_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_digest, reported_labels, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
-    )
-    .bind(node_id)
-    .bind(environment_id)
-    .bind(hostname)
-    .bind(os)
-    .bind(agent_version)
-    .bind(vector_version)
-    .bind(&issued.lookup)
-    .bind(tokens::node_digest(&issued.token).as_slice())
     // Applied at once, so pipelines bound to them by selector arrive on the first poll.
-    .bind(serde_json::Value::Object(
+    let labels = serde_json::Value::Object(
         req.labels
             .as_ref()
             .map(crate::selector::reported_labels)
             .unwrap_or_default(),
-    ))
+    );
+    let digest = tokens::node_digest(&issued.token);
+    sqlx::query!(
+        "INSERT INTO nodes (id, environment_id, host, os, agent_version, vector_version, token_lookup, token_digest, reported_labels, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+        node_id,
+        environment_id,
+        hostname,
+        os,
+        agent_version,
+        vector_version,
+        issued.lookup,
+        digest.as_slice(),
+        labels
+    )
     .execute(&state.pool)
     .await?;
     tracing::info!(%node_id, %environment_id, host = hostname, "node enrolled");

@@ -5,7 +5,7 @@ use crate::audit::{self, Change};
 use crate::auth::{Operator, Role};
 use crate::error::{ApiError, Result};
 use crate::extract::{id_of, Json};
-use crate::selector::{selector_params, validate_labels, Placement, SelectorLabels, MATCHES_SQL};
+use crate::selector::{matches_sql, selector_params, validate_labels, Placement, SelectorLabels};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -33,7 +33,7 @@ struct CreateEnvironment {
     name: String,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EnvironmentRow {
     id: Uuid,
@@ -73,15 +73,15 @@ async fn create(
     let (issued, hash, hint) = issue_enrollment_token(&state).await?;
     let id = Uuid::new_v4();
     let mut tx = state.pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO environments (id, name, enrollment_token_lookup, enrollment_token_hash, enrollment_token_hint)
          VALUES ($1, $2, $3, $4, $5)",
+        id,
+        name,
+        issued.lookup,
+        hash,
+        hint
     )
-    .bind(id)
-    .bind(name)
-    .bind(&issued.lookup)
-    .bind(&hash)
-    .bind(&hint)
     .execute(&mut *tx)
     .await?;
     let detail = json!({ "name": name });
@@ -104,10 +104,11 @@ async fn create(
 )]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
-    let rows: Vec<EnvironmentRow> = sqlx::query_as(
-        "SELECT e.id, e.name, e.enrollment_token_hint, e.created_at,
-                (SELECT count(*) FROM nodes n WHERE n.environment_id = e.id) AS node_count
-         FROM environments e ORDER BY e.name",
+    let rows: Vec<EnvironmentRow> = sqlx::query_as!(
+        EnvironmentRow,
+        r#"SELECT e.id, e.name, e.enrollment_token_hint, e.created_at,
+                (SELECT count(*) FROM nodes n WHERE n.environment_id = e.id) AS "node_count!"
+         FROM environments e ORDER BY e.name"#
     )
     .fetch_all(&state.pool)
     .await?;
@@ -131,14 +132,14 @@ async fn rotate(
     let id = id_of(&id, "environment")?;
     let (issued, hash, hint) = issue_enrollment_token(&state).await?;
     let mut tx = state.pool.begin().await?;
-    let name: Option<String> = sqlx::query_scalar(
+    let name: Option<String> = sqlx::query_scalar!(
         "UPDATE environments SET enrollment_token_lookup = $2, enrollment_token_hash = $3, enrollment_token_hint = $4
          WHERE id = $1 RETURNING name",
+        id,
+        issued.lookup,
+        hash,
+        hint
     )
-    .bind(id)
-    .bind(&issued.lookup)
-    .bind(&hash)
-    .bind(&hint)
     .fetch_optional(&mut *tx)
     .await?;
     let name = name.ok_or(ApiError::NotFound("environment"))?;
@@ -175,7 +176,7 @@ struct PreviewBody {
 }
 
 /// A node a selector matches.
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct PreviewNode {
     id: Uuid,
     host: String,
@@ -216,11 +217,12 @@ async fn selector_preview(
     op.require(Role::Viewer)?;
     let id = id_of(&id, "environment")?;
     validate_labels("nodeSelector", &req.node_selector)?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1)")
-            .bind(id)
-            .fetch_one(&state.pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1) AS "exists!""#,
+        id
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if !exists {
         return Err(ApiError::NotFound("environment"));
     }
@@ -232,29 +234,26 @@ async fn selector_preview(
     let (any, operator) = selector_params(&[Some(&placement)])
         .ok_or_else(|| anyhow::anyhow!("a placement gives selector parameters"))?;
     // A node in maintenance runs no pipelines (its config lists none) until it ends.
-    let (count, in_maintenance): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*) FILTER (WHERE NOT n.maintenance), count(*) FILTER (WHERE n.maintenance)
-         FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}"
-    ))
-    .bind(id)
-    .bind(&any)
-    .bind(&operator)
+    let counts = matches_sql!(
+        sqlx::query,
+        [r#"SELECT count(*) FILTER (WHERE NOT n.maintenance) AS "count!", count(*) FILTER (WHERE n.maintenance) AS "in_maintenance!"
+         FROM nodes n WHERE n.environment_id = $1 AND "# +],
+        [, id, any, operator]
+    )
     .fetch_one(&state.pool)
     .await?;
-    let nodes: Vec<PreviewNode> = sqlx::query_as(&format!(
-        "SELECT n.id, n.host, n.status, n.reported_labels || n.labels AS labels, n.maintenance
-         FROM nodes n WHERE n.environment_id = $1 AND {MATCHES_SQL}
-         ORDER BY n.host, n.id LIMIT $4"
-    ))
-    .bind(id)
-    .bind(&any)
-    .bind(&operator)
-    .bind(PREVIEW_ROWS)
+    let nodes: Vec<PreviewNode> = matches_sql!(
+        sqlx::query_as,
+        [PreviewNode, r#"SELECT n.id, n.host, n.status, n.reported_labels || n.labels AS "labels!", n.maintenance
+         FROM nodes n WHERE n.environment_id = $1 AND "# +],
+        [+ "
+         ORDER BY n.host, n.id LIMIT $4", id, any, operator, PREVIEW_ROWS]
+    )
     .fetch_all(&state.pool)
     .await?;
     Ok(axum::Json(Preview {
-        count,
-        in_maintenance,
+        count: counts.count,
+        in_maintenance: counts.in_maintenance,
         nodes,
     }))
 }
@@ -268,29 +267,31 @@ pub async fn ensure_bootstrap(
 ) -> anyhow::Result<()> {
     let parsed = tokens::parse(ENROLL_PREFIX, token)
         .ok_or_else(|| anyhow::anyhow!("malformed enrollment token"))?;
-    let existing: Option<(String, String)> = sqlx::query_as(
+    let existing = sqlx::query!(
         "SELECT enrollment_token_lookup, enrollment_token_hash FROM environments WHERE name = $1",
+        name
     )
-    .bind(name)
     .fetch_optional(pool)
     .await?;
-    if let Some((lookup, hash)) = existing {
-        if lookup == parsed.lookup && tokens::verify_secret(parsed.secret.to_owned(), hash).await {
+    if let Some(env) = existing {
+        if env.enrollment_token_lookup == parsed.lookup
+            && tokens::verify_secret(parsed.secret.to_owned(), env.enrollment_token_hash).await
+        {
             return Ok(());
         }
     }
     let hash = tokens::hash_secret(parsed.secret.to_owned(), cost).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO environments (id, name, enrollment_token_lookup, enrollment_token_hash, enrollment_token_hint)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO UPDATE SET enrollment_token_lookup = excluded.enrollment_token_lookup,
              enrollment_token_hash = excluded.enrollment_token_hash, enrollment_token_hint = excluded.enrollment_token_hint",
+        Uuid::new_v4(),
+        name,
+        parsed.lookup,
+        hash,
+        tokens::hint(token, ENROLL_PREFIX)
     )
-    .bind(Uuid::new_v4())
-    .bind(name)
-    .bind(parsed.lookup)
-    .bind(&hash)
-    .bind(tokens::hint(token, ENROLL_PREFIX))
     .execute(pool)
     .await?;
     tracing::info!(environment = name, "bootstrap environment ready");

@@ -158,7 +158,9 @@ impl Reported {
 /// error or pending action (`old` holds them as they were), or any pipeline's presence,
 /// version or status. Metrics, health and counters change on every heartbeat and are not
 /// part of it.
-const HEARTBEAT: &str = "
+macro_rules! heartbeat {
+    ($($arg:expr),* $(,)?) => {
+        sqlx::query_as!(WrittenRow, r#"
 WITH old AS (
   SELECT id AS old_id, status AS old_status, agent_version AS old_agent_version,
          vector_version AS old_vector_version, deployment_mode AS old_deployment_mode,
@@ -213,13 +215,13 @@ reported AS (
      metrics = excluded.metrics, updated_at = excluded.updated_at
   RETURNING pipeline_id, version, status
 )
-SELECT node.id AS node_id, node.environment_id,
+SELECT node.id AS "node_id!", node.environment_id AS "environment_id!",
        ARRAY(SELECT r.pipeline_id FROM reported r
              WHERE r.status = 'RUNNING' AND NOT EXISTS (
                SELECT 1 FROM node_pipeline_status b
                WHERE b.node_id = node.id AND b.pipeline_id = r.pipeline_id AND b.status = 'RUNNING'))
-         AS started,
-       ARRAY(SELECT r.pipeline_id FROM reported r) AS kept,
+         AS "started!",
+       ARRAY(SELECT r.pipeline_id FROM reported r) AS "kept!",
        node.node_changed
          OR EXISTS (SELECT 1 FROM node_pipeline_status b
                     WHERE b.node_id = node.id AND NOT (b.pipeline_id = ANY($7)))
@@ -227,11 +229,12 @@ SELECT node.id AS node_id, node.environment_id,
                       SELECT 1 FROM node_pipeline_status b
                       WHERE b.node_id = node.id AND b.pipeline_id = r.pipeline_id
                         AND b.version = r.version AND b.status = r.status))
-         AS visible
-FROM node";
+         AS "visible!"
+FROM node"#, $($arg),*)
+    };
+}
 
-/// The row [`HEARTBEAT`] returns.
-#[derive(sqlx::FromRow)]
+/// The row [`heartbeat!`] returns.
 struct WrittenRow {
     node_id: Uuid,
     environment_id: Uuid,
@@ -336,26 +339,29 @@ impl Report {
         digest: &[u8; 32],
     ) -> Result<Option<Written>> {
         let p = &self.pipelines;
-        let row: Option<WrittenRow> = sqlx::query_as(HEARTBEAT)
-            .bind(lookup)
-            .bind(&self.agent_version)
-            .bind(&self.vector_version)
-            .bind(&self.deployment_mode)
-            .bind(&self.labels)
-            .bind(&self.update_error)
-            .bind(p.iter().map(|p| p.id).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.version).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.status.as_str()).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.pid).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.uptime).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>())
-            .bind(p.iter().map(|p| p.metrics.clone()).collect::<Vec<_>>())
-            .bind(digest.as_slice())
-            .bind(&self.host_metrics)
-            .bind(&self.agent_health)
-            .bind(&self.running_as)
-            .fetch_optional(&state.pool)
-            .await?;
+        // Arrays of borrowed or optional elements are bound as they are (`as _`): the
+        // macro's check knows `text[]` and `int8[]` only as vectors of owned, non-null values.
+        let row: Option<WrittenRow> = heartbeat!(
+            lookup,
+            self.agent_version.as_deref(),
+            self.vector_version.as_deref(),
+            self.deployment_mode.as_deref(),
+            self.labels.as_ref(),
+            self.update_error.as_deref(),
+            &p.iter().map(|p| p.id).collect::<Vec<_>>(),
+            &p.iter().map(|p| p.version).collect::<Vec<_>>(),
+            &p.iter().map(|p| p.status.as_str()).collect::<Vec<_>>() as _,
+            p.iter().map(|p| p.pid).collect::<Vec<_>>() as _,
+            p.iter().map(|p| p.uptime).collect::<Vec<_>>() as _,
+            p.iter().map(|p| p.checksum.clone()).collect::<Vec<_>>() as _,
+            &p.iter().map(|p| p.metrics.clone()).collect::<Vec<_>>(),
+            digest.as_slice(),
+            self.host_metrics.as_ref(),
+            self.agent_health.as_ref(),
+            self.running_as.as_deref(),
+        )
+        .fetch_optional(&state.pool)
+        .await?;
         Ok(row.map(|r| Written {
             node: AuthedNode {
                 node_id: r.node_id,

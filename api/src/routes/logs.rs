@@ -53,12 +53,13 @@ pub async fn accepted(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = by_pipeline.keys().copied().collect();
-    let known: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM pipelines WHERE environment_id = $1 AND id = ANY($2)")
-            .bind(environment)
-            .bind(&ids)
-            .fetch_all(&state.pool)
-            .await?;
+    let known: Vec<Uuid> = sqlx::query_scalar!(
+        "SELECT id FROM pipelines WHERE environment_id = $1 AND id = ANY($2)",
+        environment,
+        &ids
+    )
+    .fetch_all(&state.pool)
+    .await?;
     let mut budget = MAX_LINES;
     let mut kept = Vec::new();
     for (pipeline_id, lines) in by_pipeline {
@@ -140,18 +141,20 @@ async fn follow(
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     op.require(Role::Viewer)?;
     let node = id_of(&id, "node")?;
-    let pipelines: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT s.pipeline_id FROM node_pipeline_status s WHERE s.node_id = $1
+    let pipelines: Vec<Uuid> = sqlx::query_scalar!(
+        r#"SELECT s.pipeline_id AS "pipeline_id!" FROM node_pipeline_status s WHERE s.node_id = $1
          UNION SELECT p.id FROM pipelines p JOIN nodes n ON n.environment_id = p.environment_id
-               WHERE n.id = $1 AND p.deployed_version IS NOT NULL",
+               WHERE n.id = $1 AND p.deployed_version IS NOT NULL"#,
+        node
     )
-    .bind(node)
     .fetch_all(&state.pool)
     .await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1)")
-        .bind(node)
-        .fetch_one(&state.pool)
-        .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM nodes WHERE id = $1) AS "exists!""#,
+        node
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if !exists {
         return Err(ApiError::NotFound("node"));
     }

@@ -27,7 +27,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// One version, without its YAML.
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionSummary {
     version: i32,
@@ -36,7 +36,6 @@ pub struct VersionSummary {
     log_level: Option<String>,
     #[schema(value_type = Object)]
     node_selector: Value,
-    #[sqlx(try_from = "String")]
     selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
 }
@@ -48,7 +47,7 @@ pub struct VersionList {
 }
 
 /// One version with its YAML, byte for byte as saved.
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionDetail {
     version: i32,
@@ -57,7 +56,6 @@ pub struct VersionDetail {
     log_level: Option<String>,
     #[schema(value_type = Object)]
     node_selector: Value,
-    #[sqlx(try_from = "String")]
     selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
 }
@@ -79,19 +77,22 @@ pub struct VersionDiff {
 
 /// The pipeline's `(latest, deployed)` versions; 404 when it does not exist.
 async fn versions_of(state: &AppState, id: Uuid) -> Result<(i32, Option<i32>)> {
-    sqlx::query_as("SELECT latest_version, deployed_version FROM pipelines WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(ApiError::NotFound("pipeline"))
+    let versions = sqlx::query!(
+        "SELECT latest_version, deployed_version FROM pipelines WHERE id = $1",
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("pipeline"))?;
+    Ok((versions.latest_version, versions.deployed_version))
 }
 
 async fn yaml_of(state: &AppState, id: Uuid, version: i32) -> Result<String> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT config_yaml FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
+        id,
+        version
     )
-    .bind(id)
-    .bind(version)
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("pipeline version"))
@@ -113,11 +114,13 @@ async fn list(
     op.require(Role::Viewer)?;
     let id = id_of(&id, "pipeline")?;
     versions_of(&state, id).await?;
-    let versions = sqlx::query_as(
-        "SELECT version, checksum, log_level, node_selector, selector_labels, created_at
-         FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version DESC",
+    let versions = sqlx::query_as!(
+        VersionSummary,
+        r#"SELECT version, checksum, log_level, node_selector,
+                selector_labels AS "selector_labels: SelectorLabels", created_at
+         FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version DESC"#,
+        id
     )
-    .bind(id)
     .fetch_all(&state.pool)
     .await?;
     Ok(axum::Json(VersionList { versions }))
@@ -146,12 +149,14 @@ async fn show(
         .parse()
         .map_err(|_| ApiError::NotFound("pipeline version"))?;
     versions_of(&state, id).await?;
-    sqlx::query_as(
-        "SELECT version, config_yaml, checksum, log_level, node_selector, selector_labels, created_at
-         FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
+    sqlx::query_as!(
+        VersionDetail,
+        r#"SELECT version, config_yaml, checksum, log_level, node_selector,
+                selector_labels AS "selector_labels: SelectorLabels", created_at
+         FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2"#,
+        id,
+        version
     )
-    .bind(id)
-    .bind(version)
     .fetch_optional(&state.pool)
     .await?
     .map(axum::Json)

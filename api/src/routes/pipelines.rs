@@ -82,7 +82,7 @@ struct ListQuery {
 }
 
 /// A pipeline as the operator API shows it.
-#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PipelineRow {
     id: Uuid,
@@ -93,13 +93,12 @@ struct PipelineRow {
     #[schema(value_type = Object)]
     node_selector: Value,
     /// Which node labels `nodeSelector` matches: `any` or `operator`.
-    #[sqlx(try_from = "String")]
     selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct VersionRow {
     version: i32,
@@ -107,16 +106,25 @@ struct VersionRow {
     checksum: String,
     log_level: Option<String>,
     node_selector: Value,
-    #[sqlx(try_from = "String")]
     selector_labels: SelectorLabels,
     created_at: DateTime<Utc>,
 }
 
-/// Shows the deployed version's selector, else the latest one's.
-const SELECT_PIPELINE: &str = "SELECT p.id, p.environment_id, p.name, p.latest_version, p.deployed_version,
-        v.node_selector, v.selector_labels, p.created_at, p.updated_at
+/// Pipelines as [`PipelineRow`]s, `$rest` (literal SQL) choosing and ordering them; shows the
+/// deployed version's selector, else the latest one's.
+macro_rules! select_pipelines {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            PipelineRow,
+            r#"SELECT p.id, p.environment_id, p.name, p.latest_version, p.deployed_version,
+        v.node_selector, v.selector_labels AS "selector_labels: SelectorLabels", p.created_at, p.updated_at
      FROM pipelines p
-     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = coalesce(p.deployed_version, p.latest_version)";
+     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = coalesce(p.deployed_version, p.latest_version) "#
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
 
 fn validate_version(
     yaml: &str,
@@ -159,17 +167,17 @@ async fn insert_version(
     log_level: &Option<String>,
     placement: &Placement,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO pipeline_versions (pipeline_id, version, config_yaml, checksum, log_level, node_selector, selector_labels)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        pipeline,
+        version,
+        yaml,
+        checksum(yaml),
+        log_level.as_deref(),
+        placement.selector,
+        placement.labels.as_str()
     )
-    .bind(pipeline)
-    .bind(version)
-    .bind(yaml)
-    .bind(checksum(yaml))
-    .bind(log_level)
-    .bind(&placement.selector)
-    .bind(placement.labels.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -189,15 +197,15 @@ pub async fn ensure_bootstrap(
     validate_yaml(yaml).map_err(|e| anyhow::anyhow!("{e}: {:?}", error_details(&e)))?;
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
-    let created = sqlx::query(
+    let created = sqlx::query!(
         "INSERT INTO pipelines (id, environment_id, name, deployed_version)
          SELECT $1, e.id, $3, 1 FROM environments e
          WHERE e.name = $2
            AND NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.environment_id = e.id AND p.name = $3)",
+        id,
+        environment,
+        name
     )
-    .bind(id)
-    .bind(environment)
-    .bind(name)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -224,8 +232,7 @@ fn error_details(e: &ApiError) -> Option<&Value> {
 }
 
 async fn fetch(state: &AppState, id: Uuid) -> Result<PipelineRow> {
-    sqlx::query_as(&format!("{SELECT_PIPELINE} WHERE p.id = $1"))
-        .bind(id)
+    select_pipelines!("WHERE p.id = $1", id)
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::NotFound("pipeline"))
@@ -250,22 +257,25 @@ async fn create(
         return Err(ApiError::invalid("name", "1 to 200 characters"));
     }
     validate_version(&req.config_yaml, &req.log_level, &req.node_selector)?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1)")
-            .bind(req.environment_id)
-            .fetch_one(&state.pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1) AS "exists!""#,
+        req.environment_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if !exists {
         return Err(ApiError::NotFound("environment"));
     }
     let id = Uuid::new_v4();
     let mut tx = state.pool.begin().await?;
-    sqlx::query("INSERT INTO pipelines (id, environment_id, name) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(req.environment_id)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO pipelines (id, environment_id, name) VALUES ($1, $2, $3)",
+        id,
+        req.environment_id,
+        name
+    )
+    .execute(&mut *tx)
+    .await?;
     let placement = Placement {
         selector: req.node_selector.unwrap_or_else(|| json!({})),
         labels: req.selector_labels.unwrap_or_default(),
@@ -291,10 +301,10 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
-    let rows: Vec<PipelineRow> = sqlx::query_as(&format!(
-        "{SELECT_PIPELINE} WHERE $1::uuid IS NULL OR p.environment_id = $1 ORDER BY p.name"
-    ))
-    .bind(q.environment_id)
+    let rows: Vec<PipelineRow> = select_pipelines!(
+        "WHERE $1::uuid IS NULL OR p.environment_id = $1 ORDER BY p.name",
+        q.environment_id
+    )
     .fetch_all(&state.pool)
     .await?;
     Ok(axum::Json(json!({ "pipelines": rows })))
@@ -316,11 +326,13 @@ async fn show(
     op.require(Role::Viewer)?;
     let id = id_of(&id, "pipeline")?;
     let pipeline = fetch(&state, id).await?;
-    let versions: Vec<VersionRow> = sqlx::query_as(
-        "SELECT version, config_yaml, checksum, log_level, node_selector, selector_labels, created_at
-         FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version",
+    let versions: Vec<VersionRow> = sqlx::query_as!(
+        VersionRow,
+        r#"SELECT version, config_yaml, checksum, log_level, node_selector,
+                selector_labels AS "selector_labels: SelectorLabels", created_at
+         FROM pipeline_versions WHERE pipeline_id = $1 ORDER BY version"#,
+        id
     )
-    .bind(id)
     .fetch_all(&state.pool)
     .await?;
     let mut body = json!(pipeline);
@@ -348,25 +360,24 @@ async fn update(
     validate_version(&req.config_yaml, &req.log_level, &req.node_selector)?;
     let mut tx = state.pool.begin().await?;
     // Lock the pipeline row first: concurrent updates then take consecutive version numbers.
-    let latest: Option<i32> =
-        sqlx::query_scalar("SELECT latest_version FROM pipelines WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let latest = latest.ok_or(ApiError::NotFound("pipeline"))?;
-    let previous: Placement = sqlx::query_as(
-        "SELECT node_selector, selector_labels FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2",
+    let latest: Option<i32> = sqlx::query_scalar!(
+        "SELECT latest_version FROM pipelines WHERE id = $1 FOR UPDATE",
+        id
     )
-    .bind(id)
-    .bind(latest)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let latest = latest.ok_or(ApiError::NotFound("pipeline"))?;
+    let previous = placement_of(&mut tx, id, latest)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     let version = latest + 1;
-    sqlx::query("UPDATE pipelines SET latest_version = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE pipelines SET latest_version = $2, updated_at = now() WHERE id = $1",
+        id,
+        version
+    )
+    .execute(&mut *tx)
+    .await?;
     let placement = Placement {
         selector: req.node_selector.unwrap_or(previous.selector),
         labels: req.selector_labels.unwrap_or(previous.labels),
@@ -386,9 +397,25 @@ async fn update(
     Ok(axum::Json(fetch(&state, id).await?))
 }
 
+/// Where version `version` of pipeline `id` runs, if it exists.
+async fn placement_of(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    version: i32,
+) -> Result<Option<Placement>> {
+    Ok(sqlx::query_as!(
+        Placement,
+        r#"SELECT node_selector AS selector, selector_labels AS "labels: SelectorLabels"
+         FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2"#,
+        id,
+        version
+    )
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
 /// A pipeline's deployment as a change finds it (the version columns are null when nothing
 /// is deployed).
-#[derive(sqlx::FromRow)]
 struct Deployment {
     environment_id: Uuid,
     name: String,
@@ -417,12 +444,14 @@ async fn change_deployment(
     target: Target,
 ) -> Result<axum::Json<Value>> {
     let mut tx = state.pool.begin().await?;
-    let current: Option<Deployment> = sqlx::query_as(
-        "SELECT p.environment_id, p.name, p.latest_version, p.deployed_version, v.node_selector, v.selector_labels
+    let current: Option<Deployment> = sqlx::query_as!(
+        Deployment,
+        r#"SELECT p.environment_id, p.name, p.latest_version, p.deployed_version,
+                v.node_selector AS "node_selector?", v.selector_labels AS "selector_labels?"
          FROM pipelines p LEFT JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
-         WHERE p.id = $1 FOR UPDATE OF p",
+         WHERE p.id = $1 FOR UPDATE OF p"#,
+        id
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
     let Deployment {
@@ -438,22 +467,19 @@ async fn change_deployment(
         Target::Undeploy => (None, None, ConfigChangeReason::Undeploy),
         Target::Version { version, reason } => {
             let version = version.unwrap_or(latest);
-            let placement: Option<Placement> =
-                sqlx::query_as("SELECT node_selector, selector_labels FROM pipeline_versions WHERE pipeline_id = $1 AND version = $2")
-                    .bind(id)
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let placement =
-                placement.ok_or_else(|| ApiError::invalid("version", "no such version"))?;
+            let placement = placement_of(&mut tx, id, version)
+                .await?
+                .ok_or_else(|| ApiError::invalid("version", "no such version"))?;
             (Some(version), Some(placement), reason)
         }
     };
-    sqlx::query("UPDATE pipelines SET deployed_version = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(new_version)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE pipelines SET deployed_version = $2, updated_at = now() WHERE id = $1",
+        id,
+        new_version
+    )
+    .execute(&mut *tx)
+    .await?;
     let detail = json!({ "fromVersion": previous, "toVersion": new_version });
     audit::record(&mut *tx, op, change(action, id, &detail)).await?;
     tx.commit().await?;
@@ -574,12 +600,14 @@ async fn remove(
     let id = id_of(&id, "pipeline")?;
     let mut tx = state.pool.begin().await?;
     // The versions are still visible to this statement (it sees the rows as they were).
-    let deleted: Option<Deployment> = sqlx::query_as(
-        "WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, name, latest_version, deployed_version)
-         SELECT g.environment_id, g.name, g.latest_version, g.deployed_version, v.node_selector, v.selector_labels
-         FROM gone g LEFT JOIN pipeline_versions v ON v.pipeline_id = $1 AND v.version = g.deployed_version",
+    let deleted: Option<Deployment> = sqlx::query_as!(
+        Deployment,
+        r#"WITH gone AS (DELETE FROM pipelines WHERE id = $1 RETURNING environment_id, name, latest_version, deployed_version)
+         SELECT g.environment_id AS "environment_id!", g.name AS "name!", g.latest_version AS "latest_version!",
+                g.deployed_version, v.node_selector AS "node_selector?", v.selector_labels AS "selector_labels?"
+         FROM gone g LEFT JOIN pipeline_versions v ON v.pipeline_id = $1 AND v.version = g.deployed_version"#,
+        id
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
     let deleted = deleted.ok_or(ApiError::NotFound("pipeline"))?;

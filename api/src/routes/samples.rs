@@ -30,19 +30,7 @@ struct SampleRequestBody {
     limit: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct RequestRow {
-    id: Uuid,
-    pipeline_id: Uuid,
-    component_keys: Vec<String>,
-    sample_limit: i32,
-    status: String,
-    created_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SampleRow {
     component_key: String,
@@ -52,18 +40,6 @@ struct SampleRow {
     error: Option<String>,
     created_at: DateTime<Utc>,
 }
-
-/// The nodes that report pipeline `$1` (of environment `$2`) running and that its deployed
-/// version is placed on ([`places_sql!`]), none in maintenance.
-const RUNNING_ON: &str = concat!(
-    "SELECT s.node_id FROM node_pipeline_status s
-     JOIN nodes n ON n.id = s.node_id
-     JOIN pipelines p ON p.id = s.pipeline_id
-     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
-     WHERE s.pipeline_id = $1 AND s.status = 'RUNNING' AND n.environment_id = $2
-       AND NOT n.maintenance AND ",
-    places_sql!()
-);
 
 #[utoipa::path(
     post,
@@ -95,28 +71,30 @@ async fn request(
             "1 to 50 non-empty component keys",
         ));
     }
-    let deployed: Option<(Uuid, Option<i32>)> =
-        sqlx::query_as("SELECT environment_id, deployed_version FROM pipelines WHERE id = $1")
-            .bind(pipeline)
-            .fetch_optional(&state.pool)
-            .await?;
-    let (environment, deployed) = deployed.ok_or(ApiError::NotFound("pipeline"))?;
-    if deployed.is_none() {
+    let deployed = sqlx::query!(
+        "SELECT environment_id, deployed_version FROM pipelines WHERE id = $1",
+        pipeline
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("pipeline"))?;
+    let environment = deployed.environment_id;
+    if deployed.deployed_version.is_none() {
         return Err(ApiError::Conflict("the pipeline is not deployed".into()));
     }
     let request_id = Uuid::new_v4();
     let ttl = state.settings.api.sample_request_ttl_secs as f64;
     let mut tx = state.pool.begin().await?;
-    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+    let expires_at: DateTime<Utc> = sqlx::query_scalar!(
         "INSERT INTO sample_requests (id, pipeline_id, environment_id, component_keys, sample_limit, expires_at)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING expires_at",
+        request_id,
+        pipeline,
+        environment,
+        &keys,
+        limit as i32,
+        ttl
     )
-    .bind(request_id)
-    .bind(pipeline)
-    .bind(environment)
-    .bind(&keys)
-    .bind(limit as i32)
-    .bind(ttl)
     .fetch_one(&mut *tx)
     .await?;
     let detail = json!({ "requestId": request_id, "componentKeys": keys, "limit": limit });
@@ -128,13 +106,21 @@ async fn request(
     };
     audit::record(&mut *tx, &op, change).await?;
     tx.commit().await?;
-    // Nodes that report it running and that it is placed on: a node claiming a pipeline it
-    // was never given learns nothing of the request.
-    let running: Vec<Uuid> = sqlx::query_scalar(RUNNING_ON)
-        .bind(pipeline)
-        .bind(environment)
-        .fetch_all(&state.pool)
-        .await?;
+    // Nodes that report it running and that its deployed version is placed on
+    // ([`places_sql!`]), none in maintenance: a node claiming a pipeline it was never given
+    // learns nothing of the request.
+    let running: Vec<Uuid> = places_sql!(
+        sqlx::query_scalar,
+        ["SELECT s.node_id FROM node_pipeline_status s
+     JOIN nodes n ON n.id = s.node_id
+     JOIN pipelines p ON p.id = s.pipeline_id
+     JOIN pipeline_versions v ON v.pipeline_id = p.id AND v.version = p.deployed_version
+     WHERE s.pipeline_id = $1 AND s.status = 'RUNNING' AND n.environment_id = $2
+       AND NOT n.maintenance AND " +],
+        [, pipeline, environment]
+    )
+    .fetch_all(&state.pool)
+    .await?;
     let message = PushMessage::SampleRequest {
         request_id: request_id.to_string(),
         pipeline_id: pipeline.to_string(),
@@ -165,21 +151,22 @@ async fn show(
 ) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
     let id = id_of(&id, "sample request")?;
-    let req: RequestRow = sqlx::query_as(
-        "SELECT id, pipeline_id, component_keys, sample_limit,
-                CASE WHEN status = 'PENDING' AND expires_at <= now() THEN 'EXPIRED' ELSE status END AS status,
+    let req = sqlx::query!(
+        r#"SELECT id, pipeline_id, component_keys, sample_limit,
+                CASE WHEN status = 'PENDING' AND expires_at <= now() THEN 'EXPIRED' ELSE status END AS "status!",
                 created_at, expires_at, completed_at
-         FROM sample_requests WHERE id = $1",
+         FROM sample_requests WHERE id = $1"#,
+        id
     )
-    .bind(id)
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("sample request"))?;
-    let samples: Vec<SampleRow> = sqlx::query_as(
+    let samples: Vec<SampleRow> = sqlx::query_as!(
+        SampleRow,
         "SELECT component_key, node_id, events, schema, error, created_at FROM samples
          WHERE request_id = $1 ORDER BY component_key",
+        id
     )
-    .bind(id)
     .fetch_all(&state.pool)
     .await?;
     Ok(axum::Json(json!({

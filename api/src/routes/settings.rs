@@ -33,7 +33,7 @@ struct UpdateSettings {
 )]
 async fn show(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Viewer)?;
-    let ms: i32 = sqlx::query_scalar("SELECT poll_interval_ms FROM settings")
+    let ms: i32 = sqlx::query_scalar!("SELECT poll_interval_ms FROM settings")
         .fetch_one(&state.pool)
         .await?;
     Ok(axum::Json(json!({ "pollIntervalMs": ms })))
@@ -61,13 +61,15 @@ async fn update(
     }
     let mut tx = state.pool.begin().await?;
     // Locked, so the value recorded as replaced is the one replaced.
-    let previous: i32 = sqlx::query_scalar("SELECT poll_interval_ms FROM settings FOR UPDATE")
+    let previous: i32 = sqlx::query_scalar!("SELECT poll_interval_ms FROM settings FOR UPDATE")
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("UPDATE settings SET poll_interval_ms = $1")
-        .bind(req.poll_interval_ms as i32)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE settings SET poll_interval_ms = $1",
+        req.poll_interval_ms as i32
+    )
+    .execute(&mut *tx)
+    .await?;
     let detail = json!({ "pollIntervalMs": { "from": previous, "to": req.poll_interval_ms } });
     let change = Change {
         action: "settings.update",
@@ -77,7 +79,7 @@ async fn update(
     };
     audit::record(&mut *tx, &op, change).await?;
     tx.commit().await?;
-    let nodes: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM nodes")
+    let nodes: Vec<Uuid> = sqlx::query_scalar!("SELECT id FROM nodes")
         .fetch_all(&state.pool)
         .await?;
     let notified = state

@@ -63,11 +63,11 @@ async fn start(
         return Err(ApiError::invalid("componentId", "1 to 256 characters"));
     }
     // The pipeline must belong to the node's environment.
-    let same_environment: Option<bool> = sqlx::query_scalar(
-        "SELECT p.environment_id = n.environment_id FROM nodes n, pipelines p WHERE n.id = $1 AND p.id = $2",
+    let same_environment: Option<bool> = sqlx::query_scalar!(
+        r#"SELECT p.environment_id = n.environment_id AS "same!" FROM nodes n, pipelines p WHERE n.id = $1 AND p.id = $2"#,
+        node_id,
+        pipeline_id
     )
-    .bind(node_id)
-    .bind(pipeline_id)
     .fetch_optional(&state.pool)
     .await?;
     match same_environment {

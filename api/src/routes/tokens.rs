@@ -29,7 +29,7 @@ struct CreateToken {
     role: Role,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TokenRow {
     id: Uuid,
@@ -79,10 +79,12 @@ async fn create(
 )]
 async fn list(State(state): State<AppState>, op: Operator) -> Result<axum::Json<Value>> {
     op.require(Role::Admin)?;
-    let rows: Vec<TokenRow> =
-        sqlx::query_as("SELECT id, name, role, revoked, bootstrap, created_at FROM operator_tokens ORDER BY created_at")
-            .fetch_all(&state.pool)
-            .await?;
+    let rows: Vec<TokenRow> = sqlx::query_as!(
+        TokenRow,
+        "SELECT id, name, role, revoked, bootstrap, created_at FROM operator_tokens ORDER BY created_at"
+    )
+    .fetch_all(&state.pool)
+    .await?;
     Ok(axum::Json(json!({ "tokens": rows })))
 }
 
@@ -102,13 +104,15 @@ async fn revoke(
     op.require(Role::Admin)?;
     let id = id_of(&id, "token")?;
     let mut tx = state.pool.begin().await?;
-    let revoked: Option<(String, String)> = sqlx::query_as(
+    let revoked = sqlx::query!(
         "UPDATE operator_tokens SET revoked = true WHERE id = $1 RETURNING name, role",
+        id
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (name, role) = revoked.ok_or(ApiError::NotFound("token"))?;
+    let (name, role) = revoked
+        .map(|t| (t.name, t.role))
+        .ok_or(ApiError::NotFound("token"))?;
     crate::auth::session::end_all_of(&mut *tx, id).await?;
     let detail = json!({ "name": name, "role": role });
     audit::record(&mut *tx, &op, change("token.revoke", id, &detail)).await?;

@@ -141,10 +141,11 @@ pub(crate) async fn bulk(
                 ..
             },
         ) => Some(
-            sqlx::query_scalar::<_, Uuid>(
+            // The id is bound as the text it was given, and cast by the statement.
+            sqlx::query_scalar!(
                 "SELECT environment_id FROM pipelines WHERE id = $1::uuid",
+                p as _
             )
-            .bind(p)
             .fetch_optional(&state.pool)
             .await?
             .ok_or_else(|| ApiError::invalid("pipelineId", "no such pipeline"))?,
@@ -158,6 +159,8 @@ pub(crate) async fn bulk(
     let presence = filter.presence(&state).await?;
 
     let mut tx = state.pool.begin().await?;
+    // Built at run time, so not checked at compile time: the filter's conditions decide the
+    // statement ([`Filter::push_conditions`]). The bulk action tests cover it.
     let targets: Vec<Target> = {
         let mut select = QueryBuilder::<Postgres>::new(
             "SELECT n.id, n.environment_id, n.deployment_mode, n.agent_health IS NOT NULL AS current_agent,
@@ -216,18 +219,22 @@ pub(crate) async fn bulk(
     }
     match &action {
         Action::Maintenance(enabled) => {
-            sqlx::query("UPDATE nodes SET maintenance = $2 WHERE id = ANY($1)")
-                .bind(&changed)
-                .bind(enabled)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE nodes SET maintenance = $2 WHERE id = ANY($1)",
+                &changed,
+                enabled
+            )
+            .execute(&mut *tx)
+            .await?;
         }
         Action::Act(_, a) => {
-            sqlx::query("UPDATE nodes SET pending_action = $2 WHERE id = ANY($1)")
-                .bind(&changed)
-                .bind(json!(a))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE nodes SET pending_action = $2 WHERE id = ANY($1)",
+                &changed,
+                json!(a)
+            )
+            .execute(&mut *tx)
+            .await?;
         }
     }
     let scope = match (&body.filter, &body.node_ids) {
@@ -306,11 +313,11 @@ async fn notify(
                 .await;
             // Delivered restarts are done; the others stay pending for the polls to retry
             // (unless another action replaced them meanwhile).
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE nodes SET pending_action = NULL WHERE id = ANY($1) AND pending_action = $2",
+                &delivered,
+                json!(a)
             )
-            .bind(&delivered)
-            .bind(json!(a))
             .execute(&state.pool)
             .await?;
             pushed + delivered.len()

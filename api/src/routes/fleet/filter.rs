@@ -294,7 +294,10 @@ impl Filter {
         })
     }
 
-    /// Appends ` AND <condition>` for each filter, on the alias `n` of `nodes`.
+    /// Appends ` AND <condition>` for each filter, on the alias `n` of `nodes`. Dynamic SQL,
+    /// not checked at compile time: which conditions a request has decides the statement (a
+    /// fixed one would have to test every filter on every row, and lose the index paths). The
+    /// fleet list and bulk action tests cover each filter.
     pub fn push_conditions<'q>(
         &'q self,
         qb: &mut QueryBuilder<'q, Postgres>,

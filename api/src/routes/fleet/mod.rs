@@ -98,7 +98,8 @@ pub struct NodeView {
 }
 
 /// Nodes with their pipelines' statuses; `{node}` adds the node's reported metrics (or NULLs
-/// them), `{detail}` adds fields to each pipeline.
+/// them), `{detail}` adds fields to each pipeline. For the list, whose statement is built at
+/// run time; [`load_node_with`] reads one node with the same columns in a checked statement.
 pub(crate) fn select_nodes(node: &str, detail: &str) -> String {
     format!(
         "SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
@@ -112,15 +113,10 @@ pub(crate) fn select_nodes(node: &str, detail: &str) -> String {
     )
 }
 
-/// One node also carries what the agent last reported about itself and each pipeline (the
-/// list leaves these out: they would dominate a large fleet's listing).
-pub(crate) const NODE_DETAIL: &str = "n.running_as, n.host_metrics, n.agent_health";
+/// The list leaves out what the agent last reported about itself and each pipeline (it
+/// would dominate a large fleet's listing); one node carries it ([`load_node_with`]).
 pub(crate) const NODE_SUMMARY: &str =
     "NULL::text AS running_as, NULL::jsonb AS host_metrics, NULL::jsonb AS agent_health";
-pub(crate) const PIPELINE_DETAIL: &str =
-    ", 'configChecksum', s.config_checksum, 'uptimeSeconds', s.uptime_seconds,
-        'metrics', s.metrics - 'componentMetrics', 'componentMetrics', s.metrics -> 'componentMetrics',
-        'updatedAt', s.updated_at";
 
 /// Pipeline statuses that count as crashed.
 pub const CRASHED: [&str; 2] = ["CRASHED", "CRASH_LOOP"];
@@ -176,14 +172,54 @@ pub(crate) async fn load_node(state: &AppState, id: Uuid) -> Result<NodeView> {
 /// [`load_node`], with each pipeline's kept log lines only when `logs` (a page that follows
 /// the live log does not need them again on every refresh).
 pub(crate) async fn load_node_with(state: &AppState, id: Uuid, logs: bool) -> Result<NodeView> {
-    let mut node: NodeView = sqlx::query_as(&format!(
-        "{} WHERE n.id = $1",
-        select_nodes(NODE_DETAIL, PIPELINE_DETAIL)
-    ))
-    .bind(id)
+    // The columns of [`select_nodes`], with the node's reported metrics and each pipeline's
+    // detail.
+    let row = sqlx::query!(
+        r#"SELECT n.id, n.host, n.environment_id, n.status, n.last_seen, n.agent_version,
+        n.vector_version, n.os, n.deployment_mode, n.running_as, n.host_metrics, n.agent_health,
+        (n.reported_labels || n.labels) AS "labels!",
+        n.labels AS operator_labels, n.reported_labels, n.maintenance,
+        n.pending_action, n.last_update_error, n.enrolled_at,
+        coalesce((SELECT json_agg(json_build_object('pipelineId', s.pipeline_id, 'version', s.version, 'status', s.status,
+                                                    'configChecksum', s.config_checksum, 'uptimeSeconds', s.uptime_seconds,
+        'metrics', s.metrics - 'componentMetrics', 'componentMetrics', s.metrics -> 'componentMetrics',
+        'updatedAt', s.updated_at)
+                                  ORDER BY s.pipeline_id)
+                  FROM node_pipeline_status s WHERE s.node_id = n.id), '[]'::json)::jsonb AS "pipelines!"
+     FROM nodes n WHERE n.id = $1"#,
+        id
+    )
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("node"))?;
+    let mut node = NodeView {
+        id: row.id,
+        host: row.host,
+        environment_id: row.environment_id,
+        status: row.status,
+        last_seen: row.last_seen,
+        agent_version: row.agent_version,
+        vector_version: row.vector_version,
+        os: row.os,
+        deployment_mode: row.deployment_mode,
+        running_as: row.running_as,
+        host_metrics: row.host_metrics,
+        agent_health: row.agent_health,
+        labels: row.labels,
+        operator_labels: row.operator_labels,
+        reported_labels: row.reported_labels,
+        maintenance_mode: row.maintenance,
+        pending_action: row.pending_action,
+        last_update_error: row.last_update_error,
+        enrolled_at: row.enrolled_at,
+        pipelines: row.pipelines,
+        sort_host: None,
+        crashed_pipelines: 0,
+        ws_connected: false,
+        gateway_id: None,
+        connected_since: None,
+        push_transport: None,
+    };
     if let (true, Value::Array(pipelines)) = (logs, &mut node.pipelines) {
         let ids: Vec<Uuid> = pipelines
             .iter()

@@ -79,8 +79,7 @@ pub(crate) async fn labels(
         &state,
         &op,
         id,
-        Column::Labels,
-        labels,
+        Column::Labels(labels),
         "node.labels",
         &detail,
     )
@@ -123,8 +122,8 @@ pub(crate) async fn maintenance(
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
     let detail = json!({ "enabled": body.enabled });
-    let (column, action) = (Column::Maintenance, "node.maintenance");
-    set_column(&state, &op, id, column, body.enabled, action, &detail).await?;
+    let (column, action) = (Column::Maintenance(body.enabled), "node.maintenance");
+    set_column(&state, &op, id, column, action, &detail).await?;
     state
         .notifier
         .push(
@@ -166,24 +165,30 @@ pub(crate) async fn action(
     op.require(Role::Admin)?;
     let id = id_of(&id, "node")?;
     let (kind, action) = validate_action(body, &state.self_update_hosts)?;
-    let node: Option<(Uuid, Option<String>, bool)> = sqlx::query_as(
-        "SELECT environment_id, deployment_mode, agent_health IS NOT NULL FROM nodes WHERE id = $1",
+    let node = sqlx::query!(
+        r#"SELECT environment_id, deployment_mode, agent_health IS NOT NULL AS "current_agent!" FROM nodes WHERE id = $1"#,
+        id
     )
-    .bind(id)
     .fetch_optional(&state.pool)
-    .await?;
-    let (environment, deployment_mode, current_agent) = node.ok_or(ApiError::NotFound("node"))?;
+    .await?
+    .ok_or(ApiError::NotFound("node"))?;
+    let (environment, deployment_mode, current_agent) = (
+        node.environment_id,
+        node.deployment_mode,
+        node.current_agent,
+    );
     if kind == ActionKind::SelfUpdate && is_docker(deployment_mode.as_deref()) {
         return Err(ApiError::Conflict(
             "the node runs in Docker (deploymentMode DOCKER), where the agent cannot replace itself: update its image instead".into(),
         ));
     }
     if let Some(p) = &action.pipeline_id {
-        let known: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = $1::uuid AND environment_id = $2)",
+        // The id is bound as the text it was given, and cast by the statement.
+        let known: bool = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = $1::uuid AND environment_id = $2) AS "exists!""#,
+            p as _,
+            environment
         )
-        .bind(p)
-        .bind(environment)
         .fetch_one(&state.pool)
         .await?;
         if !known {
@@ -200,17 +205,8 @@ pub(crate) async fn action(
         && crate::restarts::push_to_current(&state, id, &action).await?;
     let pending = (!delivered).then(|| json!(action));
     let detail = json!({ "action": action, "pending": pending.is_some() });
-    let column = Column::PendingAction;
-    set_column(
-        &state,
-        &op,
-        id,
-        column,
-        pending.clone(),
-        "node.action",
-        &detail,
-    )
-    .await?;
+    let column = Column::PendingAction(pending.clone());
+    set_column(&state, &op, id, column, "node.action", &detail).await?;
     // A current agent is not sent the older agents' restart push: it would act on it, and
     // again on the pushes its next poll retries.
     let notified = if delivered {
@@ -229,40 +225,46 @@ pub(crate) async fn action(
     ))
 }
 
-/// The node columns an admin sets one at a time.
-#[derive(Clone, Copy)]
+/// The node columns an admin sets one at a time, each with its new value.
 enum Column {
-    Labels,
-    Maintenance,
-    PendingAction,
+    Labels(Value),
+    Maintenance(bool),
+    PendingAction(Option<Value>),
 }
 
-/// Sets `column` of node `id` to `value` and records the change as `action` with `detail`,
+/// Sets `column` of node `id` to its value and records the change as `action` with `detail`,
 /// in one transaction; 404 when there is no such node.
-async fn set_column<T>(
+async fn set_column(
     state: &AppState,
     op: &Operator,
     id: Uuid,
     column: Column,
-    value: T,
     action: &'static str,
     detail: &Value,
-) -> Result<()>
-where
-    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
-{
-    let sql = match column {
-        Column::Labels => "UPDATE nodes SET labels = $2 WHERE id = $1",
-        Column::Maintenance => "UPDATE nodes SET maintenance = $2 WHERE id = $1",
-        Column::PendingAction => "UPDATE nodes SET pending_action = $2 WHERE id = $1",
-    };
+) -> Result<()> {
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query(sql)
-        .bind(id)
-        .bind(value)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let update = match column {
+        Column::Labels(labels) => {
+            sqlx::query!("UPDATE nodes SET labels = $2 WHERE id = $1", id, labels)
+                .execute(&mut *tx)
+                .await?
+        }
+        Column::Maintenance(on) => {
+            sqlx::query!("UPDATE nodes SET maintenance = $2 WHERE id = $1", id, on)
+                .execute(&mut *tx)
+                .await?
+        }
+        Column::PendingAction(pending) => {
+            sqlx::query!(
+                "UPDATE nodes SET pending_action = $2 WHERE id = $1",
+                id,
+                pending
+            )
+            .execute(&mut *tx)
+            .await?
+        }
+    };
+    let n = update.rows_affected();
     if n == 0 {
         return Err(ApiError::NotFound("node"));
     }
@@ -294,12 +296,13 @@ pub(crate) async fn revoke(
     let id = id_of(&id, "node")?;
     // Deleting the row is the revocation: every authenticator re-reads it on each request.
     let mut tx = state.pool.begin().await?;
-    let revoked: Option<(Uuid, String)> =
-        sqlx::query_as("DELETE FROM nodes WHERE id = $1 RETURNING environment_id, host")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((environment, host)) = revoked else {
+    let revoked = sqlx::query!(
+        "DELETE FROM nodes WHERE id = $1 RETURNING environment_id, host",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((environment, host)) = revoked.map(|n| (n.environment_id, n.host)) else {
         return Err(ApiError::NotFound("node"));
     };
     let change = Change {
