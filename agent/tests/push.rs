@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use flotilla_shared::close_codes::Close;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -157,7 +158,7 @@ async fn an_idle_agent_keeps_one_connection_for_many_keepalive_periods() {
     );
     assert_eq!(
         counters
-            .closed_keepalive
+            .closed(Close::KeepaliveTimeout)
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
@@ -187,7 +188,7 @@ async fn a_revoked_node_stops_its_push_channel() {
                 .gateway()
                 .state
                 .counters()
-                .closed_revoked
+                .closed(Close::Revoked)
                 .load(std::sync::atomic::Ordering::Relaxed)
                 == 1)
                 .then_some(())
