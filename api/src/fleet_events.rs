@@ -46,6 +46,11 @@ const CREDENTIALS_REVOKED: &str = r#"{"kind":"credentials-revoked"}"#;
 pub const RESYNC: &str = r#"{"kind":"resync"}"#;
 
 impl FleetEvents {
+    /// Live streams subscribed now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// Whether the Redis subscription is currently up.
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::SeqCst)

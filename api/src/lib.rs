@@ -26,6 +26,8 @@
 //! - [`vector_config`]: pipeline configs checked against Vector's top-level shape, with the line.
 //! - [`download_url`]: where a self-update may send agents (https, no internal hosts).
 //! - [`sweep`]: the background task that marks silent nodes UNREACHABLE and expires samples.
+//! - [`metrics`]: the api's Prometheus registry: requests by route template, pool use,
+//!   coalesced reads, notifications, fleet-event subscribers.
 //! - [`routes`]: one module per resource, merged into one router.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
@@ -36,6 +38,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet_events;
 pub mod live;
+pub mod metrics;
 pub mod node_logs;
 pub mod notify;
 pub mod openapi;
@@ -122,16 +125,28 @@ impl Api {
         let redis = Redis::new(&settings.redis).context("redis.url")?;
         // One cap on bcrypt work for node, operator and enrollment tokens alike.
         let bcrypt = BcryptGate::new(&settings.auth);
+        let polls = polls::poll_reads(pool.clone());
+        let node_auth = NodeAuthenticator::with_gate(pool.clone(), bcrypt.clone());
+        let notifier = notify::Notifier::new(redis.clone());
+        let fleet_events = fleet_events::FleetEvents::default();
+        let metrics = metrics::ApiMetrics::new(metrics::Sources {
+            pool: pool.clone(),
+            fleet_events: fleet_events.clone(),
+            notify: notifier.counters().clone(),
+            auth: node_auth.counters().clone(),
+            poll_round_sizes: polls.round_sizes(),
+        });
         let state = AppState {
-            polls: polls::poll_reads(pool.clone()),
-            node_auth: NodeAuthenticator::with_gate(pool.clone(), bcrypt.clone()),
+            polls,
+            node_auth,
             operator_auth: auth::operator::OperatorAuthenticator::new(
                 pool.clone(),
                 &settings.auth,
                 bcrypt,
             ),
-            notifier: notify::Notifier::new(redis.clone()),
-            fleet_events: fleet_events::FleetEvents::default(),
+            notifier,
+            fleet_events,
+            metrics,
             live: live::LiveStreams::default(),
             self_update_hosts,
             limits: state::Limits {

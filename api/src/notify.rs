@@ -7,6 +7,8 @@
 use flotilla_shared::channels::{node_channel, ControlMessage};
 use flotilla_shared::frames::{PushFrame, PushMessage};
 use flotilla_shared::redis_conn::Redis;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -18,6 +20,17 @@ pub struct NotifyCounters {
     pub published: AtomicU64,
     /// Messages lost to a Redis failure.
     pub failed: AtomicU64,
+    /// Messages handed to Redis, by frame type (`control` for gateway messages).
+    pub published_by_type: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl NotifyCounters {
+    fn published(&self, kind: &'static str, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+        self.published_by_type
+            .get_or_create(&[("type", kind)])
+            .inc_by(n);
+    }
 }
 
 /// Publishes notifications; cheap to clone.
@@ -43,10 +56,11 @@ impl Notifier {
 
     /// Sends one message to each node (each frame gets its own id); returns how many were sent.
     pub async fn push(&self, nodes: &[Uuid], message: PushMessage) -> usize {
+        let kind = message.kind();
         let payloads = nodes
             .iter()
             .map(|&n| (n, PushFrame::new(message.clone()).to_json()));
-        self.publish(payloads.collect()).await
+        self.publish(kind, payloads.collect()).await
     }
 
     /// Sends `messages` to one node; true when a gateway holding its push channel received
@@ -64,7 +78,9 @@ impl Notifier {
         let n = messages.len() as u64;
         match self.redis.query::<Vec<i64>>(&pipe).await {
             Ok(reached) => {
-                self.counters.published.fetch_add(n, Ordering::Relaxed);
+                for m in &messages {
+                    self.counters.published(m.kind(), 1);
+                }
                 reached.iter().all(|&r| r > 0)
             }
             Err(e) => {
@@ -77,10 +93,11 @@ impl Notifier {
 
     /// Sends a gateway control message to one node's channel.
     pub async fn control(&self, node: Uuid, message: &ControlMessage) -> usize {
-        self.publish(vec![(node, message.to_payload())]).await
+        self.publish("control", vec![(node, message.to_payload())])
+            .await
     }
 
-    async fn publish(&self, payloads: Vec<(Uuid, String)>) -> usize {
+    async fn publish(&self, kind: &'static str, payloads: Vec<(Uuid, String)>) -> usize {
         if payloads.is_empty() {
             return 0;
         }
@@ -94,7 +111,7 @@ impl Notifier {
         let n = payloads.len() as u64;
         match self.redis.query::<()>(&pipe).await {
             Ok(()) => {
-                self.counters.published.fetch_add(n, Ordering::Relaxed);
+                self.counters.published(kind, n);
                 payloads.len()
             }
             Err(e) => {

@@ -38,6 +38,8 @@ pub struct AppState {
     pub fleet_events: FleetEvents,
     /// Slots for operators' live log and tap streams.
     pub live: crate::live::LiveStreams,
+    /// The api's metrics registry.
+    pub metrics: crate::metrics::ApiMetrics,
     /// Cancelled when the api shuts down (ends long-lived streams).
     pub shutdown: CancellationToken,
 }

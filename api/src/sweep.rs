@@ -34,6 +34,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 
 /// One sweep: nodes silent for longer than poll interval × threshold become UNREACHABLE,
 /// pending sample requests past their expiry become EXPIRED.
+#[tracing::instrument(name = "sweep", skip_all)]
 pub async fn sweep_once(state: &AppState) -> Result<SweepReport, sqlx::Error> {
     let threshold = i64::from(state.settings.api.unhealthy_threshold);
     // Bound as int8 (Postgres would infer int4 from the column), so a large threshold cannot

@@ -1,10 +1,10 @@
 //! Draining on shutdown: refuse new handshakes (503), close sockets in paced batches with
-//! [`DRAINING`] ("reconnect elsewhere"), and wait for their sessions to finish.
+//! [`Close::Draining`] ("reconnect elsewhere"), and wait for their sessions to finish.
 //!
 //! Pacing spreads the agents' reconnects over the other gateways instead of one burst.
 
 use crate::state::GatewayState;
-use flotilla_shared::close_codes::DRAINING;
+use flotilla_shared::close_codes::Close;
 use std::time::Duration;
 
 /// Drains every socket; returns once all sessions ended.
@@ -18,7 +18,7 @@ pub async fn run(state: &GatewayState) {
             tokio::time::sleep(pause).await;
         }
         for (_, conn) in batch {
-            conn.outbox.close(DRAINING);
+            conn.outbox.close(Close::Draining);
         }
     }
     state.sessions.close();

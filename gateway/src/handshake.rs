@@ -53,6 +53,7 @@ pub(crate) async fn upgrade(
 
 /// Admits a push connection of either transport from `peer` (see [`accept`]); a refusal is
 /// counted and answered as the response to send.
+#[tracing::instrument(name = "handshake", skip_all)]
 pub(crate) async fn admit(
     state: &GatewayState,
     peer: SocketAddr,

@@ -31,7 +31,8 @@
 //!   and memory trims, every `gateway.heartbeat_interval_ms`.
 //! - `memory`: handing freed heap pages back to the operating system after a burst.
 //! - [`drain`]: paced closing on shutdown.
-//! - [`metrics`]: counters and `GET /metrics`.
+//! - [`metrics`]: the gateway's Prometheus registry (counters, closes by reason, push
+//!   latency) behind `GET /metrics`.
 //! - [`os`]: open-files limit and the return of freed memory.
 //! - [`state`]: the shared state handle.
 
@@ -56,7 +57,9 @@ pub use state::GatewayState;
 
 use anyhow::Context as _;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use flotilla_shared::auth::node::NodeAuthenticator;
@@ -103,13 +106,14 @@ impl Gateway {
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
         let (subscriptions, requests) = subscriptions::Subscriptions::new(&id);
+        let counters = metrics::Counters::new(auth.counters().clone());
         let state = GatewayState(Arc::new(state::Shared {
             id,
             redis,
             auth,
             registry: registry::Registry::default(),
             subscriptions,
-            counters: metrics::Counters::default(),
+            counters,
             handshakes: Semaphore::new(gw.max_pending_handshakes.max(1)),
             // A limit of 0 turns the reconnect limit off.
             reconnects: (gw.reconnect_limit > 0).then(|| {
@@ -203,14 +207,14 @@ impl Gateway {
 }
 
 fn router(state: GatewayState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/agent/ws", get(handshake::upgrade))
         .route("/api/agent/push", get(sse::open))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/livez", get(live))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    flotilla_shared::request_tracing::layer(routes).with_state(state)
 }
 
 /// 200 while serving, 503 while draining (so load balancers stop sending agents here).
@@ -238,8 +242,10 @@ async fn live() -> StatusCode {
     StatusCode::OK
 }
 
-async fn metrics(State(state): State<GatewayState>) -> String {
-    state
-        .counters
-        .render(state.registry.len(), state.auth.counters())
+async fn metrics(State(state): State<GatewayState>) -> impl IntoResponse {
+    let text = state.counters.render(state.registry.len());
+    (
+        [(CONTENT_TYPE, flotilla_shared::metrics::CONTENT_TYPE)],
+        text,
+    )
 }

@@ -3,10 +3,10 @@
 //! The subscription reader pushes frames and other tasks request closes; the socket's session
 //! takes them. It allocates nothing while idle (unlike a channel), which keeps an idle
 //! connection small. A full queue means the agent reads too slowly: the socket is then closed
-//! with [`SLOW_CONSUMER`] instead of buffering without bound.
+//! with [`Close::SlowConsumer`] instead of buffering without bound.
 
 use axum::extract::ws::Utf8Bytes;
-use flotilla_shared::close_codes::SLOW_CONSUMER;
+use flotilla_shared::close_codes::Close;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -16,8 +16,8 @@ use std::task::{Context, Poll, Waker};
 pub(crate) enum Next {
     /// Send this frame.
     Frame(Utf8Bytes),
-    /// Close the socket with this code.
-    Close(u16),
+    /// Close the socket so.
+    Close(Close),
 }
 
 /// What became of a pushed frame.
@@ -41,7 +41,7 @@ pub(crate) struct Outbox {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
-    close: Option<u16>,
+    close: Option<Close>,
     waker: Option<Waker>,
 }
 
@@ -62,14 +62,14 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame; overflowing the queue requests a [`SLOW_CONSUMER`] close.
+    /// Queues a frame; overflowing the queue requests a [`Close::SlowConsumer`].
     pub(crate) fn push(&self, frame: Utf8Bytes) -> Pushed {
         let mut state = self.state.lock().unwrap();
         if state.close.is_some() {
             return Pushed::Closing;
         }
         let pushed = if state.frames.len() >= self.capacity {
-            state.close = Some(SLOW_CONSUMER);
+            state.close = Some(Close::SlowConsumer);
             Pushed::Overflow
         } else {
             state.frames.push_back(frame);
@@ -80,10 +80,10 @@ impl Outbox {
     }
 
     /// Requests a close; the first request wins.
-    pub(crate) fn close(&self, code: u16) {
+    pub(crate) fn close(&self, close: Close) {
         let mut state = self.state.lock().unwrap();
         if state.close.is_none() {
-            state.close = Some(code);
+            state.close = Some(close);
             state.wake();
         }
     }
@@ -91,8 +91,8 @@ impl Outbox {
     /// The close, else a frame when `want_frame`, else registers the task to be woken.
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>, want_frame: bool) -> Poll<Next> {
         let mut state = self.state.lock().unwrap();
-        if let Some(code) = state.close {
-            return Poll::Ready(Next::Close(code));
+        if let Some(close) = state.close {
+            return Poll::Ready(Next::Close(close));
         }
         if want_frame {
             if let Some(frame) = state.frames.pop_front() {
@@ -161,12 +161,12 @@ mod tests {
         let mut cx = Context::from_waker(&w);
         assert_eq!(
             outbox.poll_next(&mut cx, true),
-            Poll::Ready(Next::Close(SLOW_CONSUMER))
+            Poll::Ready(Next::Close(Close::SlowConsumer))
         );
-        outbox.close(4001);
+        outbox.close(Close::Revoked);
         assert_eq!(
             outbox.poll_next(&mut cx, false),
-            Poll::Ready(Next::Close(SLOW_CONSUMER))
+            Poll::Ready(Next::Close(Close::SlowConsumer))
         );
     }
 }

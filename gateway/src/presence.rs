@@ -4,7 +4,7 @@
 use crate::registry::Conn;
 use crate::state::GatewayState;
 use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent};
-use flotilla_shared::close_codes::SUPERSEDED;
+use flotilla_shared::close_codes::Close;
 use flotilla_shared::presence::{self, Presence};
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -129,7 +129,7 @@ pub(crate) async fn restore_all(state: &GatewayState) {
                 withdraw(state, node_id, &conn).await;
             }
             Ok(true) => restored += 1,
-            Ok(false) => conn.outbox.close(SUPERSEDED),
+            Ok(false) => conn.outbox.close(Close::Superseded),
             Err(_) => failed += 1,
         }
     }

@@ -13,9 +13,7 @@ use crate::state::GatewayState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use flotilla_shared::auth::node::AuthedNode;
-use flotilla_shared::close_codes::{
-    DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
-};
+use flotilla_shared::close_codes::Close;
 use flotilla_shared::presence::Transport;
 use futures_util::{SinkExt, StreamExt};
 use std::future::{poll_fn, Future};
@@ -73,11 +71,11 @@ pub(crate) fn run(
     let mut session = Session::new(state.clone(), link, outbox);
     async move {
         if let Some(older) = state.registry.insert(node_id, conn.clone()) {
-            older.outbox.close(SUPERSEDED);
+            older.outbox.close(Close::Superseded);
         }
         // After registering, so a drain either saw this socket or is seen here.
         if state.draining.is_cancelled() {
-            conn.outbox.close(DRAINING);
+            conn.outbox.close(Close::Draining);
         }
         Counters::inc(&state.counters.connects);
         // Boxed: the Redis round trips are large but short-lived futures; an idle socket
@@ -99,8 +97,8 @@ pub(crate) fn run(
         };
         // Boxed, like the Redis calls: only a closing socket needs them.
         match end {
-            End::Closed(code) => {
-                futures_util::future::join(Box::pin(session.close(code)), Box::pin(gone)).await;
+            End::Closed(close) => {
+                futures_util::future::join(Box::pin(session.close(close)), Box::pin(gone)).await;
             }
             End::PeerGone => Box::pin(gone).await,
         }
@@ -111,36 +109,16 @@ pub(crate) fn run(
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The gateway closed it with this code.
-    Closed(u16),
+    /// The gateway closed it so.
+    Closed(Close),
     /// The agent closed it or the connection dropped.
     PeerGone,
 }
 
 fn count_close(counters: &Counters, end: End) {
     Counters::inc(&counters.disconnects);
-    let counter = match end {
-        End::Closed(SUPERSEDED) => &counters.closed_superseded,
-        End::Closed(REVOKED) => &counters.closed_revoked,
-        End::Closed(SLOW_CONSUMER) => &counters.closed_slow,
-        End::Closed(KEEPALIVE_TIMEOUT) => &counters.closed_keepalive,
-        End::Closed(DRAINING) => &counters.closed_draining,
-        End::Closed(POLICY | TOO_LARGE) => &counters.closed_protocol,
-        _ => return,
-    };
-    Counters::inc(counter);
-}
-
-fn close_reason(code: u16) -> &'static str {
-    match code {
-        SUPERSEDED => "superseded by a newer connection",
-        REVOKED => "node revoked",
-        SLOW_CONSUMER => "too slow to read pushes",
-        KEEPALIVE_TIMEOUT => "keepalive timeout",
-        DRAINING => "gateway draining, reconnect elsewhere",
-        TOO_LARGE => "message too large",
-        POLICY => "unexpected frame",
-        _ => "",
+    if let End::Closed(close) = end {
+        counters.closed(close).inc();
     }
 }
 
@@ -181,14 +159,14 @@ impl Session {
 
     /// Sends a close frame and waits briefly for the agent's; ends an SSE stream (it has no
     /// close codes: the agent reconnects with its backoff).
-    async fn close(&mut self, code: u16) {
+    async fn close(&mut self, close: Close) {
         let ws = match &mut self.link {
             Link::Ws(ws) => ws,
             Link::Sse(sse) => return sse.end(),
         };
         let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(close_reason(code)),
+            code: close.code(),
+            reason: Utf8Bytes::from_static(close.reason()),
         };
         let handshake = async {
             if ws.send(Message::Close(Some(frame))).await.is_ok() {
@@ -213,7 +191,7 @@ impl Session {
             let now = Instant::now();
             while let Some(due) = self.keepalive.due(now) {
                 match due {
-                    Due::Timeout => return Poll::Ready(End::Closed(KEEPALIVE_TIMEOUT)),
+                    Due::Timeout => return Poll::Ready(End::Closed(Close::KeepaliveTimeout)),
                     Due::Ping => self.ping_due = true,
                     Due::Pong => self.pong_due = true,
                 }
@@ -232,7 +210,7 @@ impl Session {
         loop {
             match ws.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(Message::Binary(_)))) => {
-                    return Poll::Ready(End::Closed(POLICY))
+                    return Poll::Ready(End::Closed(Close::Policy))
                 }
                 // Anything else is a sign of life; pings are answered by the socket itself, and a
                 // close is answered there too, after which the stream ends.
@@ -260,7 +238,7 @@ impl Session {
                 Out::Pong
             } else {
                 match self.outbox.poll_next(cx, writable) {
-                    Poll::Ready(Next::Close(code)) => return Poll::Ready(End::Closed(code)),
+                    Poll::Ready(Next::Close(close)) => return Poll::Ready(End::Closed(close)),
                     Poll::Ready(Next::Frame(frame)) => {
                         Counters::inc(&self.state.counters.pushes_delivered);
                         self.keepalive.sent_data(Instant::now());
@@ -329,12 +307,12 @@ impl Link {
     }
 }
 
-/// An oversized message is answered with [`TOO_LARGE`]; other errors end the session.
+/// An oversized message is answered with [`Close::TooLarge`]; other errors end the session.
 fn read_error(error: &axum::Error) -> End {
     use std::error::Error as _;
     use tokio_tungstenite::tungstenite::Error as WsError;
     match error.source().and_then(|e| e.downcast_ref::<WsError>()) {
-        Some(WsError::Capacity(_)) => End::Closed(TOO_LARGE),
+        Some(WsError::Capacity(_)) => End::Closed(Close::TooLarge),
         _ => End::PeerGone,
     }
 }

@@ -14,7 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::{node_channel, node_from_channel, ControlMessage};
-use flotilla_shared::close_codes::{REVOKED, SUPERSEDED};
+use flotilla_shared::close_codes::Close;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::HashSet;
@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Reconnect backoff: the ceiling doubles from 100 ms to 5 s, with full jitter so gateways
@@ -260,7 +261,9 @@ async fn apply(
             .into_iter()
             .collect()
     };
-    with_timeout(state, all).await
+    // One span a batch, never one a frame: subscription changes come in coalesced batches.
+    let span = tracing::info_span!("subscription_change", command, nodes = nodes.len());
+    with_timeout(state, all).instrument(span).await
 }
 
 async fn with_timeout<T>(
@@ -310,12 +313,14 @@ pub(crate) fn dispatch(state: &GatewayState, channel: &str, payload: &[u8]) {
             }
         }
         Some(ControlMessage::Revoke) => {
-            state.registry.with(node, |conn| conn.outbox.close(REVOKED));
+            state
+                .registry
+                .with(node, |conn| conn.outbox.close(Close::Revoked));
         }
         Some(ControlMessage::Supersede { conn: winner }) => {
             state.registry.with(node, |conn| {
                 if conn.id.to_string() != winner {
-                    conn.outbox.close(SUPERSEDED);
+                    conn.outbox.close(Close::Superseded);
                 }
             });
         }

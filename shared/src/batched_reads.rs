@@ -8,6 +8,7 @@
 //! out at once, with no added wait. Rounds run in spawned tasks, so a caller that gives up
 //! cannot strand the others in its round.
 
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use tokio::sync::oneshot;
 const MAX_BATCH: usize = 256;
 /// Rounds in flight at once; each holds one pooled connection.
 const MAX_READERS: usize = 4;
+/// Upper bounds of the keys-per-round histogram, up to [`MAX_BATCH`].
+const ROUND_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// A row read by a text key, which it carries.
 pub trait Keyed {
@@ -55,6 +58,8 @@ struct Shared<R> {
     statement: &'static str,
     queue: Mutex<Queue<R>>,
     rounds: AtomicU64,
+    /// Keys asked for in each round.
+    round_sizes: Histogram,
 }
 
 struct Queue<R> {
@@ -75,6 +80,7 @@ impl<R: BatchRow> BatchedReads<R> {
                     readers: 0,
                 }),
                 rounds: AtomicU64::new(0),
+                round_sizes: Histogram::new(ROUND_SIZE_BUCKETS),
             }),
         }
     }
@@ -82,6 +88,11 @@ impl<R: BatchRow> BatchedReads<R> {
     /// Queries run so far.
     pub fn rounds(&self) -> u64 {
         self.shared.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Keys asked for per round, for a service's metrics (a handle on the same histogram).
+    pub fn round_sizes(&self) -> Histogram {
+        self.shared.round_sizes.clone()
     }
 
     /// The row stored under `key`, if any.
@@ -127,6 +138,7 @@ impl<R: BatchRow> BatchedReads<R> {
 
     async fn answer(&self, round: Vec<(String, oneshot::Sender<Reply<R>>)>) {
         self.shared.rounds.fetch_add(1, Ordering::Relaxed);
+        self.shared.round_sizes.observe(round.len() as f64);
         let keys: Vec<&str> = round.iter().map(|(key, _)| key.as_str()).collect();
         let rows = sqlx::query_as::<_, R>(self.shared.statement)
             .bind(&keys)

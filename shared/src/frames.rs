@@ -114,6 +114,21 @@ pub enum PushMessage {
     Unknown,
 }
 
+impl PushMessage {
+    /// The `type` it is sent with (a bounded set, usable as a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PushMessage::ConfigChanged { .. } => "config_changed",
+            PushMessage::SampleRequest { .. } => "sample_request",
+            PushMessage::Action { .. } => "action",
+            PushMessage::TapStart { .. } => "tap_start",
+            PushMessage::TapStop { .. } => "tap_stop",
+            PushMessage::PollInterval { .. } => "poll_interval",
+            PushMessage::Unknown => "unknown",
+        }
+    }
+}
+
 /// A push frame: the message plus a unique `id` and `sentAt` (epoch ms at publish).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

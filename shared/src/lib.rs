@@ -16,7 +16,10 @@
 //! - [`fuzzing`]: the checks the fuzz targets and their regression replays run.
 //! - `http_server` (feature `server`): HTTP/1.1 serving with a header read timeout.
 //! - [`healthcheck`]: the `healthcheck` subcommand container health checks run.
-//! - [`close_codes`]: WebSocket close codes and what an agent should do on each.
+//! - [`close_codes`]: [`close_codes::Close`], every close's code, reason, metric label and
+//!   reconnect policy.
+//! - [`metrics`]: Prometheus text exposition of a service's registry; node-auth counters.
+//! - `request_tracing` (feature `server`): request ids and a span per HTTP request.
 //! - [`channels`]: Redis channel and key names, and gateway control messages.
 //! - [`protocol`]: request and response bodies of the agent HTTP API (VectorFlow v1).
 //! - [`db`]: Postgres pool construction and the embedded migrations.
@@ -36,9 +39,12 @@ pub mod healthcheck;
 #[cfg(feature = "server")]
 pub mod http_server;
 pub mod limiter;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod redis_conn;
+#[cfg(feature = "server")]
+pub mod request_tracing;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 //! in the fleet view.
 
 use crate::common::*;
+use flotilla_shared::close_codes::Close;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -155,7 +156,7 @@ async fn an_idle_agent_keeps_one_connection_for_many_keepalive_periods() {
     );
     assert_eq!(
         counters
-            .closed_keepalive
+            .closed(Close::KeepaliveTimeout)
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
@@ -185,7 +186,7 @@ async fn a_revoked_node_stops_its_push_channel() {
                 .gateway()
                 .state
                 .counters()
-                .closed_revoked
+                .closed(Close::Revoked)
                 .load(std::sync::atomic::Ordering::Relaxed)
                 == 1)
                 .then_some(())

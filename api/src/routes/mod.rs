@@ -36,7 +36,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.api.max_body_bytes;
     // Requests taking longer than this (slow clients included) are answered 408.
     let request_timeout = Duration::from_millis(state.settings.api.request_timeout_ms);
-    Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(metrics::router())
         .merge(enroll::router())
@@ -66,9 +66,14 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
-        // Outermost, so timeouts and body-limit answers carry it too.
-        .layer(middleware::map_response(nosniff))
-        .with_state(state)
+        // Outside the timeout, so 408s are counted too.
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::ApiMetrics::record,
+        ))
+        // Outermost but for the request span, so timeouts and body-limit answers carry it too.
+        .layer(middleware::map_response(nosniff));
+    flotilla_shared::request_tracing::layer(routes).with_state(state)
 }
 
 /// Browsers take every response for the type it declares, never sniffing JSON or text into

@@ -17,3 +17,4 @@ mod page_headers;
 mod pipeline_editing;
 mod samples;
 mod security;
+mod telemetry;

@@ -6,4 +6,5 @@ mod database;
 mod liveness_probe;
 mod processes;
 mod push_channel;
+mod telemetry;
 mod with_api;

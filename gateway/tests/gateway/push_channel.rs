@@ -3,7 +3,7 @@
 use crate::common::*;
 use flotilla_shared::channels::{ControlMessage, PresenceEvent, FLEET_EVENTS};
 use flotilla_shared::close_codes::{
-    DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
+    Close, DRAINING, KEEPALIVE_TIMEOUT, POLICY, REVOKED, SLOW_CONSUMER, SUPERSEDED, TOO_LARGE,
 };
 use flotilla_shared::presence::Transport;
 use flotilla_testkit::sse_client::Item;
@@ -309,7 +309,7 @@ async fn idle_sockets_get_pings_and_unsolicited_pongs_and_silent_ones_are_droppe
     let closed = || async {
         (gw.state
             .counters()
-            .closed_keepalive
+            .closed(Close::KeepaliveTimeout)
             .load(std::sync::atomic::Ordering::Relaxed)
             == 1)
             .then_some(())
@@ -379,7 +379,7 @@ async fn an_agent_that_does_not_read_is_closed_as_too_slow() {
     let slow = || {
         gw.state
             .counters()
-            .closed_slow
+            .closed(Close::SlowConsumer)
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     // Socket buffers take a few MB first; keep pushing until the queue overflows.
@@ -799,7 +799,7 @@ async fn an_sse_agent_that_does_not_read_is_closed_as_too_slow() {
     let slow = || {
         gw.state
             .counters()
-            .closed_slow
+            .closed(Close::SlowConsumer)
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     for _ in 0..2000 {
