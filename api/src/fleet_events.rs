@@ -8,15 +8,17 @@ use flotilla_shared::redis_conn::Redis;
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Events buffered per slow page before it is told to resync.
 const BUFFER: usize = 1024;
-/// Resubscribe backoff: the ceiling doubles from 100 ms to 5 s, with full jitter so apis that
-/// lost the same Redis do not come back in lockstep.
+/// Resubscribe backoff: the ceiling doubles from 100 ms to 5 s; each delay is drawn from its
+/// upper half, so apis that lost the same Redis do not come back in lockstep and one that
+/// accepts and drops at once is not hammered (each reconnect resyncs every page). It resets
+/// once a subscription held for 5 s.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -86,7 +88,7 @@ impl FleetEvents {
     /// Relays `flotilla:fleet-events` until shutdown, resubscribing with backoff when Redis
     /// drops; each reconnect also tells pages to resync, since events may have been missed.
     pub async fn relay(self, redis: Redis, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX).with_floor();
         loop {
             let attempt = async {
                 let mut pubsub = redis.client().get_async_pubsub().await?;
@@ -99,7 +101,7 @@ impl FleetEvents {
             };
             match pubsub {
                 Ok(Ok(pubsub)) => {
-                    backoff.reset();
+                    let since = Instant::now();
                     self.subscribed.store(true, Ordering::SeqCst);
                     let _ = self.tx.send(Arc::from(RESYNC));
                     // A revocation may have been missed while unsubscribed.
@@ -122,6 +124,7 @@ impl FleetEvents {
                         }
                     }
                     self.subscribed.store(false, Ordering::SeqCst);
+                    backoff.reset_after(since.elapsed());
                     tracing::warn!("fleet events subscription lost; resubscribing");
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "fleet events subscription failed"),

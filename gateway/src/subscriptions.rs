@@ -19,14 +19,15 @@ use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Reconnect backoff: the ceiling doubles from 100 ms to 5 s, with full jitter so gateways
-/// that lost the same Redis do not come back in lockstep.
+/// Reconnect backoff: the ceiling doubles from 100 ms to 5 s; each delay is drawn from its
+/// upper half, so gateways that lost the same Redis do not come back in lockstep and one that
+/// accepts and drops at once is not hammered. It resets once a subscription held for 5 s.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels subscribed per burst when (re)subscribing everything.
@@ -102,7 +103,7 @@ impl Subscriptions {
 
 /// Runs the manager until `stop` is cancelled.
 pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
-    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX).with_floor();
     loop {
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
@@ -110,10 +111,11 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
         };
         match opened {
             Ok((sink, stream, subscribed)) => {
-                backoff.reset();
+                let since = Instant::now();
                 if serve(&state, &mut requests, &stop, sink, stream, subscribed).await {
                     return;
                 }
+                backoff.reset_after(since.elapsed());
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe through Redis; retrying"),
         }

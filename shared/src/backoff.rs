@@ -2,7 +2,9 @@
 //!
 //! The ceiling grows from `initial` by `factor` with every failure, up to `max`; each delay is
 //! drawn uniformly from `[0, ceiling]` ("full jitter"), so processes that lost the same server
-//! at the same moment do not come back in lockstep. A success calls [`Backoff::reset`].
+//! at the same moment do not come back in lockstep. A success calls [`Backoff::reset`]; a
+//! connection that may be accepted and dropped at once calls [`Backoff::reset_after`] instead,
+//! and draws from `[ceiling/2, ceiling]` ([`Backoff::with_floor`]) so it never spins.
 
 use rand::Rng;
 use std::time::Duration;
@@ -14,6 +16,7 @@ pub struct Backoff {
     max: Duration,
     factor: u32,
     attempt: u32,
+    floored: bool,
 }
 
 impl Backoff {
@@ -24,12 +27,20 @@ impl Backoff {
             max: max.max(initial),
             factor: 2,
             attempt: 0,
+            floored: false,
         }
     }
 
     /// The same backoff with the ceiling multiplied by `factor` (at least 1) per failure.
     pub fn with_factor(mut self, factor: u32) -> Self {
         self.factor = factor.max(1);
+        self
+    }
+
+    /// The same backoff drawing each delay from `[ceiling/2, ceiling]` ("equal jitter"): never
+    /// less than half the ceiling, for loops that must not reconnect in a burst.
+    pub fn with_floor(mut self) -> Self {
+        self.floored = true;
         self
     }
 
@@ -41,7 +52,8 @@ impl Backoff {
             .min(self.max)
     }
 
-    /// Draws the next delay in `[0, ceiling]` and counts a failure.
+    /// Draws the next delay in `[0, ceiling]` (`[ceiling/2, ceiling]` with a floor) and counts
+    /// a failure.
     pub fn next_delay(&mut self) -> Duration {
         self.next_delay_with(&mut rand::thread_rng())
     }
@@ -50,7 +62,12 @@ impl Backoff {
     pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        uniform(rng, Duration::ZERO, ceiling)
+        let floor = if self.floored {
+            ceiling / 2
+        } else {
+            Duration::ZERO
+        };
+        uniform(rng, floor, ceiling)
     }
 
     /// A long delay in `[max/2, max]`, counted as a failure: for when retrying soon is known
@@ -68,6 +85,14 @@ impl Backoff {
     /// Forgets past failures: the next delay is drawn below `initial` again.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// Resets only when a connection `lasted` at least the longest delay: one a server accepts
+    /// and drops at once keeps the backoff growing.
+    pub fn reset_after(&mut self, lasted: Duration) {
+        if lasted >= self.max {
+            self.reset();
+        }
     }
 }
 
@@ -169,5 +194,35 @@ mod tests {
             assert!(d >= 15 * S && d <= 30 * S, "{d:?}");
         }
         assert_eq!(b.attempts(), 50);
+    }
+
+    #[test]
+    fn a_floor_keeps_each_delay_within_the_upper_half_of_the_ceiling() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut b = Backoff::new(100 * MS, 5 * S).with_floor();
+        for _ in 0..200 {
+            let ceiling = b.ceiling();
+            let delay = b.next_delay_with(&mut rng);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} of {ceiling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_connection_that_lasted_resets_the_backoff() {
+        let mut b = Backoff::new(100 * MS, 5 * S);
+        for _ in 0..4 {
+            b.next_delay();
+        }
+        b.reset_after(10 * MS);
+        assert_eq!(
+            b.attempts(),
+            4,
+            "accepted and dropped at once: still failing"
+        );
+        b.reset_after(5 * S);
+        assert_eq!(b.attempts(), 0);
     }
 }

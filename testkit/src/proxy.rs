@@ -44,9 +44,8 @@ impl Proxy {
         let mut url = reqwest::Url::parse(url).expect("a server URL");
         let host = url.host_str().expect("a host in the URL").to_owned();
         // Without a port: the default of Redis or of Postgres.
-        let port = url
-            .port()
-            .unwrap_or(if url.scheme() == "redis" { 6379 } else { 5432 });
+        let redis = matches!(url.scheme(), "redis" | "rediss");
+        let port = url.port().unwrap_or(if redis { 6379 } else { 5432 });
         let target = tokio::net::lookup_host((host.as_str(), port))
             .await
             .expect("the server's host resolves")
@@ -87,18 +86,16 @@ impl Proxy {
                 let Some(to) = to.filter(|_| !c.load(Ordering::SeqCst)) else {
                     continue;
                 };
-                let Ok(outbound) = TcpStream::connect(to).await else {
-                    continue;
-                };
+                // Connected in the connection's own task: a target that does not answer must not
+                // hold up the next accept.
+                let (d, p, b) = (d.clone(), p.clone(), b.clone());
                 let mut conns = k.lock().unwrap();
                 conns.retain(|c| !c.is_finished());
-                conns.push(tokio::spawn(relay(
-                    inbound,
-                    outbound,
-                    d.clone(),
-                    p.clone(),
-                    b.clone(),
-                )));
+                conns.push(tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        relay(inbound, outbound, d, p, b).await;
+                    }
+                }));
             }
         });
         Self {

@@ -284,6 +284,38 @@ async fn bad_configuration_is_a_clear_error() {
         String::from_utf8_lossy(&output.stderr).contains("VF_TOKEN"),
         "{output:?}"
     );
+    // A flag wins over its variable, even over one that would not parse.
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--poll-interval",
+            "5s",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("VF_POLL_INTERVAL", "often")
+        .env_remove("VF_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("VF_TOKEN") && !stderr.contains("VF_POLL_INTERVAL"),
+        "{output:?}"
+    );
+    // An empty hostname is refused, not sent as a node's name.
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        .args(["--url", "http://127.0.0.1:9"])
+        .env("VF_HOSTNAME", "")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("VF_HOSTNAME"),
+        "{output:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -90,7 +90,7 @@ pub async fn sign_in(
         Err(ApiError::RateLimited(secs)) => {
             let mut r = sign_in_page(
                 StatusCode::TOO_MANY_REQUESTS,
-                "Too many failed sign-ins from your address; try again in a minute.",
+                "Too many failed sign-ins from your address; try again within a minute.",
             );
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
             return r;
