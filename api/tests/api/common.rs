@@ -21,3 +21,14 @@ pub async fn start_with(
     let api = api::spawn(settings).await;
     (db, api)
 }
+
+/// Asserts a refusal's `Retry-After` is the time left, in whole seconds rounded up, of a
+/// one-minute window that opened at `opened`.
+pub fn assert_retry_after_left(headers: &reqwest::header::HeaderMap, opened: std::time::Instant) {
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let left = 60 - opened.elapsed().as_secs().min(59);
+    assert!(
+        (left..=60).contains(&wait),
+        "Retry-After {wait}, {left} s left"
+    );
+}

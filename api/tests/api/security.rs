@@ -31,17 +31,7 @@ async fn enrollment_attempts_are_rate_limited_per_address() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    // The time left in that window, in whole seconds rounded up.
-    let wait: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let left = 60 - started.elapsed().as_secs().min(59);
-    assert!(
-        (left..=60).contains(&wait),
-        "Retry-After {wait}, {left} s left"
-    );
+    common::assert_retry_after_left(resp.headers(), started);
 }
 
 /// 10,000 bogus tokens — malformed, unknown lookup ids, and a real node's lookup id with wrong
