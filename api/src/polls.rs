@@ -70,6 +70,8 @@ impl Keyed for PollRow {
 /// The poll, for every token lookup id in the array `$1`: the node's row; the deployed
 /// pipelines of its environment placed on it ([`places_sql!`]: the selector holds on the labels
 /// the version matches; none in maintenance); the pending sample requests of those pipelines.
+/// Run by [`BatchedReads`] at run time, so not checked at compile time; the config poll tests
+/// cover it.
 const POLL: &str = concat!(
     "
 SELECT n.id, n.environment_id, n.token_lookup, n.token_digest, n.token_hash, n.pending_action,
@@ -153,10 +155,10 @@ pub async fn pending_action(
             return Ok(None);
         }
         if a.kind == "restart" {
-            let taken = sqlx::query(
+            let taken = sqlx::query!(
                 "UPDATE nodes SET pending_action = NULL WHERE id = $1 AND pending_action->>'type' = 'restart'",
+                node
             )
-            .bind(node)
             .execute(&state.pool)
             .await?
             .rows_affected();

@@ -140,6 +140,8 @@ impl<R: BatchRow> BatchedReads<R> {
         self.shared.rounds.fetch_add(1, Ordering::Relaxed);
         self.shared.round_sizes.observe(round.len() as f64);
         let keys: Vec<&str> = round.iter().map(|(key, _)| key.as_str()).collect();
+        // A runtime statement, not checked at compile time: the caller chooses it (and the row
+        // type). The gateway's batched-read tests and the api's config poll tests cover it.
         let rows = sqlx::query_as::<_, R>(self.shared.statement)
             .bind(&keys)
             .fetch_all(&self.pool)

@@ -17,11 +17,11 @@ pub const FIRST_ADMIN_BANNER: &str =
 pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Option<Secret>> {
     let mut tx = pool.begin().await?;
     // Serialises first starts; released at commit.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('flotilla:first-admin'))")
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('flotilla:first-admin'))")
         .execute(&mut *tx)
         .await?;
-    let any_admin: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE role = 'admin' AND NOT revoked)",
+    let any_admin = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE role = 'admin' AND NOT revoked) AS "exists!""#
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -30,13 +30,13 @@ pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Opti
     }
     let issued = tokens::issue(tokens::OPERATOR_PREFIX);
     let hash = tokens::hash_secret(issued.secret.clone(), cost).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash)
          VALUES ($1, 'first admin', 'admin', $2, $3)",
+        Uuid::new_v4(),
+        issued.lookup,
+        hash
     )
-    .bind(Uuid::new_v4())
-    .bind(&issued.lookup)
-    .bind(&hash)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -48,28 +48,30 @@ pub async fn ensure_first_admin(pool: &PgPool, cost: u32) -> anyhow::Result<Opti
 /// Returns whether a different bootstrap token was replaced.
 pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::Result<bool> {
     let (lookup, secret) = tokens::operator_parts(token);
-    let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT token_lookup, token_hash FROM operator_tokens WHERE bootstrap")
+    let existing =
+        sqlx::query!("SELECT token_lookup, token_hash FROM operator_tokens WHERE bootstrap")
             .fetch_optional(pool)
             .await?;
     let replaced = existing.is_some();
-    if let Some((stored_lookup, hash)) = existing {
-        if stored_lookup == lookup && tokens::verify_secret(secret.clone(), hash).await {
+    if let Some(stored) = existing {
+        if stored.token_lookup == lookup
+            && tokens::verify_secret(secret.clone(), stored.token_hash).await
+        {
             return Ok(false);
         }
     }
     let hash = tokens::hash_secret(secret, cost).await?;
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM operator_tokens WHERE bootstrap")
+    sqlx::query!("DELETE FROM operator_tokens WHERE bootstrap")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash, bootstrap)
          VALUES ($1, 'bootstrap admin', 'admin', $2, $3, true)",
+        Uuid::new_v4(),
+        lookup,
+        hash
     )
-    .bind(Uuid::new_v4())
-    .bind(&lookup)
-    .bind(&hash)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -81,7 +83,7 @@ pub async fn ensure_bootstrap(pool: &PgPool, token: &str, cost: u32) -> anyhow::
 /// configuration installed (a release that shipped a well-known default installed one), and
 /// its sessions with it. Returns whether there was one.
 pub async fn remove_bootstrap(pool: &PgPool) -> anyhow::Result<bool> {
-    let removed = sqlx::query("DELETE FROM operator_tokens WHERE bootstrap")
+    let removed = sqlx::query!("DELETE FROM operator_tokens WHERE bootstrap")
         .execute(pool)
         .await?
         .rows_affected();

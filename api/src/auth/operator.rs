@@ -53,7 +53,6 @@ impl Role {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct TokenRow {
     id: Uuid,
     role: String,
@@ -120,10 +119,11 @@ impl OperatorAuthenticator {
             self.cache.invalidate(&key).await;
         }
         let (lookup, secret) = tokens::operator_parts(token);
-        let rows: Vec<TokenRow> = sqlx::query_as(
+        let rows: Vec<TokenRow> = sqlx::query_as!(
+            TokenRow,
             "SELECT id, role, token_hash FROM operator_tokens WHERE token_lookup = $1 AND NOT revoked",
+            lookup
         )
-        .bind(&lookup)
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
@@ -155,10 +155,11 @@ impl OperatorAuthenticator {
 
     /// The row a cached verification vouches for, if it still stands.
     async fn still_valid(&self, verified: &Verified) -> Result<Option<(Uuid, Role)>, ApiError> {
-        let row: Option<TokenRow> = sqlx::query_as(
+        let row: Option<TokenRow> = sqlx::query_as!(
+            TokenRow,
             "SELECT id, role, token_hash FROM operator_tokens WHERE id = $1 AND NOT revoked",
+            verified.id
         )
-        .bind(verified.id)
         .fetch_optional(&self.pool)
         .await?;
         match row.filter(|r| *r.token_hash == *verified.hash) {
@@ -190,10 +191,10 @@ impl OperatorAuthenticator {
 
     /// Whether the token `id` is still valid (not revoked).
     pub async fn is_active(&self, id: Uuid) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE id = $1 AND NOT revoked)",
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM operator_tokens WHERE id = $1 AND NOT revoked) AS "exists!""#,
+            id
         )
-        .bind(id)
         .fetch_one(&self.pool)
         .await
     }
@@ -215,14 +216,16 @@ pub async fn create_token(
         .await
         .map_err(anyhow::Error::from)?;
     let id = Uuid::new_v4();
-    sqlx::query("INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(name)
-        .bind(role.as_str())
-        .bind(&issued.lookup)
-        .bind(&hash)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO operator_tokens (id, name, role, token_lookup, token_hash) VALUES ($1, $2, $3, $4, $5)",
+        id,
+        name,
+        role.as_str(),
+        issued.lookup,
+        hash
+    )
+    .execute(db)
+    .await?;
     Ok((id, issued.token))
 }
 

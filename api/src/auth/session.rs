@@ -106,13 +106,13 @@ pub async fn open(pool: &PgPool, token_id: Uuid, ttl: Duration) -> Result<String
     rand::thread_rng().fill_bytes(&mut bytes);
     let id = hex::encode(bytes);
     let key = SessionKey::of(&id).expect("64 hex characters");
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO operator_sessions (id_digest, token_id, expires_at)
          VALUES ($1, $2, now() + make_interval(secs => $3))",
+        key.0.as_slice(),
+        token_id,
+        ttl.as_secs_f64()
     )
-    .bind(key.0.as_slice())
-    .bind(token_id)
-    .bind(ttl.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(id)
@@ -120,44 +120,48 @@ pub async fn open(pool: &PgPool, token_id: Uuid, ttl: Duration) -> Result<String
 
 /// The session under `key` if it stands: not ended, not expired, its token not revoked.
 pub async fn find(pool: &PgPool, key: SessionKey) -> Result<Option<Session>, sqlx::Error> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT t.id, t.role FROM operator_sessions s
          JOIN operator_tokens t ON t.id = s.token_id
          WHERE s.id_digest = $1 AND s.expires_at > now() AND NOT t.revoked",
+        key.0.as_slice()
     )
-    .bind(key.0.as_slice())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(token_id, role)| {
+    Ok(row.and_then(|row| {
         Some(Session {
             key,
-            token_id,
-            role: Role::parse(&role)?,
+            token_id: row.id,
+            role: Role::parse(&row.role)?,
         })
     }))
 }
 
 /// Ends the session under `key`; true if there was one.
 pub async fn end(pool: &PgPool, key: SessionKey) -> Result<bool, sqlx::Error> {
-    let ended = sqlx::query("DELETE FROM operator_sessions WHERE id_digest = $1")
-        .bind(key.0.as_slice())
-        .execute(pool)
-        .await?;
+    let ended = sqlx::query!(
+        "DELETE FROM operator_sessions WHERE id_digest = $1",
+        key.0.as_slice()
+    )
+    .execute(pool)
+    .await?;
     Ok(ended.rows_affected() > 0)
 }
 
 /// Ends every session opened with the operator token `token_id` (at its revocation).
 pub async fn end_all_of(db: impl sqlx::PgExecutor<'_>, token_id: Uuid) -> Result<u64, sqlx::Error> {
-    let ended = sqlx::query("DELETE FROM operator_sessions WHERE token_id = $1")
-        .bind(token_id)
-        .execute(db)
-        .await?;
+    let ended = sqlx::query!(
+        "DELETE FROM operator_sessions WHERE token_id = $1",
+        token_id
+    )
+    .execute(db)
+    .await?;
     Ok(ended.rows_affected())
 }
 
 /// Deletes expired sessions (they already fail [`find`]); run by the sweep.
 pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let purged = sqlx::query("DELETE FROM operator_sessions WHERE expires_at <= now()")
+    let purged = sqlx::query!("DELETE FROM operator_sessions WHERE expires_at <= now()")
         .execute(pool)
         .await?;
     Ok(purged.rows_affected())

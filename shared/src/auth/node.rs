@@ -97,7 +97,9 @@ impl Keyed for NodeCredentials {
     }
 }
 
-/// Reads the [`NodeCredentials`] of every lookup id in the array `$1` that exists.
+/// Reads the [`NodeCredentials`] of every lookup id in the array `$1` that exists. Run by
+/// [`BatchedReads`] at run time, so not checked at compile time; the gateway's batched-read
+/// tests and every node authentication cover it.
 pub const CREDENTIALS_ANY: &str =
     "SELECT id, environment_id, token_lookup, token_digest, token_hash
 FROM nodes WHERE token_lookup = ANY($1)";
@@ -259,12 +261,13 @@ impl NodeAuthenticator {
         }
         // Only over the hash just verified: a revocation meanwhile deleted the row and a
         // concurrent check wrote the same digest.
-        let replaced = sqlx::query(
+        let digest = tokens::node_digest(token);
+        let replaced = sqlx::query!(
             "UPDATE nodes SET token_digest = $3, token_hash = NULL WHERE id = $1 AND token_hash = $2",
+            row.id,
+            hash,
+            digest.as_slice()
         )
-        .bind(row.id)
-        .bind(&hash)
-        .bind(tokens::node_digest(token).as_slice())
         .execute(&self.pool)
         .await?;
         self.counters

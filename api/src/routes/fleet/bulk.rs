@@ -160,7 +160,7 @@ pub(crate) async fn bulk(
 
     let mut tx = state.pool.begin().await?;
     // Built at run time, so not checked at compile time: the filter's conditions decide the
-    // statement ([`Filter::push_conditions`]). The bulk action tests cover it.
+    // statement ([`Filter::push_conditions`]). The bulk action tests (`fleet_paging`) cover it.
     let targets: Vec<Target> = {
         let mut select = QueryBuilder::<Postgres>::new(
             "SELECT n.id, n.environment_id, n.deployment_mode, n.agent_health IS NOT NULL AS current_agent,

@@ -103,7 +103,8 @@ impl ListParams {
 
 /// The SQL of one page: `limit + 1` rows, to learn whether another page follows. Built at run
 /// time, so not checked at compile time: the filters, the cursor and the order present change
-/// the statement (each combination is its own index path). The fleet list tests cover it.
+/// the statement (each combination is its own index path). The fleet list tests
+/// (`fleet_paging`) cover it.
 fn page_query<'q>(p: &'q ListParams, presence: &'q Presence) -> QueryBuilder<'q, Postgres> {
     let mut qb = QueryBuilder::new(select_nodes(
         &format!(r#"{NODE_SUMMARY}, lower(n.host) COLLATE "C" AS sort_host"#),
@@ -239,7 +240,7 @@ pub(crate) async fn summary(
     // nodes (Redis, then their ids matched in the environment). Runtime statements, not
     // checked at compile time: each is planned with its values every time (`persistent(false)`,
     // so an environment's index serves it), which sqlx 0.8's checked macros cannot ask for.
-    // The fleet summary tests cover them.
+    // `the_summary_counts_statuses_presence_crashes_and_maintenance` covers them.
     let env_clause = if environment.is_some() {
         " AND n.environment_id = $1"
     } else {
