@@ -4,16 +4,25 @@
 //!
 //! A key's window starts at its first event and lasts `window`; within it `limit` events pass
 //! and the rest are refused with the time left in the window (`Retry-After`, in whole seconds
-//! rounded up, at least 1). Windows live in a bounded cache that forgets a key a window after
-//! its last event, so a flood of keys cannot grow memory without limit.
+//! rounded up, at least 1). Windows live in plain hash maps (a gateway keeps one per node it
+//! holds, so an entry must stay small: ~50 bytes here against ~300 in a general cache),
+//! sharded to keep locks short. A shard drops ended windows whenever it has doubled since it
+//! last did, and holds at most its share of `TRACKED` keys, evicting an arbitrary one beyond
+//! that, so a flood of keys cannot grow memory without limit.
 
-use moka::sync::Cache;
-use std::hash::Hash;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Keys tracked at once per limiter.
-const TRACKED: u64 = 100_000;
+const TRACKED: usize = 100_000;
+/// Shards per limiter.
+const SHARDS: usize = 16;
+/// Size below which a shard does not bother dropping ended windows.
+const MIN_PRUNE: usize = 64;
 
 /// A refused event: its key is over its budget until the window ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,22 +56,35 @@ struct Window {
     count: u32,
 }
 
+/// One shard's windows, and the size at which it next drops ended ones.
+struct Shard<K> {
+    windows: HashMap<K, Window>,
+    prune_at: usize,
+}
+
 /// Counts events per key in fixed windows; cheap to clone (clones share the counts).
 #[derive(Clone)]
 pub struct KeyedLimiter<K> {
-    windows: Cache<K, Window>,
+    shards: Arc<[Mutex<Shard<K>>]>,
+    hasher: RandomState,
     limit: u32,
     window: Duration,
 }
 
-impl<K: Hash + Eq + Send + Sync + 'static> KeyedLimiter<K> {
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Allows `limit` events per key per `window`.
     pub fn new(limit: u32, window: Duration) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    windows: HashMap::new(),
+                    prune_at: MIN_PRUNE,
+                })
+            })
+            .collect();
         Self {
-            windows: Cache::builder()
-                .max_capacity(TRACKED)
-                .time_to_live(window)
-                .build(),
+            shards,
+            hasher: RandomState::new(),
             limit,
             window,
         }
@@ -75,20 +97,31 @@ impl<K: Hash + Eq + Send + Sync + 'static> KeyedLimiter<K> {
 
     /// Counts one event for `key` at `now`; refused once the key is over its budget.
     pub fn hit_at(&self, key: K, now: Instant) -> Result<(), OverLimit> {
-        let window = self
-            .windows
-            .entry(key)
-            .and_upsert_with(|current| match current.map(|e| e.into_value()) {
-                Some(w) if self.is_open(w, now) => Window {
-                    count: w.count.saturating_add(1),
-                    ..w
-                },
-                _ => Window {
+        let mut shard = self.shard(&key);
+        let window = match shard.windows.entry(key) {
+            Entry::Occupied(mut e) => {
+                let w = e.get_mut();
+                if self.is_open(*w, now) {
+                    w.count = w.count.saturating_add(1);
+                } else {
+                    *w = Window {
+                        start: now,
+                        count: 1,
+                    };
+                }
+                *w
+            }
+            Entry::Vacant(e) => {
+                let key = e.into_key();
+                self.make_room(&mut shard, now);
+                let w = Window {
                     start: now,
                     count: 1,
-                },
-            })
-            .into_value();
+                };
+                shard.windows.insert(key, w);
+                w
+            }
+        };
         match window.count > self.limit {
             true => Err(self.refusal(window, now)),
             false => Ok(()),
@@ -103,10 +136,35 @@ impl<K: Hash + Eq + Send + Sync + 'static> KeyedLimiter<K> {
 
     /// The refusal `key` would get at `now` if it is over its budget, without counting.
     pub fn over_limit_at(&self, key: &K, now: Instant) -> Option<OverLimit> {
-        self.windows
-            .get(key)
-            .filter(|w| self.is_open(*w, now) && w.count >= self.limit)
-            .map(|w| self.refusal(w, now))
+        let w = *self.shard(key).windows.get(key)?;
+        (self.is_open(w, now) && w.count >= self.limit).then(|| self.refusal(w, now))
+    }
+
+    /// Keys with a window held now, ended ones not yet dropped included.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().windows.len())
+            .sum()
+    }
+
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, Shard<K>> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[i].lock().unwrap()
+    }
+
+    /// Before a new key goes in: drops ended windows once the shard has doubled since it last
+    /// did, and evicts an arbitrary key if it is still full.
+    fn make_room(&self, shard: &mut Shard<K>, now: Instant) {
+        if shard.windows.len() >= shard.prune_at {
+            shard.windows.retain(|_, w| self.is_open(*w, now));
+            shard.prune_at = (shard.windows.len() * 2).max(MIN_PRUNE);
+        }
+        if shard.windows.len() >= TRACKED / SHARDS {
+            if let Some(k) = shard.windows.keys().next().cloned() {
+                shard.windows.remove(&k);
+            }
+        }
     }
 
     fn is_open(&self, w: Window, now: Instant) -> bool {
@@ -180,5 +238,26 @@ mod tests {
         }
         assert!(l.hit_at("a", t0).is_ok());
         assert!(l.over_limit_at(&"a", t0).is_some());
+    }
+
+    #[test]
+    fn ended_windows_are_dropped_and_the_keys_held_stay_bounded() {
+        let l = KeyedLimiter::new(1, Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..10_000u32 {
+            assert!(l.hit_at(i, t0).is_ok());
+        }
+        assert_eq!(l.tracked(), 10_000);
+        // A second later every window has ended: new keys make the old ones go.
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 10_000..18_000u32 {
+            assert!(l.hit_at(i, t1).is_ok());
+        }
+        assert!(l.tracked() < 10_000, "{} held", l.tracked());
+        // A flood of keys within one window stops at the bound.
+        for i in 0..(TRACKED as u32 + 20_000) {
+            let _ = l.hit_at(i + 20_000, t1);
+        }
+        assert!(l.tracked() <= TRACKED, "{} held", l.tracked());
     }
 }
