@@ -1,4 +1,15 @@
 //! The HTTP router: one module per resource, merged.
+//!
+//! # Layout
+//! - [`enroll`], [`agent_config`], [`heartbeat`], [`agent_samples`], [`logs`]: the agent API
+//!   (enrollment, the config poll, reports, sample results, pipeline log lines).
+//! - [`pipelines`], [`pipeline_versions`]: pipelines, their versions and diffs, deploys.
+//! - [`fleet`]: nodes, filters and paging, summary, bulk actions, labels, maintenance.
+//! - [`environments`], [`tokens`], [`settings`]: administration (admin).
+//! - [`samples`], [`taps`]: event samples and live taps on a node.
+//! - [`audit`]: the audit trail.
+//! - [`session`], [`page`]: console sign-in and the console itself.
+//! - [`health`], [`metrics`]: `/healthz`, `/readyz` and `/metrics`.
 
 pub mod agent_config;
 pub mod agent_samples;

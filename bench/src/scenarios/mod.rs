@@ -1,4 +1,11 @@
 //! The scenarios; each returns its JSON summary.
+//!
+//! # Layout
+//! - [`idle`]: RSS per agent, idle CPU and connect rates.
+//! - [`fanout`], [`latency`]: one frame to every agent; single pushes and single-node deploys.
+//! - [`storm`], [`restart`]: a gateway killed under its agents; a restart with Redis flushed.
+//! - [`poll`], [`steady`]: config polls back to back; a fleet polling on its interval.
+//! - [`browse`], [`page`]: the fleet API and the console over a large fleet.
 
 pub mod browse;
 pub mod fanout;
