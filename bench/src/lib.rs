@@ -89,3 +89,45 @@ pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::Multiplex
         .get_multiplexed_async_connection()
         .await?)
 }
+
+/// Waits until every channel has a subscriber: a gateway subscribes a node's channel just
+/// after accepting its socket (agents re-poll on connect for what they missed meanwhile), so
+/// frames the bench publishes itself must wait for that, or they measure the race, not the
+/// fan-out.
+pub async fn await_subscribed(
+    redis: &mut redis::aio::MultiplexedConnection,
+    channels: &[String],
+    limit: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut waiting: Vec<&String> = channels.iter().collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for chunk in waiting.chunks(1000) {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(chunk)
+                .query_async(redis)
+                .await?;
+            still.extend(
+                chunk
+                    .iter()
+                    .zip(&counts)
+                    .filter(|(_, (_, n))| *n == 0)
+                    .map(|(c, _)| *c),
+            );
+        }
+        if still.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} channels still had no subscriber after {limit:?}",
+            still.len(),
+            channels.len()
+        );
+        waiting = still;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

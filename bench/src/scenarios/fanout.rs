@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// How long the gateway may take to subscribe every connected agent's channel.
+const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(30);
 /// How long to wait for a round's frames.
 const ROUND_LIMIT: Duration = Duration::from_secs(15);
 /// Pause between rounds, so rounds do not overlap.
@@ -61,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .map(|n| node_channel(n.id))
         .collect();
     let mut redis = crate::redis_connection(&common.redis_url).await?;
+    crate::await_subscribed(&mut redis, &channels, SUBSCRIBE_LIMIT).await?;
 
     let mut direct = Vec::new();
     for round in 0..args.rounds {

@@ -58,6 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let (mut swarm, connected) = Swarm::launch(common, &plan).await?;
     let mut redis = crate::redis_connection(&common.redis_url).await?;
+    let channels: Vec<String> = fleet.nodes[..agents]
+        .iter()
+        .map(|n| node_channel(n.id))
+        .collect();
+    crate::await_subscribed(&mut redis, &channels, Duration::from_secs(30)).await?;
 
     swarm.receipts().await?;
     for p in 0..args.pushes {
