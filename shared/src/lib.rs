@@ -25,6 +25,7 @@
 //! - [`db`]: Postgres pool construction and the embedded migrations.
 //! - [`redis_conn`]: a lazily connected Redis handle with per-command timeouts.
 //! - [`presence`]: which gateway holds each node's socket (Redis, atomic Lua scripts).
+//! - [`slots`]: Redis Cluster key slots (CRC16 of a key or its hash tag).
 
 pub mod auth;
 pub mod backoff;
@@ -48,4 +49,5 @@ pub mod request_tracing;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
+pub mod slots;
 pub mod telemetry;
