@@ -91,7 +91,7 @@ impl FleetEvents {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX).with_floor();
         loop {
             let attempt = async {
-                let mut pubsub = redis.client().get_async_pubsub().await?;
+                let mut pubsub = redis.pubsub().await?;
                 pubsub.subscribe(FLEET_EVENTS).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

@@ -97,7 +97,7 @@ pub async fn follow(
 
 async fn subscribe(redis: &Redis, channel: &str) -> Result<redis::aio::PubSub> {
     let attempt = async {
-        let mut pubsub = redis.client().get_async_pubsub().await?;
+        let mut pubsub = redis.pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };

@@ -1,7 +1,7 @@
 //! Per-node notifications: the api half of the push channel.
 //!
 //! Each change publishes the agent's exact frame to `flotilla:node:{<id>}` for every affected
-//! node, in one pipeline. A failed publish never fails the operator's request: agents catch
+//! node: in one pipeline on one Redis, with `SPUBLISH` to each node's shard on a cluster. A failed publish never fails the operator's request: agents catch
 //! up on their next poll, so the failure is logged and counted only.
 
 use flotilla_shared::channels::{node_channel, ControlMessage};
@@ -71,7 +71,7 @@ impl Notifier {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
-            pipe.cmd("PUBLISH")
+            pipe.cmd(self.redis.node_publish())
                 .arg(node_channel(node))
                 .arg(PushFrame::new(m.clone()).to_json());
         }
@@ -101,24 +101,25 @@ impl Notifier {
         if payloads.is_empty() {
             return 0;
         }
-        let mut pipe = redis::pipe();
-        for (node, payload) in &payloads {
-            pipe.cmd("PUBLISH")
-                .arg(node_channel(*node))
-                .arg(payload)
-                .ignore();
-        }
+        let publish = self.redis.node_publish();
+        let cmds = payloads
+            .iter()
+            .map(|(node, payload)| {
+                let mut cmd = redis::cmd(publish);
+                cmd.arg(node_channel(*node)).arg(payload);
+                cmd
+            })
+            .collect();
         let n = payloads.len() as u64;
-        match self.redis.query::<()>(&pipe).await {
-            Ok(()) => {
-                self.counters.published(kind, n);
-                payloads.len()
-            }
-            Err(e) => {
-                self.counters.failed.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(error = %e, count = n, "could not publish notifications; agents will catch up by polling");
-                0
-            }
+        let (failed, error) = self.redis.fan_out(cmds).await;
+        let failed = failed as u64;
+        if n > failed {
+            self.counters.published(kind, n - failed);
         }
+        if let Some(e) = error {
+            self.counters.failed.fetch_add(failed, Ordering::Relaxed);
+            tracing::warn!(error = %e, count = failed, "could not publish notifications; agents will catch up by polling");
+        }
+        (n - failed) as usize
     }
 }

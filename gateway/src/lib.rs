@@ -4,7 +4,8 @@
 //! An agent connects to `GET /api/agent/ws` (WebSocket, the older agents) or
 //! `GET /api/agent/push` (Server-Sent Events, current agents) with its node token; both are
 //! served by the same machinery, only the framing differs. The gateway subscribes the
-//! node's channel `flotilla:node:{<id>}` on its single Redis pub/sub connection, records the
+//! node's channel `flotilla:node:{<id>}` (on its one pub/sub connection to a single Redis, or
+//! with `SSUBSCRIBE` on the shard owning the channel on a Redis Cluster), records the
 //! node's presence, and forwards every payload published there verbatim. Control messages on
 //! the same channel close the socket instead (revoked, superseded by a newer socket on any
 //! gateway). On shutdown it drains: 503 to new handshakes, paced closes with 1012.
@@ -25,7 +26,8 @@
 //! - `keepalive`: the ping / unsolicited pong / timeout schedule.
 //! - `outbox`: a socket's bounded frame queue and pending close.
 //! - `registry`: node id → the socket this gateway holds.
-//! - `subscriptions`: the one pub/sub connection and message dispatch.
+//! - `subscriptions`: the pub/sub connection on a single Redis, and message dispatch.
+//! - `shards`: sharded pub/sub on a Redis Cluster, a connection per shard.
 //! - `presence`: announcing and withdrawing sockets in Redis.
 //! - [`liveness`]: the gateway's own liveness key, the subscription probe, presence restore
 //!   and memory trims, every `gateway.heartbeat_interval_ms`.
@@ -49,6 +51,7 @@ mod outbox;
 mod presence;
 mod registry;
 mod session;
+mod shards;
 mod sse;
 pub mod state;
 mod subscriptions;

@@ -9,7 +9,8 @@
 
 use crate::memory::Trimmer;
 use crate::state::GatewayState;
-use flotilla_shared::channels::{gateway_alive_key, ControlMessage};
+use flotilla_shared::channels::ControlMessage;
+use flotilla_shared::presence;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,7 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
 /// [`RECONCILE_EVERY`] beats), probe the subscription.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
-    set.arg(gateway_alive_key(&state.id))
+    set.arg(presence::keys(&state.redis).alive(&state.id))
         .arg(&state.id)
         .arg("PX")
         .arg(state.settings.liveness_ttl_ms)
@@ -67,13 +68,15 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }
     if state.subscriptions.is_up() {
-        let mut publish = redis::cmd("PUBLISH");
-        publish
-            .arg(state.subscriptions.probe_channel())
-            .arg(ControlMessage::Probe { seq }.to_payload());
-        // Redis counts the subscribers that got it; none means our subscription is gone.
-        if let Ok(0) = state.redis.query::<i64>(&publish).await {
-            state.subscriptions.reconnect();
+        let payload = ControlMessage::Probe { seq }.to_payload();
+        for channel in state.subscriptions.probe_channels() {
+            let mut publish = redis::cmd(state.redis.node_publish());
+            publish.arg(&channel).arg(&payload);
+            // Redis counts the subscribers that got it; none means our subscription is gone.
+            if let Ok(0) = state.redis.query::<i64>(&publish).await {
+                state.subscriptions.reconnect();
+                break;
+            }
         }
     }
 }
@@ -82,7 +85,7 @@ pub async fn beat(state: &GatewayState, seq: u64) {
 pub(crate) async fn retire(state: &GatewayState) {
     if let Err(e) = state
         .redis
-        .query::<()>(redis::cmd("DEL").arg(gateway_alive_key(&state.id)))
+        .query::<()>(redis::cmd("DEL").arg(presence::keys(&state.redis).alive(&state.id)))
         .await
     {
         tracing::warn!(error = %e, "cannot delete the gateway's liveness key");

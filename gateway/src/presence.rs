@@ -52,7 +52,7 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
             let supersede = ControlMessage::Supersede {
                 conn: me.conn_id.clone(),
             };
-            let mut cmd = redis::cmd("PUBLISH");
+            let mut cmd = redis::cmd(state.redis.node_publish());
             cmd.arg(node_channel(node_id)).arg(supersede.to_payload());
             if let Err(e) = state.redis.query::<()>(&cmd).await {
                 tracing::warn!(%node_id, error = %e, "could not tell the older socket's gateway");

@@ -1,4 +1,5 @@
-//! The gateway's one Redis pub/sub connection.
+//! The gateway's Redis pub/sub: one connection on a single Redis (below), one per shard on a
+//! cluster ([`crate::shards`]).
 //!
 //! A single manager task owns the subscriptions and reconciles them with the registry: a node's
 //! channel is subscribed exactly while this gateway holds a socket of that node. Sessions ask it
@@ -19,6 +20,7 @@ use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -35,8 +37,8 @@ const RESUBSCRIBE_CHUNK: usize = 1000;
 
 /// A session's request: make the node's subscription match the registry.
 pub(crate) struct Request {
-    node: Uuid,
-    done: Option<oneshot::Sender<()>>,
+    pub(crate) node: Uuid,
+    pub(crate) done: Option<oneshot::Sender<()>>,
 }
 
 /// The receiving end, handed to [`run`].
@@ -45,19 +47,24 @@ pub(crate) type Requests = mpsc::UnboundedReceiver<Request>;
 /// Handle sessions and the liveness beat use to talk to the manager.
 pub(crate) struct Subscriptions {
     requests: mpsc::UnboundedSender<Request>,
-    reconnect: Notify,
-    up: AtomicBool,
+    pub(crate) reconnect: Notify,
+    pub(crate) up: AtomicBool,
     probe_channel: String,
+    /// The channels the liveness beat probes: the one probe channel on a single Redis, one
+    /// per shard connection on a cluster.
+    pub(crate) probes: Mutex<Vec<String>>,
 }
 
 impl Subscriptions {
     pub(crate) fn new(gateway_id: &str) -> (Self, Requests) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let probe_channel = format!("flotilla:gateway:{gateway_id}:probe");
         let handle = Self {
             requests: tx,
             reconnect: Notify::new(),
             up: AtomicBool::new(false),
-            probe_channel: format!("flotilla:gateway:{gateway_id}:probe"),
+            probes: Mutex::new(vec![probe_channel.clone()]),
+            probe_channel,
         };
         (handle, rx)
     }
@@ -95,14 +102,28 @@ impl Subscriptions {
         self.reconnect.notify_waiters();
     }
 
-    /// The channel the liveness beat's self-probe is published on.
+    /// The channel the single-Redis subscription's self-probe is published on.
     pub(crate) fn probe_channel(&self) -> &str {
         &self.probe_channel
     }
+
+    /// The channels the liveness beat publishes its probes on.
+    pub(crate) fn probe_channels(&self) -> Vec<String> {
+        self.probes.lock().unwrap().clone()
+    }
 }
 
-/// Runs the manager until `stop` is cancelled.
-pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
+/// Runs the manager until `stop` is cancelled: sharded pub/sub on a Redis Cluster (see
+/// [`crate::shards`]), the one connection below on a single Redis.
+pub(crate) async fn run(state: GatewayState, requests: Requests, stop: CancellationToken) {
+    if state.redis.is_cluster() {
+        crate::shards::run(state, requests, stop).await
+    } else {
+        run_single(state, requests, stop).await
+    }
+}
+
+async fn run_single(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
     let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX).with_floor();
     loop {
         let opened = tokio::select! {
@@ -130,7 +151,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
 async fn open(
     state: &GatewayState,
 ) -> redis::RedisResult<(PubSubSink, PubSubStream, HashSet<Uuid>)> {
-    let pubsub = with_timeout(state, state.redis.client().get_async_pubsub()).await?;
+    let pubsub = state.redis.pubsub().await?;
     let (mut sink, stream) = pubsub.split();
     with_timeout(state, sink.subscribe(state.subscriptions.probe_channel())).await?;
     let nodes: Vec<Uuid> = state

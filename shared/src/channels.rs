@@ -22,11 +22,6 @@ pub fn presence_key(node_id: Uuid) -> String {
     format!("flotilla:presence:{{{node_id}}}")
 }
 
-/// Key that exists (with a short TTL) while a gateway is alive.
-pub fn gateway_alive_key(gateway_id: &str) -> String {
-    format!("flotilla:gateway:{gateway_id}:alive")
-}
-
 /// List holding the last log lines of one node's pipeline.
 pub fn log_ring_key(node_id: Uuid, pipeline_id: Uuid) -> String {
     format!("flotilla:logs:{{{node_id}}}:{pipeline_id}")

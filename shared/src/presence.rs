@@ -2,7 +2,7 @@
 //!
 //! A node's presence is the hash at [`presence_key`] with fields `gateway`, `conn`, `since`
 //! (epoch ms) and `transport` (`websocket` or `sse`; absent means `websocket`). It counts only while the holding gateway's liveness key
-//! ([`gateway_alive_key`]) exists, so a crashed gateway's sockets read as gone once that key
+//! ([`Keys::alive`]) exists, so a crashed gateway's sockets read as gone once that key
 //! expires. Every read-modify-write is one Lua script, so it is atomic:
 //! - [`claim`]: a new socket takes the node over (newest wins) and learns who held it before;
 //! - [`release`]: a closing socket deletes the entry only if it still holds it, so a late close
@@ -22,11 +22,19 @@
 //! in short `SSCAN` steps (never holding Redis long, however many are connected); the API hands
 //! Postgres the ids as the list the page's other filters and order apply to.
 //!
-//! [`lookup`] and [`connected`] read keys that are not passed as `KEYS`, and the writers touch
-//! sets beside the node's own hash, so presence needs a non-cluster Redis.
+//! On a Redis Cluster a script may touch one slot only. A node's hash carries the node's hash
+//! tag (its slot is its channel's), while the gateway-wide keys — [`Keys::gateways`], the node
+//! sets and the liveness keys — share the tag `{flotilla:presence}`, so [`connected`] stays
+//! one script there. The writers then run in two steps: the node's hash by a script on the
+//! node's slot (the read-modify-write that matters stays atomic), then the node sets in one
+//! pipeline on the presence slot, then the fleet event. The sets are an index: a race between
+//! two steps can leave a node in a set it left, which [`reconcile`] removes and [`connected`]'s
+//! callers tolerate (a node listed by two gateways is listed once). [`lookup`] reads each hash
+//! on its own shard.
 
-use crate::channels::{gateway_alive_key, presence_key, FLEET_EVENTS};
+use crate::channels::{presence_key, FLEET_EVENTS};
 use crate::redis_conn::Redis;
+use futures_util::StreamExt;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -86,13 +94,62 @@ impl FromStr for Transport {
     }
 }
 
-/// Set of the gateway ids that hold (or held) node sets.
+/// Set of the gateway ids that hold (or held) node sets (single Redis).
 pub const GATEWAYS_KEY: &str = "flotilla:presence:gateways";
-/// Prefix of a gateway's node sets: `<prefix><gateway id>:<transport>`.
+/// Prefix of a gateway's node sets: `<prefix><gateway id>:<transport>` (single Redis).
 pub const NODES_KEY_PREFIX: &str = "flotilla:presence:nodes:";
 
-/// `KEYS[1]` = [`GATEWAYS_KEY`]; `ARGV` = the liveness key's prefix and suffix around a
-/// gateway id, then [`NODES_KEY_PREFIX`]. Returns the live gateways (a few keys each, however
+/// The names of the gateway-wide presence keys, which differ by deployment: on a cluster they
+/// share one hash tag so the scripts that read them together stay on one slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    /// Set of the gateway ids that hold (or held) node sets.
+    pub gateways: &'static str,
+    /// Prefix of a gateway's node sets: `<prefix><gateway id>:<transport>`.
+    pub nodes_prefix: &'static str,
+    /// Text before the gateway id in its liveness key.
+    pub alive_prefix: &'static str,
+    /// Text after the gateway id in its liveness key.
+    pub alive_suffix: &'static str,
+}
+
+const SINGLE: Keys = Keys {
+    gateways: GATEWAYS_KEY,
+    nodes_prefix: NODES_KEY_PREFIX,
+    alive_prefix: "flotilla:gateway:",
+    alive_suffix: ":alive",
+};
+
+const CLUSTER: Keys = Keys {
+    gateways: "flotilla:{flotilla:presence}:gateways",
+    nodes_prefix: "flotilla:{flotilla:presence}:nodes:",
+    alive_prefix: "flotilla:{flotilla:presence}:gateway:",
+    alive_suffix: ":alive",
+};
+
+/// The key names `redis` uses.
+pub fn keys(redis: &Redis) -> Keys {
+    if redis.is_cluster() {
+        CLUSTER
+    } else {
+        SINGLE
+    }
+}
+
+impl Keys {
+    /// The key that exists (with a short TTL) while the gateway is alive.
+    pub fn alive(&self, gateway_id: &str) -> String {
+        format!("{}{gateway_id}{}", self.alive_prefix, self.alive_suffix)
+    }
+
+    /// The gateway's set of nodes connected over `transport`.
+    pub fn nodes(&self, gateway_id: &str, transport: Transport) -> String {
+        format!("{}{gateway_id}:{}", self.nodes_prefix, transport.as_str())
+    }
+}
+
+/// `KEYS[1]` = the gateways set; `ARGV` = the liveness key's prefix and suffix around a
+/// gateway id, then the node sets' prefix. Returns the live gateways (a few keys each, however
 /// many nodes they hold); forgets a dead gateway whose sets are empty.
 static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -113,7 +170,14 @@ static CONNECTED: LazyLock<Script> = LazyLock::new(|| {
 /// (the push bus) for long.
 const SCAN_COUNT: usize = 5000;
 
+/// Hashes read at once by [`lookup`] on a cluster.
+const LOOKUP_IN_FLIGHT: usize = 256;
+
+/// The fields of a presence hash, in the order [`parse_fields`] reads them.
+const FIELDS: [&str; 4] = ["gateway", "conn", "since", "transport"];
+
 /// `KEYS` = presence keys; `ARGV` = the liveness key's prefix and suffix around the gateway id.
+/// Single Redis only (the keys span slots).
 static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -130,21 +194,23 @@ static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence, moves the node (`ARGV[5]`) from its previous holder's node set to the
-/// new one's (prefix `ARGV[6]`), records the gateway in [`GATEWAYS_KEY`] (`KEYS[2]`),
-/// publishes `ARGV[8]` on channel `ARGV[7]` if given, and returns the previous fields (nils
-/// when there was none).
+/// Sets the presence hash `KEYS[1]` and returns its previous fields (nils when there was
+/// none). On a single Redis (`ARGV[6]` given) it also moves the node (`ARGV[5]`) from its
+/// previous holder's node set to the new one's (prefix `ARGV[6]`), records the gateway in the
+/// gateways set (`KEYS[2]`), and publishes `ARGV[8]` on channel `ARGV[7]` if given.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local prev = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since', 'transport')
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
                    'transport', ARGV[4])
-        if prev[1] then
-          redis.call('SREM', ARGV[6] .. prev[1] .. ':' .. (prev[4] or 'websocket'), ARGV[5])
+        if ARGV[6] then
+          if prev[1] then
+            redis.call('SREM', ARGV[6] .. prev[1] .. ':' .. (prev[4] or 'websocket'), ARGV[5])
+          end
+          redis.call('SADD', ARGV[6] .. ARGV[1] .. ':' .. ARGV[4], ARGV[5])
+          redis.call('SADD', KEYS[2], ARGV[1])
         end
-        redis.call('SADD', ARGV[6] .. ARGV[1] .. ':' .. ARGV[4], ARGV[5])
-        redis.call('SADD', KEYS[2], ARGV[1])
         if ARGV[8] then
           redis.call('PUBLISH', ARGV[7], ARGV[8])
         end
@@ -152,28 +218,32 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Deletes the presence if connection `ARGV[1]` still holds it, takes the node (`ARGV[2]`)
-/// out of its holder's node set (prefix `ARGV[3]`), and then publishes `ARGV[5]` on channel
-/// `ARGV[4]` if given.
+/// Deletes the presence hash `KEYS[1]` if connection `ARGV[1]` still holds it and returns
+/// `<gateway>:<transport>` (else nil). On a single Redis (`ARGV[3]` given) it also takes the
+/// node (`ARGV[2]`) out of its holder's node set (prefix `ARGV[3]`) and publishes `ARGV[5]` on
+/// channel `ARGV[4]` if given.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local p = redis.call('HMGET', KEYS[1], 'conn', 'gateway', 'transport')
         if p[1] == ARGV[1] then
+          local set = p[2] .. ':' .. (p[3] or 'websocket')
           redis.call('DEL', KEYS[1])
-          redis.call('SREM', ARGV[3] .. p[2] .. ':' .. (p[3] or 'websocket'), ARGV[2])
+          if ARGV[3] then
+            redis.call('SREM', ARGV[3] .. set, ARGV[2])
+          end
           if ARGV[5] then
             redis.call('PUBLISH', ARGV[4], ARGV[5])
           end
-          return 1
+          return set
         end
-        return 0",
+        return false",
     )
 });
 
-/// Sets the presence if it is absent or already held by connection `ARGV[2]`, and keeps the
-/// node (`ARGV[5]`) in its gateway's node set (prefix `ARGV[6]`) and the gateway in
-/// [`GATEWAYS_KEY`] (`KEYS[2]`).
+/// Sets the presence hash `KEYS[1]` if it is absent or already held by connection `ARGV[2]`;
+/// on a single Redis (`ARGV[6]` given) it also keeps the node (`ARGV[5]`) in its gateway's node
+/// set (prefix `ARGV[6]`) and the gateway in the gateways set (`KEYS[2]`).
 static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -183,8 +253,10 @@ static RESTORE: LazyLock<Script> = LazyLock::new(|| {
         end
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
                    'transport', ARGV[4])
-        redis.call('SADD', ARGV[6] .. ARGV[1] .. ':' .. ARGV[4], ARGV[5])
-        redis.call('SADD', KEYS[2], ARGV[1])
+        if ARGV[6] then
+          redis.call('SADD', ARGV[6] .. ARGV[1] .. ':' .. ARGV[4], ARGV[5])
+          redis.call('SADD', KEYS[2], ARGV[1])
+        end
         return 1",
     )
 });
@@ -204,16 +276,6 @@ async fn invoke<T: redis::FromRedisValue>(
     }
 }
 
-/// The liveness key's text before and after the gateway id.
-fn alive_key_parts() -> (String, String) {
-    const MARK: &str = "\u{0}";
-    let key = gateway_alive_key(MARK);
-    let (prefix, suffix) = key
-        .split_once(MARK)
-        .expect("the alive key contains the gateway id");
-    (prefix.to_owned(), suffix.to_owned())
-}
-
 /// Parses `[gateway, conn, since, transport]` (any of them nil) into a presence.
 fn parse_fields(value: Value) -> Option<Presence> {
     let fields: Vec<Option<String>> = redis::from_redis_value(&value).ok()?;
@@ -228,45 +290,138 @@ fn parse_fields(value: Value) -> Option<Presence> {
     }
 }
 
-/// Presence of each node, in order, in one round trip; `None` for a node with no socket or
-/// whose gateway is no longer alive.
+/// The presence script invocation's common part: the node's hash and the new fields.
+fn write_invocation<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    cluster: bool,
+    node_id: Uuid,
+    presence: &Presence,
+) -> ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(presence_key(node_id))
+        .arg(&presence.gateway_id)
+        .arg(&presence.conn_id)
+        .arg(presence.since_ms)
+        .arg(presence.transport.as_str())
+        .arg(node_id.to_string());
+    if !cluster {
+        invocation.key(keys.gateways).arg(keys.nodes_prefix);
+    }
+    invocation
+}
+
+/// Publishes a fleet event (classic pub/sub: every api instance, on any cluster node, hears it).
+async fn announce(redis: &Redis, event: Option<&str>) -> RedisResult<()> {
+    match event {
+        Some(event) => {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(FLEET_EVENTS).arg(event);
+            redis.query(&cmd).await
+        }
+        None => Ok(()),
+    }
+}
+
+/// Presence of each node, in order, in one round trip (on a cluster, each hash read on its
+/// own shard); `None` for a node with no socket or whose gateway is no longer alive.
 pub async fn lookup(redis: &Redis, node_ids: &[Uuid]) -> RedisResult<Vec<Option<Presence>>> {
     if node_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let (prefix, suffix) = alive_key_parts();
-    let mut invocation = LOOKUP.prepare_invoke();
-    for id in node_ids {
-        invocation.key(presence_key(*id));
+    let keys = keys(redis);
+    if !redis.is_cluster() {
+        let mut invocation = LOOKUP.prepare_invoke();
+        for id in node_ids {
+            invocation.key(presence_key(*id));
+        }
+        invocation.arg(keys.alive_prefix).arg(keys.alive_suffix);
+        let values: Vec<Value> = invoke(redis, invocation).await?;
+        return Ok(values.into_iter().map(parse_fields).collect());
     }
-    invocation.arg(prefix).arg(suffix);
-    let values: Vec<Value> = invoke(redis, invocation).await?;
-    Ok(values.into_iter().map(parse_fields).collect())
+    // Owned futures (collected first): closures over borrowed ids inside the stream would not
+    // be `Send` for every lifetime, which axum handlers need.
+    let reads: Vec<_> = node_ids
+        .iter()
+        .map(|id| {
+            let (redis, mut cmd) = (redis.clone(), redis::cmd("HMGET"));
+            cmd.arg(presence_key(*id)).arg(&FIELDS[..]);
+            async move { redis.query::<Value>(&cmd).await.map(parse_fields) }
+        })
+        .collect();
+    let found: Vec<Option<Presence>> = futures_util::stream::iter(reads)
+        .buffered(LOOKUP_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<RedisResult<_>>()?;
+    let mut gateways: Vec<&str> = found
+        .iter()
+        .flatten()
+        .map(|p| p.gateway_id.as_str())
+        .collect();
+    gateways.sort_unstable();
+    gateways.dedup();
+    let mut pipe = redis::pipe();
+    for gw in &gateways {
+        pipe.cmd("EXISTS").arg(keys.alive(gw));
+    }
+    let alive: Vec<bool> = if gateways.is_empty() {
+        Vec::new()
+    } else {
+        redis.query(&pipe).await?
+    };
+    let live: std::collections::HashSet<&str> = gateways
+        .iter()
+        .zip(alive)
+        .filter_map(|(gw, alive)| alive.then_some(*gw))
+        .collect();
+    Ok(found
+        .iter()
+        .map(|p| p.clone().filter(|p| live.contains(p.gateway_id.as_str())))
+        .collect())
 }
 
 /// Makes `presence` the node's connection and returns the one it replaced, if any; `event`,
-/// if given, is published on [`FLEET_EVENTS`] in the same step (one round trip).
+/// if given, is published on [`FLEET_EVENTS`] in the same step (one round trip on a single
+/// Redis; three steps on a cluster, see the module doc).
 pub async fn claim(
     redis: &Redis,
     node_id: Uuid,
     presence: &Presence,
     event: Option<&str>,
 ) -> RedisResult<Option<Presence>> {
-    let mut invocation = CLAIM.prepare_invoke();
-    invocation
-        .key(presence_key(node_id))
-        .key(GATEWAYS_KEY)
-        .arg(&presence.gateway_id)
-        .arg(&presence.conn_id)
-        .arg(presence.since_ms)
-        .arg(presence.transport.as_str())
-        .arg(node_id.to_string())
-        .arg(NODES_KEY_PREFIX);
-    if let Some(event) = event {
+    let keys = keys(redis);
+    let cluster = redis.is_cluster();
+    let mut invocation = write_invocation(&CLAIM, &keys, cluster, node_id, presence);
+    if let (false, Some(event)) = (cluster, event) {
         invocation.arg(FLEET_EVENTS).arg(event);
     }
-    let previous: Value = invoke(redis, invocation).await?;
-    Ok(parse_fields(previous))
+    let previous = parse_fields(invoke(redis, invocation).await?);
+    if cluster {
+        let node = node_id.to_string();
+        let mut pipe = redis::pipe();
+        if let Some(prev) = &previous {
+            if (&prev.gateway_id, prev.transport) != (&presence.gateway_id, presence.transport) {
+                pipe.cmd("SREM")
+                    .arg(keys.nodes(&prev.gateway_id, prev.transport))
+                    .arg(&node)
+                    .ignore();
+            }
+        }
+        pipe.cmd("SADD")
+            .arg(keys.nodes(&presence.gateway_id, presence.transport))
+            .arg(&node)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(keys.gateways)
+            .arg(&presence.gateway_id)
+            .ignore();
+        redis.query::<()>(&pipe).await?;
+        announce(redis, event).await?;
+    }
+    Ok(previous)
 }
 
 /// Deletes the node's presence if `conn_id` still holds it; true when it did. Only then is
@@ -277,75 +432,101 @@ pub async fn release(
     conn_id: &str,
     event: Option<&str>,
 ) -> RedisResult<bool> {
+    let keys = keys(redis);
+    let cluster = redis.is_cluster();
     let mut invocation = RELEASE.prepare_invoke();
     invocation
         .key(presence_key(node_id))
         .arg(conn_id)
-        .arg(node_id.to_string())
-        .arg(NODES_KEY_PREFIX);
-    if let Some(event) = event {
-        invocation.arg(FLEET_EVENTS).arg(event);
+        .arg(node_id.to_string());
+    if !cluster {
+        invocation.arg(keys.nodes_prefix);
+        if let Some(event) = event {
+            invocation.arg(FLEET_EVENTS).arg(event);
+        }
     }
-    invoke(redis, invocation).await
+    let released: Option<String> = invoke(redis, invocation).await?;
+    if let (true, Some(set)) = (cluster, &released) {
+        let mut srem = redis::cmd("SREM");
+        srem.arg(format!("{}{set}", keys.nodes_prefix))
+            .arg(node_id.to_string());
+        redis.query::<()>(&srem).await?;
+        announce(redis, event).await?;
+    }
+    Ok(released.is_some())
 }
 
 /// Re-asserts `presence` unless another connection holds the node; true when it holds now.
 pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> RedisResult<bool> {
-    let mut invocation = RESTORE.prepare_invoke();
-    invocation
-        .key(presence_key(node_id))
-        .key(GATEWAYS_KEY)
-        .arg(&presence.gateway_id)
-        .arg(&presence.conn_id)
-        .arg(presence.since_ms)
-        .arg(presence.transport.as_str())
-        .arg(node_id.to_string())
-        .arg(NODES_KEY_PREFIX);
-    invoke(redis, invocation).await
+    let keys = keys(redis);
+    let cluster = redis.is_cluster();
+    let invocation = write_invocation(&RESTORE, &keys, cluster, node_id, presence);
+    let held: bool = invoke(redis, invocation).await?;
+    if cluster && held {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(keys.nodes(&presence.gateway_id, presence.transport))
+            .arg(node_id.to_string())
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(keys.gateways)
+            .arg(&presence.gateway_id)
+            .ignore();
+        redis.query::<()>(&pipe).await?;
+    }
+    Ok(held)
+}
+
+/// Every member of a set, read in short `SSCAN` steps.
+async fn scan_set(redis: &Redis, key: &str) -> RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut scan = redis::cmd("SSCAN");
+        scan.arg(key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+        let (next, members): (u64, Vec<String>) = redis.query(&scan).await?;
+        out.extend(members);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
 }
 
 /// Every node with a live connection (its gateway alive), with its transport: the live
-/// gateways in one script, then their node sets in short `SSCAN` steps.
+/// gateways in one script, then their node sets in short `SSCAN` steps. A node listed by two
+/// gateways' sets (an index race on a cluster) is listed once, with the transport that sorts
+/// first.
 pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
-    let (prefix, suffix) = alive_key_parts();
+    let keys = keys(redis);
     let mut invocation = CONNECTED.prepare_invoke();
     invocation
-        .key(GATEWAYS_KEY)
-        .arg(prefix)
-        .arg(suffix)
-        .arg(NODES_KEY_PREFIX);
+        .key(keys.gateways)
+        .arg(keys.alive_prefix)
+        .arg(keys.alive_suffix)
+        .arg(keys.nodes_prefix);
     let gateways: Vec<String> = invoke(redis, invocation).await?;
     let mut out = Vec::new();
     for gateway in gateways {
         for transport in [Transport::Websocket, Transport::Sse] {
-            let key = format!("{NODES_KEY_PREFIX}{gateway}:{}", transport.as_str());
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SSCAN");
-                scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-                let (next, members): (u64, Vec<String>) = redis.query(&scan).await?;
-                out.extend(
-                    members
-                        .iter()
-                        .filter_map(|id| Uuid::parse_str(id).ok())
-                        .map(|id| (id, transport)),
-                );
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            let members = scan_set(redis, &keys.nodes(&gateway, transport)).await?;
+            out.extend(
+                members
+                    .iter()
+                    .filter_map(|id| Uuid::parse_str(id).ok())
+                    .map(|id| (id, transport)),
+            );
         }
     }
     // SSCAN may return a member twice while its set is rehashed.
     out.sort_unstable();
-    out.dedup();
+    out.dedup_by_key(|(id, _)| *id);
     Ok(out)
 }
 
 /// `KEYS[1]` = a gateway's node set, `KEYS[2]` = a node's presence hash; `ARGV[1]` = the
 /// node, `ARGV[2]` = the gateway. Takes the node out of the set unless the hash names that
-/// gateway.
+/// gateway. Single Redis only (the two keys are on different slots of a cluster).
 static FORGET_STRAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -356,44 +537,48 @@ static FORGET_STRAY: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Takes `member` out of the gateway's set `key` unless its presence names the gateway:
+/// atomically on a single Redis; on a cluster the check and the removal are two steps.
+async fn forget_stray(redis: &Redis, key: &str, member: &str, gateway: &str) -> RedisResult<usize> {
+    let node = Uuid::parse_str(member).unwrap_or_default();
+    if !redis.is_cluster() {
+        let mut invocation = FORGET_STRAY.prepare_invoke();
+        invocation
+            .key(key)
+            .key(presence_key(node))
+            .arg(member)
+            .arg(gateway);
+        return invoke(redis, invocation).await;
+    }
+    let mut hget = redis::cmd("HGET");
+    hget.arg(presence_key(node)).arg("gateway");
+    let holder: Option<String> = redis.query(&hget).await?;
+    if holder.as_deref() == Some(gateway) {
+        return Ok(0);
+    }
+    redis.query(redis::cmd("SREM").arg(key).arg(member)).await
+}
+
 /// Takes out of `gateway`'s node sets every node that `holds` says the gateway does not hold
 /// and whose presence no longer names it: left behind when a node moved to a gateway that
-/// does not keep these sets (a rolling upgrade), or by an earlier process under the same id.
-/// A node that `holds` or whose presence names the gateway (a connect or close in flight)
-/// stays. Returns how many were taken out.
+/// does not keep these sets (a rolling upgrade), by an earlier process under the same id, or
+/// by a race between a cluster's two write steps. A node that `holds` or whose presence names
+/// the gateway (a connect or close in flight) stays. Returns how many were taken out.
 pub async fn reconcile(
     redis: &Redis,
     gateway: &str,
     holds: impl Fn(Uuid) -> bool,
 ) -> RedisResult<usize> {
+    let keys = keys(redis);
     let mut removed = 0;
     for transport in [Transport::Websocket, Transport::Sse] {
-        let key = format!("{NODES_KEY_PREFIX}{gateway}:{}", transport.as_str());
-        let mut strays = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("SSCAN");
-            scan.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-            let (next, members): (u64, Vec<String>) = redis.query(&scan).await?;
-            strays.extend(
-                members
-                    .into_iter()
-                    .filter(|m| Uuid::parse_str(m).map_or(true, |id| !holds(id))),
-            );
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let key = keys.nodes(gateway, transport);
+        let strays = scan_set(redis, &key)
+            .await?
+            .into_iter()
+            .filter(|m| Uuid::parse_str(m).map_or(true, |id| !holds(id)));
         for member in strays {
-            let node = Uuid::parse_str(&member).unwrap_or_default();
-            let mut invocation = FORGET_STRAY.prepare_invoke();
-            invocation
-                .key(&key)
-                .key(presence_key(node))
-                .arg(&member)
-                .arg(gateway);
-            removed += invoke::<usize>(redis, invocation).await?;
+            removed += forget_stray(redis, &key, &member, gateway).await?;
         }
     }
     Ok(removed)
@@ -412,6 +597,7 @@ mod tests {
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         Redis::new(&RedisSettings {
             url: Secret::new(url),
+            cluster_nodes: None,
             command_timeout_ms: 2000,
         })
         .unwrap()
@@ -428,7 +614,7 @@ mod tests {
 
     async fn set_alive(redis: &Redis, gateway_id: &str) {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(gateway_alive_key(gateway_id))
+        cmd.arg(keys(redis).alive(gateway_id))
             .arg(1)
             .arg("EX")
             .arg(60);

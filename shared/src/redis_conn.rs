@@ -1,35 +1,152 @@
-//! A Redis command connection made on first use and reused.
+//! A Redis command connection made on first use and reused: to one Redis, or to a Redis
+//! Cluster when `redis.cluster_nodes` is set.
 //!
 //! Services start while Redis is down; every call then fails fast with a timeout instead of
 //! hanging a request, and the connection is retried on the next call.
+//!
+//! In cluster mode the redis crate's cluster connection routes each command by its key and
+//! follows `MOVED`/`ASK` and failovers. A pipeline must then stay within one slot (every key and
+//! channel of one node shares the node's hash tag); commands for many nodes go through
+//! [`Redis::fan_out`]. Node channels are published with [`Redis::node_publish`]: `SPUBLISH`
+//! on a cluster, so a push travels only to the shard that owns its slot.
 
 use crate::settings::RedisSettings;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+/// Commands [`Redis::fan_out`] keeps in flight at once on a cluster.
+const FAN_OUT_IN_FLIGHT: usize = 256;
+
+/// Where the handle connects.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster {
+        client: ClusterClient,
+        /// One client per seed, for connections that any node can serve (classic pub/sub).
+        seeds: Arc<[redis::Client]>,
+    },
+}
+
 /// A lazily connected, self-reconnecting Redis connection; cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    target: Target,
+    conn: Arc<OnceCell<Conn>>,
     timeout: Duration,
 }
 
+/// The connection behind a [`Redis`] handle: a single server's or a cluster's.
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis.
+    Single(ConnectionManager),
+    /// A Redis Cluster (routes by key, follows redirections).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl Redis {
-    /// Parses the URL; no connection is made yet.
+    /// Parses the URL (or the cluster's seed URLs); no connection is made yet.
     pub fn new(settings: &RedisSettings) -> redis::RedisResult<Self> {
+        let timeout = Duration::from_millis(settings.command_timeout_ms);
+        let seeds = settings.cluster_seeds();
+        let target = if seeds.is_empty() {
+            Target::Single(redis::Client::open(settings.url.expose())?)
+        } else {
+            let client = ClusterClientBuilder::new(seeds.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                // Redirections and a failover's refresh take a few tries; the command
+                // timeout still bounds each call.
+                .retries(4)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()?;
+            let seeds = seeds
+                .iter()
+                .map(|u| redis::Client::open(u.as_str()))
+                .collect::<redis::RedisResult<Vec<_>>>()?;
+            Target::Cluster {
+                client,
+                seeds: seeds.into(),
+            }
+        };
         Ok(Self {
-            client: redis::Client::open(settings.url.expose())?,
+            target,
             conn: Arc::default(),
-            timeout: Duration::from_millis(settings.command_timeout_ms),
+            timeout,
         })
     }
 
-    /// The Redis client (for dedicated connections such as pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Whether this handle talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// The publish command of node channels: `SPUBLISH` (sharded pub/sub) on a cluster,
+    /// `PUBLISH` on one Redis. Both answer how many subscribers received the message.
+    pub fn node_publish(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// The seed clients: the one Redis, or each seed node of the cluster.
+    pub fn seed_clients(&self) -> Vec<redis::Client> {
+        match &self.target {
+            Target::Single(client) => vec![client.clone()],
+            Target::Cluster { seeds, .. } => seeds.to_vec(),
+        }
+    }
+
+    /// A classic pub/sub connection. On a cluster any node serves it (classic messages reach
+    /// every node), so the seeds are tried in turn.
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut last = None;
+        for client in self.seed_clients() {
+            match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(timed_out()),
+            }
+        }
+        Err(last.unwrap_or_else(timed_out))
     }
 
     /// Timeout applied to each command.
@@ -38,20 +155,34 @@ impl Redis {
     }
 
     /// The shared connection, connecting first if needed.
-    pub async fn conn(&self) -> redis::RedisResult<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            // Fail fast: callers treat Redis as optional and retry on their next call.
-            .set_number_of_retries(0);
+    pub async fn conn(&self) -> redis::RedisResult<Conn> {
         let conn = self
             .conn
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Single(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(self.timeout)
+                            .set_response_timeout(self.timeout)
+                            // Fail fast: callers treat Redis as optional and retry on their
+                            // next call.
+                            .set_number_of_retries(0);
+                        client
+                            .get_connection_manager_with_config(config)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Target::Cluster { client, .. } => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+            })
             .await?;
         Ok(conn.clone())
     }
 
-    /// Runs a command or pipeline with the timeout applied.
+    /// Runs a command or pipeline with the timeout applied. On a cluster a pipeline must keep
+    /// to one slot.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         cmd: &(impl ConnectionLikeQuery + ?Sized),
@@ -62,12 +193,48 @@ impl Redis {
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result.and_then(|v| redis::from_redis_value(&v)),
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "redis command timed out",
-            ))),
+            Err(_) => Err(timed_out()),
         }
     }
+
+    /// Runs commands that may touch many slots (a publish to each of many nodes) and returns
+    /// how many failed, with the last error: one pipeline on one Redis; on a cluster each
+    /// command on its own, [`FAN_OUT_IN_FLIGHT`] at a time, so each reaches its slot's shard.
+    pub async fn fan_out(&self, cmds: Vec<Cmd>) -> (usize, Option<redis::RedisError>) {
+        if cmds.is_empty() {
+            return (0, None);
+        }
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for cmd in cmds.iter() {
+                pipe.add_command(cmd.clone()).ignore();
+            }
+            let n = cmds.len();
+            return match self.query::<()>(&pipe).await {
+                Ok(()) => (0, None),
+                Err(e) => (n, Some(e)),
+            };
+        }
+        // Owned futures: a stream of closures over borrowed commands is not `Send` for every
+        // lifetime, which axum handlers need.
+        let calls: Vec<_> = cmds
+            .into_iter()
+            .map(|cmd| {
+                let redis = self.clone();
+                async move { redis.query::<()>(&cmd).await }
+            })
+            .collect();
+        let results: Vec<redis::RedisResult<()>> = futures_util::stream::iter(calls)
+            .buffer_unordered(FAN_OUT_IN_FLIGHT)
+            .collect()
+            .await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        (failed, results.into_iter().filter_map(Result::err).last())
+    }
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::IoError, "redis command timed out"))
 }
 
 /// A command or a pipeline.
@@ -75,7 +242,7 @@ pub trait ConnectionLikeQuery: Sync {
     /// Sends it and returns the raw reply.
     fn run<'a>(
         &'a self,
-        conn: &'a mut ConnectionManager,
+        conn: &'a mut Conn,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
     >;
@@ -84,7 +251,7 @@ pub trait ConnectionLikeQuery: Sync {
 impl ConnectionLikeQuery for redis::Cmd {
     fn run<'a>(
         &'a self,
-        conn: &'a mut ConnectionManager,
+        conn: &'a mut Conn,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
     > {
@@ -95,7 +262,7 @@ impl ConnectionLikeQuery for redis::Cmd {
 impl ConnectionLikeQuery for redis::Pipeline {
     fn run<'a>(
         &'a self,
-        conn: &'a mut ConnectionManager,
+        conn: &'a mut Conn,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = redis::RedisResult<redis::Value>> + Send + 'a>,
     > {
@@ -112,14 +279,35 @@ mod tests {
     async fn a_down_redis_fails_fast() {
         let redis = Redis::new(&RedisSettings {
             url: Secret::new("redis://127.0.0.1:1"),
+            cluster_nodes: None,
             command_timeout_ms: 500,
         })
         .unwrap();
+        assert!(!redis.is_cluster());
+        assert_eq!(redis.node_publish(), "PUBLISH");
         // Bounded by the command timeout, however the connection attempt behaves.
         let started = tokio::time::Instant::now();
         for _ in 0..3 {
             assert!(redis.query::<String>(&redis::cmd("PING")).await.is_err());
         }
         assert!(started.elapsed() < std::time::Duration::from_millis(3 * 500 + 300));
+    }
+
+    #[tokio::test]
+    async fn a_down_cluster_fails_fast() {
+        let redis = Redis::new(&RedisSettings {
+            url: Secret::new("redis://127.0.0.1:1"),
+            cluster_nodes: Some(Secret::new("redis://127.0.0.1:1,redis://127.0.0.1:2")),
+            command_timeout_ms: 500,
+        })
+        .unwrap();
+        assert!(redis.is_cluster());
+        assert_eq!(redis.node_publish(), "SPUBLISH");
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert!(redis.query::<String>(&redis::cmd("PING")).await.is_err());
+        }
+        assert!(redis.pubsub().await.is_err());
+        assert!(started.elapsed() < std::time::Duration::from_millis(4 * 500 + 300));
     }
 }

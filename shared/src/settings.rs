@@ -45,8 +45,30 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (TLS), credentials included.
     pub url: Secret,
+    /// Seed URLs of a Redis Cluster, comma-separated; when set, the services run in cluster
+    /// mode (sharded pub/sub for node channels) and `url` is not used.
+    #[serde(default)]
+    pub cluster_nodes: Option<Secret>,
     /// Timeout of a single command, so a hung Redis never hangs a request.
     pub command_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    /// The cluster's seed URLs (empty when not in cluster mode); blanks around commas are
+    /// ignored.
+    pub fn cluster_seeds(&self) -> Vec<String> {
+        self.cluster_nodes
+            .as_ref()
+            .map(|s| {
+                s.expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Settings of the api service.
@@ -360,6 +382,18 @@ impl Settings {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return invalid("redis.url", "must start with redis:// or rediss://");
         }
+        if self.redis.cluster_nodes.is_some()
+            && self
+                .redis
+                .cluster_seeds()
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return invalid(
+                "redis.cluster_nodes",
+                "must be a comma-separated list of redis:// or rediss:// URLs",
+            );
+        }
         let db = self.database.url.expose();
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return invalid("database.url", "must start with postgres://");
@@ -457,6 +491,30 @@ mod tests {
         assert_eq!(s.api.default_poll_interval_ms, 15000);
         assert_eq!(s.api.unhealthy_threshold, 3);
         assert!(s.api.bootstrap_admin_token.is_none());
+    }
+
+    #[test]
+    fn cluster_nodes_are_a_comma_separated_list_of_redis_urls() {
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "FLOTILLA__REDIS__CLUSTER_NODES",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001,",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.redis.cluster_seeds(),
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        let blank = Settings::load_from(None, env(&[("FLOTILLA__REDIS__CLUSTER_NODES", "")]));
+        assert!(blank.unwrap().redis.cluster_seeds().is_empty());
+        let err = Settings::load_from(
+            None,
+            env(&[("FLOTILLA__REDIS__CLUSTER_NODES", "127.0.0.1:7000")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("redis.cluster_nodes"), "{err}");
     }
 
     #[test]

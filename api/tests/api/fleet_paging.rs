@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use flotilla_shared::channels::{gateway_alive_key, FLEET_EVENTS};
+use flotilla_shared::channels::FLEET_EVENTS;
 use flotilla_shared::presence::{self, Presence, Transport};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_testkit::api::ApiHandle;
@@ -22,6 +22,7 @@ const QUIET: Duration = Duration::from_millis(300);
 fn redis() -> Redis {
     Redis::new(&flotilla_shared::settings::RedisSettings {
         url: flotilla_shared::secret::Secret::new(flotilla_testkit::redis_url()),
+        cluster_nodes: None,
         command_timeout_ms: 2000,
     })
     .unwrap()
@@ -38,7 +39,10 @@ impl Gateway {
     async fn start() -> Self {
         let id = format!("gw-test-{}", Uuid::new_v4().simple());
         let mut cmd = redis::cmd("SET");
-        cmd.arg(gateway_alive_key(&id)).arg(1).arg("EX").arg(120);
+        cmd.arg(flotilla_shared::presence::keys(&redis()).alive(&id))
+            .arg(1)
+            .arg("EX")
+            .arg(120);
         redis().query::<()>(&cmd).await.unwrap();
         Gateway {
             id,

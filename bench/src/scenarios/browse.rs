@@ -12,7 +12,6 @@ use super::{fleet, machine};
 use crate::services::{self, ADMIN_TOKEN};
 use crate::stats::Dist;
 use anyhow::Context;
-use flotilla_shared::channels::gateway_alive_key;
 use flotilla_shared::presence::{self, Presence, Transport};
 use flotilla_shared::redis_conn::Redis;
 use flotilla_shared::secret::Secret;
@@ -164,11 +163,12 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let pipelines = spread(&mut db, env).await?;
     let redis = Redis::new(&RedisSettings {
         url: Secret::new(common.redis_url.clone()),
+        cluster_nodes: None,
         command_timeout_ms: 10_000,
     })?;
     let mut alive = redis::cmd("SET");
     alive
-        .arg(gateway_alive_key(GATEWAY))
+        .arg(flotilla_shared::presence::keys(&redis).alive(GATEWAY))
         .arg(1)
         .arg("EX")
         .arg(3600);
@@ -274,7 +274,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 
     presence_of(&redis, &connected, true).await?;
     let mut gone = redis::cmd("DEL");
-    gone.arg(gateway_alive_key(GATEWAY));
+    gone.arg(flotilla_shared::presence::keys(&redis).alive(GATEWAY));
     redis.query::<()>(&gone).await?;
     drop(api);
     Ok(json!({

@@ -126,7 +126,11 @@ pub async fn wait_absent(redis: &Redis, node: Uuid, limit: Duration) {
 /// Publishes a payload on the node's channel, as the api does.
 pub async fn publish(redis: &Redis, node: Uuid, payload: &str) -> i64 {
     redis
-        .query(redis::cmd("PUBLISH").arg(node_channel(node)).arg(payload))
+        .query(
+            redis::cmd(redis.node_publish())
+                .arg(node_channel(node))
+                .arg(payload),
+        )
         .await
         .expect("publish")
 }
@@ -138,7 +142,7 @@ pub async fn publish_until_delivered(redis: &Redis, node: Uuid, payload: &str) {
         "a gateway subscribed to the node's channel",
         Duration::from_secs(5),
         || async {
-            let mut cmd = redis::cmd("PUBLISH");
+            let mut cmd = redis::cmd(redis.node_publish());
             cmd.arg(node_channel(node)).arg(payload);
             let delivered: i64 = redis.query(&cmd).await.ok()?;
             (delivered > 0).then_some(())

@@ -392,7 +392,7 @@ async fn a_socket_opened_while_redis_is_unreachable_shows_once_it_is_back() {
         "the gateway is alive in Redis",
         Duration::from_secs(3),
         || async {
-            let key = flotilla_shared::channels::gateway_alive_key(gw.state.id());
+            let key = flotilla_shared::presence::keys(gw.state.redis()).alive(gw.state.id());
             redis
                 .query::<Option<String>>(redis::cmd("GET").arg(key))
                 .await

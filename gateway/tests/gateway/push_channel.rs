@@ -261,7 +261,7 @@ async fn sockets_closing_while_presence_is_restored_stay_released() {
     }
     // Redis lost its data (the liveness key and the scripts, so each restore takes extra round
     // trips): the next beat restores every held socket's presence while the agents hang up.
-    let alive = flotilla_shared::channels::gateway_alive_key(gw.state.id());
+    let alive = flotilla_shared::presence::keys(gw.state.redis()).alive(gw.state.id());
     let _: () = redis.query(redis::cmd("DEL").arg(alive)).await.unwrap();
     let _: () = redis
         .query(redis::cmd("SCRIPT").arg("FLUSH"))
