@@ -16,6 +16,7 @@
 //! - [`listen`]: a Redis subscriber on nodes' channels, as a gateway would be.
 //! - [`process`]: a service as a real process: its `listening on` address, signals, exit.
 //! - [`proxy`]: a TCP proxy to cut, heal, re-route or deafen, with byte counts.
+//! - [`redis_cluster`]: a private six-node Redis Cluster a test can fail over and reshard.
 //! - [`redis_server`]: a private Redis a test can kill and restart.
 //! - [`seed`]: many nodes written straight into the database, as enrolled.
 //! - [`slow_client`]: a client that sends part of a request and stalls.
@@ -29,6 +30,7 @@ pub mod gateway;
 pub mod listen;
 pub mod process;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod seed;
 pub mod slow_client;
