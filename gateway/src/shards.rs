@@ -39,8 +39,8 @@ use uuid::Uuid;
 /// Delay before a resync after a failure; grows to [`RESYNC_MAX`] while failures repeat.
 const RESYNC_INITIAL: Duration = Duration::from_millis(50);
 const RESYNC_MAX: Duration = Duration::from_secs(2);
-/// How often unconfirmed subscriptions and pending resyncs are looked at.
-const TICK: Duration = Duration::from_millis(100);
+/// How often unconfirmed subscriptions are looked at.
+const TICK: Duration = Duration::from_millis(250);
 
 /// A shard master's address, `host:port`.
 type Addr = Arc<str>;
@@ -48,9 +48,9 @@ type Addr = Arc<str>;
 /// What a shard connection's reader reports to the manager.
 enum Event {
     /// The shard confirmed a subscription.
-    Subscribed(Addr, String),
+    Subscribed(Addr, u64, String),
     /// The shard dropped a subscription (our `SUNSUBSCRIBE`, or the slot moved away).
-    Unsubscribed(Addr, String),
+    Unsubscribed(Addr, u64, String),
     /// The connection ended.
     Lost(Addr, u64),
 }
@@ -94,6 +94,10 @@ struct Manager {
     synced_once: bool,
 }
 
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
 /// Runs the sharded manager until `stop` is cancelled.
 pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: CancellationToken) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -130,7 +134,11 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
                 }
                 m.reconcile(batch).await;
             }
-            _ = tick.tick() => m.on_tick().await,
+            _ = tokio::time::sleep_until(m.resync_at.unwrap_or_else(far_future)), if m.resync_at.is_some() => {
+                m.resync_at = None;
+                m.resync().await;
+            }
+            _ = tick.tick() => m.check_unconfirmed(),
         }
     }
     m.state.subscriptions.up.store(false, Ordering::Relaxed);
@@ -153,7 +161,9 @@ impl Manager {
         self.schedule_resync(delay);
     }
 
-    async fn on_tick(&mut self) {
+    /// Schedules a resync when a subscription stayed unconfirmed past the command timeout
+    /// (its `MOVED` error may have been taken for another command's reply).
+    fn check_unconfirmed(&mut self) {
         if self.unconfirmed > 0 {
             let limit = self.state.redis.timeout();
             let stale = self
@@ -165,18 +175,22 @@ impl Manager {
                 self.schedule_resync(Duration::ZERO);
             }
         }
-        if self
-            .resync_at
-            .is_some_and(|at| at <= tokio::time::Instant::now())
-        {
-            self.resync_at = None;
-            self.resync().await;
-        }
+    }
+
+    /// Whether `addr`'s current connection is the one numbered `generation` (events of a
+    /// replaced connection may still be queued).
+    fn current(&self, addr: &Addr, generation: u64) -> bool {
+        self.shards
+            .get(addr)
+            .is_some_and(|s| s.generation == generation)
     }
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Subscribed(addr, channel) => {
+            Event::Subscribed(addr, generation, channel) => {
+                if !self.current(&addr, generation) {
+                    return;
+                }
                 let Some(node) = node_from_channel(&channel) else {
                     return;
                 };
@@ -188,7 +202,10 @@ impl Manager {
                 }
                 self.answer(node);
             }
-            Event::Unsubscribed(addr, channel) => {
+            Event::Unsubscribed(addr, generation, channel) => {
+                if !self.current(&addr, generation) {
+                    return;
+                }
                 let moved = match node_from_channel(&channel) {
                     Some(node) => {
                         let placed_here =
@@ -207,11 +224,7 @@ impl Manager {
                 }
             }
             Event::Lost(addr, generation) => {
-                if self
-                    .shards
-                    .get(&addr)
-                    .is_some_and(|s| s.generation == generation)
-                {
+                if self.current(&addr, generation) {
                     tracing::warn!(shard = %addr, "lost a shard's subscription connection");
                     self.shards.remove(&addr);
                     let lost: Vec<Uuid> = self
@@ -279,28 +292,21 @@ impl Manager {
                 _ => {}
             }
         }
-        if self.resync_at.is_some() || self.slots.is_empty() {
-            // Down or resynchronising: the resync subscribes every held node; a waiter is not
+        self.unsubscribe(remove).await;
+        if self.slots.is_empty() {
+            // No slot map yet: the first resync subscribes every held node; a waiter is not
             // kept waiting for it (as with a single Redis that is down).
             for node in add {
                 self.answer(node);
             }
-            for node in remove {
-                self.unsubscribe_one(node).await;
-            }
             return;
         }
-        self.unsubscribe(remove).await;
         if let Err(e) = self.subscribe(add.clone()).await {
             for node in add {
                 self.answer(node);
             }
             self.failed("a shard subscription failed", &e);
         }
-    }
-
-    async fn unsubscribe_one(&mut self, node: Uuid) {
-        self.unsubscribe(vec![node]).await;
     }
 
     /// `SUNSUBSCRIBE`s the nodes where they are placed, a command per slot. Failures are only
@@ -328,39 +334,50 @@ impl Manager {
     }
 
     /// `SSUBSCRIBE`s the nodes on the masters owning their slots, opening shard connections
-    /// as needed. Confirmations arrive as pushes.
+    /// as needed. Confirmations arrive as pushes. A shard that fails does not hold up the
+    /// others; the last failure is returned.
     async fn subscribe(&mut self, nodes: Vec<Uuid>) -> redis::RedisResult<()> {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
+        let mut result = Ok(());
         for node in nodes {
-            let owner = self
-                .owner(slot(node_channel(node).as_bytes()))
-                .ok_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::ClusterDown, "slot not covered"))
-                })?;
-            by_shard.entry(owner).or_default().push(node);
+            match self.owner(slot(node_channel(node).as_bytes())) {
+                Some(owner) => by_shard.entry(owner).or_default().push(node),
+                None => {
+                    result = Err(redis::RedisError::from((
+                        redis::ErrorKind::ClusterDown,
+                        "a node's slot is not covered",
+                    )))
+                }
+            }
         }
         for (addr, nodes) in by_shard {
-            self.open(&addr).await?;
-            let now = Instant::now();
-            for &node in &nodes {
-                self.unplace(node);
-                self.placements.insert(
-                    node,
-                    Placement {
-                        shard: addr.clone(),
-                        confirmed: false,
-                        sent: now,
-                    },
-                );
-                self.unconfirmed += 1;
+            if let Err(e) = self.subscribe_on(&addr, &nodes).await {
+                result = Err(e);
             }
-            let shard = &self.shards[&addr];
-            let span = tracing::info_span!("subscription_change", command = "SSUBSCRIBE", nodes = nodes.len(), shard = %addr);
-            send_by_slot(&self.state, shard, "SSUBSCRIBE", &nodes)
-                .instrument(span)
-                .await?;
         }
-        Ok(())
+        result
+    }
+
+    async fn subscribe_on(&mut self, addr: &Addr, nodes: &[Uuid]) -> redis::RedisResult<()> {
+        self.open(addr).await?;
+        let now = Instant::now();
+        for &node in nodes {
+            self.unplace(node);
+            self.placements.insert(
+                node,
+                Placement {
+                    shard: addr.clone(),
+                    confirmed: false,
+                    sent: now,
+                },
+            );
+            self.unconfirmed += 1;
+        }
+        let shard = &self.shards[addr];
+        let span = tracing::info_span!("subscription_change", command = "SSUBSCRIBE", nodes = nodes.len(), shard = %addr);
+        send_by_slot(&self.state, shard, "SSUBSCRIBE", nodes)
+            .instrument(span)
+            .await
     }
 
     fn owner(&self, slot: u16) -> Option<Addr> {
@@ -643,12 +660,12 @@ async fn read(
             }
             PushKind::SSubscribe => {
                 if let Some(ch) = channel() {
-                    let _ = events.send(Event::Subscribed(addr.clone(), ch));
+                    let _ = events.send(Event::Subscribed(addr.clone(), generation, ch));
                 }
             }
             PushKind::SUnsubscribe => {
                 if let Some(ch) = channel() {
-                    let _ = events.send(Event::Unsubscribed(addr.clone(), ch));
+                    let _ = events.send(Event::Unsubscribed(addr.clone(), generation, ch));
                 }
             }
             PushKind::Disconnection => break,
