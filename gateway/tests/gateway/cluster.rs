@@ -8,6 +8,7 @@ use flotilla_shared::presence::{self, Presence, Transport};
 use flotilla_shared::settings::Settings;
 use flotilla_shared::slots::slot;
 use flotilla_testkit::redis_cluster::RedisCluster;
+use flotilla_testkit::sse_client::SseClient;
 use flotilla_testkit::{api, db, eventually, within};
 use futures_util::StreamExt;
 use reqwest::Method;
@@ -86,6 +87,13 @@ async fn on_a_cluster_deploys_reach_both_gateways_and_supersede_presence_and_rev
             on_shard.push((node, token));
         }
     }
+    // The console's live fleet events (classic pub/sub, relayed by the api) work too.
+    let mut events = within(
+        "the fleet events stream",
+        SseClient::open(&api.url("/api/v1/fleet/events"), api::ADMIN_TOKEN),
+    )
+    .await
+    .expect("the stream opens");
     let mut sockets = Vec::new();
     let mut streams = Vec::new();
     for pair in per_shard.values() {
@@ -123,6 +131,13 @@ async fn on_a_cluster_deploys_reach_both_gateways_and_supersede_presence_and_rev
         listed.text
     );
 
+    let first = &sockets[0].0;
+    loop {
+        if events.next_message().await.contains(first.as_str()) {
+            break;
+        }
+    }
+
     // A deploy reaches every socket and stream, on every shard.
     let pipeline = api
         .create_pipeline(
@@ -142,6 +157,26 @@ async fn on_a_cluster_deploys_reach_both_gateways_and_supersede_presence_and_rev
         let pushed: Value = serde_json::from_str(&sse.next_message().await).unwrap();
         assert_eq!(pushed["reason"], "deploy", "{pushed}");
     }
+
+    // Log lines (a ring per node and pipeline, a per-node budget) are kept and shown.
+    let (node, token) = &per_shard.values().next().unwrap()[1];
+    let shipped = api
+        .call(
+            Method::POST,
+            "/api/agent/logs",
+            Some(token),
+            Some(json!([{"pipelineId": pipeline, "lines": ["started"]}])),
+        )
+        .await;
+    assert_eq!(shipped.status, 200, "{}", shipped.text);
+    let url = api.url(&format!("/api/v1/fleet/{node}/logs?pipelineId={pipeline}"));
+    let mut viewer = within("the log stream", SseClient::open(&url, api::ADMIN_TOKEN))
+        .await
+        .expect("the log stream opens");
+    assert_eq!(
+        viewer.next_event("lines").await["lines"],
+        json!(["started"])
+    );
 
     // Supersede across gateways: the first node reconnects on gw2; gw1 closes the old socket.
     let (node, token) = &per_shard.values().next().unwrap()[0];
