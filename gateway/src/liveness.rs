@@ -38,7 +38,8 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
 
 /// One beat: refresh the liveness key (restoring presence if it had vanished or a claim
 /// failed, retrying releases that failed, reconciling the node sets every
-/// [`RECONCILE_EVERY`] beats), probe the subscription.
+/// [`RECONCILE_EVERY`] beats — on a cluster after re-indexing the sockets held), probe each
+/// subscription connection.
 pub async fn beat(state: &GatewayState, seq: u64) {
     let mut set = redis::cmd("SET");
     set.arg(presence::keys(&state.redis).alive(&state.id))
@@ -56,9 +57,21 @@ pub async fn beat(state: &GatewayState, seq: u64) {
             // At start and now and then: forget nodes left in this gateway's node sets that
             // it no longer holds (see `presence::reconcile`).
             if seq.is_multiple_of(RECONCILE_EVERY) {
+                if state.redis.is_cluster() {
+                    // A cluster's node sets follow the hashes in a later step and can miss a
+                    // node a race took out; put back every socket held.
+                    let held = state
+                        .registry
+                        .snapshot()
+                        .into_iter()
+                        .map(|(n, c)| (n, c.transport));
+                    if let Err(e) = presence::reindex(&state.redis, &state.id, held).await {
+                        tracing::warn!(error = %e, "cannot re-index the node sets");
+                    }
+                }
                 let registry = &state.registry;
                 let holds = |node| registry.contains(node);
-                match flotilla_shared::presence::reconcile(&state.redis, &state.id, holds).await {
+                match presence::reconcile(&state.redis, &state.id, holds).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(forgotten = n, "node sets reconciled"),
                     Err(e) => tracing::warn!(error = %e, "cannot reconcile the node sets"),
@@ -67,16 +80,17 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }
-    if state.subscriptions.is_up() {
-        let payload = ControlMessage::Probe { seq }.to_payload();
-        for channel in state.subscriptions.probe_channels() {
-            let mut publish = redis::cmd(state.redis.node_publish());
-            publish.arg(&channel).arg(&payload);
-            // Redis counts the subscribers that got it; none means our subscription is gone.
-            if let Ok(0) = state.redis.query::<i64>(&publish).await {
-                state.subscriptions.reconnect();
-                break;
-            }
+    let payload = ControlMessage::Probe { seq }.to_payload();
+    for channel in state.subscriptions.probe_channels() {
+        // Checked before each probe: a connection may have been replaced meanwhile.
+        if !state.subscriptions.is_up() {
+            break;
+        }
+        let mut publish = redis::cmd(state.redis.node_publish());
+        publish.arg(&channel).arg(&payload);
+        // Redis counts the subscribers that got it; none means that subscription is gone.
+        if let Ok(0) = state.redis.query::<i64>(&publish).await {
+            state.subscriptions.probe_unheard(&channel);
         }
     }
 }

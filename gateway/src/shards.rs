@@ -5,21 +5,26 @@
 //! gateway subscribes each node's channel on that shard's master. The manager keeps where each
 //! held node is subscribed (its placement) and the cluster's slot map. It batches
 //! `SSUBSCRIBE`/`SUNSUBSCRIBE` by slot (one command names channels of one slot only) and sends
-//! a shard's batches together.
+//! a shard's batches together; connections to several shards open concurrently.
 //!
 //! The shard connections speak RESP3, so subscription replies, messages and the server's own
 //! `sunsubscribe` (sent when a slot migrates away) arrive as pushes naming their channel. The
 //! manager trusts only those pushes: a channel counts as subscribed once its `ssubscribe` push
-//! came, not when a command returned, because an unsolicited push can be taken for a reply.
-//! It resynchronises — refreshes the slot map, opens and closes shard connections, moves
-//! placements — when a shard connection is lost (failover), when a held node's channel is
-//! unsubscribed by the server (resharding), when a command fails (`MOVED`, a shard down) and
-//! when a subscription stays unconfirmed past the command timeout. Each resync after the first
-//! marks presence stale, so the next liveness beat restores it on the promoted replicas.
+//! came, not when a command returned, because the client takes an unsolicited push for the
+//! reply of the oldest command in flight. A `sunsubscribe` the manager did not ask for means
+//! the slot moved.
+//!
+//! It resynchronises — re-reads the slot map, opens and closes shard connections, moves
+//! placements and sends again what stayed unconfirmed — at once when a slot moved or a shard
+//! connection that had lived a while was lost (a failover), and with backoff (25 ms to 2 s)
+//! after a failure: a command or connection that failed (`MOVED`, a shard down), a subscription
+//! unconfirmed past the command timeout, a connection lost soon after it opened. An address
+//! that failed is not tried again before the next resync, so requests for other shards are not
+//! held up by a dead master. After a resync that followed a lost or deaf connection, the next
+//! liveness beat restores presence (a promoted replica may miss the latest writes).
 //!
 //! Each shard connection also subscribes a probe channel in one of its own slots; the liveness
-//! beat publishes to every probe and a probe nobody received forces a full reconnect, as a deaf
-//! single-Redis subscription does.
+//! beat publishes to every probe, and a probe nobody received reconnects that shard.
 
 use crate::state::GatewayState;
 use crate::subscriptions::{dispatch, Request, Requests};
@@ -28,6 +33,7 @@ use flotilla_shared::channels::{node_channel, node_from_channel};
 use flotilla_shared::slots::slot;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ProtocolVersion, PushKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +42,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Delay before a resync after a failure; grows to [`RESYNC_MAX`] while failures repeat.
+/// Delay before a resync after a failure; grows to [`RESYNC_MAX`] while failures repeat, and
+/// starts over once a resync has held for [`RESYNC_MAX`].
 const RESYNC_INITIAL: Duration = Duration::from_millis(50);
 const RESYNC_MAX: Duration = Duration::from_secs(2);
-/// How often unconfirmed subscriptions are looked at.
+/// How often unconfirmed subscriptions and unheard probes are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
 /// A shard master's address, `host:port`.
@@ -58,9 +65,10 @@ enum Event {
 /// One subscription connection to a shard's master.
 struct Shard {
     conn: redis::aio::MultiplexedConnection,
-    /// Bumped per connection, so a late `Lost` of a replaced connection is ignored.
+    /// Numbered per connection, so events of a replaced connection are ignored.
     generation: u64,
     probe: String,
+    opened: Instant,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -84,14 +92,20 @@ struct Manager {
     shards: HashMap<Addr, Shard>,
     placements: HashMap<Uuid, Placement>,
     unconfirmed: usize,
+    /// `SUNSUBSCRIBE`s sent and not yet answered, so their replies are not taken for moves.
+    unsubscribing: HashMap<(Addr, Uuid), u32>,
+    /// Addresses that failed to open since the last resync.
+    unreachable: HashSet<Addr>,
     waiters: HashMap<Uuid, Vec<oneshot::Sender<()>>>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
     /// A resync is due at this instant.
     resync_at: Option<tokio::time::Instant>,
     backoff: Backoff,
-    last_failure: Option<Instant>,
-    synced_once: bool,
+    /// When the last resync succeeded (none after a failure).
+    synced_at: Option<Instant>,
+    /// A shard connection was lost or deaf since the last resync: restore presence after it.
+    restore_presence: bool,
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -107,25 +121,22 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
         shards: HashMap::new(),
         placements: HashMap::new(),
         unconfirmed: 0,
+        unsubscribing: HashMap::new(),
+        unreachable: HashSet::new(),
         waiters: HashMap::new(),
         events: events_tx,
         generation: 0,
         resync_at: Some(tokio::time::Instant::now()),
         backoff: Backoff::new(RESYNC_INITIAL, RESYNC_MAX).with_floor(),
-        last_failure: None,
-        synced_once: false,
+        synced_at: None,
+        restore_presence: false,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = m.state.subscriptions.reconnect.notified() => {
-                tracing::warn!("a shard's subscription stopped receiving; reconnecting every shard");
-                m.shards.clear();
-                m.lost_all_placements();
-                m.schedule_resync(Duration::ZERO);
-            }
+            _ = m.state.subscriptions.reconnect.notified() => m.drop_deaf_shards(),
             Some(event) = events.recv() => m.on_event(event),
             Some(first) = requests.recv() => {
                 let mut batch = vec![first];
@@ -138,7 +149,10 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
                 m.resync_at = None;
                 m.resync().await;
             }
-            _ = tick.tick() => m.check_unconfirmed(),
+            _ = tick.tick() => {
+                m.drop_deaf_shards();
+                m.check_unconfirmed();
+            }
         }
     }
     m.state.subscriptions.up.store(false, Ordering::Relaxed);
@@ -151,29 +165,54 @@ impl Manager {
         self.state.subscriptions.up.store(false, Ordering::Relaxed);
     }
 
-    fn failed(&mut self, what: &str, e: &redis::RedisError) {
-        // Failures in a row back off; one long after the last starts from the shortest delay.
-        if let Some(last) = self.last_failure.replace(Instant::now()) {
-            self.backoff.reset_after(last.elapsed());
+    /// Schedules a resync after the backoff's next delay.
+    fn retry_later(&mut self, why: &dyn Display) {
+        if self
+            .synced_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= RESYNC_MAX)
+        {
+            self.backoff.reset();
         }
         let delay = self.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}; resynchronising the shard subscriptions");
+        tracing::warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            "{why}; resynchronising the shard subscriptions"
+        );
         self.schedule_resync(delay);
     }
 
-    /// Schedules a resync when a subscription stayed unconfirmed past the command timeout
-    /// (its `MOVED` error may have been taken for another command's reply).
-    fn check_unconfirmed(&mut self) {
-        if self.unconfirmed > 0 {
-            let limit = self.state.redis.timeout();
-            let stale = self
-                .placements
-                .values()
-                .any(|p| !p.confirmed && p.sent.elapsed() > limit);
-            if stale && self.resync_at.is_none() {
-                tracing::warn!("a shard did not confirm a subscription in time");
+    /// Reconnects the shards whose probe the liveness beat published and nobody received.
+    fn drop_deaf_shards(&mut self) {
+        let deaf = std::mem::take(&mut *self.state.subscriptions.unheard.lock().unwrap());
+        for probe in deaf {
+            let addr = self
+                .shards
+                .iter()
+                .find(|(_, s)| s.probe == probe)
+                .map(|(a, _)| a.clone());
+            if let Some(addr) = addr {
+                tracing::warn!(shard = %addr, "a shard's subscription stopped receiving; reconnecting it");
+                self.drop_shard(&addr);
+                self.restore_presence = true;
                 self.schedule_resync(Duration::ZERO);
             }
+        }
+    }
+
+    /// Schedules a resync when a subscription stayed unconfirmed past the command timeout
+    /// (its command may never have been written, or its error taken for another's reply).
+    fn check_unconfirmed(&mut self) {
+        if self.unconfirmed == 0 || self.resync_at.is_some() {
+            return;
+        }
+        let limit = self.state.redis.timeout();
+        if self
+            .placements
+            .values()
+            .any(|p| !p.confirmed && p.sent.elapsed() > limit)
+        {
+            self.retry_later(&"a shard did not confirm a subscription in time");
         }
     }
 
@@ -188,19 +227,24 @@ impl Manager {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Subscribed(addr, generation, channel) => {
-                if !self.current(&addr, generation) {
-                    return;
-                }
                 let Some(node) = node_from_channel(&channel) else {
                     return;
                 };
-                if let Some(p) = self.placements.get_mut(&node) {
-                    if p.shard == addr && !p.confirmed {
-                        p.confirmed = true;
-                        self.unconfirmed -= 1;
-                    }
+                if !self.current(&addr, generation) {
+                    return;
                 }
-                self.answer(node);
+                match self.placements.get_mut(&node) {
+                    Some(p) if p.shard == addr => {
+                        if !p.confirmed {
+                            p.confirmed = true;
+                            self.unconfirmed -= 1;
+                        }
+                        self.answer(node);
+                    }
+                    // A late confirmation from a shard the node has since left.
+                    Some(_) => {}
+                    None => self.answer(node),
+                }
             }
             Event::Unsubscribed(addr, generation, channel) => {
                 if !self.current(&addr, generation) {
@@ -208,6 +252,15 @@ impl Manager {
                 }
                 let moved = match node_from_channel(&channel) {
                     Some(node) => {
+                        let key = (addr.clone(), node);
+                        if let Some(pending) = self.unsubscribing.get_mut(&key) {
+                            // The reply to our own SUNSUBSCRIBE.
+                            *pending -= 1;
+                            if *pending == 0 {
+                                self.unsubscribing.remove(&key);
+                            }
+                            return;
+                        }
                         let placed_here =
                             self.placements.get(&node).is_some_and(|p| p.shard == addr);
                         if placed_here {
@@ -219,27 +272,42 @@ impl Manager {
                     None => self.shards.get(&addr).is_some_and(|s| s.probe == channel),
                 };
                 if moved {
-                    tracing::info!(channel, shard = %addr, "a shard dropped a subscription (slot moved); resubscribing");
+                    tracing::info!(channel, shard = %addr, "a shard dropped a subscription (its slot moved); resubscribing");
                     self.schedule_resync(Duration::ZERO);
                 }
             }
             Event::Lost(addr, generation) => {
-                if self.current(&addr, generation) {
-                    tracing::warn!(shard = %addr, "lost a shard's subscription connection");
-                    self.shards.remove(&addr);
-                    let lost: Vec<Uuid> = self
-                        .placements
-                        .iter()
-                        .filter(|(_, p)| p.shard == addr)
-                        .map(|(n, _)| *n)
-                        .collect();
-                    for node in lost {
-                        self.unplace(node);
-                    }
+                if !self.current(&addr, generation) {
+                    return;
+                }
+                let lived = self.shards[&addr].opened.elapsed();
+                tracing::warn!(shard = %addr, lived_ms = lived.as_millis() as u64, "lost a shard's subscription connection");
+                self.drop_shard(&addr);
+                self.restore_presence = true;
+                if lived >= RESYNC_MAX {
                     self.schedule_resync(Duration::ZERO);
+                } else {
+                    // A server that accepts and drops at once must not make this spin.
+                    self.retry_later(&format_args!("the connection to shard {addr} did not last"));
                 }
             }
         }
+    }
+
+    /// Forgets a shard connection and every placement on it.
+    fn drop_shard(&mut self, addr: &Addr) {
+        self.shards.remove(addr);
+        self.unsubscribing.retain(|(a, _), _| a != addr);
+        let lost: Vec<Uuid> = self
+            .placements
+            .iter()
+            .filter(|(_, p)| &p.shard == addr)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in lost {
+            self.unplace(node);
+        }
+        self.publish_probes();
     }
 
     fn unplace(&mut self, node: Uuid) {
@@ -248,11 +316,6 @@ impl Manager {
                 self.unconfirmed -= 1;
             }
         }
-    }
-
-    fn lost_all_placements(&mut self) {
-        self.placements.clear();
-        self.unconfirmed = 0;
     }
 
     /// Answers every session waiting for the node's subscription.
@@ -301,11 +364,15 @@ impl Manager {
             }
             return;
         }
-        if let Err(e) = self.subscribe(add.clone()).await {
+        let unplaced = self.subscribe(add.clone()).await;
+        if let Err(e) = unplaced {
+            // Nodes not placed are subscribed by the resync; their sessions go on meanwhile.
             for node in add {
-                self.answer(node);
+                if !self.placements.contains_key(&node) {
+                    self.answer(node);
+                }
             }
-            self.failed("a shard subscription failed", &e);
+            self.retry_later(&format_args!("a shard subscription failed: {e}"));
         }
     }
 
@@ -321,63 +388,73 @@ impl Manager {
             self.answer(node);
         }
         for (addr, nodes) in by_shard {
-            if let Some(shard) = self.shards.get(&addr) {
-                let span = tracing::info_span!("subscription_change", command = "SUNSUBSCRIBE", nodes = nodes.len(), shard = %addr);
-                let sent = send_by_slot(&self.state, shard, "SUNSUBSCRIBE", &nodes)
-                    .instrument(span)
-                    .await;
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, shard = %addr, "unsubscribing failed");
+            let Some(shard) = self.shards.get(&addr) else {
+                continue;
+            };
+            let span = tracing::info_span!("subscription_change", command = "SUNSUBSCRIBE", nodes = nodes.len(), shard = %addr);
+            let sent = send_by_slot(&self.state, shard, "SUNSUBSCRIBE", &nodes)
+                .instrument(span)
+                .await;
+            match sent {
+                Ok(()) => {
+                    for node in nodes {
+                        *self.unsubscribing.entry((addr.clone(), node)).or_default() += 1;
+                    }
                 }
+                Err(e) => tracing::debug!(error = %e, shard = %addr, "unsubscribing failed"),
             }
         }
     }
 
     /// `SSUBSCRIBE`s the nodes on the masters owning their slots, opening shard connections
-    /// as needed. Confirmations arrive as pushes. A shard that fails does not hold up the
-    /// others; the last failure is returned.
+    /// (concurrently) as needed and skipping addresses that failed since the last resync.
+    /// Confirmations arrive as pushes. Nodes whose shard is unavailable stay unplaced; the last
+    /// failure is returned.
     async fn subscribe(&mut self, nodes: Vec<Uuid>) -> redis::RedisResult<()> {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
         let mut result = Ok(());
         for node in nodes {
             match self.owner(slot(node_channel(node).as_bytes())) {
                 Some(owner) => by_shard.entry(owner).or_default().push(node),
-                None => {
-                    result = Err(redis::RedisError::from((
-                        redis::ErrorKind::ClusterDown,
-                        "a node's slot is not covered",
-                    )))
-                }
+                None => result = Err(cluster_error("a node's slot is not covered")),
             }
         }
+        let closed: Vec<Addr> = by_shard
+            .keys()
+            .filter(|a| !self.shards.contains_key(*a))
+            .cloned()
+            .collect();
+        if let Err(e) = self.open(closed).await {
+            result = Err(e);
+        }
         for (addr, nodes) in by_shard {
-            if let Err(e) = self.subscribe_on(&addr, &nodes).await {
+            if !self.shards.contains_key(&addr) {
+                result = result.and(Err(cluster_error("a shard is unreachable")));
+                continue;
+            }
+            let now = Instant::now();
+            for &node in &nodes {
+                self.unplace(node);
+                self.placements.insert(
+                    node,
+                    Placement {
+                        shard: addr.clone(),
+                        confirmed: false,
+                        sent: now,
+                    },
+                );
+                self.unconfirmed += 1;
+            }
+            let shard = &self.shards[&addr];
+            let span = tracing::info_span!("subscription_change", command = "SSUBSCRIBE", nodes = nodes.len(), shard = %addr);
+            if let Err(e) = send_by_slot(&self.state, shard, "SSUBSCRIBE", &nodes)
+                .instrument(span)
+                .await
+            {
                 result = Err(e);
             }
         }
         result
-    }
-
-    async fn subscribe_on(&mut self, addr: &Addr, nodes: &[Uuid]) -> redis::RedisResult<()> {
-        self.open(addr).await?;
-        let now = Instant::now();
-        for &node in nodes {
-            self.unplace(node);
-            self.placements.insert(
-                node,
-                Placement {
-                    shard: addr.clone(),
-                    confirmed: false,
-                    sent: now,
-                },
-            );
-            self.unconfirmed += 1;
-        }
-        let shard = &self.shards[addr];
-        let span = tracing::info_span!("subscription_change", command = "SSUBSCRIBE", nodes = nodes.len(), shard = %addr);
-        send_by_slot(&self.state, shard, "SSUBSCRIBE", nodes)
-            .instrument(span)
-            .await
     }
 
     fn owner(&self, slot: u16) -> Option<Addr> {
@@ -385,53 +462,39 @@ impl Manager {
         (slot <= *last).then(|| addr.clone())
     }
 
-    /// Opens the shard connection to `addr` (and subscribes its probe) unless it is open.
-    async fn open(&mut self, addr: &Addr) -> redis::RedisResult<()> {
-        if self.shards.contains_key(addr) {
-            return Ok(());
+    /// Opens connections to `addrs` at once (each with its probe subscribed), skipping those
+    /// that failed since the last resync; returns the last failure.
+    async fn open(&mut self, addrs: Vec<Addr>) -> redis::RedisResult<()> {
+        let mut opening = Vec::new();
+        for addr in addrs {
+            if self.unreachable.contains(&addr) {
+                continue;
+            }
+            self.generation += 1;
+            let probe = self.probe_for(&addr);
+            let (state, events, generation) =
+                (self.state.clone(), self.events.clone(), self.generation);
+            opening.push(async move {
+                let opened = connect(&state, &addr, generation, probe, events).await;
+                (addr, opened)
+            });
         }
-        let probe = self.probe_for(addr);
-        self.generation += 1;
-        let generation = self.generation;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let info = shard_info(&self.state, addr)?;
-        let timeout = self.state.redis.timeout();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_push_sender(tx);
-        let client = redis::Client::open(info)?;
-        let mut conn = with_timeout(
-            timeout,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await?;
-        let reader = tokio::spawn(read(
-            self.state.clone(),
-            addr.clone(),
-            generation,
-            rx,
-            self.events.clone(),
-        ));
-        with_timeout(timeout, async {
-            redis::cmd("SSUBSCRIBE")
-                .arg(&probe)
-                .exec_async(&mut conn)
-                .await
-        })
-        .await?;
-        tracing::info!(shard = %addr, "opened a shard subscription connection");
-        self.shards.insert(
-            addr.clone(),
-            Shard {
-                conn,
-                generation,
-                probe,
-                reader,
-            },
-        );
+        let mut result = Ok(());
+        for (addr, opened) in futures_util::future::join_all(opening).await {
+            match opened {
+                Ok(shard) => {
+                    tracing::info!(shard = %addr, "opened a shard subscription connection");
+                    self.shards.insert(addr, shard);
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %addr, error = %e, "cannot open a shard subscription connection");
+                    self.unreachable.insert(addr);
+                    result = Err(e);
+                }
+            }
+        }
         self.publish_probes();
-        Ok(())
+        result
     }
 
     /// A probe channel of this gateway that hashes to a slot `addr` owns.
@@ -449,38 +512,43 @@ impl Manager {
         *self.state.subscriptions.probes.lock().unwrap() = probes;
     }
 
-    /// Refreshes the slot map, drops connections to nodes that no longer own slots, and
-    /// subscribes every held node that is not placed on its slot's owner.
+    /// Re-reads the slot map, closes connections to nodes that no longer own slots, moves
+    /// probes whose slot moved, and subscribes every held node that is not placed on its slot's
+    /// owner or whose subscription stayed unconfirmed.
     async fn resync(&mut self) {
         let started = Instant::now();
+        self.unreachable.clear();
         if let Err(e) = self.refresh_slots().await {
             self.answer_all();
-            self.failed("cannot read the cluster's slot map", &e);
+            self.retry_later(&format_args!("cannot read the cluster's slot map: {e}"));
             return;
         }
         let masters: HashSet<Addr> = self.slots.values().map(|(_, a)| a.clone()).collect();
-        self.shards.retain(|addr, _| masters.contains(addr));
-        // A probe whose slot moved is picked again with a fresh connection.
-        let moved_probes: Vec<Addr> = self
+        let gone: Vec<Addr> = self
             .shards
-            .iter()
-            .filter(|(addr, s)| self.owner(slot(s.probe.as_bytes())).as_ref() != Some(*addr))
-            .map(|(a, _)| a.clone())
+            .keys()
+            .filter(|a| !masters.contains(*a))
+            .cloned()
             .collect();
-        for addr in moved_probes {
-            self.shards.remove(&addr);
+        for addr in gone {
+            self.drop_shard(&addr);
         }
-        let stale: Vec<Uuid> = self
-            .placements
-            .iter()
-            .filter(|(node, p)| {
-                !self.shards.contains_key(&p.shard)
-                    || self.owner(slot(node_channel(**node).as_bytes())).as_ref() != Some(&p.shard)
-            })
-            .map(|(n, _)| *n)
-            .collect();
-        // Placed on a shard that no longer owns the slot: drop it there, subscribe it anew.
-        self.unsubscribe(stale).await;
+        self.move_probes().await;
+        let limit = self.state.redis.timeout();
+        let (mut misplaced, mut unheard) = (Vec::new(), Vec::new());
+        for (node, p) in &self.placements {
+            if self.owner(slot(node_channel(*node).as_bytes())).as_ref() != Some(&p.shard) {
+                misplaced.push(*node);
+            } else if !p.confirmed && p.sent.elapsed() > limit {
+                unheard.push(*node);
+            }
+        }
+        // Placed on a shard that no longer owns the slot: dropped there, subscribed anew.
+        self.unsubscribe(misplaced).await;
+        // Sent and never confirmed: sent again (a repeated SSUBSCRIBE is harmless).
+        for node in unheard {
+            self.unplace(node);
+        }
         let held: Vec<Uuid> = self
             .state
             .registry
@@ -492,25 +560,54 @@ impl Manager {
         let count = held.len();
         if let Err(e) = self.subscribe(held).await {
             self.answer_all();
-            self.failed("cannot subscribe on a shard", &e);
+            self.retry_later(&format_args!("cannot subscribe on a shard: {e}"));
             return;
         }
-        // Shards that hold no placement and own no needed slot stay open: they carry a probe
-        // and will be needed by the next node of their slots.
-        self.publish_probes();
+        self.synced_at = Some(Instant::now());
         self.state.subscriptions.up.store(true, Ordering::Relaxed);
         crate::metrics::Counters::inc(&self.state.counters.pubsub_connects);
-        if self.synced_once {
-            // A failover may have lost the latest presence writes on the promoted replica.
+        if std::mem::take(&mut self.restore_presence) {
             self.state.presence_stale.store(true, Ordering::Relaxed);
         }
-        self.synced_once = true;
         tracing::info!(
             shards = self.shards.len(),
             resubscribed = count,
             ms = started.elapsed().as_millis() as u64,
             "shard subscriptions in sync with the cluster"
         );
+    }
+
+    /// Gives every shard whose probe's slot moved away a new probe on the same connection.
+    async fn move_probes(&mut self) {
+        let moved: Vec<Addr> = self
+            .shards
+            .iter()
+            .filter(|(addr, s)| self.owner(slot(s.probe.as_bytes())).as_ref() != Some(*addr))
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in moved {
+            let probe = self.probe_for(&addr);
+            let mut conn = self.shards[&addr].conn.clone();
+            let subscribed = with_timeout(self.state.redis.timeout(), async {
+                redis::cmd("SSUBSCRIBE")
+                    .arg(&probe)
+                    .exec_async(&mut conn)
+                    .await
+            })
+            .await;
+            match subscribed {
+                Ok(()) => {
+                    if let Some(shard) = self.shards.get_mut(&addr) {
+                        shard.probe = probe;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %addr, error = %e, "cannot move a shard's probe; reconnecting it");
+                    self.drop_shard(&addr);
+                }
+            }
+        }
+        self.publish_probes();
     }
 
     async fn refresh_slots(&mut self) -> redis::RedisResult<()> {
@@ -521,35 +618,74 @@ impl Manager {
             .await?;
         let mut slots = BTreeMap::new();
         for range in ranges {
-            let redis::Value::Array(items) = range else {
-                continue;
-            };
-            let (Some(first), Some(last), Some(master)) =
-                (items.first(), items.get(1), items.get(2))
-            else {
-                continue;
-            };
-            let first: u16 = redis::from_redis_value(first)?;
-            let last: u16 = redis::from_redis_value(last)?;
-            let redis::Value::Array(master) = master else {
-                continue;
-            };
-            let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
-                continue;
-            };
-            let host: String = redis::from_redis_value(host)?;
-            let port: u16 = redis::from_redis_value(port)?;
-            slots.insert(first, (last, Arc::from(format!("{host}:{port}"))));
+            if let Some((first, last, addr)) = parse_range(&range) {
+                slots.insert(first, (last, Arc::from(addr)));
+            }
         }
         if slots.is_empty() {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::ClusterDown,
-                "the cluster reports no slots",
-            )));
+            return Err(cluster_error("the cluster reports no slots"));
         }
         self.slots = slots;
         Ok(())
     }
+}
+
+fn cluster_error(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::ClusterDown, what))
+}
+
+/// One `CLUSTER SLOTS` entry: `[first, last, [host, port, ...], replicas...]`.
+fn parse_range(range: &redis::Value) -> Option<(u16, u16, String)> {
+    let redis::Value::Array(items) = range else {
+        return None;
+    };
+    let first: u16 = redis::from_redis_value(items.first()?).ok()?;
+    let last: u16 = redis::from_redis_value(items.get(1)?).ok()?;
+    let redis::Value::Array(master) = items.get(2)? else {
+        return None;
+    };
+    let host: String = redis::from_redis_value(master.first()?).ok()?;
+    let port: u16 = redis::from_redis_value(master.get(1)?).ok()?;
+    Some((first, last, format!("{host}:{port}")))
+}
+
+/// Opens a RESP3 connection to the shard master at `addr`, starts its reader and subscribes
+/// its probe.
+async fn connect(
+    state: &GatewayState,
+    addr: &Addr,
+    generation: u64,
+    probe: String,
+    events: mpsc::UnboundedSender<Event>,
+) -> redis::RedisResult<Shard> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let timeout = state.redis.timeout();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_push_sender(tx);
+    let client = redis::Client::open(shard_info(state, addr)?)?;
+    let mut conn = with_timeout(
+        timeout,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await?;
+    let reader = tokio::spawn(read(state.clone(), addr.clone(), generation, rx, events));
+    let shard = Shard {
+        conn: conn.clone(),
+        generation,
+        probe,
+        opened: Instant::now(),
+        reader,
+    };
+    with_timeout(timeout, async {
+        redis::cmd("SSUBSCRIBE")
+            .arg(&shard.probe)
+            .exec_async(&mut conn)
+            .await
+    })
+    .await?;
+    Ok(shard)
 }
 
 /// The connection settings of a shard master: the first seed's credentials and TLS, the

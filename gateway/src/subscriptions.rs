@@ -5,9 +5,10 @@
 //! channel is subscribed exactly while this gateway holds a socket of that node. Sessions ask it
 //! through [`Subscriptions`]; because only the manager issues SUBSCRIBE/UNSUBSCRIBE and it decides
 //! from the registry's current state, a close racing a reconnect of the same node cannot leave
-//! the channel unsubscribed. A reader task forwards each message to its socket's outbox. When the
-//! connection drops (or the liveness beat's probe finds it deaf), the manager reconnects with backoff
-//! and subscribes every held node again.
+//! the channel unsubscribed. A reader task forwards each message to its socket's outbox. On a
+//! single Redis, when the connection drops (or the liveness beat's probe finds it deaf), the
+//! manager reconnects with backoff and subscribes every held node again; the cluster's manager
+//! does the same per shard (see [`crate::shards`] for when it waits and when it does not).
 
 use crate::metrics::{self, Counters};
 use crate::state::GatewayState;
@@ -53,6 +54,8 @@ pub(crate) struct Subscriptions {
     /// The channels the liveness beat probes: the one probe channel on a single Redis, one
     /// per shard connection on a cluster.
     pub(crate) probes: Mutex<Vec<String>>,
+    /// Probe channels the liveness beat published to and nobody received.
+    pub(crate) unheard: Mutex<Vec<String>>,
 }
 
 impl Subscriptions {
@@ -64,6 +67,7 @@ impl Subscriptions {
             reconnect: Notify::new(),
             up: AtomicBool::new(false),
             probes: Mutex::new(vec![probe_channel.clone()]),
+            unheard: Mutex::default(),
             probe_channel,
         };
         (handle, rx)
@@ -95,10 +99,12 @@ impl Subscriptions {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Forces a reconnect (the probe found the connection deaf). Only a manager waiting on its
-    /// connection hears it, so a probe that raced a reconnect leaves no stale request behind;
-    /// the next probe asks again if needed.
-    pub(crate) fn reconnect(&self) {
+    /// Forces a reconnect of the connection whose probe on `channel` nobody received (on a
+    /// single Redis, the one connection). Only a manager waiting on its connections hears it at
+    /// once, so a probe that raced a reconnect leaves no stale request behind; the next probe
+    /// asks again if needed (a cluster's manager also looks at the unheard probes every tick).
+    pub(crate) fn probe_unheard(&self, channel: &str) {
+        self.unheard.lock().unwrap().push(channel.to_owned());
         self.reconnect.notify_waiters();
     }
 
@@ -187,6 +193,7 @@ async fn serve(
                 break false;
             }
             _ = state.subscriptions.reconnect.notified() => {
+                state.subscriptions.unheard.lock().unwrap().clear();
                 tracing::warn!("the Redis subscription stopped receiving; reconnecting");
                 break false;
             }

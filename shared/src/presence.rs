@@ -9,7 +9,7 @@
 //!   of an older socket never erases a newer one's presence;
 //! - [`restore`]: after Redis lost its data, a gateway re-asserts a socket it still holds,
 //!   unless another socket took the node in the meantime;
-//! - [`lookup`]: the fleet API reads many nodes in one round trip;
+//! - [`lookup`]: the fleet API reads many nodes in one round trip (one per shard on a cluster);
 //! - [`connected`]: every live connection at once, for the fleet API's `connected` and
 //!   `transport` filters and its summary.
 //!
@@ -25,12 +25,13 @@
 //! On a Redis Cluster a script may touch one slot only. A node's hash carries the node's hash
 //! tag (its slot is its channel's), while the gateway-wide keys — [`Keys::gateways`], the node
 //! sets and the liveness keys — share the tag `{flotilla:presence}`, so [`connected`] stays
-//! one script there. The writers then run in two steps: the node's hash by a script on the
-//! node's slot (the read-modify-write that matters stays atomic), then the node sets in one
-//! pipeline on the presence slot, then the fleet event. The sets are an index: a race between
-//! two steps can leave a node in a set it left, which [`reconcile`] removes and [`connected`]'s
-//! callers tolerate (a node listed by two gateways is listed once). [`lookup`] reads each hash
-//! on its own shard.
+//! one script there. The writers then run in steps: the node's hash by a script on the node's
+//! slot (the read-modify-write that decides who holds the node stays atomic), then the node
+//! sets in one pipeline on the presence slot, then the fleet event; once the hash is written
+//! the later steps are best effort. The sets are then an index that races can leave a node in
+//! after it left, or without while it is connected: the gateway's periodic [`reindex`] and
+//! [`reconcile`] repair both, and [`connected`] lists a node found in two sets once. [`lookup`]
+//! reads each hash on its own shard.
 
 use crate::channels::{presence_key, FLEET_EVENTS};
 use crate::redis_conn::Redis;
@@ -418,10 +419,19 @@ pub async fn claim(
             .arg(keys.gateways)
             .arg(&presence.gateway_id)
             .ignore();
-        redis.query::<()>(&pipe).await?;
-        announce(redis, event).await?;
+        index_step(redis.query::<()>(&pipe).await, node_id);
+        index_step(announce(redis, event).await, node_id);
     }
     Ok(previous)
+}
+
+/// On a cluster, the node sets and the fleet event follow the node's hash in later steps;
+/// once the hash is written, their failure is only logged (the liveness beat's periodic
+/// re-index and reconciliation repair the sets; a lost event only delays the console).
+fn index_step(result: RedisResult<()>, node_id: Uuid) {
+    if let Err(e) = result {
+        tracing::warn!(%node_id, error = %e, "could not update the presence index or announce it");
+    }
 }
 
 /// Deletes the node's presence if `conn_id` still holds it; true when it did. Only then is
@@ -450,8 +460,8 @@ pub async fn release(
         let mut srem = redis::cmd("SREM");
         srem.arg(format!("{}{set}", keys.nodes_prefix))
             .arg(node_id.to_string());
-        redis.query::<()>(&srem).await?;
-        announce(redis, event).await?;
+        index_step(redis.query::<()>(&srem).await, node_id);
+        index_step(announce(redis, event).await, node_id);
     }
     Ok(released.is_some())
 }
@@ -472,9 +482,36 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
             .arg(keys.gateways)
             .arg(&presence.gateway_id)
             .ignore();
-        redis.query::<()>(&pipe).await?;
+        index_step(redis.query::<()>(&pipe).await, node_id);
     }
     Ok(held)
+}
+
+/// Adds every connection the gateway holds to its node sets (a cluster's index can lose a
+/// node to a race between two write steps; [`reconcile`] takes out the ones it holds no more).
+pub async fn reindex(
+    redis: &Redis,
+    gateway: &str,
+    held: impl IntoIterator<Item = (Uuid, Transport)>,
+) -> RedisResult<()> {
+    let keys = keys(redis);
+    let mut by_transport: [Vec<String>; 2] = Default::default();
+    for (node, transport) in held {
+        by_transport[transport as usize].push(node.to_string());
+    }
+    for (transport, nodes) in [Transport::Websocket, Transport::Sse]
+        .into_iter()
+        .zip(by_transport)
+    {
+        for chunk in nodes.chunks(SCAN_COUNT) {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(keys.nodes(gateway, transport)).arg(chunk);
+            redis.query::<()>(&sadd).await?;
+        }
+    }
+    let mut sadd = redis::cmd("SADD");
+    sadd.arg(keys.gateways).arg(gateway);
+    redis.query(&sadd).await
 }
 
 /// Every member of a set, read in short `SSCAN` steps.

@@ -136,11 +136,13 @@ impl Redis {
     }
 
     /// A classic pub/sub connection. On a cluster any node serves it (classic messages reach
-    /// every node), so the seeds are tried in turn.
+    /// every node), so the seeds are tried in turn, each within its share of the timeout.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let seeds = self.seed_clients();
+        let each = self.timeout / seeds.len().max(1) as u32;
         let mut last = None;
-        for client in self.seed_clients() {
-            match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+        for client in seeds {
+            match tokio::time::timeout(each, client.get_async_pubsub()).await {
                 Ok(Ok(pubsub)) => return Ok(pubsub),
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(timed_out()),
