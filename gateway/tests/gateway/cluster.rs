@@ -278,6 +278,23 @@ async fn presence_keeps_its_rules_on_a_cluster() {
         .unwrap()
         .iter()
         .any(|(n, _)| *n == nodes[0]));
+    // A node a race took out of its set is put back by the re-index of the sockets held.
+    let mut srem = redis::cmd("SREM");
+    srem.arg(keys.nodes(live, Transport::Sse))
+        .arg(nodes[1].to_string());
+    redis.query::<()>(&srem).await.unwrap();
+    let listed = |redis: flotilla_shared::redis_conn::Redis| async move {
+        presence::connected(&redis).await.unwrap()
+    };
+    assert!(!listed(redis.clone())
+        .await
+        .contains(&(nodes[1], Transport::Sse)));
+    presence::reindex(&redis, live, [(nodes[1], Transport::Sse)])
+        .await
+        .unwrap();
+    assert!(listed(redis.clone())
+        .await
+        .contains(&(nodes[1], Transport::Sse)));
     // A stray left in a set (a node that moved without the set following) is reconciled away.
     let mut stray = redis::cmd("SADD");
     stray
