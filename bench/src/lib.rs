@@ -15,8 +15,8 @@
 //! - [`sse`]: a simulated current agent's SSE stream.
 //! - [`operator`]: the few operator API calls the scenarios make.
 //! - [`stats`]: clocks and percentiles.
-//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`,
-//!   `browse`, `page`.
+//! - [`scenarios`]: `idle`, `fanout`, `pubsub-cpu`, `latency`, `storm`, `restart`, `poll`,
+//!   `steady`, `browse`, `page`.
 //!
 //! `--redis-url` names one Redis or, comma-separated, a Redis Cluster's seeds (more than one
 //! URL: cluster mode, `scripts/redis-cluster` starts one locally). On a cluster the services
