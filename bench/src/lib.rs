@@ -8,24 +8,39 @@
 //! # Layout
 //! - [`fleet`]: `seed` (database, nodes and their token digests) and the fleet file.
 //! - [`services`]: starting the api and gateways, their RSS, CPU time and metrics.
+//! - [`servers`]: the Redis servers behind `--redis-url` (one, or a cluster's nodes): the
+//!   frames the bench publishes itself, one pipeline per master; subscriptions; CPU time.
 //! - [`swarm`]: the parent side of the agent processes (spawn, commands, progress).
 //! - [`agents`]: the child side: simulated agents over tokio-tungstenite or [`sse`].
 //! - [`sse`]: a simulated current agent's SSE stream.
 //! - [`operator`]: the few operator API calls the scenarios make.
 //! - [`stats`]: clocks and percentiles.
-//! - [`scenarios`]: `idle`, `fanout`, `latency`, `storm`, `restart`, `poll`, `steady`,
-//!   `browse`.
+//! - [`scenarios`]: `idle`, `fanout`, `pubsub-cpu`, `latency`, `storm`, `restart`, `poll`,
+//!   `steady`, `browse`, `page`.
+//!
+//! `--redis-url` names one Redis or, comma-separated, a Redis Cluster's seeds (more than one
+//! URL: cluster mode, `scripts/redis-cluster` starts one locally). On a cluster the services
+//! get `FLOTILLA__REDIS__CLUSTER_NODES` and node channels use sharded pub/sub.
 
 pub mod agents;
 pub mod fleet;
 pub mod operator;
 pub mod scenarios;
+pub mod servers;
 pub mod services;
 pub mod sse;
 pub mod stats;
 pub mod swarm;
 
+use flotilla_shared::redis_conn::Redis;
+use flotilla_shared::secret::Secret;
+use flotilla_shared::settings::RedisSettings;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Timeout of one Redis command or pipeline the bench sends (a pipeline may carry a frame for
+/// each of 100,000 agents).
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options every subcommand shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +54,12 @@ pub struct Common {
         default_value = "postgres://postgres@127.0.0.1:5432/flotilla_bench"
     )]
     pub database_url: String,
-    /// Redis.
+    /// Redis: one URL, or a Redis Cluster's seed URLs, comma-separated.
+    ///
+    /// More than one URL means a cluster (name at least two of its nodes;
+    /// `scripts/redis-cluster start` prints all six): the services then get
+    /// `FLOTILLA__REDIS__CLUSTER_NODES` instead of `FLOTILLA__REDIS__URL`, and the bench
+    /// publishes node channels with `SPUBLISH`, one pipeline per master.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Directory holding `flotilla-api` and `flotilla-gateway`.
@@ -58,6 +78,41 @@ pub struct Common {
     /// `FLOTILLA__GATEWAY__MAX_PENDING_HANDSHAKES=1024` or `MALLOC_ARENA_MAX=2`.
     #[arg(long = "service-env", value_parser = parse_env_pair)]
     pub service_env: Vec<(String, String)>,
+}
+
+impl Common {
+    /// The URLs in `--redis-url`: one Redis's, or a cluster's seeds.
+    pub fn redis_urls(&self) -> Vec<String> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether `--redis-url` names a Redis Cluster (more than one URL).
+    pub fn redis_cluster(&self) -> bool {
+        self.redis_urls().len() > 1
+    }
+
+    /// The services' Redis settings for `--redis-url`, with `command_timeout` per command.
+    pub fn redis_settings(&self, command_timeout: Duration) -> RedisSettings {
+        let cluster = self.redis_cluster();
+        let urls = self.redis_urls();
+        RedisSettings {
+            // Not used in cluster mode.
+            url: Secret::new(urls.first().cloned().unwrap_or_default()),
+            cluster_nodes: cluster.then(|| Secret::new(urls.join(","))),
+            command_timeout_ms: command_timeout.as_millis() as u64,
+        }
+    }
+
+    /// A command handle on the services' Redis, as the api holds one: routed by slot on a
+    /// cluster.
+    pub fn redis(&self) -> anyhow::Result<Redis> {
+        Ok(Redis::new(&self.redis_settings(REDIS_TIMEOUT))?)
+    }
 }
 
 /// A simulated agent's push transport.
@@ -81,53 +136,4 @@ pub fn raise_nofile_limit() {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
-}
-
-/// A multiplexed Redis connection.
-pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?)
-}
-
-/// Waits until every channel has a subscriber: a gateway subscribes a node's channel just
-/// after accepting its socket (agents re-poll on connect for what they missed meanwhile), so
-/// frames the bench publishes itself must wait for that, or they measure the race, not the
-/// fan-out.
-pub async fn await_subscribed(
-    redis: &mut redis::aio::MultiplexedConnection,
-    channels: &[String],
-    limit: std::time::Duration,
-) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut waiting: Vec<&String> = channels.iter().collect();
-    while !waiting.is_empty() {
-        let mut still = Vec::new();
-        for chunk in waiting.chunks(1000) {
-            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(chunk)
-                .query_async(redis)
-                .await?;
-            still.extend(
-                chunk
-                    .iter()
-                    .zip(&counts)
-                    .filter(|(_, (_, n))| *n == 0)
-                    .map(|(c, _)| *c),
-            );
-        }
-        if still.is_empty() {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} channels still had no subscriber after {limit:?}",
-            still.len(),
-            channels.len()
-        );
-        waiting = still;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    Ok(())
 }

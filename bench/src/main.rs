@@ -19,8 +19,12 @@ enum Command {
     Seed(fleet::SeedArgs),
     /// Connect N agents to gateways; report RSS per agent, idle CPU and connect rates.
     Idle(scenarios::idle::Args),
-    /// Push one frame to every agent (gateway alone, then a deploy through the api).
+    /// Push one frame to every agent over N gateways (gateway alone, then a deploy through the
+    /// api).
     Fanout(scenarios::fanout::Args),
+    /// Fan-outs to every agent, rounds after rounds; Redis CPU per push on each server, with
+    /// SPUBLISH and with classic PUBLISH on a cluster.
+    PubsubCpu(scenarios::pubsub_cpu::Args),
     /// Single pushes to random agents, and single-node deploys.
     Latency(scenarios::latency::Args),
     /// Kill one of two gateways; time the reconnect storm and count bcrypt runs.
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Seed(args) => fleet::seed(args).await,
             Command::Idle(args) => scenarios::idle::run(args).await,
             Command::Fanout(args) => scenarios::fanout::run(args).await,
+            Command::PubsubCpu(args) => scenarios::pubsub_cpu::run(args).await,
             Command::Latency(args) => scenarios::latency::run(args).await,
             Command::Storm(args) => scenarios::storm::run(args).await,
             Command::Restart(args) => scenarios::restart::run(args).await,

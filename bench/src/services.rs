@@ -31,14 +31,20 @@ pub struct Service {
     pub pid: u32,
 }
 
+/// The database, Redis (one URL, or a cluster's seeds) and log level, then `--service-env`.
 fn base_env(common: &crate::Common) -> Vec<(String, String)> {
+    let redis = if common.redis_cluster() {
+        "FLOTILLA__REDIS__CLUSTER_NODES"
+    } else {
+        "FLOTILLA__REDIS__URL"
+    };
     [
-        ("FLOTILLA__DATABASE__URL", common.database_url.as_str()),
-        ("FLOTILLA__REDIS__URL", common.redis_url.as_str()),
-        ("FLOTILLA__LOG__LEVEL", "info"),
+        ("FLOTILLA__DATABASE__URL", common.database_url.clone()),
+        (redis, common.redis_urls().join(",")),
+        ("FLOTILLA__LOG__LEVEL", "info".to_owned()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .map(|(k, v)| (k.to_owned(), v))
     .chain(common.service_env.iter().cloned())
     .collect()
 }
@@ -66,6 +72,18 @@ pub async fn gateway(
     env.push(("FLOTILLA__GATEWAY__ID".into(), id.into()));
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     start(id, &common.bin_dir.join("flotilla-gateway"), env).await
+}
+
+/// Starts `n` gateways (`bench-gw-0`, …) on free ports, their pools sized so that together,
+/// with an api's 20, they stay within Postgres's 100 connections.
+pub async fn gateways(common: &crate::Common, n: usize) -> anyhow::Result<Vec<Service>> {
+    let pool = (80 / n.max(1)).clamp(4, 20).to_string();
+    let extra = [("FLOTILLA__DATABASE__MAX_CONNECTIONS", pool.as_str())];
+    let mut gateways = Vec::new();
+    for g in 0..n.max(1) {
+        gateways.push(gateway(common, &format!("bench-gw-{g}"), &extra).await?);
+    }
+    Ok(gateways)
 }
 
 async fn start(name: &str, program: &Path, env: Vec<(String, String)>) -> anyhow::Result<Service> {

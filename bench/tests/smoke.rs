@@ -1,7 +1,9 @@
 //! Every scenario at about 20 agents through the real binaries (target/debug): correctness
 //! only — no frame lost, every agent back after the storm and the restart, no bcrypt run for a
-//! node token, the JSON summary parses. No timing is asserted.
+//! node token, the JSON summary parses. No timing is asserted. The push scenarios run once more
+//! on a private Redis Cluster.
 
+use flotilla_testkit::redis_cluster::RedisCluster;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,13 +31,36 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The smoke database, on the server the other tests use; named per run so that runs sharing
-/// one server (`seed` drops and recreates it) never meet. `scripts/test` drops old ones.
-fn database_url() -> String {
+/// A smoke database, on the server the other tests use; named per run and test so that runs
+/// sharing one server (`seed` drops and recreates it) never meet. `scripts/test` drops old ones.
+fn database_url(test: &str) -> String {
     let admin = std::env::var("FLOTILLA_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
-    format!("{base}/flotilla_bench_smoke_{}", std::process::id())
+    format!("{base}/flotilla_bench_smoke_{test}_{}", std::process::id())
+}
+
+/// `--fleet` in a directory of the test's own, the smoke database, the binaries, small
+/// children.
+fn common(test: &str) -> (PathBuf, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!(
+        "flotilla-bench-smoke-{test}-{}",
+        std::process::id()
+    ));
+    let common = [
+        "--fleet",
+        &dir.join("fleet.txt").to_string_lossy(),
+        "--database-url",
+        &database_url(test),
+        "--bin-dir",
+        &bin_dir().to_string_lossy(),
+        "--per-child",
+        "15",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    (dir, common)
 }
 
 /// Runs `flotilla-bench <args> <common>` and parses its summary.
@@ -69,20 +94,7 @@ fn bench(args: &[&str], common: &[String]) -> Value {
 
 #[test]
 fn every_scenario_runs_at_small_n() {
-    let dir = std::env::temp_dir().join(format!("flotilla-bench-smoke-{}", std::process::id()));
-    let common: Vec<String> = [
-        "--fleet",
-        &dir.join("fleet.txt").to_string_lossy(),
-        "--database-url",
-        &database_url(),
-        "--bin-dir",
-        &bin_dir().to_string_lossy(),
-        "--per-child",
-        "15",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (dir, common) = common("single");
 
     let seed = bench(&["seed", "--nodes", "40", "--bcrypt-cost", "4"], &common);
     assert_eq!(seed["nodes"], 40);
@@ -177,5 +189,81 @@ fn every_scenario_runs_at_small_n() {
     assert!(poll["configMs"]["count"].as_u64().unwrap() > 0, "{poll}");
     assert!(poll["heartbeatMs"]["count"].as_u64().unwrap() > 0, "{poll}");
 
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn push_scenarios_run_on_a_cluster() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let cluster = runtime.block_on(RedisCluster::start());
+    let (dir, mut common) = common("cluster");
+    common.extend(["--redis-url".to_string(), cluster.setting()]);
+
+    let seed = bench(&["seed", "--nodes", "20", "--bcrypt-cost", "4"], &common);
+    assert_eq!(seed["nodes"], 20);
+
+    let fanout = bench(
+        &[
+            "fanout",
+            "--agents",
+            "20",
+            "--gateways",
+            "2",
+            "--rounds",
+            "2",
+        ],
+        &common,
+    );
+    assert_eq!(fanout["redis"]["publish"], "SPUBLISH", "{fanout}");
+    assert_eq!(fanout["redis"]["masters"], 3, "{fanout}");
+    assert_eq!(fanout["gatewayOnly"]["lost"], 0, "{fanout}");
+    assert_eq!(
+        fanout["gatewayOnly"]["rounds"][0]["reachedSubscribers"], 20,
+        "{fanout}"
+    );
+    assert_eq!(fanout["deploy"]["lost"], 0, "{fanout}");
+
+    let latency = bench(
+        &[
+            "latency",
+            "--agents",
+            "20",
+            "--pushes",
+            "20",
+            "--deploys",
+            "3",
+        ],
+        &common,
+    );
+    assert_eq!(latency["push"]["lost"], 0, "{latency}");
+    assert_eq!(latency["deploy"]["lost"], 0, "{latency}");
+
+    let cpu = bench(
+        &[
+            "pubsub-cpu",
+            "--agents",
+            "20",
+            "--gateways",
+            "2",
+            "--rounds",
+            "2",
+            "--idle-secs",
+            "1",
+        ],
+        &common,
+    );
+    assert_eq!(cpu["commands"]["spublish"]["lost"], 0, "{cpu}");
+    assert_eq!(cpu["commands"]["spublish"]["pushes"], 40, "{cpu}");
+    assert_eq!(cpu["commands"]["publish"]["reachedSubscribers"], 0, "{cpu}");
+    let servers = cpu["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 6, "{cpu}");
+    for server in servers {
+        for command in ["spublish", "publish"] {
+            assert!(server[command]["cpuUsPerPush"].is_number(), "{cpu}");
+        }
+    }
+
+    // Its processes are killed and reaped within the runtime.
+    runtime.block_on(async move { drop(cluster) });
     let _ = std::fs::remove_dir_all(dir);
 }

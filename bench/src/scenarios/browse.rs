@@ -14,8 +14,6 @@ use crate::stats::Dist;
 use anyhow::Context;
 use flotilla_shared::presence::{self, Presence, Transport};
 use flotilla_shared::redis_conn::Redis;
-use flotilla_shared::secret::Secret;
-use flotilla_shared::settings::RedisSettings;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -161,11 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let mut db = PgConnection::connect(&common.database_url).await?;
     let prepared = Instant::now();
     let pipelines = spread(&mut db, env).await?;
-    let redis = Redis::new(&RedisSettings {
-        url: Secret::new(common.redis_url.clone()),
-        cluster_nodes: None,
-        command_timeout_ms: 10_000,
-    })?;
+    let redis = common.redis()?;
     let mut alive = redis::cmd("SET");
     alive
         .arg(flotilla_shared::presence::keys(&redis).alive(GATEWAY))

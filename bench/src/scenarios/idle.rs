@@ -34,13 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let common = &args.common;
     let fleet = fleet(common, args.agents)?;
     let agents = agents_or_all(args.agents, &fleet);
-    // Postgres allows 100 connections: keep the gateways' pools within that.
-    let pool = (80 / args.gateways.max(1)).clamp(4, 20).to_string();
-    let mut gateways: Vec<Service> = Vec::new();
-    for g in 0..args.gateways.max(1) {
-        let extra = [("FLOTILLA__DATABASE__MAX_CONNECTIONS", pool.as_str())];
-        gateways.push(services::gateway(common, &format!("bench-gw-{g}"), &extra).await?);
-    }
+    let gateways = services::gateways(common, args.gateways).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before: Vec<u64> = gateways
         .iter()

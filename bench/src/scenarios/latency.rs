@@ -1,12 +1,14 @@
 //! `latency`: single pushes to random connected agents, then single-node deploys.
 //!
-//! Pushes are published by the bench, spaced `--gap-ms` apart, each stamped with the epoch
-//! microsecond of its publish (`benchUs`; `sentAt` has only millisecond resolution), so the
-//! figure is publish → agent. Deploys use pipelines that select one node each (label
-//! `bench=<index>`), timed from just before the deploy call to the agent's receipt.
+//! Pushes are published by the bench as the api publishes them (`SPUBLISH` routed by slot on a
+//! cluster), spaced `--gap-ms` apart, each stamped with the epoch microsecond of its publish
+//! (`benchUs`; `sentAt` has only millisecond resolution), so the figure is publish → agent.
+//! Deploys use pipelines that select one node each (label `bench=<index>`), timed from just
+//! before the deploy call to the agent's receipt.
 
 use super::{agents_or_all, fleet, machine};
 use crate::operator::Operator;
+use crate::servers::Servers;
 use crate::services;
 use crate::stats::{now_us, Dist};
 use crate::swarm::{Plan, Swarm};
@@ -48,6 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let common = &args.common;
     let fleet = fleet(common, args.agents)?;
     let agents = agents_or_all(args.agents, &fleet);
+    let servers = Servers::connect(common).await?;
     let api = services::api(common, &[]).await?;
     let gateway = services::gateway(common, "bench-gw-0", &[]).await?;
     let plan = Plan {
@@ -57,22 +60,24 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         honour_retry_after: false,
     };
     let (mut swarm, connected) = Swarm::launch(common, &plan).await?;
-    let mut redis = crate::redis_connection(&common.redis_url).await?;
     let channels: Vec<String> = fleet.nodes[..agents]
         .iter()
         .map(|n| node_channel(n.id))
         .collect();
-    crate::await_subscribed(&mut redis, &channels, Duration::from_secs(30)).await?;
+    servers
+        .await_subscribed(&channels, Duration::from_secs(30))
+        .await?;
+    let redis = common.redis()?;
 
     swarm.receipts().await?;
     for p in 0..args.pushes {
         let target = rand::thread_rng().gen_range(0..agents);
         let payload = super::fanout::frame(&format!("latency-{p}"));
-        redis::cmd("PUBLISH")
+        let mut publish = redis::cmd(redis.node_publish());
+        publish
             .arg(node_channel(fleet.nodes[target].id))
-            .arg(payload)
-            .query_async::<()>(&mut redis)
-            .await?;
+            .arg(payload);
+        redis.query::<()>(&publish).await?;
         tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
     }
     let receipts = swarm.await_receipts(args.pushes, COLLECT_LIMIT).await?;

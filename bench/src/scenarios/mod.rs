@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`idle`]: RSS per agent, idle CPU and connect rates.
 //! - [`fanout`], [`latency`]: one frame to every agent; single pushes and single-node deploys.
+//! - [`pubsub_cpu`]: Redis CPU per push on each server, sharded against classic pub/sub.
 //! - [`storm`], [`restart`]: a gateway killed under its agents; a restart with Redis flushed.
 //! - [`poll`], [`steady`]: config polls back to back; a fleet polling on its interval.
 //! - [`browse`], [`page`]: the fleet API and the console over a large fleet.
@@ -13,6 +14,7 @@ pub mod idle;
 pub mod latency;
 pub mod page;
 pub mod poll;
+pub mod pubsub_cpu;
 pub mod restart;
 pub mod steady;
 pub mod storm;
