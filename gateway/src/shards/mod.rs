@@ -26,16 +26,19 @@
 //! Each shard connection also subscribes a probe channel in one of its own slots; the liveness
 //! beat publishes to every probe, and a probe nobody received reconnects that shard.
 
+mod link;
+mod slot_map;
+
 use crate::state::GatewayState;
-use crate::subscriptions::{dispatch, Request, Requests};
+use crate::subscriptions::{Request, Requests};
 use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::{node_channel, node_from_channel};
 use flotilla_shared::slots::slot;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ProtocolVersion, PushKind};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use link::{connect, send_by_slot, with_timeout, Event, Shard};
+use slot_map::{Addr, SlotMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -49,35 +52,6 @@ const RESYNC_MAX: Duration = Duration::from_secs(2);
 /// How often unconfirmed subscriptions and unheard probes are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
-/// A shard master's address, `host:port`.
-type Addr = Arc<str>;
-
-/// What a shard connection's reader reports to the manager.
-enum Event {
-    /// The shard confirmed a subscription.
-    Subscribed(Addr, u64, String),
-    /// The shard dropped a subscription (our `SUNSUBSCRIBE`, or the slot moved away).
-    Unsubscribed(Addr, u64, String),
-    /// The connection ended.
-    Lost(Addr, u64),
-}
-
-/// One subscription connection to a shard's master.
-struct Shard {
-    conn: redis::aio::MultiplexedConnection,
-    /// Numbered per connection, so events of a replaced connection are ignored.
-    generation: u64,
-    probe: String,
-    opened: Instant,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
 /// Where a held node's channel is subscribed.
 struct Placement {
     shard: Addr,
@@ -87,8 +61,7 @@ struct Placement {
 
 struct Manager {
     state: GatewayState,
-    /// Slot ranges (first → (last, master)).
-    slots: BTreeMap<u16, (u16, Addr)>,
+    slots: SlotMap,
     shards: HashMap<Addr, Shard>,
     placements: HashMap<Uuid, Placement>,
     unconfirmed: usize,
@@ -117,7 +90,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut m = Manager {
         state,
-        slots: BTreeMap::new(),
+        slots: SlotMap::default(),
         shards: HashMap::new(),
         placements: HashMap::new(),
         unconfirmed: 0,
@@ -414,7 +387,7 @@ impl Manager {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
         let mut result = Ok(());
         for node in nodes {
-            match self.owner(slot(node_channel(node).as_bytes())) {
+            match self.slots.owner(slot(node_channel(node).as_bytes())) {
                 Some(owner) => by_shard.entry(owner).or_default().push(node),
                 None => result = Err(cluster_error("a node's slot is not covered")),
             }
@@ -455,11 +428,6 @@ impl Manager {
             }
         }
         result
-    }
-
-    fn owner(&self, slot: u16) -> Option<Addr> {
-        let (_, (last, addr)) = self.slots.range(..=slot).next_back()?;
-        (slot <= *last).then(|| addr.clone())
     }
 
     /// Opens connections to `addrs` at once (each with its probe subscribed), skipping those
@@ -503,7 +471,7 @@ impl Manager {
         let id = self.state.id();
         (0u32..)
             .map(|i| format!("flotilla:probe:{{{i}}}:{id}"))
-            .find(|ch| self.owner(slot(ch.as_bytes())).as_ref() == Some(addr))
+            .find(|ch| self.slots.owner(slot(ch.as_bytes())).as_ref() == Some(addr))
             .expect("every master in the slot map owns a slot")
     }
 
@@ -523,7 +491,7 @@ impl Manager {
             self.retry_later(&format_args!("cannot read the cluster's slot map: {e}"));
             return;
         }
-        let masters: HashSet<Addr> = self.slots.values().map(|(_, a)| a.clone()).collect();
+        let masters: HashSet<Addr> = self.slots.masters().cloned().collect();
         let gone: Vec<Addr> = self
             .shards
             .keys()
@@ -537,7 +505,12 @@ impl Manager {
         let limit = self.state.redis.timeout();
         let (mut misplaced, mut unheard) = (Vec::new(), Vec::new());
         for (node, p) in &self.placements {
-            if self.owner(slot(node_channel(*node).as_bytes())).as_ref() != Some(&p.shard) {
+            if self
+                .slots
+                .owner(slot(node_channel(*node).as_bytes()))
+                .as_ref()
+                != Some(&p.shard)
+            {
                 misplaced.push(*node);
             } else if !p.confirmed && p.sent.elapsed() > limit {
                 unheard.push(*node);
@@ -582,7 +555,7 @@ impl Manager {
         let moved: Vec<Addr> = self
             .shards
             .iter()
-            .filter(|(addr, s)| self.owner(slot(s.probe.as_bytes())).as_ref() != Some(*addr))
+            .filter(|(addr, s)| self.slots.owner(slot(s.probe.as_bytes())).as_ref() != Some(*addr))
             .map(|(a, _)| a.clone())
             .collect();
         for addr in moved {
@@ -611,202 +584,11 @@ impl Manager {
     }
 
     async fn refresh_slots(&mut self) -> redis::RedisResult<()> {
-        let ranges: Vec<redis::Value> = self
-            .state
-            .redis
-            .query(redis::cmd("CLUSTER").arg("SLOTS"))
-            .await?;
-        let mut slots = BTreeMap::new();
-        for range in ranges {
-            if let Some((first, last, addr)) = parse_range(&range) {
-                slots.insert(first, (last, Arc::from(addr)));
-            }
-        }
-        if slots.is_empty() {
-            return Err(cluster_error("the cluster reports no slots"));
-        }
-        self.slots = slots;
+        self.slots = SlotMap::read(&self.state.redis).await?;
         Ok(())
     }
 }
 
 fn cluster_error(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::ClusterDown, what))
-}
-
-/// One `CLUSTER SLOTS` entry: `[first, last, [host, port, ...], replicas...]`.
-fn parse_range(range: &redis::Value) -> Option<(u16, u16, String)> {
-    let redis::Value::Array(items) = range else {
-        return None;
-    };
-    let first: u16 = redis::from_redis_value(items.first()?).ok()?;
-    let last: u16 = redis::from_redis_value(items.get(1)?).ok()?;
-    let redis::Value::Array(master) = items.get(2)? else {
-        return None;
-    };
-    let host: String = redis::from_redis_value(master.first()?).ok()?;
-    let port: u16 = redis::from_redis_value(master.get(1)?).ok()?;
-    Some((first, last, format!("{host}:{port}")))
-}
-
-/// Opens a RESP3 connection to the shard master at `addr`, starts its reader and subscribes
-/// its probe.
-async fn connect(
-    state: &GatewayState,
-    addr: &Addr,
-    generation: u64,
-    probe: String,
-    events: mpsc::UnboundedSender<Event>,
-) -> redis::RedisResult<Shard> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let timeout = state.redis.timeout();
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(timeout)
-        .set_response_timeout(timeout)
-        .set_push_sender(tx);
-    let client = redis::Client::open(shard_info(state, addr)?)?;
-    let mut conn = with_timeout(
-        timeout,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await?;
-    let reader = tokio::spawn(read(state.clone(), addr.clone(), generation, rx, events));
-    let shard = Shard {
-        conn: conn.clone(),
-        generation,
-        probe,
-        opened: Instant::now(),
-        reader,
-    };
-    with_timeout(timeout, async {
-        redis::cmd("SSUBSCRIBE")
-            .arg(&shard.probe)
-            .exec_async(&mut conn)
-            .await
-    })
-    .await?;
-    Ok(shard)
-}
-
-/// The connection settings of a shard master: the first seed's credentials and TLS, the
-/// master's address, RESP3 (pushes).
-fn shard_info(state: &GatewayState, addr: &str) -> redis::RedisResult<ConnectionInfo> {
-    let seed = state
-        .redis
-        .seed_clients()
-        .into_iter()
-        .next()
-        .expect("a cluster has seeds");
-    let mut info = seed.get_connection_info().clone();
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::ClientError, "bad shard address"))
-        })?;
-    info.addr = match info.addr {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host,
-            port,
-            insecure,
-            tls_params,
-        },
-        _ => ConnectionAddr::Tcp(host, port),
-    };
-    info.redis.protocol = ProtocolVersion::RESP3;
-    Ok(info)
-}
-
-/// Sends `command` for the nodes, one command per slot (a command may name channels of one
-/// slot only), all at once, and waits for the replies.
-async fn send_by_slot(
-    state: &GatewayState,
-    shard: &Shard,
-    command: &'static str,
-    nodes: &[Uuid],
-) -> redis::RedisResult<()> {
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for &node in nodes {
-        let channel = node_channel(node);
-        by_slot
-            .entry(slot(channel.as_bytes()))
-            .or_default()
-            .push(channel);
-    }
-    let calls = by_slot.into_values().map(|channels| {
-        let mut conn = shard.conn.clone();
-        async move {
-            redis::cmd(command)
-                .arg(&channels)
-                .exec_async(&mut conn)
-                .await
-        }
-    });
-    let all = async {
-        futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .collect::<redis::RedisResult<()>>()
-    };
-    with_timeout(state.redis.timeout(), all).await
-}
-
-async fn with_timeout<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::IoError,
-            "redis subscription command timed out",
-        ))),
-    }
-}
-
-/// Forwards a shard connection's messages to sockets and its subscription changes to the
-/// manager, until the connection ends.
-async fn read(
-    state: GatewayState,
-    addr: Addr,
-    generation: u64,
-    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    while let Some(push) = pushes.recv().await {
-        let channel = || match push.data.first() {
-            Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-            _ => None,
-        };
-        match push.kind {
-            PushKind::SMessage => {
-                if let (
-                    Some(redis::Value::BulkString(ch)),
-                    Some(redis::Value::BulkString(payload)),
-                ) = (push.data.first(), push.data.get(1))
-                {
-                    if let Ok(ch) = std::str::from_utf8(ch) {
-                        dispatch(&state, ch, payload);
-                    }
-                }
-            }
-            PushKind::SSubscribe => {
-                if let Some(ch) = channel() {
-                    let _ = events.send(Event::Subscribed(addr.clone(), generation, ch));
-                }
-            }
-            PushKind::SUnsubscribe => {
-                if let Some(ch) = channel() {
-                    let _ = events.send(Event::Unsubscribed(addr.clone(), generation, ch));
-                }
-            }
-            PushKind::Disconnection => break,
-            _ => {}
-        }
-    }
-    let _ = events.send(Event::Lost(addr, generation));
 }
