@@ -9,6 +9,7 @@
 //! gateways have subscribed every channel and how much CPU each server has used.
 
 use anyhow::Context;
+use flotilla_shared::redis_conn::at_address;
 use flotilla_shared::slots::{slot, SLOTS};
 use futures_util::future::try_join_all;
 use redis::aio::MultiplexedConnection;
@@ -139,7 +140,7 @@ impl Servers {
             for range in node.slots {
                 owners[range].fill(servers.len());
             }
-            servers.push(Server::connect(at(&seed, host, node.port), role).await?);
+            servers.push(Server::connect(at_address(&seed, host, node.port), role).await?);
         }
         if let Some(unserved) = owners.iter().position(|&o| o == usize::MAX) {
             anyhow::bail!("slot {unserved} is served by no live master: is the cluster up?");
@@ -342,27 +343,6 @@ async fn connect(client: &redis::Client) -> anyhow::Result<MultiplexedConnection
     .await
     .context("timed out")??;
     Ok(conn)
-}
-
-/// `seed`'s scheme, TLS settings and credentials at another host and port.
-fn at(seed: &ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
-    let addr = match &seed.addr {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host,
-            port,
-            insecure: *insecure,
-            tls_params: tls_params.clone(),
-        },
-        _ => ConnectionAddr::Tcp(host, port),
-    };
-    ConnectionInfo {
-        addr,
-        redis: seed.redis.clone(),
-    }
 }
 
 fn host_of(addr: &ConnectionAddr) -> String {

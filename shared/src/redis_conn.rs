@@ -235,6 +235,28 @@ impl Redis {
     }
 }
 
+/// `seed`'s scheme, TLS settings and credentials at another host and port: how a cluster
+/// client reaches a node the cluster names.
+pub fn at_address(seed: &redis::ConnectionInfo, host: String, port: u16) -> redis::ConnectionInfo {
+    let addr = match &seed.addr {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host, port),
+    };
+    redis::ConnectionInfo {
+        addr,
+        redis: seed.redis.clone(),
+    }
+}
+
 fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::IoError, "redis command timed out"))
 }

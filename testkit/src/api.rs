@@ -204,6 +204,22 @@ impl ApiHandle {
         .await
     }
 
+    /// Creates a pipeline for every node of the environment (empty selector) and deploys it;
+    /// returns its id.
+    pub async fn deploy_everywhere(&self, environment_id: &str) -> String {
+        let pipeline = self
+            .create_pipeline(
+                environment_id,
+                "everywhere",
+                &crate::vector_config("base"),
+                serde_json::json!({}),
+            )
+            .await;
+        let deployed = self.deploy(&pipeline).await;
+        assert_eq!(deployed.status, StatusCode::OK, "{}", deployed.text);
+        pipeline
+    }
+
     /// The node's config as the agent sees it.
     pub async fn agent_config(&self, node_token: &str) -> Reply {
         self.call(Method::GET, "/api/agent/config", Some(node_token), None)

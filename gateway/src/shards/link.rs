@@ -5,8 +5,9 @@ use super::slot_map::Addr;
 use crate::state::GatewayState;
 use crate::subscriptions::dispatch;
 use flotilla_shared::channels::node_channel;
+use flotilla_shared::redis_conn::at_address;
 use flotilla_shared::slots::slot;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ProtocolVersion, PushKind};
+use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushKind};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -86,26 +87,13 @@ fn shard_info(state: &GatewayState, addr: &str) -> redis::RedisResult<Connection
         .into_iter()
         .next()
         .expect("a cluster has seeds");
-    let mut info = seed.get_connection_info().clone();
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::ClientError, "bad shard address"))
         })?;
-    info.addr = match info.addr {
-        ConnectionAddr::TcpTls {
-            insecure,
-            tls_params,
-            ..
-        } => ConnectionAddr::TcpTls {
-            host,
-            port,
-            insecure,
-            tls_params,
-        },
-        _ => ConnectionAddr::Tcp(host, port),
-    };
+    let mut info = at_address(seed.get_connection_info(), host, port);
     info.redis.protocol = ProtocolVersion::RESP3;
     Ok(info)
 }

@@ -139,16 +139,7 @@ async fn on_a_cluster_deploys_reach_both_gateways_and_supersede_presence_and_rev
     }
 
     // A deploy reaches every socket and stream, on every shard.
-    let pipeline = api
-        .create_pipeline(
-            &env_id,
-            "p",
-            &flotilla_testkit::vector_config("base"),
-            json!({}),
-        )
-        .await;
-    let deployed = api.deploy(&pipeline).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.text);
+    let pipeline = api.deploy_everywhere(&env_id).await;
     for (_, ws) in &mut sockets {
         let pushed: Value = serde_json::from_str(&next_text(ws).await).unwrap();
         assert_eq!(pushed["reason"], "deploy", "{pushed}");
@@ -340,16 +331,7 @@ async fn a_failover_keeps_the_socket_and_the_next_deploy_reaches_the_node() {
     let resubscribed = killed.elapsed();
 
     // The next deploy reaches the node on the socket it had all along.
-    let pipeline = api
-        .create_pipeline(
-            &env_id,
-            "p",
-            &flotilla_testkit::vector_config("base"),
-            json!({}),
-        )
-        .await;
-    let deployed = api.deploy(&pipeline).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.text);
+    api.deploy_everywhere(&env_id).await;
     let pushed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(pushed["reason"], "deploy", "{pushed}");
     assert_eq!(gw.connects(), 1, "the agent reconnected");

@@ -29,16 +29,7 @@ async fn deploys_reach_the_socket_presence_shows_in_the_fleet_and_revoke_closes_
     assert_eq!(shown.body["gatewayId"], gw.state.id(), "{}", shown.text);
     assert_eq!(at.gateway_id, gw.state.id());
 
-    let pipeline = api
-        .create_pipeline(
-            &env_id,
-            "p",
-            &flotilla_testkit::vector_config("base"),
-            json!({}),
-        )
-        .await;
-    let deployed = api.deploy(&pipeline).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.text);
+    let pipeline = api.deploy_everywhere(&env_id).await;
     let pushed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(pushed["type"], "config_changed");
     assert_eq!(pushed["reason"], "deploy");
