@@ -59,12 +59,12 @@ pub async fn beat(state: &GatewayState, seq: u64) {
             if seq.is_multiple_of(RECONCILE_EVERY) {
                 if state.redis.is_cluster() {
                     // A cluster's node sets follow the hashes in a later step and can miss a
-                    // node a race took out; put back every socket held.
+                    // node a race took out; put back every socket held that still holds.
                     let held = state
                         .registry
                         .snapshot()
                         .into_iter()
-                        .map(|(n, c)| (n, c.transport));
+                        .map(|(n, c)| (n, c.id.to_string(), c.transport));
                     if let Err(e) = presence::reindex(&state.redis, &state.id, held).await {
                         tracing::warn!(error = %e, "cannot re-index the node sets");
                     }
@@ -80,16 +80,24 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }
+    // On a single Redis only a live connection is probed; a cluster's list holds its live
+    // shard connections only, and one shard down must not stop the others' probes.
+    if !state.redis.is_cluster() && !state.subscriptions.is_up() {
+        return;
+    }
     let payload = ControlMessage::Probe { seq }.to_payload();
-    for channel in state.subscriptions.probe_channels() {
-        // Checked before each probe: a connection may have been replaced meanwhile.
-        if !state.subscriptions.is_up() {
-            break;
-        }
-        let mut publish = redis::cmd(state.redis.node_publish());
-        publish.arg(&channel).arg(&payload);
+    let probes = state
+        .subscriptions
+        .probe_channels()
+        .into_iter()
+        .map(|channel| {
+            let mut publish = redis::cmd(state.redis.node_publish());
+            publish.arg(&channel).arg(&payload);
+            async move { (state.redis.query::<i64>(&publish).await, channel) }
+        });
+    for (reached, channel) in futures_util::future::join_all(probes).await {
         // Redis counts the subscribers that got it; none means that subscription is gone.
-        if let Ok(0) = state.redis.query::<i64>(&publish).await {
+        if let Ok(0) = reached {
             state.subscriptions.probe_unheard(&channel);
         }
     }

@@ -73,8 +73,9 @@ impl Subscriptions {
         (handle, rx)
     }
 
-    /// Subscribes the node's channel if it is held; resolves once Redis confirmed it (or the
-    /// connection is down, in which case the next reconnect subscribes it).
+    /// Subscribes the node's channel if it is held; resolves once Redis confirmed it, or at
+    /// once when it cannot be subscribed now (the connection or the node's shard is down, or no
+    /// slot map was read yet), in which case the next reconnect or resync subscribes it.
     pub(crate) async fn subscribe(&self, node: Uuid) {
         let (tx, rx) = oneshot::channel();
         if self
@@ -100,9 +101,10 @@ impl Subscriptions {
     }
 
     /// Forces a reconnect of the connection whose probe on `channel` nobody received (on a
-    /// single Redis, the one connection). Only a manager waiting on its connections hears it at
-    /// once, so a probe that raced a reconnect leaves no stale request behind; the next probe
-    /// asks again if needed (a cluster's manager also looks at the unheard probes every tick).
+    /// single Redis, the one connection, and only a manager waiting on it hears it, so a probe
+    /// that raced a reconnect leaves no stale request behind). A cluster's manager also reads
+    /// the unheard probes every tick; probes are named per connection, so a report about an
+    /// earlier connection matches none.
     pub(crate) fn probe_unheard(&self, channel: &str) {
         self.unheard.lock().unwrap().push(channel.to_owned());
         self.reconnect.notify_waiters();

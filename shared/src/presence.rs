@@ -9,7 +9,8 @@
 //!   of an older socket never erases a newer one's presence;
 //! - [`restore`]: after Redis lost its data, a gateway re-asserts a socket it still holds,
 //!   unless another socket took the node in the meantime;
-//! - [`lookup`]: the fleet API reads many nodes in one round trip (one per shard on a cluster);
+//! - [`lookup`]: the fleet API reads many nodes in one round trip (on a cluster, a read per
+//!   node, all in flight at once, and one for the gateways' liveness);
 //! - [`connected`]: every live connection at once, for the fleet API's `connected` and
 //!   `transport` filters and its summary.
 //!
@@ -435,7 +436,8 @@ fn index_step(result: RedisResult<()>, node_id: Uuid) {
 }
 
 /// Deletes the node's presence if `conn_id` still holds it; true when it did. Only then is
-/// `event`, if given, published on [`FLEET_EVENTS`], in the same step.
+/// `event`, if given, published on [`FLEET_EVENTS`]: in the same step on a single Redis, in a
+/// later best-effort one on a cluster.
 pub async fn release(
     redis: &Redis,
     node_id: Uuid,
@@ -487,17 +489,39 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
     Ok(held)
 }
 
-/// Adds every connection the gateway holds to its node sets (a cluster's index can lose a
-/// node to a race between two write steps; [`reconcile`] takes out the ones it holds no more).
+/// Adds to the gateway's node sets every connection it holds that its node's presence still
+/// names (a cluster's index can lose a node to a race between two write steps; [`reconcile`]
+/// takes out the ones it holds no more). `held` is (node, connection id, transport).
 pub async fn reindex(
     redis: &Redis,
     gateway: &str,
-    held: impl IntoIterator<Item = (Uuid, Transport)>,
+    held: impl IntoIterator<Item = (Uuid, String, Transport)>,
 ) -> RedisResult<()> {
     let keys = keys(redis);
+    let reads: Vec<_> = held
+        .into_iter()
+        .map(|(node, conn, transport)| {
+            let (redis, mut cmd) = (redis.clone(), redis::cmd("HGET"));
+            cmd.arg(presence_key(node)).arg("conn");
+            async move {
+                let holder: Option<String> = redis.query(&cmd).await?;
+                Ok((holder == Some(conn)).then_some((node, transport)))
+            }
+        })
+        .collect();
+    let holding: Vec<Option<(Uuid, Transport)>> = futures_util::stream::iter(reads)
+        .buffer_unordered(LOOKUP_IN_FLIGHT)
+        .collect::<Vec<RedisResult<_>>>()
+        .await
+        .into_iter()
+        .collect::<RedisResult<_>>()?;
     let mut by_transport: [Vec<String>; 2] = Default::default();
-    for (node, transport) in held {
-        by_transport[transport as usize].push(node.to_string());
+    for (node, transport) in holding.into_iter().flatten() {
+        let at = match transport {
+            Transport::Websocket => 0,
+            Transport::Sse => 1,
+        };
+        by_transport[at].push(node.to_string());
     }
     for (transport, nodes) in [Transport::Websocket, Transport::Sse]
         .into_iter()

@@ -136,19 +136,19 @@ impl Redis {
     }
 
     /// A classic pub/sub connection. On a cluster any node serves it (classic messages reach
-    /// every node), so the seeds are tried in turn, each within its share of the timeout.
+    /// every node), so every seed is tried at once and the first to answer serves it.
     pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         let seeds = self.seed_clients();
-        let each = self.timeout / seeds.len().max(1) as u32;
-        let mut last = None;
-        for client in seeds {
-            match tokio::time::timeout(each, client.get_async_pubsub()).await {
-                Ok(Ok(pubsub)) => return Ok(pubsub),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(timed_out()),
-            }
+        let tries = seeds
+            .iter()
+            .map(|client| Box::pin(client.get_async_pubsub()));
+        let first =
+            tokio::time::timeout(self.timeout, futures_util::future::select_ok(tries)).await;
+        match first {
+            Ok(Ok((pubsub, _))) => Ok(pubsub),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timed_out()),
         }
-        Err(last.unwrap_or_else(timed_out))
     }
 
     /// Timeout applied to each command.

@@ -102,7 +102,7 @@ fn shard_info(state: &GatewayState, addr: &str) -> redis::RedisResult<Connection
 /// slot only), all at once, and waits for the replies.
 pub(super) async fn send_by_slot(
     state: &GatewayState,
-    shard: &Shard,
+    conn: redis::aio::MultiplexedConnection,
     command: &'static str,
     nodes: &[Uuid],
 ) -> redis::RedisResult<()> {
@@ -115,7 +115,7 @@ pub(super) async fn send_by_slot(
             .push(channel);
     }
     let calls = by_slot.into_values().map(|channels| {
-        let mut conn = shard.conn.clone();
+        let mut conn = conn.clone();
         async move {
             redis::cmd(command)
                 .arg(&channels)

@@ -18,10 +18,12 @@
 //! placements and sends again what stayed unconfirmed — at once when a slot moved or a shard
 //! connection that had lived a while was lost (a failover), and with backoff (25 ms to 2 s)
 //! after a failure: a command or connection that failed (`MOVED`, a shard down), a subscription
-//! unconfirmed past the command timeout, a connection lost soon after it opened. An address
-//! that failed is not tried again before the next resync, so requests for other shards are not
-//! held up by a dead master. After a resync that followed a lost or deaf connection, the next
-//! liveness beat restores presence (a promoted replica may miss the latest writes).
+//! unconfirmed past the command timeout, a connection lost soon after it opened. Commands go to
+//! every shard at once, and a shard that failed to open or to answer is left alone for 2 s, so
+//! batches for the other shards do not keep waiting on a dead master (each new try of it can
+//! still hold the manager for one command timeout). After a resync that followed a lost, deaf
+//! or silent connection, or a master leaving the slot map, the next liveness beat restores
+//! presence (a promoted replica may miss the latest writes).
 //!
 //! Each shard connection also subscribes a probe channel in one of its own slots; the liveness
 //! beat publishes to every probe, and a probe nobody received reconnects that shard.
@@ -66,9 +68,9 @@ struct Manager {
     placements: HashMap<Uuid, Placement>,
     unconfirmed: usize,
     /// `SUNSUBSCRIBE`s sent and not yet answered, so their replies are not taken for moves.
-    unsubscribing: HashMap<(Addr, Uuid), u32>,
-    /// Addresses that failed to open since the last resync.
-    unreachable: HashSet<Addr>,
+    unsubscribing: HashMap<(Addr, Uuid), (u32, Instant)>,
+    /// Addresses that failed (to open, or to answer in time), and when to try each again.
+    unreachable: HashMap<Addr, Instant>,
     waiters: HashMap<Uuid, Vec<oneshot::Sender<()>>>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
@@ -95,7 +97,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
         placements: HashMap::new(),
         unconfirmed: 0,
         unsubscribing: HashMap::new(),
-        unreachable: HashSet::new(),
+        unreachable: HashMap::new(),
         waiters: HashMap::new(),
         events: events_tx,
         generation: 0,
@@ -125,6 +127,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
             _ = tick.tick() => {
                 m.drop_deaf_shards();
                 m.check_unconfirmed();
+                m.forget_unanswered_unsubscribes();
             }
         }
     }
@@ -189,6 +192,14 @@ impl Manager {
         }
     }
 
+    /// Forgets `SUNSUBSCRIBE`s unanswered past the command timeout (their reply may have been
+    /// an error, with a push taken for it), so they cannot hide a later move of the slot.
+    fn forget_unanswered_unsubscribes(&mut self) {
+        let limit = self.state.redis.timeout();
+        self.unsubscribing
+            .retain(|_, (_, sent)| sent.elapsed() <= limit);
+    }
+
     /// Whether `addr`'s current connection is the one numbered `generation` (events of a
     /// replaced connection may still be queued).
     fn current(&self, addr: &Addr, generation: u64) -> bool {
@@ -226,7 +237,7 @@ impl Manager {
                 let moved = match node_from_channel(&channel) {
                     Some(node) => {
                         let key = (addr.clone(), node);
-                        if let Some(pending) = self.unsubscribing.get_mut(&key) {
+                        if let Some((pending, _)) = self.unsubscribing.get_mut(&key) {
                             // The reply to our own SUNSUBSCRIBE.
                             *pending -= 1;
                             if *pending == 0 {
@@ -328,6 +339,9 @@ impl Manager {
                 _ => {}
             }
         }
+        for &node in &remove {
+            self.answer(node);
+        }
         self.unsubscribe(remove).await;
         if self.slots.is_empty() {
             // No slot map yet: the first resync subscribes every held node; a waiter is not
@@ -349,8 +363,9 @@ impl Manager {
         }
     }
 
-    /// `SUNSUBSCRIBE`s the nodes where they are placed, a command per slot. Failures are only
-    /// logged: a stray subscription costs the shard a little memory until the connection ends.
+    /// `SUNSUBSCRIBE`s the nodes where they are placed, a command per slot, every shard at
+    /// once. Failures are only logged: a stray subscription costs the shard a little memory
+    /// until the connection ends.
     async fn unsubscribe(&mut self, nodes: Vec<Uuid>) {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
         for node in nodes {
@@ -358,20 +373,18 @@ impl Manager {
                 by_shard.entry(p.shard.clone()).or_default().push(node);
             }
             self.unplace(node);
-            self.answer(node);
         }
-        for (addr, nodes) in by_shard {
-            let Some(shard) = self.shards.get(&addr) else {
-                continue;
-            };
-            let span = tracing::info_span!("subscription_change", command = "SUNSUBSCRIBE", nodes = nodes.len(), shard = %addr);
-            let sent = send_by_slot(&self.state, shard, "SUNSUBSCRIBE", &nodes)
-                .instrument(span)
-                .await;
-            match sent {
+        let sent = self.send("SUNSUBSCRIBE", by_shard).await;
+        let now = Instant::now();
+        for (addr, nodes, result) in sent {
+            match result {
                 Ok(()) => {
                     for node in nodes {
-                        *self.unsubscribing.entry((addr.clone(), node)).or_default() += 1;
+                        let pending = self
+                            .unsubscribing
+                            .entry((addr.clone(), node))
+                            .or_insert((0, now));
+                        *pending = (pending.0 + 1, now);
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, shard = %addr, "unsubscribing failed"),
@@ -379,10 +392,43 @@ impl Manager {
         }
     }
 
+    /// Sends `command` for each shard's nodes (see [`send_by_slot`]), every shard at once. A
+    /// shard that timed out or whose connection failed is dropped and left alone for a while,
+    /// so the next batches do not wait on it again.
+    async fn send(
+        &mut self,
+        command: &'static str,
+        by_shard: HashMap<Addr, Vec<Uuid>>,
+    ) -> Vec<(Addr, Vec<Uuid>, redis::RedisResult<()>)> {
+        let state = &self.state;
+        let sends = by_shard.into_iter().filter_map(|(addr, nodes)| {
+            let conn = self.shards.get(&addr)?.conn.clone();
+            let span = tracing::info_span!("subscription_change", command, nodes = nodes.len(), shard = %addr);
+            Some(async move {
+                let result = send_by_slot(state, conn, command, &nodes)
+                    .instrument(span)
+                    .await;
+                (addr, nodes, result)
+            })
+        });
+        let sent = futures_util::future::join_all(sends).await;
+        for (addr, _, result) in &sent {
+            if let Err(e) = result {
+                if e.is_io_error() || e.is_timeout() {
+                    tracing::warn!(shard = %addr, error = %e, "a shard did not answer; reconnecting it later");
+                    self.drop_shard(addr);
+                    self.unreachable
+                        .insert(addr.clone(), Instant::now() + RESYNC_MAX);
+                    self.restore_presence = true;
+                }
+            }
+        }
+        sent
+    }
+
     /// `SSUBSCRIBE`s the nodes on the masters owning their slots, opening shard connections
-    /// (concurrently) as needed and skipping addresses that failed since the last resync.
-    /// Confirmations arrive as pushes. Nodes whose shard is unavailable stay unplaced; the last
-    /// failure is returned.
+    /// (concurrently) as needed and skipping addresses that failed a moment ago. Confirmations
+    /// arrive as pushes. Nodes whose shard is unavailable stay unplaced; a failure is returned.
     async fn subscribe(&mut self, nodes: Vec<Uuid>) -> redis::RedisResult<()> {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
         let mut result = Ok(());
@@ -400,12 +446,15 @@ impl Manager {
         if let Err(e) = self.open(closed).await {
             result = Err(e);
         }
+        let mut sendable: HashMap<Addr, Vec<Uuid>> = HashMap::new();
+        let now = Instant::now();
         for (addr, nodes) in by_shard {
             if !self.shards.contains_key(&addr) {
-                result = result.and(Err(cluster_error("a shard is unreachable")));
+                if result.is_ok() {
+                    result = Err(cluster_error("a shard is unreachable"));
+                }
                 continue;
             }
-            let now = Instant::now();
             for &node in &nodes {
                 self.unplace(node);
                 self.placements.insert(
@@ -418,12 +467,10 @@ impl Manager {
                 );
                 self.unconfirmed += 1;
             }
-            let shard = &self.shards[&addr];
-            let span = tracing::info_span!("subscription_change", command = "SSUBSCRIBE", nodes = nodes.len(), shard = %addr);
-            if let Err(e) = send_by_slot(&self.state, shard, "SSUBSCRIBE", &nodes)
-                .instrument(span)
-                .await
-            {
+            sendable.insert(addr, nodes);
+        }
+        for (_, _, sent) in self.send("SSUBSCRIBE", sendable).await {
+            if let Err(e) = sent {
                 result = Err(e);
             }
         }
@@ -431,15 +478,20 @@ impl Manager {
     }
 
     /// Opens connections to `addrs` at once (each with its probe subscribed), skipping those
-    /// that failed since the last resync; returns the last failure.
+    /// that failed less than [`RESYNC_MAX`] ago; returns a failure if any.
     async fn open(&mut self, addrs: Vec<Addr>) -> redis::RedisResult<()> {
         let mut opening = Vec::new();
         for addr in addrs {
-            if self.unreachable.contains(&addr) {
+            if self
+                .unreachable
+                .get(&addr)
+                .is_some_and(|at| *at > Instant::now())
+            {
                 continue;
             }
+            self.unreachable.remove(&addr);
             self.generation += 1;
-            let probe = self.probe_for(&addr);
+            let probe = self.probe_for(&addr, self.generation);
             let (state, events, generation) =
                 (self.state.clone(), self.events.clone(), self.generation);
             opening.push(async move {
@@ -456,7 +508,7 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::warn!(shard = %addr, error = %e, "cannot open a shard subscription connection");
-                    self.unreachable.insert(addr);
+                    self.unreachable.insert(addr, Instant::now() + RESYNC_MAX);
                     result = Err(e);
                 }
             }
@@ -465,12 +517,14 @@ impl Manager {
         result
     }
 
-    /// A probe channel of this gateway that hashes to a slot `addr` owns.
-    fn probe_for(&self, addr: &Addr) -> String {
+    /// A probe channel of this gateway's connection `generation` that hashes to a slot `addr`
+    /// owns (named per connection, so a late report about an earlier connection's probe
+    /// cannot reconnect a later one).
+    fn probe_for(&self, addr: &Addr, generation: u64) -> String {
         // The tag comes first, so braces in a gateway id cannot change the slot.
         let id = self.state.id();
         (0u32..)
-            .map(|i| format!("flotilla:probe:{{{i}}}:{id}"))
+            .map(|i| format!("flotilla:probe:{{{i}}}:{id}:{generation}"))
             .find(|ch| self.slots.owner(slot(ch.as_bytes())).as_ref() == Some(addr))
             .expect("every master in the slot map owns a slot")
     }
@@ -485,7 +539,6 @@ impl Manager {
     /// owner or whose subscription stayed unconfirmed.
     async fn resync(&mut self) {
         let started = Instant::now();
-        self.unreachable.clear();
         if let Err(e) = self.refresh_slots().await {
             self.answer_all();
             self.retry_later(&format_args!("cannot read the cluster's slot map: {e}"));
@@ -498,6 +551,10 @@ impl Manager {
             .filter(|a| !masters.contains(*a))
             .cloned()
             .collect();
+        if !gone.is_empty() {
+            // A master left the map: a failover, whose new master may miss the latest writes.
+            self.restore_presence = true;
+        }
         for addr in gone {
             self.drop_shard(&addr);
         }
@@ -516,10 +573,10 @@ impl Manager {
                 unheard.push(*node);
             }
         }
-        // Placed on a shard that no longer owns the slot: dropped there, subscribed anew.
-        self.unsubscribe(misplaced).await;
-        // Sent and never confirmed: sent again (a repeated SSUBSCRIBE is harmless).
-        for node in unheard {
+        // Placed on a shard that no longer owns the slot (which dropped the channel itself
+        // when the slot left), or sent and never confirmed: subscribed anew. A repeated
+        // SSUBSCRIBE is harmless.
+        for node in misplaced.into_iter().chain(unheard) {
             self.unplace(node);
         }
         let held: Vec<Uuid> = self
@@ -559,7 +616,7 @@ impl Manager {
             .map(|(a, _)| a.clone())
             .collect();
         for addr in moved {
-            let probe = self.probe_for(&addr);
+            let probe = self.probe_for(&addr, self.shards[&addr].generation);
             let mut conn = self.shards[&addr].conn.clone();
             let subscribed = with_timeout(self.state.redis.timeout(), async {
                 redis::cmd("SSUBSCRIBE")

@@ -280,12 +280,34 @@ async fn presence_keeps_its_rules_on_a_cluster() {
     assert!(!listed(redis.clone())
         .await
         .contains(&(nodes[1], Transport::Sse)));
-    presence::reindex(&redis, live, [(nodes[1], Transport::Sse)])
-        .await
-        .unwrap();
+    // Only what the node's presence still names: a superseded connection is not put back.
+    presence::reindex(
+        &redis,
+        live,
+        [
+            (nodes[1], "c1".to_owned(), Transport::Sse),
+            (nodes[5], "superseded".to_owned(), Transport::Sse),
+        ],
+    )
+    .await
+    .unwrap();
     assert!(listed(redis.clone())
         .await
         .contains(&(nodes[1], Transport::Sse)));
+    let mut srem = redis::cmd("SREM");
+    srem.arg(keys.nodes(live, Transport::Sse))
+        .arg(nodes[5].to_string());
+    redis.query::<()>(&srem).await.unwrap();
+    presence::reindex(
+        &redis,
+        live,
+        [(nodes[5], "superseded".to_owned(), Transport::Sse)],
+    )
+    .await
+    .unwrap();
+    assert!(!listed(redis.clone())
+        .await
+        .contains(&(nodes[5], Transport::Sse)));
     // A stray left in a set (a node that moved without the set following) is reconciled away.
     let mut stray = redis::cmd("SADD");
     stray
