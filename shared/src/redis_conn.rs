@@ -207,11 +207,11 @@ impl Redis {
             return (0, None);
         }
         if !self.is_cluster() {
-            let mut pipe = redis::pipe();
-            for cmd in cmds.iter() {
-                pipe.add_command(cmd.clone()).ignore();
-            }
             let n = cmds.len();
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd).ignore();
+            }
             return match self.query::<()>(&pipe).await {
                 Ok(()) => (0, None),
                 Err(e) => (n, Some(e)),
