@@ -268,14 +268,7 @@ async fn invoke<T: redis::FromRedisValue>(
     redis: &Redis,
     invocation: ScriptInvocation<'_>,
 ) -> RedisResult<T> {
-    let mut conn = redis.conn().await?;
-    match tokio::time::timeout(redis.timeout(), invocation.invoke_async(&mut conn)).await {
-        Ok(result) => result,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::IoError,
-            "redis command timed out",
-        ))),
-    }
+    redis.invoke(invocation).await
 }
 
 /// Parses `[gateway, conn, since, transport]` (any of them nil) into a presence.
