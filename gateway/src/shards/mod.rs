@@ -19,7 +19,8 @@
 //! connection that had lived a while was lost (a failover), and with backoff (25 ms to 2 s)
 //! after a failure: a command or connection that failed (`MOVED`, a shard down), a subscription
 //! unconfirmed past the command timeout, a connection lost soon after it opened. Commands go to
-//! every shard at once, and a shard that failed to open or to answer is left alone for 2 s, so
+//! every shard at once, and a shard that failed to open or lost its connection is left alone
+//! for 2 s, so
 //! batches for the other shards do not keep waiting on a dead master (each new try of it can
 //! still hold the manager for one command timeout). After a resync that followed a lost, deaf
 //! or silent connection, or a master leaving the slot map, the next liveness beat restores
@@ -393,8 +394,8 @@ impl Manager {
     }
 
     /// Sends `command` for each shard's nodes (see [`send_by_slot`]), every shard at once. A
-    /// shard that timed out or whose connection failed is dropped and left alone for a while,
-    /// so the next batches do not wait on it again.
+    /// shard whose connection failed is dropped and left alone for a while, so the next
+    /// batches do not wait on it again.
     async fn send(
         &mut self,
         command: &'static str,
@@ -414,8 +415,11 @@ impl Manager {
         let sent = futures_util::future::join_all(sends).await;
         for (addr, _, result) in &sent {
             if let Err(e) = result {
-                if e.is_io_error() || e.is_timeout() {
-                    tracing::warn!(shard = %addr, error = %e, "a shard did not answer; reconnecting it later");
+                // A lost connection, not a slow answer: a large batch on a loaded host may
+                // outlast the timeout while its confirmations still arrive (and what stays
+                // unconfirmed is sent again), so dropping the shard then would only start over.
+                if e.is_connection_dropped() || e.is_connection_refusal() {
+                    tracing::warn!(shard = %addr, error = %e, "lost a shard's connection; reconnecting it later");
                     self.drop_shard(addr);
                     self.unreachable
                         .insert(addr.clone(), Instant::now() + RESYNC_MAX);
