@@ -27,8 +27,8 @@
 //! - `outbox`: a socket's bounded frame queue and pending close.
 //! - `registry`: node id → the socket this gateway holds.
 //! - `subscriptions`: the pub/sub connection on a single Redis, and message dispatch.
-//! - `shards`: sharded pub/sub on a Redis Cluster: the manager, `shards::link` (one shard
-//!   connection) and `shards::slot_map` (which master serves each slot).
+//! - `shards`: sharded pub/sub on a Redis Cluster: the manager and `shards::link` (one shard
+//!   connection).
 //! - `presence`: announcing and withdrawing sockets in Redis.
 //! - [`liveness`]: the gateway's own liveness key, the subscription probe, presence restore
 //!   and memory trims, every `gateway.heartbeat_interval_ms`.

@@ -41,6 +41,8 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
 /// [`RECONCILE_EVERY`] beats — on a cluster after re-indexing the sockets held), probe each
 /// subscription connection.
 pub async fn beat(state: &GatewayState, seq: u64) {
+    // Probed first: the presence work below can take a while after a failover.
+    probe(state, seq).await;
     let mut set = redis::cmd("SET");
     set.arg(presence::keys(&state.redis).alive(&state.id))
         .arg(&state.id)
@@ -80,6 +82,11 @@ pub async fn beat(state: &GatewayState, seq: u64) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot refresh the gateway's liveness key"),
     }
+}
+
+/// Publishes a probe on each subscription connection's channel; one nobody received makes
+/// its connection reconnect.
+async fn probe(state: &GatewayState, seq: u64) {
     // On a single Redis only a live connection is probed; a cluster's list holds its live
     // shard connections only, and one shard down must not stop the others' probes.
     if !state.redis.is_cluster() && !state.subscriptions.is_up() {

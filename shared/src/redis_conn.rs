@@ -11,6 +11,7 @@
 //! on a cluster, so a push travels only to the shard that owns its slot.
 
 use crate::settings::RedisSettings;
+use crate::slots::SlotMap;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -18,7 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::RwLock;
 
 /// Commands [`Redis::fan_out`] keeps in flight at once on a cluster.
 const FAN_OUT_IN_FLIGHT: usize = 256;
@@ -43,7 +44,8 @@ enum Target {
 #[derive(Clone)]
 pub struct Redis {
     target: Target,
-    conn: Arc<OnceCell<Conn>>,
+    /// The connection once made; on a cluster replaced when the slot map changes.
+    conn: Arc<RwLock<Option<Conn>>>,
     timeout: Duration,
     /// On a cluster: the commands allowed in flight at once.
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
@@ -168,29 +170,40 @@ impl Redis {
 
     /// The shared connection, connecting first if needed.
     pub async fn conn(&self) -> redis::RedisResult<Conn> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Single(client) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(self.timeout)
-                            .set_response_timeout(self.timeout)
-                            // Fail fast: callers treat Redis as optional and retry on their
-                            // next call.
-                            .set_number_of_retries(0);
-                        client
-                            .get_connection_manager_with_config(config)
-                            .await
-                            .map(Conn::Single)
-                    }
-                    Target::Cluster { client, .. } => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
-                }
-            })
-            .await?;
-        Ok(conn.clone())
+        if let Some(conn) = self.conn.read().await.as_ref() {
+            return Ok(conn.clone());
+        }
+        let mut slot = self.conn.write().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = match &self.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    // Fail fast: callers treat Redis as optional and retry on their next call.
+                    .set_number_of_retries(0);
+                Conn::Single(client.get_connection_manager_with_config(config).await?)
+            }
+            Target::Cluster { client, .. } => {
+                let conn = client.get_async_connection().await?;
+                tokio::spawn(follow_topology(
+                    Arc::downgrade(&self.conn),
+                    client.clone(),
+                    self.timeout,
+                ));
+                Conn::Cluster(conn)
+            }
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The cluster's slot map (`CLUSTER SLOTS`).
+    pub async fn slot_map(&self) -> redis::RedisResult<SlotMap> {
+        let reply: Vec<Value> = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        SlotMap::parse(&reply)
     }
 
     /// Runs a command or pipeline with the timeout applied. On a cluster a pipeline must keep
@@ -289,6 +302,57 @@ pub fn at_address(seed: &redis::ConnectionInfo, host: String, port: u16) -> redi
     redis::ConnectionInfo {
         addr,
         redis: seed.redis.clone(),
+    }
+}
+
+/// How often a cluster handle reads the slot map.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
+
+/// Replaces a cluster handle's connection when the slot map changes, until the handle is gone.
+///
+/// The cluster client follows a slot only when a node answers `MOVED`. A master demoted to a
+/// replica by a failover stays up and still accepts `SPUBLISH` for its former slots without
+/// redirecting (Redis 7.0), delivering to no one, so publishers would never learn of the
+/// failover. A fresh connection reads the new map.
+async fn follow_topology(
+    conn: std::sync::Weak<RwLock<Option<Conn>>>,
+    client: ClusterClient,
+    timeout: Duration,
+) {
+    let mut known: Option<SlotMap> = None;
+    let mut every = tokio::time::interval(TOPOLOGY_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(shared) = conn.upgrade() else {
+            return;
+        };
+        let Some(Conn::Cluster(mut current)) = shared.read().await.clone() else {
+            return;
+        };
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let read = tokio::time::timeout(timeout, slots.query_async::<Vec<Value>>(&mut current));
+        let Some(now) = read
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|reply| SlotMap::parse(&reply).ok())
+        else {
+            continue;
+        };
+        match &known {
+            Some(known) if *known != now => {}
+            _ => {
+                known = Some(now);
+                continue;
+            }
+        }
+        if let Ok(Ok(fresh)) = tokio::time::timeout(timeout, client.get_async_connection()).await {
+            tracing::info!("the cluster's slot map changed; reconnected to follow it");
+            *shared.write().await = Some(Conn::Cluster(fresh));
+            known = Some(now);
+        }
     }
 }
 

@@ -1,12 +1,11 @@
 //! One subscription connection to a shard's master: opening it (RESP3, pushes), sending
 //! subscription commands a slot at a time, and reading its pushes.
 
-use super::slot_map::Addr;
 use crate::state::GatewayState;
 use crate::subscriptions::dispatch;
 use flotilla_shared::channels::node_channel;
 use flotilla_shared::redis_conn::at_address;
-use flotilla_shared::slots::slot;
+use flotilla_shared::slots::{slot, Addr};
 use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushKind};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

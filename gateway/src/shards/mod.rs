@@ -30,15 +30,13 @@
 //! beat publishes to every probe, and a probe nobody received reconnects that shard.
 
 mod link;
-mod slot_map;
 
 use crate::state::GatewayState;
 use crate::subscriptions::{Request, Requests};
 use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::{node_channel, node_from_channel};
-use flotilla_shared::slots::slot;
+use flotilla_shared::slots::{slot, Addr, SlotMap};
 use link::{connect, send_by_slot, with_timeout, Event, Shard};
-use slot_map::{Addr, SlotMap};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
@@ -54,6 +52,10 @@ const RESYNC_INITIAL: Duration = Duration::from_millis(50);
 const RESYNC_MAX: Duration = Duration::from_secs(2);
 /// How often unconfirmed subscriptions and unheard probes are looked at.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the slot map is read again: a master that failed over while alive (demoted to a
+/// replica) keeps its connections and may not drop their subscriptions, so only the map shows
+/// that its slots moved.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// Where a held node's channel is subscribed.
 struct Placement {
@@ -109,6 +111,8 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut topology = tokio::time::interval(TOPOLOGY_CHECK);
+    topology.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -130,6 +134,7 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
                 m.check_unconfirmed();
                 m.forget_unanswered_unsubscribes();
             }
+            _ = topology.tick() => m.check_topology().await,
         }
     }
     m.state.subscriptions.up.store(false, Ordering::Relaxed);
@@ -191,6 +196,33 @@ impl Manager {
         {
             self.retry_later(&"a shard did not confirm a subscription in time");
         }
+    }
+
+    /// Reads the slot map and resynchronises if it changed (a failover, a migration whose
+    /// `sunsubscribe` was missed). A failure to read it is left to the next check.
+    async fn check_topology(&mut self) {
+        if self.slots.is_empty() || self.resync_at.is_some() {
+            return;
+        }
+        let now = match self.state.redis.slot_map().await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the cluster's slot map");
+                return;
+            }
+        };
+        if now == self.slots {
+            return;
+        }
+        let demoted = self
+            .shards
+            .keys()
+            .any(|addr| !now.masters().any(|m| m == addr));
+        tracing::info!(demoted, "the cluster's slot map changed; resynchronising");
+        if demoted {
+            self.restore_presence = true;
+        }
+        self.schedule_resync(Duration::ZERO);
     }
 
     /// Forgets `SUNSUBSCRIBE`s unanswered past the command timeout (their reply may have been
@@ -645,7 +677,7 @@ impl Manager {
     }
 
     async fn refresh_slots(&mut self) -> redis::RedisResult<()> {
-        self.slots = SlotMap::read(&self.state.redis).await?;
+        self.slots = self.state.redis.slot_map().await?;
         Ok(())
     }
 }

@@ -494,3 +494,69 @@ async fn resharding_a_slot_while_pushes_flow_loses_nothing_after_the_move() {
     );
     assert_eq!(gw.connects(), 1, "the agent reconnected");
 }
+
+#[tokio::test]
+async fn a_master_demoted_while_alive_is_followed() {
+    let cluster = RedisCluster::start().await;
+    let db = db::fresh().await;
+    let s = cluster_settings(&db.url, &cluster);
+    let redis = redis(&s);
+    let gw = gateway(s).await;
+    let [(node, token)] = nodes(&db.pool, 1).await.try_into().unwrap();
+    let (mut ws, _) = gw.connect(&redis, node, &token).await;
+    let slot = slot(node_channel(node).as_bytes());
+    let old = cluster.master_of(slot).await;
+
+    // A manual failover: the replica takes the slots over and the old master, alive, becomes
+    // its replica. Its connections stay open; only the slot map shows the move.
+    let id = cluster.node_id(old).to_owned();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{old}")).unwrap();
+    let mut conn = within("a connection", client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let replicas: Vec<String> = within(
+        "its replicas",
+        redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&id)
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let replica: u16 = replicas
+        .first()
+        .expect("a replica")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|addr| addr.split(['@', ':']).nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("a replica's port");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).unwrap();
+    let mut conn = within("a connection", client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let _: () = within(
+        "a manual failover",
+        redis::cmd("CLUSTER").arg("FAILOVER").query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let demoted = Instant::now();
+    eventually(
+        "the replica serves the slot",
+        Duration::from_secs(10),
+        || async { (cluster.master_of(slot).await == replica).then_some(()) },
+    )
+    .await;
+
+    // Pushes reach the same socket through the new master (the publisher's connection
+    // follows the new slot map; the old master, now a replica, would take SPUBLISH silently).
+    publish_until_delivered(&redis, node, &frame("deploy")).await;
+    let pushed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(pushed["reason"], "deploy", "{pushed}");
+    assert_eq!(gw.connects(), 1, "the agent reconnected");
+    println!(
+        "demoted master: pushes delivered again {:?} after the failover began",
+        demoted.elapsed()
+    );
+}
