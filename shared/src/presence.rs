@@ -263,14 +263,6 @@ static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Runs a script invocation with the handle's command timeout.
-async fn invoke<T: redis::FromRedisValue>(
-    redis: &Redis,
-    invocation: ScriptInvocation<'_>,
-) -> RedisResult<T> {
-    redis.invoke(invocation).await
-}
-
 /// Parses `[gateway, conn, since, transport]` (any of them nil) into a presence.
 fn parse_fields(value: Value) -> Option<Presence> {
     let fields: Vec<Option<String>> = redis::from_redis_value(&value).ok()?;
@@ -332,7 +324,7 @@ pub async fn lookup(redis: &Redis, node_ids: &[Uuid]) -> RedisResult<Vec<Option<
             invocation.key(presence_key(*id));
         }
         invocation.arg(keys.alive_prefix).arg(keys.alive_suffix);
-        let values: Vec<Value> = invoke(redis, invocation).await?;
+        let values: Vec<Value> = redis.invoke(invocation).await?;
         return Ok(values.into_iter().map(parse_fields).collect());
     }
     // Owned futures (collected first): closures over borrowed ids inside the stream would not
@@ -393,7 +385,7 @@ pub async fn claim(
     if let (false, Some(event)) = (cluster, event) {
         invocation.arg(FLEET_EVENTS).arg(event);
     }
-    let previous = parse_fields(invoke(redis, invocation).await?);
+    let previous = parse_fields(redis.invoke(invocation).await?);
     if cluster {
         let node = node_id.to_string();
         let mut pipe = redis::pipe();
@@ -450,7 +442,7 @@ pub async fn release(
             invocation.arg(FLEET_EVENTS).arg(event);
         }
     }
-    let released: Option<String> = invoke(redis, invocation).await?;
+    let released: Option<String> = redis.invoke(invocation).await?;
     if let (true, Some(set)) = (cluster, &released) {
         let mut srem = redis::cmd("SREM");
         srem.arg(format!("{}{set}", keys.nodes_prefix))
@@ -466,7 +458,7 @@ pub async fn restore(redis: &Redis, node_id: Uuid, presence: &Presence) -> Redis
     let keys = keys(redis);
     let cluster = redis.is_cluster();
     let invocation = write_invocation(&RESTORE, &keys, cluster, node_id, presence);
-    let held: bool = invoke(redis, invocation).await?;
+    let held: bool = redis.invoke(invocation).await?;
     if cluster && held {
         let mut pipe = redis::pipe();
         pipe.cmd("SADD")
@@ -559,7 +551,7 @@ pub async fn connected(redis: &Redis) -> RedisResult<Vec<(Uuid, Transport)>> {
         .arg(keys.alive_prefix)
         .arg(keys.alive_suffix)
         .arg(keys.nodes_prefix);
-    let gateways: Vec<String> = invoke(redis, invocation).await?;
+    let gateways: Vec<String> = redis.invoke(invocation).await?;
     let mut out = Vec::new();
     for gateway in gateways {
         for transport in [Transport::Websocket, Transport::Sse] {
@@ -602,7 +594,7 @@ async fn forget_stray(redis: &Redis, key: &str, member: &str, gateway: &str) -> 
             .key(presence_key(node))
             .arg(member)
             .arg(gateway);
-        return invoke(redis, invocation).await;
+        return redis.invoke(invocation).await;
     }
     let mut hget = redis::cmd("HGET");
     hget.arg(presence_key(node)).arg("gateway");

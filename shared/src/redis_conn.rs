@@ -44,11 +44,19 @@ enum Target {
 #[derive(Clone)]
 pub struct Redis {
     target: Target,
-    /// The connection once made; on a cluster replaced when the slot map changes.
-    conn: Arc<RwLock<Option<Conn>>>,
+    shared: Arc<Shared>,
     timeout: Duration,
     /// On a cluster: the commands allowed in flight at once.
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// What every clone of a handle shares.
+#[derive(Default)]
+struct Shared {
+    /// The connection once made; on a cluster replaced when the slot map changes.
+    conn: RwLock<Option<Conn>>,
+    /// On a cluster: the latest slot map seen, published when it changes.
+    slot_maps: tokio::sync::watch::Sender<Option<SlotMap>>,
 }
 
 /// The connection behind a [`Redis`] handle: a single server's or a cluster's.
@@ -119,7 +127,7 @@ impl Redis {
         Ok(Self {
             in_flight,
             target,
-            conn: Arc::default(),
+            shared: Arc::default(),
             timeout,
         })
     }
@@ -170,10 +178,10 @@ impl Redis {
 
     /// The shared connection, connecting first if needed.
     pub async fn conn(&self) -> redis::RedisResult<Conn> {
-        if let Some(conn) = self.conn.read().await.as_ref() {
+        if let Some(conn) = self.shared.conn.read().await.as_ref() {
             return Ok(conn.clone());
         }
-        let mut slot = self.conn.write().await;
+        let mut slot = self.shared.conn.write().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
@@ -189,7 +197,7 @@ impl Redis {
             Target::Cluster { client, .. } => {
                 let conn = client.get_async_connection().await?;
                 tokio::spawn(follow_topology(
-                    Arc::downgrade(&self.conn),
+                    Arc::downgrade(&self.shared),
                     client.clone(),
                     self.timeout,
                 ));
@@ -198,6 +206,12 @@ impl Redis {
         };
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// The slot maps the handle sees, from its first connection on: a new value each time
+    /// the cluster's map changes (read every [`TOPOLOGY_CHECK`]; always `None` on one Redis).
+    pub fn slot_map_changes(&self) -> tokio::sync::watch::Receiver<Option<SlotMap>> {
+        self.shared.slot_maps.subscribe()
     }
 
     /// The cluster's slot map (`CLUSTER SLOTS`).
@@ -308,26 +322,26 @@ pub fn at_address(seed: &redis::ConnectionInfo, host: String, port: u16) -> redi
 /// How often a cluster handle reads the slot map.
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
-/// Replaces a cluster handle's connection when the slot map changes, until the handle is gone.
+/// Replaces a cluster handle's connection when the slot map changes, and publishes the new
+/// map, until the handle is gone.
 ///
 /// The cluster client follows a slot only when a node answers `MOVED`. A master demoted to a
 /// replica by a failover stays up and still accepts `SPUBLISH` for its former slots without
 /// redirecting (Redis 7.0), delivering to no one, so publishers would never learn of the
 /// failover. A fresh connection reads the new map.
 async fn follow_topology(
-    conn: std::sync::Weak<RwLock<Option<Conn>>>,
+    shared: std::sync::Weak<Shared>,
     client: ClusterClient,
     timeout: Duration,
 ) {
-    let mut known: Option<SlotMap> = None;
     let mut every = tokio::time::interval(TOPOLOGY_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some(shared) = conn.upgrade() else {
+        let Some(shared) = shared.upgrade() else {
             return;
         };
-        let Some(Conn::Cluster(mut current)) = shared.read().await.clone() else {
+        let Some(Conn::Cluster(mut current)) = shared.conn.read().await.clone() else {
             return;
         };
         let mut slots = redis::cmd("CLUSTER");
@@ -341,18 +355,19 @@ async fn follow_topology(
         else {
             continue;
         };
-        match &known {
-            Some(known) if *known != now => {}
-            _ => {
-                known = Some(now);
+        let first = match &*shared.slot_maps.borrow() {
+            Some(known) if *known == now => continue,
+            known => known.is_none(),
+        };
+        if !first {
+            let Ok(Ok(fresh)) = tokio::time::timeout(timeout, client.get_async_connection()).await
+            else {
                 continue;
-            }
-        }
-        if let Ok(Ok(fresh)) = tokio::time::timeout(timeout, client.get_async_connection()).await {
+            };
             tracing::info!("the cluster's slot map changed; reconnected to follow it");
-            *shared.write().await = Some(Conn::Cluster(fresh));
-            known = Some(now);
+            *shared.conn.write().await = Some(Conn::Cluster(fresh));
         }
+        shared.slot_maps.send_replace(Some(now));
     }
 }
 

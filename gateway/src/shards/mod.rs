@@ -52,10 +52,6 @@ const RESYNC_INITIAL: Duration = Duration::from_millis(50);
 const RESYNC_MAX: Duration = Duration::from_secs(2);
 /// How often unconfirmed subscriptions and unheard probes are looked at.
 const TICK: Duration = Duration::from_millis(250);
-/// How often the slot map is read again: a master that failed over while alive (demoted to a
-/// replica) keeps its connections and may not drop their subscriptions, so only the map shows
-/// that its slots moved.
-const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
 /// Where a held node's channel is subscribed.
 struct Placement {
@@ -111,8 +107,9 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut topology = tokio::time::interval(TOPOLOGY_CHECK);
-    topology.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The Redis handle reads the slot map every second and publishes each change: a master
+    // demoted while alive keeps its connections, so only the map may show that slots moved.
+    let mut slot_maps = m.state.redis.slot_map_changes();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -134,7 +131,12 @@ pub(crate) async fn run(state: GatewayState, mut requests: Requests, stop: Cance
                 m.check_unconfirmed();
                 m.forget_unanswered_unsubscribes();
             }
-            _ = topology.tick() => m.check_topology().await,
+            Ok(()) = slot_maps.changed() => {
+                let now = slot_maps.borrow_and_update().clone();
+                if let Some(now) = now {
+                    m.on_slot_map(&now);
+                }
+            }
         }
     }
     m.state.subscriptions.up.store(false, Ordering::Relaxed);
@@ -198,20 +200,10 @@ impl Manager {
         }
     }
 
-    /// Reads the slot map and resynchronises if it changed (a failover, a migration whose
-    /// `sunsubscribe` was missed). A failure to read it is left to the next check.
-    async fn check_topology(&mut self) {
-        if self.slots.is_empty() || self.resync_at.is_some() {
-            return;
-        }
-        let now = match self.state.redis.slot_map().await {
-            Ok(now) => now,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the cluster's slot map");
-                return;
-            }
-        };
-        if now == self.slots {
+    /// Resynchronises if the cluster's slot map is not the one the subscriptions follow (a
+    /// failover, a migration whose `sunsubscribe` was missed).
+    fn on_slot_map(&mut self, now: &SlotMap) {
+        if self.slots.is_empty() || *now == self.slots {
             return;
         }
         let demoted = self

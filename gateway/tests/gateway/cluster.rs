@@ -54,6 +54,14 @@ async fn shard_subscribers(port: u16, channel: &str) -> Option<i64> {
     Some(n)
 }
 
+/// Waits until a connection has `channel` sharded-subscribed on the node at `port`.
+async fn await_shard_subscriber(what: &str, port: u16, channel: &str, limit: Duration) {
+    eventually(what, limit, || async move {
+        (shard_subscribers(port, channel).await? == 1).then_some(())
+    })
+    .await;
+}
+
 async fn fleet_node(api: &api::ApiHandle, node: &str) -> Value {
     api.admin(Method::GET, &format!("/api/v1/fleet/{node}"), None)
         .await
@@ -341,13 +349,11 @@ async fn a_failover_keeps_the_socket_and_the_next_deploy_reaches_the_node() {
     let new = cluster.await_failover(slot(channel.as_bytes()), old).await;
     let promoted = killed.elapsed();
     assert_ne!(new, old);
-    eventually(
+    await_shard_subscriber(
         "the gateway subscribed on the promoted replica",
+        new,
+        &channel,
         Duration::from_secs(15),
-        || {
-            let channel = channel.clone();
-            async move { (shard_subscribers(new, &channel).await? == 1).then_some(()) }
-        },
     )
     .await;
     let resubscribed = killed.elapsed();
@@ -437,13 +443,11 @@ async fn resharding_a_slot_while_pushes_flow_loses_nothing_after_the_move() {
     let moving = Instant::now();
     cluster.migrate_slot(slot, to).await;
     let moved = Instant::now();
-    eventually(
+    await_shard_subscriber(
         "the gateway subscribed on the slot's new master",
+        to,
+        &channel,
         Duration::from_secs(10),
-        || {
-            let channel = channel.clone();
-            async move { (shard_subscribers(to, &channel).await? == 1).then_some(()) }
-        },
     )
     .await;
     let resubscribed = Instant::now();
