@@ -49,5 +49,6 @@ pub mod request_tracing;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;
+pub mod slot_router;
 pub mod slots;
 pub mod telemetry;

@@ -4,38 +4,28 @@
 //! Services start while Redis is down; every call then fails fast with a timeout instead of
 //! hanging a request, and the connection is retried on the next call.
 //!
-//! In cluster mode the redis crate's cluster connection routes each command by its key and
+//! In cluster mode a [`SlotRouter`] sends each command to the master owning its key's slot and
 //! follows `MOVED`/`ASK` and failovers. A pipeline must then stay within one slot (every key and
 //! channel of one node shares the node's hash tag); commands for many nodes go through
 //! [`Redis::fan_out`]. Node channels are published with [`Redis::node_publish`]: `SPUBLISH`
 //! on a cluster, so a push travels only to the shard that owns its slot.
 
 use crate::settings::RedisSettings;
+use crate::slot_router::SlotRouter;
 use crate::slots::SlotMap;
-use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
 
-/// Commands [`Redis::fan_out`] keeps in flight at once on a cluster.
-const FAN_OUT_IN_FLIGHT: usize = 256;
-/// Commands one handle keeps in flight at once on a cluster. The cluster client keeps each
-/// request's whole state until it is answered, unlike a single connection's pipeline: without
-/// this cap 10,000 agents connecting at once took a gateway's heap to a 250 MB peak and left
-/// it 0.5 KiB per agent larger once settled (jemalloc statistics; BENCHMARKS.md).
-const CLUSTER_IN_FLIGHT: usize = 256;
-
 /// Where the handle connects.
 #[derive(Clone)]
 enum Target {
     Single(redis::Client),
+    /// One client per seed: where the slot map is first read, and classic pub/sub (which
+    /// any node serves).
     Cluster {
-        client: ClusterClient,
-        /// One client per seed, for connections that any node can serve (classic pub/sub).
         seeds: Arc<[redis::Client]>,
     },
 }
@@ -46,8 +36,6 @@ pub struct Redis {
     target: Target,
     shared: Arc<Shared>,
     timeout: Duration,
-    /// On a cluster: the commands allowed in flight at once.
-    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// What every clone of a handle shares.
@@ -65,14 +53,14 @@ pub enum Conn {
     /// One Redis.
     Single(ConnectionManager),
     /// A Redis Cluster (routes by key, follows redirections).
-    Cluster(ClusterConnection),
+    Cluster(SlotRouter),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => Box::pin(c.command(cmd)),
         }
     }
 
@@ -84,14 +72,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => Box::pin(c.pipeline(cmd, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(_) => 0,
         }
     }
 }
@@ -104,28 +92,15 @@ impl Redis {
         let target = if seeds.is_empty() {
             Target::Single(redis::Client::open(settings.url.expose())?)
         } else {
-            let client = ClusterClientBuilder::new(seeds.clone())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                // Redirections and a failover's refresh take a few tries; the command
-                // timeout still bounds each call.
-                .retries(4)
-                .min_retry_wait(10)
-                .max_retry_wait(200)
-                .build()?;
             let seeds = seeds
                 .iter()
                 .map(|u| redis::Client::open(u.as_str()))
                 .collect::<redis::RedisResult<Vec<_>>>()?;
             Target::Cluster {
-                client,
                 seeds: seeds.into(),
             }
         };
-        let in_flight = matches!(target, Target::Cluster { .. })
-            .then(|| Arc::new(tokio::sync::Semaphore::new(CLUSTER_IN_FLIGHT)));
         Ok(Self {
-            in_flight,
             target,
             shared: Arc::default(),
             timeout,
@@ -194,14 +169,11 @@ impl Redis {
                     .set_number_of_retries(0);
                 Conn::Single(client.get_connection_manager_with_config(config).await?)
             }
-            Target::Cluster { client, .. } => {
-                let conn = client.get_async_connection().await?;
-                tokio::spawn(follow_topology(
-                    Arc::downgrade(&self.shared),
-                    client.clone(),
-                    self.timeout,
-                ));
-                Conn::Cluster(conn)
+            Target::Cluster { seeds } => {
+                let router = SlotRouter::connect(seeds.clone(), self.timeout).await?;
+                self.shared.slot_maps.send_replace(Some(router.slot_map()));
+                tokio::spawn(follow_topology(Arc::downgrade(&self.shared), self.timeout));
+                Conn::Cluster(router)
             }
         };
         *slot = Some(conn.clone());
@@ -227,7 +199,6 @@ impl Redis {
         cmd: &(impl ConnectionLikeQuery + ?Sized),
     ) -> redis::RedisResult<T> {
         let attempt = async {
-            let _permit = self.permit().await;
             let mut conn = self.conn().await?;
             cmd.run(&mut conn).await
         };
@@ -243,7 +214,6 @@ impl Redis {
         invocation: redis::ScriptInvocation<'_>,
     ) -> redis::RedisResult<T> {
         let attempt = async {
-            let _permit = self.permit().await;
             let mut conn = self.conn().await?;
             invocation.invoke_async(&mut conn).await
         };
@@ -253,47 +223,32 @@ impl Redis {
         }
     }
 
-    /// A place among the commands in flight (on a cluster; one Redis needs none).
-    async fn permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        match &self.in_flight {
-            Some(limit) => limit.acquire().await.ok(),
-            None => None,
-        }
-    }
-
     /// Runs commands that may touch many slots (a publish to each of many nodes) and returns
-    /// how many failed, with the last error: one pipeline on one Redis; on a cluster each
-    /// command on its own, [`FAN_OUT_IN_FLIGHT`] at a time, so each reaches its slot's shard.
+    /// how many failed, with the last error: one pipeline on one Redis, one per master on a
+    /// cluster (every master at once), so each command reaches its slot's shard.
     pub async fn fan_out(&self, cmds: Vec<Cmd>) -> (usize, Option<redis::RedisError>) {
-        if cmds.is_empty() {
+        let n = cmds.len();
+        if n == 0 {
             return (0, None);
         }
-        if !self.is_cluster() {
-            let n = cmds.len();
-            let mut pipe = redis::pipe();
-            for cmd in cmds {
-                pipe.add_command(cmd).ignore();
+        let router = match self.conn().await {
+            Ok(Conn::Cluster(router)) => router,
+            Ok(Conn::Single(_)) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd).ignore();
+                }
+                return match self.query::<()>(&pipe).await {
+                    Ok(()) => (0, None),
+                    Err(e) => (n, Some(e)),
+                };
             }
-            return match self.query::<()>(&pipe).await {
-                Ok(()) => (0, None),
-                Err(e) => (n, Some(e)),
-            };
+            Err(e) => return (n, Some(e)),
+        };
+        match tokio::time::timeout(self.timeout, router.fan_out(cmds)).await {
+            Ok(outcome) => outcome,
+            Err(_) => (n, Some(timed_out())),
         }
-        // Owned futures: a stream of closures over borrowed commands is not `Send` for every
-        // lifetime, which axum handlers need.
-        let calls: Vec<_> = cmds
-            .into_iter()
-            .map(|cmd| {
-                let redis = self.clone();
-                async move { redis.query::<()>(&cmd).await }
-            })
-            .collect();
-        let results: Vec<redis::RedisResult<()>> = futures_util::stream::iter(calls)
-            .buffer_unordered(FAN_OUT_IN_FLIGHT)
-            .collect()
-            .await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        (failed, results.into_iter().filter_map(Result::err).last())
     }
 }
 
@@ -322,18 +277,13 @@ pub fn at_address(seed: &redis::ConnectionInfo, host: String, port: u16) -> redi
 /// How often a cluster handle reads the slot map.
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
-/// Replaces a cluster handle's connection when the slot map changes, and publishes the new
-/// map, until the handle is gone.
+/// Re-reads a cluster handle's slot map every [`TOPOLOGY_CHECK`] and publishes each change,
+/// until the handle is gone.
 ///
-/// The cluster client follows a slot only when a node answers `MOVED`. A master demoted to a
-/// replica by a failover stays up and still accepts `SPUBLISH` for its former slots without
-/// redirecting (Redis 7.0), delivering to no one, so publishers would never learn of the
-/// failover. A fresh connection reads the new map.
-async fn follow_topology(
-    shared: std::sync::Weak<Shared>,
-    client: ClusterClient,
-    timeout: Duration,
-) {
+/// The router learns of moved slots from `MOVED` replies, but a master demoted to a replica by
+/// a failover stays up and still accepts `SPUBLISH` for its former slots without redirecting
+/// (Redis 7.0), delivering to no one: only the map shows that failover.
+async fn follow_topology(shared: std::sync::Weak<Shared>, timeout: Duration) {
     let mut every = tokio::time::interval(TOPOLOGY_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -341,33 +291,20 @@ async fn follow_topology(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let Some(Conn::Cluster(mut current)) = shared.conn.read().await.clone() else {
+        let Some(Conn::Cluster(router)) = shared.conn.read().await.clone() else {
             return;
         };
-        let mut slots = redis::cmd("CLUSTER");
-        slots.arg("SLOTS");
-        let read = tokio::time::timeout(timeout, slots.query_async::<Vec<Value>>(&mut current));
-        let Some(now) = read
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|reply| SlotMap::parse(&reply).ok())
-        else {
-            continue;
-        };
-        let first = match &*shared.slot_maps.borrow() {
-            Some(known) if *known == now => continue,
-            known => known.is_none(),
-        };
-        if !first {
-            let Ok(Ok(fresh)) = tokio::time::timeout(timeout, client.get_async_connection()).await
-            else {
-                continue;
-            };
-            tracing::info!("the cluster's slot map changed; reconnected to follow it");
-            *shared.conn.write().await = Some(Conn::Cluster(fresh));
+        if let Ok(Ok(true)) = tokio::time::timeout(timeout, router.refresh()).await {
+            tracing::info!("the cluster's slot map changed; following it");
         }
-        shared.slot_maps.send_replace(Some(now));
+        let now = Some(router.slot_map());
+        shared.slot_maps.send_if_modified(|known| {
+            let changed = *known != now;
+            if changed {
+                known.clone_from(&now);
+            }
+            changed
+        });
     }
 }
 

@@ -164,9 +164,23 @@ impl RedisCluster {
         if from == to {
             return;
         }
+        self.begin_migration(slot, to).await;
+        self.move_keys(slot, from, to).await;
+        self.finish_migration(slot, from, to).await;
+    }
+
+    /// Marks `slot` as migrating from its master to `to` (and importing there), moving no key
+    /// yet; returns the master it leaves.
+    pub async fn begin_migration(&self, slot: u16, to: u16) -> u16 {
+        let from = self.master_of(slot).await;
         let (from_id, to_id) = (self.node_id(from), self.node_id(to));
         let _: () = self.query(to, &setslot(slot, "IMPORTING", from_id)).await;
         let _: () = self.query(from, &setslot(slot, "MIGRATING", to_id)).await;
+        from
+    }
+
+    /// Moves every key of a migrating `slot` from `from` to `to`.
+    pub async fn move_keys(&self, slot: u16, from: u16, to: u16) {
         loop {
             let keys: Vec<String> = self
                 .query(
@@ -184,6 +198,11 @@ impl RedisCluster {
             migrate.arg("127.0.0.1").arg(to).arg("").arg(0).arg(5000);
             let _: () = self.query(from, migrate.arg("KEYS").arg(&keys)).await;
         }
+    }
+
+    /// Hands a migrating `slot` to `to` on every master, and waits until all nodes agree.
+    pub async fn finish_migration(&self, slot: u16, from: u16, to: u16) {
+        let to_id = self.node_id(to);
         let others = self
             .masters()
             .await
@@ -553,5 +572,85 @@ mod tests {
         let _: () = within("SET", conn.set("failover", "ok")).await.unwrap();
         let got: String = within("GET", conn.get("failover")).await.unwrap();
         assert_eq!(got, "ok");
+    }
+
+    /// Flotilla's cluster handle through a slot migration: `ASK` while the slot moves (a key
+    /// already moved, a new key, a pipeline of both), `MOVED` once it has, a script loaded on
+    /// the master that runs it, a fan-out over every shard, and the new owner in its map.
+    #[tokio::test]
+    async fn the_cluster_handle_follows_ask_and_moved() {
+        use flotilla_shared::redis_conn::Redis;
+        use flotilla_shared::secret::Secret;
+        use flotilla_shared::settings::RedisSettings;
+        let cluster = RedisCluster::start().await;
+        let redis = Redis::new(&RedisSettings {
+            url: Secret::new("redis://127.0.0.1:1"),
+            cluster_nodes: Some(Secret::new(cluster.setting())),
+            command_timeout_ms: 2000,
+        })
+        .expect("settings");
+        let (moved, fresh) = ("{router}:moved", "{router}:fresh");
+        let slot = slot(b"router");
+        let set = |key: &str, value: &str| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value);
+            cmd
+        };
+        let get = |key: &str| {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            cmd
+        };
+        let _: () = redis.query(&set(moved, "1")).await.expect("SET");
+        let script = redis::Script::new("return redis.call('GET', KEYS[1])");
+        let mut read = script.prepare_invoke();
+        read.key(moved);
+        let got: String = redis
+            .invoke(read)
+            .await
+            .expect("a script on the key's master");
+        assert_eq!(got, "1");
+
+        let masters = cluster.masters().await;
+        let from = cluster.master_of(slot).await;
+        let to = masters.into_iter().find(|&p| p != from).unwrap();
+        cluster.begin_migration(slot, to).await;
+        cluster.move_keys(slot, from, to).await;
+        let got: String = redis.query(&get(moved)).await.expect("ASK for a moved key");
+        assert_eq!(got, "1");
+        let _: () = redis
+            .query(&set(fresh, "2"))
+            .await
+            .expect("ASK for a new key");
+        let mut both = redis::pipe();
+        both.add_command(get(moved)).add_command(get(fresh));
+        let got: (String, String) = redis.query(&both).await.expect("ASK for a pipeline");
+        assert_eq!(got, ("1".to_owned(), "2".to_owned()));
+
+        cluster.finish_migration(slot, from, to).await;
+        let got: String = redis.query(&get(fresh)).await.expect("MOVED");
+        assert_eq!(got, "2");
+        let mut read = script.prepare_invoke();
+        read.key(moved);
+        let got: String = redis
+            .invoke(read)
+            .await
+            .expect("a script on the new master");
+        assert_eq!(got, "1");
+
+        let publishes: Vec<Cmd> = (0..300)
+            .map(|i| {
+                let mut cmd = redis::cmd("SPUBLISH");
+                cmd.arg(format!("node:{{{i}}}")).arg("x");
+                cmd
+            })
+            .collect();
+        let (failed, error) = redis.fan_out(publishes).await;
+        assert_eq!((failed, error.map(|e| e.to_string())), (0, None));
+        let map = redis.slot_map().await.expect("slot map");
+        assert_eq!(
+            map.owner(slot).as_deref(),
+            Some(format!("127.0.0.1:{to}").as_str())
+        );
     }
 }
