@@ -36,11 +36,15 @@ pub fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
 
 /// The next text frame, skipping pings and pongs; panics on anything else.
 pub async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match crate::within("a text frame", ws.next()).await {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
+    // One bound for the whole wait: keepalive pings must not restart it.
+    let text = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
-    }
+    };
+    crate::within("a text frame", text).await
 }
