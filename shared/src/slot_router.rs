@@ -269,9 +269,13 @@ impl SlotRouter {
                         }
                     }
                 }
-                // Whether the master ran them is unknown: sending them again could deliver a
-                // push twice. As on one Redis, they count as failed (agents' polls cover them).
-                Err(e) => failed = (pipe.len(), Some(e)),
+                // No answer in time: whether the master ran them is unknown, and sending them
+                // again could deliver a push twice. As on one Redis, they count as failed
+                // (agents' polls cover them).
+                Err(e) if e.is_timeout() => failed = (pipe.len(), Some(e)),
+                // A master that is gone (a failover) or a slot nobody serves: sent again one
+                // by one, each after the map is read anew.
+                Err(_) => again.extend(pipe.cmd_iter()),
             }
             if !again.is_empty() {
                 let _ = self.refresh().await;
