@@ -1,5 +1,5 @@
 //! One subscription connection to a shard's master: opening it (RESP3, pushes), sending
-//! subscription commands a slot at a time, and reading its pushes.
+//! subscription commands a slot at a time from a queue of its own, and reading its pushes.
 
 use crate::state::GatewayState;
 use crate::subscriptions::dispatch;
@@ -10,6 +10,7 @@ use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushKind};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What a shard connection's reader reports to the manager.
@@ -20,7 +21,18 @@ pub(super) enum Event {
     Unsubscribed(Addr, u64, String),
     /// The connection ended.
     Lost(Addr, u64),
+    /// A batch of subscription commands failed (its nodes, the command, why).
+    Failed {
+        addr: Addr,
+        generation: u64,
+        command: &'static str,
+        nodes: Vec<Uuid>,
+        error: redis::RedisError,
+    },
 }
+
+/// A subscription change for the shard's writer: `SSUBSCRIBE` or `SUNSUBSCRIBE`, and nodes.
+type Batch = (&'static str, Vec<Uuid>);
 
 /// One subscription connection to a shard's master.
 pub(super) struct Shard {
@@ -29,12 +41,23 @@ pub(super) struct Shard {
     pub(super) generation: u64,
     pub(super) probe: String,
     pub(super) opened: Instant,
+    batches: mpsc::UnboundedSender<Batch>,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Shard {
+    /// Queues `command` for `nodes`: sent in the order queued, without holding the caller;
+    /// confirmations arrive as pushes, a failure as [`Event::Failed`].
+    pub(super) fn queue(&self, command: &'static str, nodes: Vec<Uuid>) {
+        let _ = self.batches.send((command, nodes));
+    }
 }
 
 impl Drop for Shard {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -59,13 +82,30 @@ pub(super) async fn connect(
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await?;
-    let reader = tokio::spawn(read(state.clone(), addr.clone(), generation, rx, events));
+    let reader = tokio::spawn(read(
+        state.clone(),
+        addr.clone(),
+        generation,
+        rx,
+        events.clone(),
+    ));
+    let (batches, queued) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write(
+        state.clone(),
+        addr.clone(),
+        generation,
+        conn.clone(),
+        queued,
+        events,
+    ));
     let shard = Shard {
         conn: conn.clone(),
         generation,
         probe,
         opened: Instant::now(),
+        batches,
         reader,
+        writer,
     };
     with_timeout(timeout, async {
         redis::cmd("SSUBSCRIBE")
@@ -97,9 +137,60 @@ fn shard_info(state: &GatewayState, addr: &str) -> redis::RedisResult<Connection
     Ok(info)
 }
 
+/// Sends the queued batches in order, one at a time, merging batches of one command queued
+/// behind each other (so a node's subscribe and unsubscribe never swap); reports failures.
+///
+/// The manager only queues: were it to wait for the replies, a loaded shard would hold it,
+/// and with it the confirmations that let sessions go on (on a 2-core host with 100,000
+/// agents connecting, 50,000 of them queued up and subscriptions timed out).
+async fn write(
+    state: GatewayState,
+    addr: Addr,
+    generation: u64,
+    conn: redis::aio::MultiplexedConnection,
+    mut queued: mpsc::UnboundedReceiver<Batch>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut carried: Option<Batch> = None;
+    loop {
+        let (command, mut nodes) = match carried.take() {
+            Some(batch) => batch,
+            None => match queued.recv().await {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        while let Ok((next, more)) = queued.try_recv() {
+            if next == command {
+                nodes.extend(more);
+            } else {
+                carried = Some((next, more));
+                break;
+            }
+        }
+        let span =
+            tracing::info_span!("subscription_change", command, nodes = nodes.len(), shard = %addr);
+        let sent = send_by_slot(&state, conn.clone(), command, &nodes)
+            .instrument(span)
+            .await;
+        if let Err(error) = sent {
+            let failed = Event::Failed {
+                addr: addr.clone(),
+                generation,
+                command,
+                nodes,
+                error,
+            };
+            if events.send(failed).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Sends `command` for the nodes, one command per slot (a command may name channels of one
 /// slot only), all at once, and waits for the replies.
-pub(super) async fn send_by_slot(
+async fn send_by_slot(
     state: &GatewayState,
     conn: redis::aio::MultiplexedConnection,
     command: &'static str,

@@ -4,8 +4,10 @@
 //! A sharded message travels only within the shard that owns its channel's slot, so the
 //! gateway subscribes each node's channel on that shard's master. The manager keeps where each
 //! held node is subscribed (its placement) and the cluster's slot map. It batches
-//! `SSUBSCRIBE`/`SUNSUBSCRIBE` by slot (one command names channels of one slot only) and sends
-//! a shard's batches together; connections to several shards open concurrently.
+//! `SSUBSCRIBE`/`SUNSUBSCRIBE` by slot (one command names channels of one slot only) and queues
+//! them on the shard's connection, whose writer sends them in order; the manager never waits
+//! for their replies, so confirmations keep flowing while a loaded shard answers slowly.
+//! Connections to several shards open concurrently.
 //!
 //! The shard connections speak RESP3, so subscription replies, messages and the server's own
 //! `sunsubscribe` (sent when a slot migrates away) arrive as pushes naming their channel. The
@@ -18,11 +20,10 @@
 //! placements and sends again what stayed unconfirmed — at once when a slot moved or a shard
 //! connection that had lived a while was lost (a failover), and with backoff (25 ms to 2 s)
 //! after a failure: a command or connection that failed (`MOVED`, a shard down), a subscription
-//! unconfirmed past the command timeout, a connection lost soon after it opened. Commands go to
-//! every shard at once, and a shard that failed to open or lost its connection is left alone
-//! for 2 s, so
-//! batches for the other shards do not keep waiting on a dead master (each new try of it can
-//! still hold the manager for one command timeout). After a resync that followed a lost, deaf
+//! unconfirmed past the command timeout, a connection lost soon after it opened. A shard that
+//! failed to open or lost its connection is left alone for 2 s, so the manager does not keep
+//! waiting on a dead master (each new try to open it can hold the manager for one command
+//! timeout). After a resync that followed a lost, deaf
 //! or silent connection, or a master leaving the slot map, the next liveness beat restores
 //! presence (a promoted replica may miss the latest writes).
 //!
@@ -36,14 +37,13 @@ use crate::subscriptions::{Request, Requests};
 use flotilla_shared::backoff::Backoff;
 use flotilla_shared::channels::{node_channel, node_from_channel};
 use flotilla_shared::slots::{slot, Addr, SlotMap};
-use link::{connect, send_by_slot, with_timeout, Event, Shard};
+use link::{connect, with_timeout, Event, Shard};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 /// Delay before a resync after a failure; grows to [`RESYNC_MAX`] while failures repeat, and
@@ -300,6 +300,17 @@ impl Manager {
                     self.retry_later(&format_args!("the connection to shard {addr} did not last"));
                 }
             }
+            Event::Failed {
+                addr,
+                generation,
+                command,
+                nodes,
+                error,
+            } => {
+                if self.current(&addr, generation) {
+                    self.on_failed(addr, command, nodes, error);
+                }
+            }
         }
     }
 
@@ -367,7 +378,7 @@ impl Manager {
         for &node in &remove {
             self.answer(node);
         }
-        self.unsubscribe(remove).await;
+        self.unsubscribe(remove);
         if self.slots.is_empty() {
             // No slot map yet: the first resync subscribes every held node; a waiter is not
             // kept waiting for it (as with a single Redis that is down).
@@ -391,7 +402,7 @@ impl Manager {
     /// `SUNSUBSCRIBE`s the nodes where they are placed, a command per slot, every shard at
     /// once. Failures are only logged: a stray subscription costs the shard a little memory
     /// until the connection ends.
-    async fn unsubscribe(&mut self, nodes: Vec<Uuid>) {
+    fn unsubscribe(&mut self, nodes: Vec<Uuid>) {
         let mut by_shard: HashMap<Addr, Vec<Uuid>> = HashMap::new();
         for node in nodes {
             if let Some(p) = self.placements.get(&node) {
@@ -399,59 +410,65 @@ impl Manager {
             }
             self.unplace(node);
         }
-        let sent = self.send("SUNSUBSCRIBE", by_shard).await;
         let now = Instant::now();
-        for (addr, nodes, result) in sent {
-            match result {
-                Ok(()) => {
-                    for node in nodes {
-                        let pending = self
-                            .unsubscribing
-                            .entry((addr.clone(), node))
-                            .or_insert((0, now));
-                        *pending = (pending.0 + 1, now);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, shard = %addr, "unsubscribing failed"),
+        for (addr, nodes) in self.send("SUNSUBSCRIBE", by_shard) {
+            for node in nodes {
+                let pending = self
+                    .unsubscribing
+                    .entry((addr.clone(), node))
+                    .or_insert((0, now));
+                *pending = (pending.0 + 1, now);
             }
         }
     }
 
-    /// Sends `command` for each shard's nodes (see [`send_by_slot`]), every shard at once. A
-    /// shard whose connection failed is dropped and left alone for a while, so the next
-    /// batches do not wait on it again.
-    async fn send(
-        &mut self,
+    /// Queues `command` for each shard's nodes on that shard's connection (sent a command per
+    /// slot, in order; failures come back as [`Event::Failed`]). Returns the shards queued on.
+    fn send(
+        &self,
         command: &'static str,
         by_shard: HashMap<Addr, Vec<Uuid>>,
-    ) -> Vec<(Addr, Vec<Uuid>, redis::RedisResult<()>)> {
-        let state = &self.state;
-        let sends = by_shard.into_iter().filter_map(|(addr, nodes)| {
-            let conn = self.shards.get(&addr)?.conn.clone();
-            let span = tracing::info_span!("subscription_change", command, nodes = nodes.len(), shard = %addr);
-            Some(async move {
-                let result = send_by_slot(state, conn, command, &nodes)
-                    .instrument(span)
-                    .await;
-                (addr, nodes, result)
-            })
-        });
-        let sent = futures_util::future::join_all(sends).await;
-        for (addr, _, result) in &sent {
-            if let Err(e) = result {
-                // A lost connection, not a slow answer: a large batch on a loaded host may
-                // outlast the timeout while its confirmations still arrive (and what stays
-                // unconfirmed is sent again), so dropping the shard then would only start over.
-                if e.is_connection_dropped() || e.is_connection_refusal() {
-                    tracing::warn!(shard = %addr, error = %e, "lost a shard's connection; reconnecting it later");
-                    self.drop_shard(addr);
-                    self.unreachable
-                        .insert(addr.clone(), Instant::now() + RESYNC_MAX);
-                    self.restore_presence = true;
-                }
+    ) -> Vec<(Addr, Vec<Uuid>)> {
+        let mut queued = Vec::new();
+        for (addr, nodes) in by_shard {
+            if let Some(shard) = self.shards.get(&addr) {
+                shard.queue(command, nodes.clone());
+                queued.push((addr, nodes));
             }
         }
-        sent
+        queued
+    }
+
+    /// A batch of subscription commands failed. A shard whose connection is lost is dropped
+    /// and left alone for a while, so the next batches do not wait on it again; a timeout does
+    /// not drop it, since a large batch on a loaded host may outlast the timeout while its
+    /// confirmations still arrive (and what stays unconfirmed is sent again). Waiting sessions
+    /// go on; the nodes are subscribed by the next resync.
+    fn on_failed(
+        &mut self,
+        addr: Addr,
+        command: &'static str,
+        nodes: Vec<Uuid>,
+        e: redis::RedisError,
+    ) {
+        if e.is_connection_dropped() || e.is_connection_refusal() {
+            tracing::warn!(shard = %addr, error = %e, "lost a shard's connection; reconnecting it later");
+            self.drop_shard(&addr);
+            self.unreachable
+                .insert(addr.clone(), Instant::now() + RESYNC_MAX);
+            self.restore_presence = true;
+        }
+        if command == "SUNSUBSCRIBE" {
+            tracing::debug!(error = %e, shard = %addr, "unsubscribing failed");
+            for node in nodes {
+                self.unsubscribing.remove(&(addr.clone(), node));
+            }
+            return;
+        }
+        for node in nodes {
+            self.answer(node);
+        }
+        self.retry_later(&format_args!("a shard subscription failed: {e}"));
     }
 
     /// `SSUBSCRIBE`s the nodes on the masters owning their slots, opening shard connections
@@ -497,11 +514,7 @@ impl Manager {
             }
             sendable.insert(addr, nodes);
         }
-        for (_, _, sent) in self.send("SSUBSCRIBE", sendable).await {
-            if let Err(e) = sent {
-                result = Err(e);
-            }
-        }
+        self.send("SSUBSCRIBE", sendable);
         result
     }
 
