@@ -7,8 +7,9 @@
 //! - [`claim`]: a new socket takes the node over (newest wins) and learns who held it before;
 //! - [`release`]: a closing socket deletes the entry only if it still holds it, so a late close
 //!   of an older socket never erases a newer one's presence;
-//! - [`restore`]: after Redis lost its data, a gateway re-asserts a socket it still holds,
-//!   unless another socket took the node in the meantime;
+//! - [`restore`]: after Redis lost its data or a claim failed, a gateway re-asserts a socket
+//!   it still holds, unless a newer socket took the node in the meantime (an older entry, such
+//!   as one a crashed gateway left, is taken over as a claim would);
 //! - [`lookup`]: the fleet API reads many nodes in one round trip (on a cluster, a read per
 //!   node, all in flight at once, and one for the gateways' liveness);
 //! - [`connected`]: every live connection at once, for the fleet API's `connected` and
@@ -28,8 +29,8 @@
 //! sets and the liveness keys — share the tag `{flotilla:presence}`, so [`connected`] stays
 //! one script there. The writers then run in steps: the node's hash by a script on the node's
 //! slot (the read-modify-write that decides who holds the node stays atomic), then the node
-//! sets in one pipeline on the presence slot, then the fleet event; once the hash is written
-//! the later steps are best effort. The sets are then an index that races can leave a node in
+//! sets and the fleet event in one pipeline to the presence slot's master; once the hash is
+//! written that second step is best effort. The sets are then an index that races can leave a node in
 //! after it left, or without while it is connected: the gateway's periodic [`reindex`] and
 //! [`reconcile`] repair both, and [`connected`] lists a node found in two sets once. [`lookup`]
 //! reads each hash on its own shard.
@@ -243,19 +244,24 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the presence hash `KEYS[1]` if it is absent or already held by connection `ARGV[2]`;
-/// on a single Redis (`ARGV[6]` given) it also keeps the node (`ARGV[5]`) in its gateway's node
-/// set (prefix `ARGV[6]`) and the gateway in the gateways set (`KEYS[2]`).
+/// Sets the presence hash `KEYS[1]` unless another connection that opened at the same time or
+/// later (`since` >= `ARGV[3]`) holds it, then answers 0; on a single Redis (`ARGV[6]` given)
+/// it also moves the node (`ARGV[5]`) from a previous holder's node set to its gateway's (prefix
+/// `ARGV[6]`) and keeps the gateway in the gateways set (`KEYS[2]`).
 static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local cur = redis.call('HGET', KEYS[1], 'conn')
-        if cur and cur ~= ARGV[2] then
+        local cur = redis.call('HMGET', KEYS[1], 'gateway', 'conn', 'since', 'transport')
+        local other = cur[2] and cur[2] ~= ARGV[2]
+        if other and (tonumber(cur[3]) or 0) >= tonumber(ARGV[3]) then
           return 0
         end
         redis.call('HSET', KEYS[1], 'gateway', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3],
                    'transport', ARGV[4])
         if ARGV[6] then
+          if other and cur[1] then
+            redis.call('SREM', ARGV[6] .. cur[1] .. ':' .. (cur[4] or 'websocket'), ARGV[5])
+          end
           redis.call('SADD', ARGV[6] .. ARGV[1] .. ':' .. ARGV[4], ARGV[5])
           redis.call('SADD', KEYS[2], ARGV[1])
         end
@@ -299,15 +305,11 @@ fn write_invocation<'a>(
     invocation
 }
 
-/// Publishes a fleet event (classic pub/sub: every api instance, on any cluster node, hears it).
-async fn announce(redis: &Redis, event: Option<&str>) -> RedisResult<()> {
-    match event {
-        Some(event) => {
-            let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(FLEET_EVENTS).arg(event);
-            redis.query(&cmd).await
-        }
-        None => Ok(()),
+/// Adds the publish of a fleet event to `pipe` (classic pub/sub: every api instance, on any
+/// cluster node, hears it, so it rides along with the index update on the index's shard).
+fn announce(pipe: &mut redis::Pipeline, event: Option<&str>) {
+    if let Some(event) = event {
+        pipe.cmd("PUBLISH").arg(FLEET_EVENTS).arg(event).ignore();
     }
 }
 
@@ -405,14 +407,14 @@ pub async fn claim(
             .arg(keys.gateways)
             .arg(&presence.gateway_id)
             .ignore();
+        announce(&mut pipe, event);
         index_step(redis.query::<()>(&pipe).await, node_id);
-        index_step(announce(redis, event).await, node_id);
     }
     Ok(previous)
 }
 
-/// On a cluster, the node sets and the fleet event follow the node's hash in later steps;
-/// once the hash is written, their failure is only logged (the liveness beat's periodic
+/// On a cluster, the node sets and the fleet event follow the node's hash in a later step
+/// (one pipeline); once the hash is written, its failure is only logged (the liveness beat's periodic
 /// re-index and reconciliation repair the sets; a lost event only delays the console).
 fn index_step(result: RedisResult<()>, node_id: Uuid) {
     if let Err(e) = result {
@@ -421,7 +423,7 @@ fn index_step(result: RedisResult<()>, node_id: Uuid) {
 }
 
 /// Deletes the node's presence if `conn_id` still holds it; true when it did. Only then is
-/// `event`, if given, published on [`FLEET_EVENTS`]: in the same step on a single Redis, in a
+/// `event`, if given, published on [`FLEET_EVENTS`]: in the same step on a single Redis, in the
 /// later best-effort one on a cluster.
 pub async fn release(
     redis: &Redis,
@@ -444,11 +446,13 @@ pub async fn release(
     }
     let released: Option<String> = redis.invoke(invocation).await?;
     if let (true, Some(set)) = (cluster, &released) {
-        let mut srem = redis::cmd("SREM");
-        srem.arg(format!("{}{set}", keys.nodes_prefix))
-            .arg(node_id.to_string());
-        index_step(redis.query::<()>(&srem).await, node_id);
-        index_step(announce(redis, event).await, node_id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SREM")
+            .arg(format!("{}{set}", keys.nodes_prefix))
+            .arg(node_id.to_string())
+            .ignore();
+        announce(&mut pipe, event);
+        index_step(redis.query::<()>(&pipe).await, node_id);
     }
     Ok(released.is_some())
 }
@@ -833,7 +837,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn restore_never_overrides_another_connection() {
+    async fn restore_never_overrides_a_newer_connection() {
         let redis = redis();
         let node = Uuid::new_v4();
         assert!(restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
@@ -841,6 +845,40 @@ mod tests {
         claim(&redis, node, &at("g2", "c2", 2), None).await.unwrap();
         assert!(!restore(&redis, node, &at("g1", "c1", 1)).await.unwrap());
         assert!(release(&redis, node, "c2", None).await.unwrap());
+    }
+
+    /// An entry older than the socket restoring (left by a crashed gateway, or by this socket's
+    /// predecessor when the claim failed) does not close the socket: the restore takes over,
+    /// and the node moves between the gateways' sets as on a claim.
+    #[tokio::test]
+    async fn restore_takes_over_an_older_entry() {
+        let redis = redis();
+        let (stale, me) = (
+            format!("gw-{}", Uuid::new_v4().simple()),
+            format!("gw-{}", Uuid::new_v4().simple()),
+        );
+        set_alive(&redis, &stale).await;
+        set_alive(&redis, &me).await;
+        let node = Uuid::new_v4();
+        claim(&redis, node, &at(&stale, "old", 1), None)
+            .await
+            .unwrap();
+        assert!(restore(&redis, node, &at(&me, "new", 2)).await.unwrap());
+        let found = lookup(&redis, &[node]).await.unwrap();
+        assert_eq!(found[0].as_ref().map(|p| p.conn_id.as_str()), Some("new"));
+        for (gateway, member) in [(&stale, false), (&me, true)] {
+            let mut ismember = redis::cmd("SISMEMBER");
+            ismember
+                .arg(keys(&redis).nodes(gateway, Transport::Websocket))
+                .arg(node.to_string());
+            assert_eq!(redis.query::<bool>(&ismember).await.unwrap(), member);
+        }
+        // The same instant is not older: the entry stays.
+        claim(&redis, node, &at(&stale, "same", 3), None)
+            .await
+            .unwrap();
+        assert!(!restore(&redis, node, &at(&me, "new", 3)).await.unwrap());
+        assert!(release(&redis, node, "same", None).await.unwrap());
     }
 
     #[tokio::test]
