@@ -17,8 +17,8 @@ use crate::slots::{slot, Addr, SlotMap};
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -44,8 +44,10 @@ struct Inner {
     links: Mutex<HashMap<Addr, Arc<OnceCell<MultiplexedConnection>>>>,
     /// One slot-map read at a time.
     refreshing: tokio::sync::Mutex<()>,
-    /// Slot-map reads so far: callers that waited for another's read take its result.
+    /// Slot-map reads begun so far (see [`SlotRouter::refresh`]).
     reads: AtomicU64,
+    /// Turns of commands without a key over the masters.
+    turn: AtomicUsize,
 }
 
 /// Where a command goes.
@@ -58,7 +60,6 @@ enum Route {
     /// Every master (script loads, flushes).
     AllMasters,
 }
-
 /// What a reply asks the router to do next.
 enum Next {
     Done,
@@ -84,6 +85,7 @@ impl SlotRouter {
                 links: Mutex::default(),
                 refreshing: tokio::sync::Mutex::new(()),
                 reads: AtomicU64::new(0),
+                turn: AtomicUsize::new(0),
             }),
         };
         router.refresh().await?;
@@ -95,23 +97,24 @@ impl SlotRouter {
         self.inner.map.read().unwrap().clone()
     }
 
-    /// Re-reads the slot map (from a master, else from a seed); true when it changed. Links to
-    /// nodes that no longer serve a slot are closed. Calls made while a read is under way share
-    /// it, so a burst of redirections costs one read.
+    /// Re-reads the slot map (from every known master and seed at once, the first answer
+    /// taken); true when it changed. Links to nodes that no longer serve a slot are closed.
+    /// A call that waited while another read was under way takes that read's result only if
+    /// the read began after the call did, so a burst of redirections costs one read and nobody
+    /// gets a map older than their call.
     pub async fn refresh(&self) -> RedisResult<bool> {
         let before = self.inner.reads.load(Ordering::Acquire);
         let _one = self.inner.refreshing.lock().await;
-        if self.inner.reads.load(Ordering::Acquire) != before {
+        if self.inner.reads.load(Ordering::Acquire) > before {
             return Ok(false);
         }
-        let read = self.read_map().await;
-        self.inner.reads.fetch_add(1, Ordering::Release);
-        let now = read?;
+        self.inner.reads.fetch_add(1, Ordering::AcqRel);
+        let now = self.read_map().await?;
         let mut map = self.inner.map.write().unwrap();
         if *map == now {
             return Ok(false);
         }
-        let masters: std::collections::HashSet<&Addr> = now.masters().collect();
+        let masters: HashSet<&Addr> = now.masters().collect();
         self.inner
             .links
             .lock()
@@ -121,35 +124,51 @@ impl SlotRouter {
         Ok(true)
     }
 
+    /// `CLUSTER SLOTS` from whichever known master or seed answers first (a master that is
+    /// down must not hold the read up).
     async fn read_map(&self) -> RedisResult<SlotMap> {
         let mut slots = redis::cmd("CLUSTER");
         slots.arg("SLOTS");
-        let known: Vec<Addr> = self.slot_map().masters().cloned().collect();
-        let mut last = None;
-        for addr in known {
-            match self.link(&addr).await {
-                Ok(mut conn) => match slots.query_async::<Vec<Value>>(&mut conn).await {
-                    Ok(reply) => return SlotMap::parse(&reply),
-                    Err(e) => last = Some(self.failed(&addr, e)),
-                },
-                Err(e) => last = Some(e),
-            }
-        }
+        let known = self.masters();
         let config = self.config();
-        let tries = self.inner.seeds.iter().map(|client| {
+        let from_masters = known.iter().map(|addr| {
+            let slots = &slots;
+            Box::pin(async move {
+                let mut conn = self.link(addr).await?;
+                let reply = slots.query_async::<Vec<Value>>(&mut conn).await;
+                reply.map_err(|e| self.failed(addr, e))
+            }) as futures_util::future::BoxFuture<'_, RedisResult<Vec<Value>>>
+        });
+        let from_seeds = self.inner.seeds.iter().map(|client| {
             let (slots, config) = (&slots, &config);
             Box::pin(async move {
                 let mut conn = client
                     .get_multiplexed_async_connection_with_config(config)
                     .await?;
                 slots.query_async::<Vec<Value>>(&mut conn).await
-            })
+            }) as futures_util::future::BoxFuture<'_, RedisResult<Vec<Value>>>
         });
-        let first = futures_util::future::select_ok(tries).await;
+        let tries: Vec<_> = from_masters.chain(from_seeds).collect();
+        let first =
+            tokio::time::timeout(self.inner.timeout, futures_util::future::select_ok(tries)).await;
         match first {
-            Ok((reply, _)) => SlotMap::parse(&reply),
-            Err(e) => Err(last.unwrap_or(e)),
+            Ok(Ok((reply, _))) => SlotMap::parse(&reply),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RedisError::from((
+                ErrorKind::IoError,
+                "no cluster node answered CLUSTER SLOTS in time",
+            ))),
         }
+    }
+
+    /// Every master of the map, once each.
+    fn masters(&self) -> Vec<Addr> {
+        let map = self.inner.map.read().unwrap();
+        let mut seen = HashSet::new();
+        map.masters()
+            .filter(|addr| seen.insert(*addr))
+            .cloned()
+            .collect()
     }
 
     fn config(&self) -> AsyncConnectionConfig {
@@ -185,19 +204,23 @@ impl SlotRouter {
         Ok(conn.clone())
     }
 
-    /// Forgets the link to `addr` when `e` shows it is lost (not merely slow); returns `e`.
+    /// Forgets the link to `addr` when `e` shows it is lost or unresponsive; returns `e`.
     fn failed(&self, addr: &Addr, e: RedisError) -> RedisError {
-        if lost(&e) {
+        if lost(&e) || e.is_timeout() {
             self.inner.links.lock().unwrap().remove(addr);
         }
         e
     }
 
+    /// The master for `route`; commands without a key take turns over the masters.
     fn owner(&self, route: Route) -> Option<Addr> {
-        let map = self.inner.map.read().unwrap();
         match route {
-            Route::Slot(slot) => map.owner(slot),
-            Route::Any | Route::AllMasters => map.masters().next().cloned(),
+            Route::Slot(slot) => self.inner.map.read().unwrap().owner(slot),
+            Route::Any | Route::AllMasters => {
+                let masters = self.masters();
+                let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+                masters.get(turn % masters.len().max(1)).cloned()
+            }
         }
     }
 
@@ -207,81 +230,94 @@ impl SlotRouter {
         if route == Route::AllMasters {
             return self.on_every_master(cmd).await;
         }
-        let mut replies = self.exchange(route, Request::Cmd(cmd)).await?;
+        let mut replies = self.exchange(route, &[cmd]).await?;
         replies.pop().unwrap_or(Value::Nil).extract_error()
     }
 
     /// Sends a pipeline (of one slot) to that slot's master, following redirections; the
     /// replies from `offset` on, `count` of them, errors left in place (as a connection's
-    /// `req_packed_commands`).
+    /// `req_packed_commands`). Transactions are refused: nothing here needs one, and a
+    /// redirection could not resend part of one.
     pub async fn pipeline(
         &self,
         pipe: &Pipeline,
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let route = pipe
-            .cmd_iter()
+        if pipe.is_transaction() {
+            return Err(RedisError::from((
+                ErrorKind::ClientError,
+                "transactions are not supported on a Redis Cluster here",
+            )));
+        }
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let route = cmds
+            .iter()
             .map(|cmd| route(cmd.args_iter()))
             .find(|r| matches!(r, Route::Slot(_)))
             .unwrap_or(Route::Any);
-        self.exchange(route, Request::Pipeline(pipe, offset, count))
-            .await
+        let replies = self.exchange(route, &cmds).await?;
+        Ok(replies.into_iter().skip(offset).take(count).collect())
     }
 
     /// Runs commands of any slots: one pipeline per master, every master at once; commands a
-    /// master redirected are sent again one by one. How many failed, and the last error.
+    /// master redirected, or that never reached a master (one that is gone, a connection that
+    /// failed), are sent again one by one. A pipeline that got no answer in time counts as
+    /// failed: the master may have run it, and a push must not go out twice for a slow one.
+    /// How many failed, and the last error; each step is bounded by the command timeout.
     pub async fn fan_out(&self, cmds: Vec<Cmd>) -> (usize, Option<RedisError>) {
         let mut by_master: HashMap<Option<Addr>, Vec<Cmd>> = HashMap::new();
         for cmd in cmds {
             let owner = self.owner(route(cmd.args_iter()));
             by_master.entry(owner).or_default().push(cmd);
         }
+        let timeout = self.inner.timeout;
         let sends = by_master.into_iter().map(|(addr, cmds)| async move {
             let mut pipe = redis::pipe();
             for cmd in cmds {
                 pipe.add_command(cmd);
             }
-            let replies = match addr {
-                Some(addr) => match self.link(&addr).await {
-                    Ok(mut conn) => conn
-                        .req_packed_commands(&pipe, 0, pipe.len())
-                        .await
-                        .map_err(|e| self.failed(&addr, e)),
-                    Err(e) => Err(e),
-                },
+            let mut again: Vec<&Cmd> = Vec::new();
+            let mut failed = (0, None);
+            let conn = match &addr {
+                Some(addr) => self.link(addr).await.map(|c| (addr, c)),
                 None => Err(RedisError::from((
                     ErrorKind::ClusterDown,
                     "slot not served",
                 ))),
             };
-            let mut again: Vec<&Cmd> = Vec::new();
-            let mut failed = (0, None);
-            match replies {
-                Ok(replies) => {
-                    for (cmd, reply) in pipe.cmd_iter().zip(replies) {
-                        match reply.extract_error() {
-                            Ok(_) => {}
-                            Err(e) if matches!(next(&e), Next::Done) => {
-                                failed = (failed.0 + 1, Some(e));
+            match conn {
+                Err(_) => again.extend(pipe.cmd_iter()),
+                Ok((addr, mut conn)) => {
+                    let replies = conn.req_packed_commands(&pipe, 0, pipe.len()).await;
+                    match replies.map_err(|e| self.failed(addr, e)) {
+                        Ok(replies) => {
+                            for (cmd, reply) in pipe.cmd_iter().zip(replies) {
+                                match reply.extract_error() {
+                                    Ok(_) => {}
+                                    Err(e) if matches!(next(&e), Next::Done) => {
+                                        failed = (failed.0 + 1, Some(e));
+                                    }
+                                    Err(_) => again.push(cmd),
+                                }
                             }
-                            Err(_) => again.push(cmd),
                         }
+                        Err(e) if e.is_timeout() => failed = (pipe.len(), Some(e)),
+                        // The master is gone (a failover): the commands never reached it.
+                        Err(_) => again.extend(pipe.cmd_iter()),
                     }
                 }
-                // No answer in time: whether the master ran them is unknown, and sending them
-                // again could deliver a push twice. As on one Redis, they count as failed
-                // (agents' polls cover them).
-                Err(e) if e.is_timeout() => failed = (pipe.len(), Some(e)),
-                // A master that is gone (a failover) or a slot nobody serves: sent again one
-                // by one, each after the map is read anew.
-                Err(_) => again.extend(pipe.cmd_iter()),
             }
             if !again.is_empty() {
-                let _ = self.refresh().await;
-                for result in join_all(again.into_iter().map(|cmd| self.command(cmd))).await {
-                    if let Err(e) = result {
-                        failed = (failed.0 + 1, Some(e));
+                let _ = tokio::time::timeout(timeout, self.refresh()).await;
+                let sends = again
+                    .into_iter()
+                    .map(|cmd| tokio::time::timeout(timeout, self.command(cmd)));
+                for result in join_all(sends).await {
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => failed = (failed.0 + 1, Some(e)),
+                        Err(_) => failed = (failed.0 + 1, Some(timed_out())),
                     }
                 }
             }
@@ -293,24 +329,38 @@ impl SlotRouter {
             .fold((0, None), |(n, last), (failed, e)| (n + failed, e.or(last)))
     }
 
+    /// Sends `cmd` to every master, and to every other node this router was sent to (an
+    /// importing node during a migration, which `CLUSTER SLOTS` does not name yet): a script
+    /// load must reach wherever the script will run. Succeeds if any node took it.
     async fn on_every_master(&self, cmd: &Cmd) -> RedisResult<Value> {
-        let masters: Vec<Addr> = self.slot_map().masters().cloned().collect();
-        let sends = masters.iter().map(|addr| async move {
+        let mut nodes: HashSet<Addr> = self.masters().into_iter().collect();
+        nodes.extend(self.inner.links.lock().unwrap().keys().cloned());
+        let sends = nodes.iter().map(|addr| async move {
             let mut conn = self.link(addr).await?;
             conn.req_packed_command(cmd)
                 .await
                 .and_then(Value::extract_error)
                 .map_err(|e| self.failed(addr, e))
         });
-        let mut replies = join_all(sends).await.into_iter();
-        let first = replies
-            .next()
-            .unwrap_or_else(|| Err(RedisError::from((ErrorKind::ClusterDown, "no master"))))?;
-        replies.find(Result::is_err).unwrap_or(Ok(first))
+        let replies = join_all(sends).await;
+        let mut first_error = None;
+        for reply in replies {
+            match reply {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| RedisError::from((ErrorKind::ClusterDown, "no master"))))
     }
 
-    /// Sends `request` to the master of `route` and follows redirections; the raw replies.
-    async fn exchange(&self, route: Route, request: Request<'_>) -> RedisResult<Vec<Value>> {
+    /// Sends `cmds` to the master of `route` and follows redirections: only the commands
+    /// redirected are sent again (others may have run already, as a key-less `PUBLISH` does
+    /// on the node that refused its neighbours), each reply put back in its place.
+    async fn exchange(&self, route: Route, cmds: &[&Cmd]) -> RedisResult<Vec<Value>> {
+        let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut pending: Vec<usize> = (0..cmds.len()).collect();
         let mut to: Option<Addr> = None;
         let mut asking = false;
         let mut last = None;
@@ -326,17 +376,39 @@ impl SlotRouter {
                 let _ = self.refresh().await;
                 continue;
             };
-            let replies = match self.link(&addr).await {
-                Ok(mut conn) => request.send(&mut conn, asking).await,
+            let batch: Vec<&Cmd> = pending.iter().map(|&i| cmds[i]).collect();
+            let sent = match self.link(&addr).await {
+                Ok(mut conn) => send(&mut conn, &batch, asking)
+                    .await
+                    .map_err(|e| self.failed(&addr, e)),
                 Err(e) => Err(e),
             };
             asking = false;
-            let e = match replies {
-                Ok(replies) => match replies.iter().find_map(redirection) {
-                    None => return Ok(replies),
-                    Some(e) => e,
-                },
-                Err(e) => self.failed(&addr, e),
+            let e = match sent {
+                Ok(values) => {
+                    let mut redirected = Vec::new();
+                    let mut first = None;
+                    for (i, value) in pending.iter().zip(values) {
+                        match redirection(&value) {
+                            Some(e) => {
+                                first.get_or_insert(e);
+                                redirected.push(*i);
+                            }
+                            None => replies[*i] = Some(value),
+                        }
+                    }
+                    pending = redirected;
+                    match first {
+                        None => {
+                            return Ok(replies
+                                .into_iter()
+                                .map(|v| v.unwrap_or(Value::Nil))
+                                .collect())
+                        }
+                        Some(e) => e,
+                    }
+                }
+                Err(e) => e,
             };
             match next(&e) {
                 Next::Done => return Err(e),
@@ -358,44 +430,30 @@ impl SlotRouter {
     }
 }
 
-/// A command or a pipeline, as sent to one node.
-#[derive(Clone, Copy)]
-enum Request<'a> {
-    Cmd(&'a Cmd),
-    /// The pipeline, and the replies wanted (offset, count).
-    Pipeline(&'a Pipeline, usize, usize),
+/// Sends commands to one node (each after `ASKING` when asked to: `ASKING` lets only the next
+/// command in) and returns one reply per command, errors in place.
+async fn send(
+    conn: &mut MultiplexedConnection,
+    cmds: &[&Cmd],
+    asking: bool,
+) -> RedisResult<Vec<Value>> {
+    if let ([cmd], false) = (cmds, asking) {
+        return Ok(vec![conn.req_packed_command(cmd).await?]);
+    }
+    let mut pipe = redis::pipe();
+    for cmd in cmds {
+        if asking {
+            pipe.cmd("ASKING");
+        }
+        pipe.add_command((*cmd).clone());
+    }
+    let replies = conn.req_packed_commands(&pipe, 0, pipe.len()).await?;
+    let step = if asking { 2 } else { 1 };
+    Ok(replies.into_iter().skip(step - 1).step_by(step).collect())
 }
 
-impl Request<'_> {
-    /// Sends it (after `ASKING` when asked to) and returns every reply, errors in place.
-    async fn send(self, conn: &mut MultiplexedConnection, asking: bool) -> RedisResult<Vec<Value>> {
-        if !asking {
-            return match self {
-                Request::Cmd(cmd) => Ok(vec![conn.req_packed_command(cmd).await?]),
-                Request::Pipeline(pipe, offset, count) => {
-                    conn.req_packed_commands(pipe, offset, count).await
-                }
-            };
-        }
-        // `ASKING` lets only the next command in: each command gets its own.
-        let (cmds, offset, count): (Vec<&Cmd>, usize, usize) = match self {
-            Request::Cmd(cmd) => (vec![cmd], 0, 1),
-            Request::Pipeline(inner, offset, count) => (inner.cmd_iter().collect(), offset, count),
-        };
-        let mut pipe = redis::pipe();
-        for cmd in &cmds {
-            pipe.cmd("ASKING");
-            pipe.add_command((*cmd).clone());
-        }
-        let replies = conn.req_packed_commands(&pipe, 0, pipe.len()).await?;
-        Ok(replies
-            .into_iter()
-            .skip(1)
-            .step_by(2)
-            .skip(offset)
-            .take(count)
-            .collect())
-    }
+fn timed_out() -> RedisError {
+    RedisError::from((ErrorKind::IoError, "redis command timed out"))
 }
 
 /// The first reply that asks for another try elsewhere or later, as an error.

@@ -574,8 +574,9 @@ mod tests {
         assert_eq!(got, "ok");
     }
 
-    /// Flotilla's cluster handle through a slot migration: `ASK` while the slot moves (a key
-    /// already moved, a new key, a pipeline of both), `MOVED` once it has, a script loaded on
+    /// Flotilla's cluster handle through a slot migration: `ASK` while the slot moves (a
+    /// pipeline half served where the slot was, a key already moved, a new key, a pipeline of
+    /// both), `MOVED` once it has, a script loaded on
     /// the master that runs it, a fan-out over every shard, and the new owner in its map.
     #[tokio::test]
     async fn the_cluster_handle_follows_ask_and_moved() {
@@ -589,7 +590,7 @@ mod tests {
             command_timeout_ms: 2000,
         })
         .expect("settings");
-        let (moved, fresh) = ("{router}:moved", "{router}:fresh");
+        let (moved, fresh, stays) = ("{router}:moved", "{router}:fresh", "{router}:stays");
         let slot = slot(b"router");
         let set = |key: &str, value: &str| {
             let mut cmd = redis::cmd("SET");
@@ -602,6 +603,7 @@ mod tests {
             cmd
         };
         let _: () = redis.query(&set(moved, "1")).await.expect("SET");
+        let _: () = redis.query(&set(stays, "1")).await.expect("SET");
         let script = redis::Script::new("return redis.call('GET', KEYS[1])");
         let mut read = script.prepare_invoke();
         read.key(moved);
@@ -615,9 +617,18 @@ mod tests {
         let from = cluster.master_of(slot).await;
         let to = masters.into_iter().find(|&p| p != from).unwrap();
         cluster.begin_migration(slot, to).await;
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate.arg("127.0.0.1").arg(to).arg("").arg(0).arg(5000);
+        let _: () = cluster.query(from, migrate.arg("KEYS").arg(moved)).await;
+        // Half a pipeline is served where the slot was (its key is still there), half asked
+        // elsewhere: only the asked half is sent again.
+        let mut incr = redis::pipe();
+        incr.cmd("INCR").arg(stays).cmd("INCR").arg(moved);
+        let got: (i64, i64) = redis.query(&incr).await.expect("a pipeline split by ASK");
+        assert_eq!(got, (2, 2));
         cluster.move_keys(slot, from, to).await;
         let got: String = redis.query(&get(moved)).await.expect("ASK for a moved key");
-        assert_eq!(got, "1");
+        assert_eq!(got, "2");
         let _: () = redis
             .query(&set(fresh, "2"))
             .await
@@ -625,7 +636,7 @@ mod tests {
         let mut both = redis::pipe();
         both.add_command(get(moved)).add_command(get(fresh));
         let got: (String, String) = redis.query(&both).await.expect("ASK for a pipeline");
-        assert_eq!(got, ("1".to_owned(), "2".to_owned()));
+        assert_eq!(got, ("2".to_owned(), "2".to_owned()));
 
         cluster.finish_migration(slot, from, to).await;
         let got: String = redis.query(&get(fresh)).await.expect("MOVED");
@@ -636,7 +647,7 @@ mod tests {
             .invoke(read)
             .await
             .expect("a script on the new master");
-        assert_eq!(got, "1");
+        assert_eq!(got, "2");
 
         let publishes: Vec<Cmd> = (0..300)
             .map(|i| {
