@@ -8,8 +8,12 @@
 //! - [`release`]: a closing socket deletes the entry only if it still holds it, so a late close
 //!   of an older socket never erases a newer one's presence;
 //! - [`restore`]: after Redis lost its data or a claim failed, a gateway re-asserts a socket
-//!   it still holds, unless a newer socket took the node in the meantime (an older entry, such
-//!   as one a crashed gateway left, is taken over as a claim would);
+//!   it still holds, unless a newer socket took the node in the meantime. An older entry (one a
+//!   crashed gateway left, or the one the failed claim should have replaced) is taken over, not
+//!   obeyed; unlike a claim, no supersede is sent, so an older socket still open elsewhere
+//!   stays open until it ends or its own gateway restores. Sockets of one gateway compare
+//!   exactly; across gateways, `since` comes from each host's clock, so two sockets of one node
+//!   opened within the hosts' clock skew may be ordered wrongly;
 //! - [`lookup`]: the fleet API reads many nodes in one round trip (on a cluster, a read per
 //!   node, all in flight at once, and one for the gateways' liveness);
 //! - [`connected`]: every live connection at once, for the fleet API's `connected` and

@@ -168,6 +168,9 @@ async fn write(
                 break;
             }
         }
+        // A node queued twice for one command (a resync behind a backlog) is sent once.
+        nodes.sort_unstable();
+        nodes.dedup();
         let span =
             tracing::info_span!("subscription_change", command, nodes = nodes.len(), shard = %addr);
         let sent = send_by_slot(&state, conn.clone(), command, &nodes)

@@ -443,7 +443,7 @@ impl Manager {
     /// and left alone for a while, so the next batches do not wait on it again; a timeout does
     /// not drop it, since a large batch on a loaded host may outlast the timeout while its
     /// confirmations still arrive (and what stays unconfirmed is sent again). Waiting sessions
-    /// go on; the nodes are subscribed by the next resync.
+    /// go on; the nodes still unconfirmed are unplaced, so the next resync subscribes them.
     fn on_failed(
         &mut self,
         addr: Addr,
@@ -461,11 +461,25 @@ impl Manager {
         if command == "SUNSUBSCRIBE" {
             tracing::debug!(error = %e, shard = %addr, "unsubscribing failed");
             for node in nodes {
-                self.unsubscribing.remove(&(addr.clone(), node));
+                let key = (addr.clone(), node);
+                if let Some((pending, _)) = self.unsubscribing.get_mut(&key) {
+                    *pending -= 1;
+                    if *pending == 0 {
+                        self.unsubscribing.remove(&key);
+                    }
+                }
             }
             return;
         }
         for node in nodes {
+            // Unplaced, so the resync sends it again at once.
+            if self
+                .placements
+                .get(&node)
+                .is_some_and(|p| p.shard == addr && !p.confirmed)
+            {
+                self.unplace(node);
+            }
             self.answer(node);
         }
         self.retry_later(&format_args!("a shard subscription failed: {e}"));
