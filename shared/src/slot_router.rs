@@ -10,7 +10,9 @@
 //! `ASK` sends `ASKING` and the command together to the named node; `TRYAGAIN`,
 //! `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` and lost connections re-read the map and retry after
 //! a short pause. A command is tried at most [`ATTEMPTS`] times; callers bound the whole call
-//! with their timeout. A pipeline keeps to one slot (every key of one node shares its hash
+//! with their timeout. A command whose connection died while it was in flight is sent again
+//! too (whether the master ran it is unknown), so while a master fails a push can arrive twice;
+//! pushes are hints that make an agent re-poll, so a second one costs a poll. A pipeline keeps to one slot (every key of one node shares its hash
 //! tag), so it is routed, and retried, as a whole.
 
 use crate::slots::{slot, Addr, SlotMap};
@@ -124,33 +126,42 @@ impl SlotRouter {
         Ok(true)
     }
 
-    /// `CLUSTER SLOTS` from whichever known master or seed answers first (a master that is
-    /// down must not hold the read up).
+    /// `CLUSTER SLOTS` from whichever known master answers first (asked all at once, over the
+    /// links already open, so a master that is down does not hold the read up), else from
+    /// whichever seed does (over new connections).
     async fn read_map(&self) -> RedisResult<SlotMap> {
         let mut slots = redis::cmd("CLUSTER");
         slots.arg("SLOTS");
+        let slots = &slots;
+        let half = self.inner.timeout / 2;
         let known = self.masters();
+        let from_masters: Vec<_> = known
+            .iter()
+            .map(|addr| {
+                Box::pin(async move {
+                    let mut conn = self.link(addr).await?;
+                    let reply = slots.query_async::<Vec<Value>>(&mut conn).await;
+                    reply.map_err(|e| self.failed(addr, e))
+                })
+            })
+            .collect();
+        if !from_masters.is_empty() {
+            let first = tokio::time::timeout(half, futures_util::future::select_ok(from_masters));
+            if let Ok(Ok((reply, _))) = first.await {
+                return SlotMap::parse(&reply);
+            }
+        }
         let config = self.config();
-        let from_masters = known.iter().map(|addr| {
-            let slots = &slots;
-            Box::pin(async move {
-                let mut conn = self.link(addr).await?;
-                let reply = slots.query_async::<Vec<Value>>(&mut conn).await;
-                reply.map_err(|e| self.failed(addr, e))
-            }) as futures_util::future::BoxFuture<'_, RedisResult<Vec<Value>>>
-        });
         let from_seeds = self.inner.seeds.iter().map(|client| {
-            let (slots, config) = (&slots, &config);
+            let config = &config;
             Box::pin(async move {
                 let mut conn = client
                     .get_multiplexed_async_connection_with_config(config)
                     .await?;
                 slots.query_async::<Vec<Value>>(&mut conn).await
-            }) as futures_util::future::BoxFuture<'_, RedisResult<Vec<Value>>>
+            })
         });
-        let tries: Vec<_> = from_masters.chain(from_seeds).collect();
-        let first =
-            tokio::time::timeout(self.inner.timeout, futures_util::future::select_ok(tries)).await;
+        let first = tokio::time::timeout(half, futures_util::future::select_ok(from_seeds)).await;
         match first {
             Ok(Ok((reply, _))) => SlotMap::parse(&reply),
             Ok(Err(e)) => Err(e),
@@ -230,7 +241,7 @@ impl SlotRouter {
         if route == Route::AllMasters {
             return self.on_every_master(cmd).await;
         }
-        let mut replies = self.exchange(route, &[cmd]).await?;
+        let mut replies = self.exchange(route, &[cmd], None).await?;
         replies.pop().unwrap_or(Value::Nil).extract_error()
     }
 
@@ -256,7 +267,7 @@ impl SlotRouter {
             .map(|cmd| route(cmd.args_iter()))
             .find(|r| matches!(r, Route::Slot(_)))
             .unwrap_or(Route::Any);
-        let replies = self.exchange(route, &cmds).await?;
+        let replies = self.exchange(route, &cmds, Some(pipe)).await?;
         Ok(replies.into_iter().skip(offset).take(count).collect())
     }
 
@@ -358,7 +369,12 @@ impl SlotRouter {
     /// Sends `cmds` to the master of `route` and follows redirections: only the commands
     /// redirected are sent again (others may have run already, as a key-less `PUBLISH` does
     /// on the node that refused its neighbours), each reply put back in its place.
-    async fn exchange(&self, route: Route, cmds: &[&Cmd]) -> RedisResult<Vec<Value>> {
+    async fn exchange(
+        &self,
+        route: Route,
+        cmds: &[&Cmd],
+        whole: Option<&Pipeline>,
+    ) -> RedisResult<Vec<Value>> {
         let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
         let mut pending: Vec<usize> = (0..cmds.len()).collect();
         let mut to: Option<Addr> = None;
@@ -377,8 +393,10 @@ impl SlotRouter {
                 continue;
             };
             let batch: Vec<&Cmd> = pending.iter().map(|&i| cmds[i]).collect();
+            // The caller's pipeline as it is while nothing was redirected yet.
+            let whole = whole.filter(|_| batch.len() == cmds.len());
             let sent = match self.link(&addr).await {
-                Ok(mut conn) => send(&mut conn, &batch, asking)
+                Ok(mut conn) => send(&mut conn, &batch, whole, asking)
                     .await
                     .map_err(|e| self.failed(&addr, e)),
                 Err(e) => Err(e),
@@ -431,14 +449,18 @@ impl SlotRouter {
 }
 
 /// Sends commands to one node (each after `ASKING` when asked to: `ASKING` lets only the next
-/// command in) and returns one reply per command, errors in place.
+/// command in; `whole`, when given, is the same commands as one pipeline, sent as it is) and
+/// returns one reply per command, errors in place.
 async fn send(
     conn: &mut MultiplexedConnection,
     cmds: &[&Cmd],
+    whole: Option<&Pipeline>,
     asking: bool,
 ) -> RedisResult<Vec<Value>> {
-    if let ([cmd], false) = (cmds, asking) {
-        return Ok(vec![conn.req_packed_command(cmd).await?]);
+    match (cmds, whole, asking) {
+        ([cmd], _, false) => return Ok(vec![conn.req_packed_command(cmd).await?]),
+        (_, Some(pipe), false) => return conn.req_packed_commands(pipe, 0, pipe.len()).await,
+        _ => {}
     }
     let mut pipe = redis::pipe();
     for cmd in cmds {
