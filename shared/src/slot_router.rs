@@ -10,10 +10,12 @@
 //! `ASK` sends `ASKING` and the command together to the named node; `TRYAGAIN`,
 //! `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` and lost connections re-read the map and retry after
 //! a short pause. A command is tried at most [`ATTEMPTS`] times; callers bound the whole call
-//! with their timeout. A command whose connection died while it was in flight is sent again
-//! too (whether the master ran it is unknown), so while a master fails a push can arrive twice;
-//! pushes are hints that make an agent re-poll, so a second one costs a poll. A pipeline keeps to one slot (every key of one node shares its hash
-//! tag), so it is routed, and retried, as a whole.
+//! with their timeout. A pipeline keeps to one slot (every key of one node shares its hash
+//! tag), so it goes to one master; of its commands only those redirected are sent again.
+//!
+//! A command whose connection died while it was in flight is sent again too (whether the
+//! master ran it is unknown), so while a master fails a push can arrive twice; pushes are
+//! hints that make an agent re-poll, so a second one costs a poll.
 
 use crate::slots::{slot, Addr, SlotMap};
 use futures_util::future::join_all;
@@ -62,6 +64,7 @@ enum Route {
     /// Every master (script loads, flushes).
     AllMasters,
 }
+
 /// What a reply asks the router to do next.
 enum Next {
     Done,
@@ -99,8 +102,7 @@ impl SlotRouter {
         self.inner.map.read().unwrap().clone()
     }
 
-    /// Re-reads the slot map (from every known master and seed at once, the first answer
-    /// taken); true when it changed. Links to nodes that no longer serve a slot are closed.
+    /// Re-reads the slot map (see [`Self::read_map`]); true when it changed. Links to nodes that no longer serve a slot are closed.
     /// A call that waited while another read was under way takes that read's result only if
     /// the read began after the call did, so a burst of redirections costs one read and nobody
     /// gets a map older than their call.
