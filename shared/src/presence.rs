@@ -34,8 +34,8 @@
 //! one script there. The writers then run in steps: the node's hash by a script on the node's
 //! slot (the read-modify-write that decides who holds the node stays atomic), then the node
 //! sets and the fleet event in one pipeline to the presence slot's master; once the hash is
-//! written that second step is best effort. The sets are then an index that races can leave a node in
-//! after it left, or without while it is connected: the gateway's periodic [`reindex`] and
+//! written that second step is best effort. The sets are then an index that races can leave a
+//! node in after it left, or without while it is connected: the gateway's periodic [`reindex`] and
 //! [`reconcile`] repair both, and [`connected`] lists a node found in two sets once. [`lookup`]
 //! reads each hash on its own shard.
 
@@ -418,8 +418,8 @@ pub async fn claim(
 }
 
 /// On a cluster, the node sets and the fleet event follow the node's hash in a later step
-/// (one pipeline); once the hash is written, its failure is only logged (the liveness beat's periodic
-/// re-index and reconciliation repair the sets; a lost event only delays the console).
+/// (one pipeline); once the hash is written, its failure is only logged (the liveness beat's
+/// periodic re-index and reconciliation repair the sets; a lost event only delays the console).
 fn index_step(result: RedisResult<()>, node_id: Uuid) {
     if let Err(e) = result {
         tracing::warn!(%node_id, error = %e, "could not update the presence index or announce it");

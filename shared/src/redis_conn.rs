@@ -272,6 +272,20 @@ pub fn at_address(seed: &redis::ConnectionInfo, host: String, port: u16) -> redi
     }
 }
 
+/// `seed`'s settings at the cluster node `addr` (`host:port`, as the slot map names it).
+pub fn at_node(
+    seed: &redis::ConnectionInfo,
+    addr: &str,
+) -> redis::RedisResult<redis::ConnectionInfo> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::ClientError, "bad cluster node address"))
+        })?;
+    Ok(at_address(seed, host, port))
+}
+
 /// How often a cluster handle reads the slot map.
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 
@@ -306,7 +320,7 @@ async fn follow_topology(shared: std::sync::Weak<Shared>, timeout: Duration) {
     }
 }
 
-fn timed_out() -> redis::RedisError {
+pub(crate) fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::IoError, "redis command timed out"))
 }
 

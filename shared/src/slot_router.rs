@@ -102,10 +102,10 @@ impl SlotRouter {
         self.inner.map.read().unwrap().clone()
     }
 
-    /// Re-reads the slot map (see [`Self::read_map`]); true when it changed. Links to nodes that no longer serve a slot are closed.
-    /// A call that waited while another read was under way takes that read's result only if
-    /// the read began after the call did, so a burst of redirections costs one read and nobody
-    /// gets a map older than their call.
+    /// Re-reads the slot map (see [`Self::read_map`]); true when it changed. Links to nodes
+    /// that no longer serve a slot are closed. A call that waited while another read was under
+    /// way takes that read's result only if the read began after the call did, so a burst of
+    /// redirections costs one read and nobody gets a map older than their call.
     pub async fn refresh(&self) -> RedisResult<bool> {
         let before = self.inner.reads.load(Ordering::Acquire);
         let _one = self.inner.refreshing.lock().await;
@@ -202,13 +202,7 @@ impl SlotRouter {
             .clone();
         let conn = cell
             .get_or_try_init(|| async {
-                let (host, port) = addr
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-                    .ok_or_else(|| {
-                        RedisError::from((ErrorKind::ClientError, "bad node address"))
-                    })?;
-                let info = crate::redis_conn::at_address(&self.inner.seed, host, port);
+                let info = crate::redis_conn::at_node(&self.inner.seed, addr)?;
                 redis::Client::open(info)?
                     .get_multiplexed_async_connection_with_config(&self.config())
                     .await
@@ -280,8 +274,12 @@ impl SlotRouter {
     /// How many failed, and the last error; each step is bounded by the command timeout.
     pub async fn fan_out(&self, cmds: Vec<Cmd>) -> (usize, Option<RedisError>) {
         let mut by_master: HashMap<Option<Addr>, Vec<Cmd>> = HashMap::new();
+        let map = self.slot_map();
         for cmd in cmds {
-            let owner = self.owner(route(cmd.args_iter()));
+            let owner = match route(cmd.args_iter()) {
+                Route::Slot(slot) => map.owner(slot),
+                other => self.owner(other),
+            };
             by_master.entry(owner).or_default().push(cmd);
         }
         let timeout = self.inner.timeout;
@@ -330,7 +328,7 @@ impl SlotRouter {
                     match result {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => failed = (failed.0 + 1, Some(e)),
-                        Err(_) => failed = (failed.0 + 1, Some(timed_out())),
+                        Err(_) => failed = (failed.0 + 1, Some(crate::redis_conn::timed_out())),
                     }
                 }
             }
@@ -474,10 +472,6 @@ async fn send(
     let replies = conn.req_packed_commands(&pipe, 0, pipe.len()).await?;
     let step = if asking { 2 } else { 1 };
     Ok(replies.into_iter().skip(step - 1).step_by(step).collect())
-}
-
-fn timed_out() -> RedisError {
-    RedisError::from((ErrorKind::IoError, "redis command timed out"))
 }
 
 /// The first reply that asks for another try elsewhere or later, as an error.

@@ -4,7 +4,7 @@
 use crate::state::GatewayState;
 use crate::subscriptions::dispatch;
 use flotilla_shared::channels::node_channel;
-use flotilla_shared::redis_conn::at_address;
+use flotilla_shared::redis_conn::at_node;
 use flotilla_shared::slots::{slot, Addr};
 use redis::{AsyncConnectionConfig, ConnectionInfo, ProtocolVersion, PushKind};
 use std::collections::HashMap;
@@ -126,13 +126,7 @@ fn shard_info(state: &GatewayState, addr: &str) -> redis::RedisResult<Connection
         .into_iter()
         .next()
         .expect("a cluster has seeds");
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::ClientError, "bad shard address"))
-        })?;
-    let mut info = at_address(seed.get_connection_info(), host, port);
+    let mut info = at_node(seed.get_connection_info(), addr)?;
     info.redis.protocol = ProtocolVersion::RESP3;
     Ok(info)
 }
