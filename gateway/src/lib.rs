@@ -56,6 +56,7 @@ mod shards;
 mod sse;
 pub mod state;
 mod subscriptions;
+mod tally;
 
 pub use state::GatewayState;
 
@@ -131,6 +132,7 @@ impl Gateway {
             sessions: TaskTracker::new(),
             presence_stale: Default::default(),
             unreleased: Default::default(),
+            subscribe_timeouts: tally::Tally::new(Duration::from_secs(10)),
             settings: gw,
         }));
         Ok(Self { state, requests })

@@ -63,6 +63,8 @@ pub struct Counters {
     pub pushes_dropped: Count,
     /// Times the Redis subscription connection was (re)established.
     pub pubsub_connects: Count,
+    /// Node channels whose subscription was not confirmed in time as their socket opened.
+    pub subscribe_timeouts: Count,
     /// Sockets the gateway closed, by [`Close`] (indexed in [`Close::ALL`] order).
     closes: [Count; Close::ALL.len()],
     /// Push latency (publish → gateway).
@@ -124,6 +126,11 @@ impl Counters {
             "flotilla_gateway_pubsub_connects",
             "Times the Redis subscription connection was (re)established",
         );
+        let subscribe_timeouts = count(
+            &mut registry,
+            "flotilla_gateway_subscribe_timeouts",
+            "Node channels whose subscription was not confirmed in time as their socket opened",
+        );
         let family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "flotilla_gateway_closes",
@@ -157,6 +164,7 @@ impl Counters {
             pushes_delivered,
             pushes_dropped,
             pubsub_connects,
+            subscribe_timeouts,
             closes,
             latency,
         }

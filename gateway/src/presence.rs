@@ -1,6 +1,7 @@
 //! Announcing and withdrawing this gateway's sockets in Redis (see
 //! [`flotilla_shared::presence`]), and telling other gateways to close older sockets.
 
+use crate::metrics::Counters;
 use crate::registry::Conn;
 use crate::state::GatewayState;
 use flotilla_shared::channels::{node_channel, ControlMessage, PresenceEvent};
@@ -42,7 +43,11 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
     .await
     .is_err()
     {
-        tracing::warn!(%node_id, "subscribing the node's channel timed out; it is subscribed on reconnect");
+        Counters::inc(&state.counters.subscribe_timeouts);
+        // One line per node would flood the log in a connect burst on a saturated Redis.
+        if let Some(count) = state.subscribe_timeouts.note() {
+            tracing::warn!(%node_id, count, "subscribing node channels timed out (count: since the last such line); they are subscribed on reconnect");
+        }
     }
     let me = presence_of(state, conn);
     let event = fleet_event(state, node_id, true);

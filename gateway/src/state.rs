@@ -3,6 +3,7 @@
 use crate::metrics::Counters;
 use crate::registry::Registry;
 use crate::subscriptions::Subscriptions;
+use crate::tally::Tally;
 use flotilla_shared::auth::node::{AuthCounters, NodeAuthenticator};
 use flotilla_shared::limiter::KeyedLimiter;
 use flotilla_shared::redis_conn::Redis;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub(crate) presence_stale: AtomicBool,
     /// Closed sockets (node, connection) whose presence Redis could not release yet.
     pub(crate) unreleased: Mutex<Vec<(Uuid, Uuid)>>,
+    /// Node channels whose subscription timed out as their socket opened, for the warning.
+    pub(crate) subscribe_timeouts: Tally,
 }
 
 impl Deref for GatewayState {

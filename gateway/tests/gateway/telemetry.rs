@@ -107,6 +107,10 @@ async fn metrics_show_connections_pushes_closes_and_rejections_and_dashboards_na
     );
     assert_eq!(value(&m, "flotilla_gateway_push_latency_seconds", &[]), 1.0);
     assert!(value(&m, "flotilla_gateway_pubsub_connects_total", &[]) >= 1.0);
+    assert_eq!(
+        value(&m, "flotilla_gateway_subscribe_timeouts_total", &[]),
+        0.0
+    );
     // Every reason shows from the start, at zero.
     for close in Close::ALL {
         let reason = [("reason", close.metric_label())];
