@@ -30,6 +30,7 @@
 //! - `shards`: sharded pub/sub on a Redis Cluster: the manager and `shards::link` (one shard
 //!   connection).
 //! - `presence`: announcing and withdrawing sockets in Redis.
+//! - `tally`: a repeated warning logged at most once per interval, with a count.
 //! - [`liveness`]: the gateway's own liveness key, the subscription probe, presence restore
 //!   and memory trims, every `gateway.heartbeat_interval_ms`.
 //! - `memory`: handing freed heap pages back to the operating system after a burst.
@@ -132,7 +133,7 @@ impl Gateway {
             sessions: TaskTracker::new(),
             presence_stale: Default::default(),
             unreleased: Default::default(),
-            subscribe_timeouts: tally::Tally::new(Duration::from_secs(10)),
+            subscribe_timeouts: tally::Tally::new(presence::SUBSCRIBE_TIMEOUT_LOG_EVERY),
             settings: gw,
         }));
         Ok(Self { state, requests })

@@ -31,6 +31,7 @@ pub(crate) async fn run(state: GatewayState, stop: CancellationToken) {
             _ = interval.tick() => {
                 beat(&state, seq.fetch_add(1, Ordering::Relaxed)).await;
                 trimmer.tick(&state).await;
+                crate::presence::flush_subscribe_timeouts(&state);
             }
         }
     }

@@ -63,7 +63,7 @@ pub struct Counters {
     pub pushes_dropped: Count,
     /// Times the Redis subscription connection was (re)established.
     pub pubsub_connects: Count,
-    /// Node channels whose subscription was not confirmed in time as their socket opened.
+    /// Connections whose node channel subscription was not confirmed in time as they opened.
     pub subscribe_timeouts: Count,
     /// Sockets the gateway closed, by [`Close`] (indexed in [`Close::ALL`] order).
     closes: [Count; Close::ALL.len()],
@@ -129,7 +129,7 @@ impl Counters {
         let subscribe_timeouts = count(
             &mut registry,
             "flotilla_gateway_subscribe_timeouts",
-            "Node channels whose subscription was not confirmed in time as their socket opened",
+            "Connections whose node channel subscription was not confirmed in time as they opened",
         );
         let family = Family::<ReasonLabel, Counter>::default();
         registry.register(

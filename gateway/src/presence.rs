@@ -9,6 +9,7 @@ use flotilla_shared::close_codes::Close;
 use flotilla_shared::presence::{self, Presence};
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Restores and retried releases run this many at once.
@@ -32,6 +33,28 @@ fn fleet_event(state: &GatewayState, node_id: Uuid, connected: bool) -> String {
     serde_json::to_string(&event).expect("presence events serialise")
 }
 
+/// How often subscription timeouts are logged at most: one line per connection would flood
+/// the log in a connect burst on a saturated Redis, and the metric counts every one.
+pub(crate) const SUBSCRIBE_TIMEOUT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs the subscription timeouts counted since the last such line.
+fn warn_subscribe_timeouts(count: u64) {
+    tracing::warn!(
+        count,
+        "subscribing node channels timed out as their connections opened; the subscriptions \
+         go on (sent again by a resync or reconnect if never confirmed), and pushes published \
+         before they are confirmed reach those agents with their next poll"
+    );
+}
+
+/// Logs subscription timeouts held back since the last line, once one is due (called by the
+/// liveness beat, so a burst's last ones are not left unreported).
+pub(crate) fn flush_subscribe_timeouts(state: &GatewayState) {
+    if let Some(count) = state.subscribe_timeouts.flush(Instant::now()) {
+        warn_subscribe_timeouts(count);
+    }
+}
+
 /// A new socket of `node_id` opened: subscribe its channel, claim its presence, and close the
 /// older socket wherever it is.
 pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
@@ -44,9 +67,8 @@ pub(crate) async fn announce(state: &GatewayState, node_id: Uuid, conn: &Conn) {
     .is_err()
     {
         Counters::inc(&state.counters.subscribe_timeouts);
-        // One line per node would flood the log in a connect burst on a saturated Redis.
-        if let Some(count) = state.subscribe_timeouts.note() {
-            tracing::warn!(%node_id, count, "subscribing node channels timed out (count: since the last such line); they are subscribed on reconnect");
+        if let Some(count) = state.subscribe_timeouts.note(Instant::now()) {
+            warn_subscribe_timeouts(count);
         }
     }
     let me = presence_of(state, conn);

@@ -45,7 +45,7 @@ pub struct Shared {
     pub(crate) presence_stale: AtomicBool,
     /// Closed sockets (node, connection) whose presence Redis could not release yet.
     pub(crate) unreleased: Mutex<Vec<(Uuid, Uuid)>>,
-    /// Node channels whose subscription timed out as their socket opened, for the warning.
+    /// Subscription timeouts of connections opening, for their rate-limited warning.
     pub(crate) subscribe_timeouts: Tally,
 }
 
