@@ -605,10 +605,13 @@ mod tests {
         let _: () = redis.query(&set(moved, "1")).await.expect("SET");
         let _: () = redis.query(&set(stays, "1")).await.expect("SET");
         let script = redis::Script::new("return redis.call('GET', KEYS[1])");
-        let mut read = script.prepare_invoke();
-        read.key(moved);
+        let read_moved = || {
+            let mut read = script.prepare_invoke();
+            read.key(moved);
+            read
+        };
         let got: String = redis
-            .invoke(read)
+            .invoke(read_moved())
             .await
             .expect("a script on the key's master");
         assert_eq!(got, "1");
@@ -641,10 +644,8 @@ mod tests {
         cluster.finish_migration(slot, from, to).await;
         let got: String = redis.query(&get(fresh)).await.expect("MOVED");
         assert_eq!(got, "2");
-        let mut read = script.prepare_invoke();
-        read.key(moved);
         let got: String = redis
-            .invoke(read)
+            .invoke(read_moved())
             .await
             .expect("a script on the new master");
         assert_eq!(got, "2");
